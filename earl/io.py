@@ -1,0 +1,109 @@
+"""Small I/O helpers used everywhere: atomic writes and strict image loading.
+
+Why atomic: a training or evaluation killed mid-write must never leave a half-written checkpoint
+or result file behind; readers see either the old file or the new one. We write to a temporary
+file in the same directory and `os.replace` it over the target (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from earl.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to `path`; on success rename it over `path`, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+    """Save a PIL image as PNG atomically."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected a JSON file)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, what: str = "image") -> Image.Image:
+    """Load an image from a path, PNG/JPEG bytes, a PIL image or an HxWx3 uint8 array, as RGB.
+
+    Conversion rule: palette/grayscale/CMYK images are converted to RGB; images with alpha are
+    composited onto white (so transparent regions read as white, not black). Corrupt or missing
+    files raise `DataError` naming the file.
+    """
+    name = what
+    if isinstance(source, Image.Image):
+        img = source
+    elif isinstance(source, np.ndarray):
+        arr = source
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise DataError(f"{what}: expected a uint8 array of shape HxW, HxWx3 or HxWx4, got {arr.dtype} {arr.shape}")
+        img = Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    else:
+        if isinstance(source, (bytes, bytearray)):
+            fp: Any = io.BytesIO(source)
+        else:
+            name = str(source)
+            if not Path(source).is_file():
+                raise DataError(f"{name}: image file not found")
+            fp = source
+        try:
+            img = Image.open(fp)
+            img.load()
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DataError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; alpha is composited over white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")

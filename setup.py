@@ -1,0 +1,33 @@
+"""Packaging for earl: the library (`earl`), the VQ image tokenizer (`tokenizer`) and the `earl` command."""
+from setuptools import find_packages, setup
+
+setup(
+    name="earl",
+    version="0.1.0",
+    description="Autoregressive image editing with SFT, chain-of-thought and RL (GRPO) on verifier rewards",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["earl", "earl.*", "tokenizer", "tokenizer.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.6",
+        "transformers>=5,<6",
+        "accelerate>=1.0",
+        "einops>=0.8",
+        "vector-quantize-pytorch>=1.20",
+        "datasets>=3.0",
+        "safetensors>=0.4",
+        "pillow>=10.0",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+        "tensorboard>=2.15",
+    ],
+    extras_require={
+        "flash": ["flash-attn>=2.6"],
+        "deepspeed": ["deepspeed>=0.15"],
+        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "scikit-image>=0.22"],
+    },
+    entry_points={"console_scripts": ["earl=earl.cli:main"]},
+)
