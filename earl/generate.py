@@ -1,0 +1,286 @@
+"""`earl.generate`: a sampler written for image tokens.
+
+Why not `transformers.generate`: image positions must be sampled from the image-id slice only,
+`<eol>` must land exactly at row ends, classifier-free guidance needs conditional and
+unconditional rows in *one* forward pass, and RL needs the log-probability of each sampled token
+under the distribution it was actually drawn from. The loop is explicit:
+
+    prefill(prompts)                      one forward over [cond rows; uncond rows], KV cache filled
+    [think]  text tokens, cond rows only  uncond rows feed masked padding, so they stay unconditional
+    header   <boi> "h*w" <img>            forced, one forward for all of it
+    image    h rows x w codes             CFG-combined logits on the image slice -> filter -> sample;
+                                          the row's last code and its <eol> go in together
+    tail     <eof> <eoi> <eos>            appended, no forward needed
+
+CFG: `logits = u + s * (c - u)` on the image slice; the unconditional prompt is the conditional
+one with the instruction dropped. At s = 1 the unconditional rows are not computed at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from earl.errors import EarlError
+from earl.layout import EditLayout, positions_from_mask
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    guidance_scale: float = 1.0  # CFG scale s; 1.0 = plain conditional sampling (no unconditional rows)
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int = 0  # keep the k most likely codes; 0 = off
+    top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
+    max_think_tokens: int = 96  # budget for the reasoning text of chain-of-thought models
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale != 1.0
+
+
+@dataclass
+class GenerationOutput:
+    """Per row of the batch (prompts x num_samples, prompt-major)."""
+
+    completions: torch.Tensor  # (N, T) ids after the prompt: [<think> ... </think>] image <eos>
+    logprobs: torch.Tensor  # (N, T) log-prob of each sampled token under the distribution it was drawn from; 0 where forced
+    sampled_mask: torch.Tensor  # (N, T) True where the token was sampled (False: forced structure or padding)
+    codes: torch.Tensor  # (N, h, w) generated code grids
+    image_positions: torch.Tensor  # (N, T) True at image-code positions
+    thinking: list[str | None] = field(default_factory=list)
+
+
+# ---- token filtering ------------------------------------------------------------------------
+def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Temperature, top-k and top-p applied to (N, V) logits; filtered entries become -inf.
+
+    The result is the distribution sampled from (log_softmax of it gives the returned log-probs).
+    At temperature 0 the temperature step is skipped (greedy picks the argmax of these logits).
+    """
+    logits = logits.float()
+    if cfg.temperature > 0:
+        logits = logits / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= cfg.top_p  # keep the smallest prefix reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_from(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None):
+    """Sample one token per row from processed logits. Returns (tokens (N,), logprobs (N,))."""
+    logp = torch.log_softmax(logits, dim=-1)
+    if cfg.temperature == 0:
+        tok = logits.argmax(-1)
+    else:
+        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+# ---- the cache-carrying decoder -------------------------------------------------------------
+class _Decoder:
+    """Owns the KV cache and the growing attention mask of one batched generation."""
+
+    def __init__(self, backbone, batch: dict[str, torch.Tensor]):
+        self.backbone = backbone
+        self.cache = DynamicCache()
+        self.mask = batch["attention_mask"]  # (R, T_so_far)
+        self.next_pos = batch["position_ids"][:, -1] + 1  # (R,)
+        self.logits = self._forward(batch["input_ids"], batch["position_ids"])
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(input_ids=ids, attention_mask=self.mask, position_ids=pos,
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]  # (R, V)
+
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Append (R, n) tokens; rows with active=False get masked padding and keep their positions."""
+        R, n = ids.shape
+        keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
+        self.mask = torch.cat([self.mask, keep[:, None].expand(R, n)], dim=1)
+        pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
+        self.next_pos = self.next_pos + n * keep
+        self.logits = self._forward(ids, pos)
+        return self.logits
+
+
+# ---- the sampler ----------------------------------------------------------------------------
+@torch.no_grad()
+def sample_edits(
+    backbone,
+    layout: EditLayout,
+    instructions: list[str],
+    source_codes: torch.Tensor,
+    cfg: SamplingConfig = SamplingConfig(),
+    think: bool = False,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """Sample one edit per (instruction, source grid). Repeat inputs for several samples per prompt."""
+    if len(instructions) != source_codes.shape[0]:
+        raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
+    for ins in instructions:
+        if not ins or not ins.strip():
+            raise EarlError("instruction is empty")
+    device = next(backbone.parameters()).device
+    N, h, w = source_codes.shape
+    v = layout.vocab
+    img_start, img_stop = v.image_ids
+
+    prompts = [layout.prompt(ins, src) for ins, src in zip(instructions, source_codes.cpu())]
+    if cfg.uses_cfg:
+        prompts += [layout.prompt(None, src) for src in source_codes.cpu()]
+    batch = {k: t.to(device) for k, t in layout.pad_prompts(prompts).items()}
+    dec = _Decoder(backbone, batch)
+    R = batch["input_ids"].shape[0]
+
+    pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, logprobs, sampled) chunks (N, n)
+
+    def forced(ids: list[int]):
+        t = torch.tensor(ids, device=device)[None].expand(N, -1)
+        pieces.append((t, torch.zeros(t.shape, device=device), torch.zeros(t.shape, dtype=torch.bool, device=device)))
+
+    thinking: list[str | None] = [None] * N
+    if think:
+        thinking = _sample_thinking(dec, layout, N, R, cfg, generator, pieces, device)
+
+    forced(layout.header(h, w))
+    dec.feed(torch.tensor(layout.header(h, w), device=device)[None].expand(R, -1))
+
+    codes = torch.empty((N, h, w), dtype=torch.long, device=device)
+    eol = torch.full((R, 1), v.eol, dtype=torch.long, device=device)
+    for r in range(h):
+        for c in range(w):
+            logits = dec.logits[:, img_start:img_stop]  # (R, K) image slice only
+            if cfg.uses_cfg:
+                cond, uncond = logits[:N].float(), logits[N:].float()
+                logits = uncond + cfg.guidance_scale * (cond - uncond)
+            tok, lp = sample_from(process_logits(logits, cfg), cfg, generator)  # (N,), (N,)
+            codes[:, r, c] = tok
+            ids = (tok + img_start)[:, None]
+            pieces.append((ids, lp[:, None], torch.ones_like(ids, dtype=torch.bool)))
+            ids_r = ids.repeat(R // N, 1)  # same token for the unconditional twin
+            last_in_row = c == w - 1
+            if last_in_row and r == h - 1:
+                break  # nothing left to sample: no forward needed
+            dec.feed(torch.cat([ids_r, eol], dim=1) if last_in_row else ids_r)
+        forced([v.eol])
+    forced([v.eof, v.eoi, layout.ids.eos])
+
+    completions = torch.cat([p[0] for p in pieces], dim=1)
+    logprobs = torch.cat([p[1] for p in pieces], dim=1)
+    sampled = torch.cat([p[2] for p in pieces], dim=1)
+    image_pos = v.is_image(completions) & sampled
+    return GenerationOutput(completions.cpu(), logprobs.cpu(), sampled.cpu(), codes.cpu(), image_pos.cpu(), thinking)
+
+
+def _sample_thinking(dec: _Decoder, layout: EditLayout, N: int, R: int, cfg: SamplingConfig, generator, pieces,
+                     device) -> list[str | None]:
+    """Sample `<think> text </think>` for the conditional rows; rows that finish early feed masked padding."""
+    ids = layout.ids
+    V = dec.logits.shape[-1]
+    allowed = torch.zeros(V, dtype=torch.bool, device=device)
+    allowed[: layout.vocab.image_offset] = True
+    for special in (ids.pad, ids.bos, ids.eos, ids.think_start, layout.vocab.boi, layout.vocab.img,
+                    layout.vocab.eol, layout.vocab.eof, layout.vocab.eoi):
+        allowed[special] = False
+    start = torch.full((N, 1), ids.think_start, device=device)
+    pieces.append((start, torch.zeros(N, 1, device=device), torch.zeros(N, 1, dtype=torch.bool, device=device)))
+    active = torch.cat([torch.ones(N, dtype=torch.bool, device=device), torch.zeros(R - N, dtype=torch.bool, device=device)])
+    dec.feed(torch.full((R, 1), ids.think_start, device=device), active)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
+    for step in range(cfg.max_think_tokens):
+        logits = dec.logits[:N].masked_fill(~allowed, float("-inf"))
+        if step == cfg.max_think_tokens - 1:  # budget spent: close the block
+            logits = torch.full_like(logits, float("-inf"))
+            logits[:, ids.think_end] = 0.0
+        tok, lp = sample_from(process_logits(logits, cfg), cfg, generator)
+        tok = torch.where(done, ids.pad, tok)
+        sampled = ~done
+        pieces.append((tok[:, None], torch.where(done, 0.0, lp)[:, None], sampled[:, None]))
+        row_active = torch.cat([~done, torch.zeros(R - N, dtype=torch.bool, device=device)])
+        full = torch.cat([tok, torch.full((R - N,), ids.pad, device=device)])[:, None]
+        done = done | (tok == ids.think_end)
+        dec.feed(full, row_active)
+        if bool(done.all()):
+            break
+    text = torch.cat([p[0] for p in pieces], dim=1)
+    return [layout.parse_thinking([t for t in row.tolist() if t != ids.pad]) for row in text]
+
+
+# ---- the slow reference ---------------------------------------------------------------------
+@torch.no_grad()
+def reference_greedy(backbone, layout: EditLayout, instruction: str, source: torch.Tensor,
+                     guidance_scale: float = 1.0) -> torch.Tensor:
+    """Greedy image decoding that recomputes the whole sequence every step (no cache, no batching).
+
+    Exists to check `sample_edits` at temperature 0 token for token; too slow for anything else.
+    """
+    device = next(backbone.parameters()).device
+    h, w = source.shape
+    v = layout.vocab
+    s0, s1 = v.image_ids
+    cond = layout.prompt(instruction, source) + layout.header(h, w)
+    uncond = layout.prompt(None, source) + layout.header(h, w)
+    codes = torch.empty((h, w), dtype=torch.long)
+
+    def last_logits(seq):
+        ids = torch.tensor(seq, device=device)[None]
+        mask = torch.ones_like(ids)
+        return backbone(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits[0, -1, s0:s1]
+
+    for r in range(h):
+        for c in range(w):
+            logits = last_logits(cond).float()
+            if guidance_scale != 1.0:
+                u = last_logits(uncond).float()
+                logits = u + guidance_scale * (logits - u)
+            tok = int(logits.argmax())
+            codes[r, c] = tok
+            cond.append(tok + s0)
+            uncond.append(tok + s0)
+        cond.append(v.eol)
+        uncond.append(v.eol)
+    return codes
+
+
+def logprobs_of(backbone, layout: EditLayout, instructions, source_codes, completions, image_positions,
+                cfg: SamplingConfig) -> torch.Tensor:
+    """Recompute, with one forward pass, the log-probs the sampler reports at image positions.
+
+    Valid when the sampled distribution is a function of the conditional logits alone: no CFG and
+    no top-k/top-p (with them, the sampler's distribution needs the unconditional pass or depends on
+    the filter, which earl's RL refuses explicitly). Returns (N, T) with zeros elsewhere.
+    """
+    if cfg.uses_cfg or cfg.top_k or cfg.top_p < 1.0:
+        raise EarlError("logprobs_of needs guidance_scale=1, top_k=0, top_p=1 (the sampled distribution "
+                        "must be the model's own conditional distribution)")
+    device = next(backbone.parameters()).device
+    prompts = [layout.prompt(i, s) for i, s in zip(instructions, source_codes.cpu())]
+    seqs = [p + c.tolist() for p, c in zip(prompts, completions)]
+    batch = layout.pad_prompts(seqs)
+    T = completions.shape[1]
+    out = backbone(**{k: t.to(device) for k, t in batch.items()}).logits[:, -T - 1 : -1].float()  # (N, T, V)
+    s0, s1 = layout.vocab.image_ids
+    temp = cfg.temperature if cfg.temperature > 0 else 1.0
+    logp = torch.log_softmax(out[..., s0:s1] / temp, dim=-1)
+    tgt = (completions.to(device) - s0).clamp(0, s1 - s0 - 1)
+    lp = logp.gather(-1, tgt[..., None]).squeeze(-1)
+    return torch.where(image_positions.to(device), lp, torch.zeros_like(lp)).cpu()

@@ -1,0 +1,200 @@
+"""`UnifiedEditor`: one causal LM over text and image tokens, plus the pieces that feed it.
+
+An editor is four things saved together in one directory:
+
+    editor.json        what kind of editor (chain-of-thought or not, image size, grid, layout ids)
+    backbone/          any Hugging Face causal LM whose vocabulary holds the image ids (safetensors)
+    image_tokenizer/   pixels <-> codes (`tokenizer.ImageTokenizer`)
+    text_tokenizer/    a Hugging Face tokenizer with the special tokens
+
+The editor owns conversions at its boundary (PIL images of any size/mode <-> code grids) and the
+training forward pass; sampling lives in `earl.generate`, the user API in `earl.pipeline`.
+Nothing here reaches a hub: everything loads from local paths, with `trust_remote_code` off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from earl.errors import EarlError
+from earl.io import load_image
+from earl.layout import EditLayout, ImageVocab, TextIds
+from tokenizer import ImageTokenizer, pil_to_tensor, tensor_to_pil
+
+EDITOR_FORMAT = 1
+
+# Named backbone sizes for the ShapesEdit domain (Llama architecture). Parameter counts are for
+# the transformer body; embeddings add (vocab x hidden) twice (untied).
+BACKBONE_SIZES: dict[str, dict] = {
+    # ~0.8M body params: unit tests and smoke runs
+    "shapes-test": dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2),
+    # ~3.2M body params: the demo and the bundled checkpoint
+    "shapes-tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2),
+    # ~12.6M body params: the study
+    "shapes-small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                         num_key_value_heads=2),
+}
+
+
+@dataclass
+class EditorConfig:
+    """What the saved directory holds besides the weights (editor.json)."""
+
+    cot: bool  # trained to write <think> reasoning </think> before the target image
+    image_size: int  # pixels of the square image the tokenizer sees
+    grid: tuple[int, int]  # (h, w) codes per image
+    image_vocab: dict
+    text_ids: dict
+    image_tokenizer_kind: str = "vq"
+    resize_rule: str = "stretch"  # any input is resized to image_size² and restored on output
+    format: int = EDITOR_FORMAT
+
+
+def _load_image_tokenizer(kind: str, path: Path) -> ImageTokenizer:
+    if kind == "vq":
+        from tokenizer.vq import VQTokenizer
+
+        return VQTokenizer.from_pretrained(path)
+    raise EarlError(f"{path}: unknown image tokenizer kind {kind!r}; expected 'vq'")
+
+
+class UnifiedEditor(nn.Module):
+    def __init__(self, backbone, image_tokenizer: ImageTokenizer, text_tokenizer, layout: EditLayout,
+                 config: EditorConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.image_tokenizer = image_tokenizer
+        self.text_tokenizer = text_tokenizer
+        self.layout = layout
+        self.config = config
+        # The tokenizer is frozen: codes are the contract and are cached offline.
+        if isinstance(image_tokenizer, nn.Module):
+            image_tokenizer.requires_grad_(False).eval()
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def build(cls, size: str, image_tokenizer, text_tokenizer, image_size: int, cot: bool = False,
+              dtype: torch.dtype = torch.float32, seed: int = 0) -> UnifiedEditor:
+        """A fresh editor with a randomly initialised Llama backbone of a named size."""
+        from earl.layout import build_layout_for_tokenizer
+
+        if size not in BACKBONE_SIZES:
+            raise EarlError(f"unknown backbone size {size!r}; expected one of {', '.join(BACKBONE_SIZES)}")
+        d = image_tokenizer.downsample
+        if image_size % d:
+            raise EarlError(f"image_size {image_size} is not a multiple of the tokenizer's downsample factor {d}")
+        layout = build_layout_for_tokenizer(text_tokenizer, image_tokenizer.codebook_size)
+        grid = (image_size // d, image_size // d)
+        seq = 4 * (grid[0] * (grid[1] + 1) + 16) + 512  # two images + text, generous
+        cfg = LlamaConfig(
+            vocab_size=layout.vocab.image_ids[1],
+            max_position_embeddings=seq,
+            bos_token_id=layout.ids.bos, eos_token_id=layout.ids.eos, pad_token_id=layout.ids.pad,
+            tie_word_embeddings=False,
+            **BACKBONE_SIZES[size],
+        )
+        torch.manual_seed(seed)
+        backbone = LlamaForCausalLM(cfg).to(dtype)
+        config = EditorConfig(cot=cot, image_size=image_size, grid=grid, image_vocab=layout.vocab.to_dict(),
+                              text_ids=layout.ids.to_dict())
+        return cls(backbone, image_tokenizer, text_tokenizer, layout, config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                        device: str | torch.device = "cpu") -> UnifiedEditor:
+        path = Path(path)
+        meta = path / "editor.json"
+        if not path.is_dir():
+            raise EarlError(f"{path}: model directory not found")
+        if not meta.is_file():
+            raise EarlError(f"{path}: not an earl editor (no editor.json); expected a directory written by "
+                            "UnifiedEditor.save_pretrained")
+        try:
+            raw = json.loads(meta.read_text())
+            raw["grid"] = tuple(raw["grid"])
+            config = EditorConfig(**raw)
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise EarlError(f"{meta}: malformed editor config ({e})") from None
+        if config.format > EDITOR_FORMAT:
+            raise EarlError(f"{meta}: format {config.format} is newer than this earl ({EDITOR_FORMAT}); upgrade earl")
+        for sub in ("backbone", "image_tokenizer", "text_tokenizer"):
+            if not (path / sub).is_dir():
+                raise EarlError(f"{path}: missing {sub}/ directory")
+        backbone = AutoModelForCausalLM.from_pretrained(path / "backbone", dtype=dtype or "auto",
+                                                        trust_remote_code=False, use_safetensors=True)
+        text_tokenizer = AutoTokenizer.from_pretrained(path / "text_tokenizer", trust_remote_code=False)
+        image_tokenizer = _load_image_tokenizer(config.image_tokenizer_kind, path / "image_tokenizer")
+        layout = EditLayout(text_tokenizer, ImageVocab.from_dict(config.image_vocab), TextIds.from_dict(config.text_ids))
+        return cls(backbone, image_tokenizer, text_tokenizer, layout, config).to(device).eval()
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the editor directory atomically: build it beside the target, then swap it in."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
+            self.image_tokenizer.save_pretrained(tmp / "image_tokenizer")
+            self.text_tokenizer.save_pretrained(tmp / "text_tokenizer")
+            (tmp / "editor.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- pixels <-> codes -----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def preprocess(self, image) -> tuple[Image.Image, tuple[int, int]]:
+        """Any image (path, bytes, PIL, array; any mode) -> RGB at the model's size, plus its original size.
+
+        Rule ('stretch'): resize to image_size x image_size with bicubic filtering (box filter when
+        shrinking by a large factor); `postprocess` resizes the output back to the original size.
+        """
+        img = load_image(image)
+        size = img.size
+        s = self.config.image_size
+        if img.size != (s, s):
+            img = img.resize((s, s), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        return img, size
+
+    def postprocess(self, image: Image.Image, original_size: tuple[int, int]) -> Image.Image:
+        if image.size != original_size:
+            image = image.resize(original_size, Image.Resampling.BICUBIC)
+        return image
+
+    @torch.no_grad()
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images already at the model's size -> (B, h, w) codes."""
+        x = pil_to_tensor(images).to(self.device)
+        return self.image_tokenizer.encode(x)
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> list[Image.Image]:
+        return tensor_to_pil(self.image_tokenizer.decode(codes.to(self.device)))
+
+    # -- training -------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, **kw):
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             labels=labels, **kw)
