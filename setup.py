@@ -23,11 +23,12 @@ setup(
         "tqdm>=4.66",
         "numpy>=1.26",
         "tensorboard>=2.15",
+        "httpx>=0.27",
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "deepspeed": ["deepspeed>=0.15"],
-        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "scikit-image>=0.22"],
+        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "scikit-image>=0.22", "deepspeed>=0.15", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["earl=earl.cli:main"]},
 )

@@ -61,14 +61,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "<dict>", prefix:
     if unknown:
         k = unknown[0]
         close = difflib.get_close_matches(k, list(fields), n=1)
-        hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known fields: {', '.join(fields)}"
-        raise ConfigError(f"{where}: unknown field {prefix}{k!r} for {cls.__name__}{hint}")
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known fields: {', '.join(fields)}"
+        raise ConfigError(f"{where}: unknown field '{prefix}{k}' for {cls.__name__}{hint}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], where, f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: missing required field {prefix}{name!r} ({_describe(hints[name])})")
+            raise ConfigError(f"{where}: missing required field '{prefix}{name}' ({_describe(hints[name])})")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:  # __post_init__ checks

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from earl.errors import EarlError
@@ -191,16 +190,21 @@ def sample_edits(
     return GenerationOutput(completions.cpu(), logprobs.cpu(), sampled.cpu(), codes.cpu(), image_pos.cpu(), thinking)
 
 
+def thinking_vocab_mask(layout: EditLayout, vocab_size: int, device) -> torch.Tensor:
+    """(V,) True for ids a reasoning text may contain: text tokens and </think>, no structure or images."""
+    allowed = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    allowed[: layout.vocab.image_offset] = True
+    ids, v = layout.ids, layout.vocab
+    for special in (ids.pad, ids.bos, ids.eos, ids.think_start, v.boi, v.img, v.eol, v.eof, v.eoi):
+        allowed[special] = False
+    return allowed
+
+
 def _sample_thinking(dec: _Decoder, layout: EditLayout, N: int, R: int, cfg: SamplingConfig, generator, pieces,
                      device) -> list[str | None]:
     """Sample `<think> text </think>` for the conditional rows; rows that finish early feed masked padding."""
     ids = layout.ids
-    V = dec.logits.shape[-1]
-    allowed = torch.zeros(V, dtype=torch.bool, device=device)
-    allowed[: layout.vocab.image_offset] = True
-    for special in (ids.pad, ids.bos, ids.eos, ids.think_start, layout.vocab.boi, layout.vocab.img,
-                    layout.vocab.eol, layout.vocab.eof, layout.vocab.eoi):
-        allowed[special] = False
+    allowed = thinking_vocab_mask(layout, dec.logits.shape[-1], device)
     start = torch.full((N, 1), ids.think_start, device=device)
     pieces.append((start, torch.zeros(N, 1, device=device), torch.zeros(N, 1, dtype=torch.bool, device=device)))
     active = torch.cat([torch.ones(N, dtype=torch.bool, device=device), torch.zeros(R - N, dtype=torch.bool, device=device)])
@@ -213,8 +217,10 @@ def _sample_thinking(dec: _Decoder, layout: EditLayout, N: int, R: int, cfg: Sam
             logits[:, ids.think_end] = 0.0
         tok, lp = sample_from(process_logits(logits, cfg), cfg, generator)
         tok = torch.where(done, ids.pad, tok)
-        sampled = ~done
-        pieces.append((tok[:, None], torch.where(done, 0.0, lp)[:, None], sampled[:, None]))
+        # the budget's forced </think> is structure, not a sample: it carries no log-prob and no loss
+        sampled = ~done if step < cfg.max_think_tokens - 1 else torch.zeros_like(done)
+        lp = torch.where(sampled, lp, torch.zeros_like(lp))
+        pieces.append((tok[:, None], lp[:, None], sampled[:, None]))
         row_active = torch.cat([~done, torch.zeros(R - N, dtype=torch.bool, device=device)])
         full = torch.cat([tok, torch.full((R - N,), ids.pad, device=device)])[:, None]
         done = done | (tok == ids.think_end)

@@ -64,9 +64,12 @@ class EditorConfig:
 
 def _load_image_tokenizer(kind: str, path: Path) -> ImageTokenizer:
     if kind == "vq":
-        from tokenizer.vq import VQTokenizer
+        from tokenizer.vq import TokenizerLoadError, VQTokenizer
 
-        return VQTokenizer.from_pretrained(path)
+        try:
+            return VQTokenizer.from_pretrained(path)
+        except TokenizerLoadError as e:
+            raise EarlError(str(e)) from None
     raise EarlError(f"{path}: unknown image tokenizer kind {kind!r}; expected 'vq'")
 
 

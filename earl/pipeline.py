@@ -1,0 +1,76 @@
+"""`EditPipeline`: edit images from Python.
+
+    from earl.pipeline import EditPipeline
+    pipe = EditPipeline.from_pretrained()               # the bundled ShapesEdit checkpoint
+    result = pipe("in.png", "Make the red circle blue.")
+    result.images[0].save("out.png"); print(result.thinking[0])
+
+Inputs of any size or mode are converted by the editor's rule (RGB, alpha over white, resized to
+the model's square grid) and outputs are resized back to the input's size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from earl.errors import EarlError
+from earl.generate import SamplingConfig, sample_edits
+from earl.model import UnifiedEditor
+
+BUNDLED_CHECKPOINT = "shapes-editor"
+
+
+def default_checkpoint() -> Path:
+    """The bundled checkpoint: $EARL_CHECKPOINT, else `checkpoints/shapes-editor` in the source tree."""
+    env = os.environ.get("EARL_CHECKPOINT")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "checkpoints" / BUNDLED_CHECKPOINT
+
+
+@dataclass
+class EditResult:
+    images: list[Image.Image]  # num_samples edited images at the input's size
+    thinking: list[str | None]  # the reasoning text per sample (None for non-CoT models)
+
+
+class EditPipeline:
+    def __init__(self, editor: UnifiedEditor):
+        self.editor = editor.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu") -> EditPipeline:
+        path = Path(path) if path is not None else default_checkpoint()
+        return cls(UnifiedEditor.from_pretrained(path, device=device))
+
+    def __call__(self, image, instruction: str, num_samples: int = 1, guidance_scale: float = 1.0,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 think: bool | None = None) -> EditResult:
+        """Edit one image. `think=None` follows the model (CoT models think); `think=True` needs a CoT model."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise EarlError("instruction is empty")
+        if num_samples < 1:
+            raise EarlError(f"num_samples must be >= 1, got {num_samples}")
+        if num_samples > 1 and temperature == 0:
+            raise EarlError("num_samples > 1 at temperature 0 gives identical samples; set temperature > 0")
+        cot = self.editor.config.cot
+        if think and not cot:
+            raise EarlError("this model was not trained with chain-of-thought; it cannot write thinking text "
+                            "(use think=None or False)")
+        think = cot if think is None else think
+        try:
+            sampling = SamplingConfig(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        except ValueError as e:
+            raise EarlError(str(e)) from None
+        pil, original_size = self.editor.preprocess(image)
+        codes = self.editor.encode_images([pil]).repeat(num_samples, 1, 1)
+        g = torch.Generator(device=self.editor.device).manual_seed(seed)
+        out = sample_edits(self.editor.backbone, self.editor.layout, [instruction] * num_samples, codes, sampling,
+                           think=think, generator=g)
+        images = [self.editor.postprocess(im, original_size) for im in self.editor.decode_codes(out.codes)]
+        return EditResult(images=images, thinking=out.thinking)

@@ -1,0 +1,173 @@
+"""Pieces every training recipe shares: the accelerator, schedules, checkpoints and metric logs.
+
+Checkpoints: `out_dir/checkpoints/step_0000100/` holds `accelerator.save_state` (model weights in
+safetensors; optimizer, scheduler and RNG states loaded back with `weights_only=True`) plus
+`trainer_state.json`. Each is written to a temporary directory and renamed into place, so a
+crash mid-save leaves the previous checkpoint intact; `--resume` continues from the newest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration
+
+from earl.errors import ConfigError
+from earl.io import atomic_write_json
+
+
+@dataclass
+class OptimSection:
+    """Optimiser and schedule shared by the recipes (AdamW, linear warmup, cosine decay to min_lr)."""
+
+    lr: float = 3e-4
+    min_lr: float = 3e-5  # cosine floor
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+
+
+@dataclass
+class RunSection:
+    """How a run executes: precision, accumulation, distributed backend, logging cadence."""
+
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # per process, per micro-step
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    deepspeed: str | None = None  # path to a DeepSpeed JSON config (e.g. recipes/deepspeed/zero2.json)
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    wandb: bool = False  # also log to Weights & Biases (WANDB_API_KEY from the environment)
+
+    def __post_init__(self):
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.steps <= 0 or self.batch_size <= 0 or self.grad_accum <= 0:
+            raise ValueError("steps, batch_size and grad_accum must be positive")
+
+
+def make_accelerator(run: RunSection, out_dir: Path) -> Accelerator:
+    plugin = None
+    if run.deepspeed:
+        path = Path(run.deepspeed)
+        if not path.is_file():
+            raise ConfigError(f"run.deepspeed: {path} not found (expected a DeepSpeed JSON config)")
+        plugin = DeepSpeedPlugin(hf_ds_config=str(path), gradient_accumulation_steps=run.grad_accum)
+    log_with = ["tensorboard"] + (["wandb"] if run.wandb else [])
+    return Accelerator(
+        gradient_accumulation_steps=run.grad_accum,
+        mixed_precision=run.mixed_precision,
+        deepspeed_plugin=plugin,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
+    )
+
+
+def world_size(accelerator: Accelerator) -> int:
+    """Ranks actually training: torch.distributed's view (accelerate under-reports with DeepSpeed on CPU)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return accelerator.num_processes
+
+
+def make_optimizer(model: torch.nn.Module, opt: OptimSection) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms and biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas))
+
+
+def make_scheduler(optimizer, opt: OptimSection, total_steps: int):
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=opt.warmup_steps, num_training_steps=total_steps, min_lr=opt.min_lr
+    )
+
+
+class Checkpoints:
+    """Atomic, resumable training checkpoints under `out_dir/checkpoints/`."""
+
+    def __init__(self, out_dir: Path, keep: int = 2):
+        self.root = Path(out_dir) / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        if not self.root.is_dir():
+            return None
+        done = sorted(p for p in self.root.glob("step_*") if (p / "trainer_state.json").is_file())
+        return done[-1] if done else None
+
+    def save(self, accelerator: Accelerator, step: int, state: dict) -> Path:
+        final = self.root / f"step_{step:07d}"
+        tmp = self.root / f".tmp_step_{step:07d}"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_json(tmp / "trainer_state.json", {**state, "step": step})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in sorted(self.root.glob("step_*"))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+    def load(self, accelerator: Accelerator, path: Path) -> dict:
+        accelerator.load_state(str(path))
+        return json.loads((path / "trainer_state.json").read_text())
+
+
+class MetricLog:
+    """Scalars to TensorBoard (and wandb) through accelerate, plus `metrics.jsonl` for plots."""
+
+    def __init__(self, accelerator: Accelerator, out_dir: Path, run_name: str, config: dict):
+        self.acc = accelerator
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.t0 = time.time()
+        if accelerator.is_main_process:
+            tb_config = {k: v for k, v in _flatten(config).items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers(run_name, config=tb_config)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.acc.is_main_process:
+            return
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.acc.log(metrics, step=step)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "time": round(time.time() - self.t0, 2), **metrics}) + "\n")
+
+    def close(self) -> None:
+        self.acc.end_training()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

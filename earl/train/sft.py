@@ -1,0 +1,239 @@
+"""Supervised fine-tuning of the editor: `earl train sft recipes/shapes/sft.yaml`.
+
+setup -> train -> save, on accelerate, so the same script runs on one CPU, under
+`accelerate launch`/torchrun with several processes, and with a DeepSpeed ZeRO config.
+Plain SFT learns `instruction + source -> target`; with `model.cot: true` the ground-truth
+reasoning trace is written between <think> ... </think> before the target image, and the loss
+covers it too. Only the completion carries loss (the prompt is masked).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from earl.config import to_dict
+from earl.data import EncodedEdits, encode_dataset, resolve_source
+from earl.errors import ConfigError
+from earl.generate import SamplingConfig
+from earl.io import atomic_write_json
+from earl.train.common import (
+    Checkpoints,
+    MetricLog,
+    OptimSection,
+    RunSection,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    world_size,
+)
+
+
+@dataclass
+class ModelSection:
+    size: str = "shapes-tiny"  # a named builder in earl.model.BACKBONE_SIZES
+    image_tokenizer: str = "runs/tokenizer/tokenizer"  # directory written by `earl train tokenizer`
+    init_from: str | None = None  # continue from a saved editor directory instead of a fresh backbone
+    image_size: int = 64
+    cot: bool = False  # write the reasoning trace before the target image
+
+
+@dataclass
+class DataSection:
+    train: list[str] = field(default_factory=lambda: ["shapes:simple:train:20000:0"])
+    eval: str | None = "shapes:simple:test:200"  # held-out set for eval loss and oracle metrics
+    cache_dir: str = "runs/cache"  # generated datasets and code caches
+    oracle_eval_samples: int = 64  # edits generated and judged at each evaluation (0 = off)
+
+
+@dataclass
+class SFTRecipe:
+    out_dir: str
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+    eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
+
+
+class EditExamples(Dataset):
+    """Token sequences built on the fly from cached code grids (cheap: no pixels involved)."""
+
+    def __init__(self, data: EncodedEdits, layout, cot: bool):
+        self.data, self.layout, self.cot = data, layout, cot
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        d = self.data
+        thinking = d.reasoning[i] if self.cot else None
+        return self.layout.example(d.instructions[i], d.source_codes[i], d.target_codes[i], thinking)
+
+
+# ---- setup ------------------------------------------------------------------------------------
+def _build_text_tokenizer(data: list[EncodedEdits]):
+    """Word-level tokenizer over the training texts plus a fixed draw of ShapesEdit texts (full vocabulary)."""
+    import random
+
+    from earl.shapes.edits import make_sample
+    from earl.text import build_word_tokenizer
+
+    rng = random.Random(1234)
+    extra = [t for _ in range(3000) for s in [make_sample(rng, rng.choice(["simple", "complex"]))]
+             for t in (s.instruction, s.reasoning)]
+    corpus = [t for d in data for t in d.instructions + d.reasoning] + extra
+    return build_word_tokenizer(corpus)
+
+
+def setup(cfg: SFTRecipe, accelerator):
+    from earl.model import UnifiedEditor
+    from tokenizer.vq import VQTokenizer
+
+    out = Path(cfg.out_dir)
+    cache = Path(cfg.data.cache_dir)
+    if cfg.model.init_from:
+        editor = UnifiedEditor.from_pretrained(cfg.model.init_from)
+        if editor.config.cot != cfg.model.cot:
+            raise ConfigError(f"model.cot={cfg.model.cot} but {cfg.model.init_from} was trained with cot="
+                              f"{editor.config.cot}")
+        tok_dir = Path(cfg.model.init_from) / "image_tokenizer"
+        image_tokenizer = editor.image_tokenizer
+    else:
+        tok_dir = Path(cfg.model.image_tokenizer)
+        if not tok_dir.is_dir():
+            raise ConfigError(f"model.image_tokenizer: {tok_dir} not found; train one with "
+                              "`earl train tokenizer recipes/shapes/tokenizer.yaml`")
+        image_tokenizer = VQTokenizer.from_pretrained(tok_dir)
+
+    def load_all(sources):
+        with accelerator.main_process_first():  # main generates/encodes, the others read the cache
+            return [encode_dataset(resolve_source(s, cache, cfg.model.image_size), image_tokenizer, tok_dir, cache,
+                                   progress=accelerator.is_main_process) for s in sources]
+
+    if not cfg.data.train:
+        raise ConfigError("data.train: at least one data source is needed")
+    train_parts = load_all(cfg.data.train)
+    train = EncodedEdits.concat(train_parts)
+    evalset = load_all([cfg.data.eval])[0] if cfg.data.eval else None
+    if cfg.model.cot and not all(train.reasoning):
+        raise ConfigError("model.cot is true but some training samples have no reasoning trace")
+    if not cfg.model.init_from:
+        editor = UnifiedEditor.build(cfg.model.size, image_tokenizer, _build_text_tokenizer(train_parts),
+                                     cfg.model.image_size, cot=cfg.model.cot, seed=cfg.run.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    return editor, train, evalset
+
+
+# ---- train ------------------------------------------------------------------------------------
+def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> dict:
+    """Run the recipe; returns the final metrics (also written to out_dir/final_metrics.json)."""
+    from accelerate.utils import set_seed
+
+    out = Path(cfg.out_dir)
+    accelerator = make_accelerator(cfg.run, out)
+    set_seed(cfg.run.seed)
+    editor, train, evalset = setup(cfg, accelerator)
+    layout = editor.layout
+    if accelerator.is_main_process:
+        atomic_write_json(out / "recipe.json", to_dict(cfg))
+
+    loader = DataLoader(EditExamples(train, layout, cfg.model.cot), batch_size=cfg.run.batch_size, shuffle=True,
+                        drop_last=len(train) >= cfg.run.batch_size, collate_fn=layout.collate)
+    model = editor.backbone
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
+    step = 0
+    if resume and (last := ckpts.latest()) is not None:
+        step = ckpts.load(accelerator, last)["step"]
+        accelerator.print(f"resumed from {last} at step {step}")
+    log = MetricLog(accelerator, out, "sft", to_dict(cfg))
+    accelerator.print(f"SFT: {len(train)} examples, world size {world_size(accelerator)}, "
+                      f"{sum(p.numel() for p in editor.backbone.parameters()) / 1e6:.2f}M parameters")
+
+    bar = tqdm(total=cfg.run.steps, initial=step, desc="sft", disable=not (progress and accelerator.is_main_process))
+    batches = _forever(loader, start_epoch=step)
+    model.train()
+    t0, tokens, metrics = time.time(), 0, {}
+    while step < cfg.run.steps:
+        for _ in range(cfg.run.grad_accum):
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            tokens += int((batch["labels"] != -100).sum())
+        step += 1
+        bar.update(1)
+        if step % cfg.run.log_every == 0 or step == cfg.run.steps:
+            loss_v = accelerator.reduce(loss.detach(), reduction="mean").item()
+            metrics = {"train/loss": loss_v, "train/lr": scheduler.get_last_lr()[0],
+                       "train/target_tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            log.log(step, metrics)
+            bar.set_postfix(loss=f"{loss_v:.3f}")
+        if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
+            metrics.update(evaluate(cfg, accelerator, model, editor, evalset, step, log))
+            model.train()
+        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+            ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
+    bar.close()
+
+    final = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
+    final.update(step=step, wall_time_s=round(time.time() - t0, 1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        editor.backbone = accelerator.unwrap_model(model)
+        editor.save_pretrained(out / "model")
+        atomic_write_json(out / "final_metrics.json", final)
+    log.close()
+    return final
+
+
+def _forever(loader, start_epoch: int = 0):
+    epoch = start_epoch
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+@torch.no_grad()
+def evaluate(cfg: SFTRecipe, accelerator, model, editor, evalset: EncodedEdits | None, step: int, log) -> dict:
+    """Teacher-forced loss on the held-out set (all ranks), then oracle metrics on generated edits (main rank)."""
+    if evalset is None:
+        return {}
+    from earl.evaluate import oracle_eval
+
+    model.eval()
+    layout = editor.layout
+    ds = EditExamples(evalset, layout, cfg.model.cot)
+    losses = []
+    for start in range(accelerator.process_index * cfg.run.batch_size, len(ds),
+                       cfg.run.batch_size * accelerator.num_processes):
+        batch = layout.collate([ds[i] for i in range(start, min(start + cfg.run.batch_size, len(ds)))])
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        losses.append(model(**batch).loss.float())
+    mean = torch.stack(losses).mean() if losses else torch.tensor(0.0, device=accelerator.device)
+    metrics = {"eval/loss": accelerator.reduce(mean, reduction="mean").item()}
+    if accelerator.is_main_process:
+        editor.backbone = accelerator.unwrap_model(model)
+        oracle = oracle_eval(editor, evalset, cfg.data.oracle_eval_samples, cfg.eval_sampling)
+        metrics.update({f"eval/{k}": v for k, v in oracle.items()})
+    log.log(step, metrics)
+    return metrics

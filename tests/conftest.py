@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny models that tests build themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+# Tiny test models gain nothing from several threads, and on a busy 2-core machine threads fight
+# each other (a small matmul was seen to go from 0.1 ms to 9 ms): one thread keeps tests steady.
+torch.set_num_threads(1)
+
+WORDS = ["make the red circle blue .", "change the square to green", "remove the small triangle",
+         "operation : recolour . target : the red circle at row 1 , column 2 ."]
+
+
+@pytest.fixture(scope="session")
+def text_tokenizer():
+    from earl.text import build_word_tokenizer
+
+    return build_word_tokenizer(WORDS)
+
+
+@pytest.fixture(scope="session")
+def vq_tokenizer():
+    """An untrained, small VQ tokenizer (×8, FSQ): enough for shapes and plumbing tests."""
+    from tokenizer import VQConfig, VQTokenizer
+
+    torch.manual_seed(0)
+    return VQTokenizer(VQConfig(channels=16, channel_mult=(1, 2, 2, 2), latent_dim=4, norm_groups=4,
+                                quantizer="fsq", fsq_levels=(4, 4, 4))).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_editor(vq_tokenizer, text_tokenizer):
+    from earl.model import UnifiedEditor
+
+    return UnifiedEditor.build("shapes-test", vq_tokenizer, text_tokenizer, image_size=32, seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_cot_editor(vq_tokenizer, text_tokenizer):
+    from earl.model import UnifiedEditor
+
+    return UnifiedEditor.build("shapes-test", vq_tokenizer, text_tokenizer, image_size=32, cot=True, seed=1).eval()

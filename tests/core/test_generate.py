@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from earl.errors import EarlError
+from earl.generate import SamplingConfig, logprobs_of, process_logits, reference_greedy, sample_edits
+
+INSTRUCTIONS = ["make the red circle blue", "change the square to green", "remove the small triangle"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_editor):
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, tiny_editor.image_tokenizer.codebook_size, (3, 4, 4), generator=g)
+    return tiny_editor.backbone, tiny_editor.layout, codes
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_greedy_matches_slow_reference_token_for_token(setup, scale):
+    backbone, layout, codes = setup
+    out = sample_edits(backbone, layout, INSTRUCTIONS, codes, SamplingConfig(temperature=0.0, guidance_scale=scale))
+    ref = torch.stack([reference_greedy(backbone, layout, i, c, scale) for i, c in zip(INSTRUCTIONS, codes)])
+    assert torch.equal(out.codes, ref)
+
+
+def test_sampler_logprobs_equal_a_forward_pass_on_the_sampled_sequence(setup):
+    backbone, layout, codes = setup
+    cfg = SamplingConfig(temperature=0.8)
+    out = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(3))
+    recomputed = logprobs_of(backbone, layout, INSTRUCTIONS, codes, out.completions, out.image_positions, cfg)
+    assert out.image_positions.sum() == 3 * 16
+    torch.testing.assert_close(recomputed, out.logprobs, atol=1e-4, rtol=1e-4)
+    assert (out.logprobs[~out.sampled_mask] == 0).all()
+
+
+def test_cfg_rows_at_scale_one_change_nothing(setup, monkeypatch):
+    """Batching unconditional rows (with their own left padding) must not perturb the conditional rows."""
+    backbone, layout, codes = setup
+    cfg = SamplingConfig(temperature=1.0, guidance_scale=1.0)
+    plain = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(SamplingConfig, "uses_cfg", property(lambda self: True))
+    with_rows = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(plain.codes, with_rows.codes)
+    torch.testing.assert_close(plain.logprobs, with_rows.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_same_seed_same_output_and_grids_well_formed(setup):
+    backbone, layout, codes = setup
+    cfg = SamplingConfig(temperature=1.0, top_k=20, top_p=0.9, guidance_scale=2.0)
+    a = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(7))
+    b = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(7))
+    c = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.completions, b.completions)
+    assert not torch.equal(a.codes, c.codes)
+    for row, grid in zip(a.completions, a.codes):
+        assert torch.equal(layout.parse_image(row, 4, 4), grid)
+
+
+def test_thinking_text_precedes_a_well_formed_image(tiny_cot_editor):
+    layout = tiny_cot_editor.layout
+    codes = torch.zeros(2, 4, 4, dtype=torch.long)
+    cfg = SamplingConfig(temperature=1.0, max_think_tokens=6, guidance_scale=2.0)
+    out = sample_edits(tiny_cot_editor.backbone, layout, INSTRUCTIONS[:2], codes, cfg, think=True,
+                       generator=torch.Generator().manual_seed(0))
+    for row in out.completions:
+        ids = [t for t in row.tolist() if t != layout.ids.pad]
+        assert ids[0] == layout.ids.think_start
+        assert layout.ids.think_end in ids and ids.index(layout.ids.think_end) <= 7
+        layout.parse_image(ids, 4, 4)
+    assert all(isinstance(t, str) for t in out.thinking)
+
+
+def test_top_k_and_top_p_filter_as_specified():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    k = process_logits(logits, SamplingConfig(top_k=2))
+    assert torch.isinf(k[0, 2:]).all() and torch.isfinite(k[0, :2]).all()
+    p = process_logits(logits, SamplingConfig(top_p=0.7))  # 0.5 + 0.3 reaches 0.7: keep two
+    assert torch.isfinite(p[0, :2]).all() and torch.isinf(p[0, 2:]).all()
+    t = process_logits(logits, SamplingConfig(temperature=0.5))
+    torch.testing.assert_close(t, logits / 0.5)
+
+
+def test_bad_sampling_input_is_refused(setup):
+    backbone, layout, codes = setup
+    with pytest.raises(EarlError, match="instruction is empty"):
+        sample_edits(backbone, layout, ["", "a", "b"], codes)
+    with pytest.raises(EarlError, match="3 source images"):
+        sample_edits(backbone, layout, ["a"], codes)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(EarlError, match="guidance_scale=1"):
+        logprobs_of(backbone, layout, INSTRUCTIONS, codes, codes, codes, SamplingConfig(guidance_scale=2.0))

@@ -1,0 +1,39 @@
+"""Imports point one way: tokenizer/ never imports earl; the library never imports the CLI or recipes."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# module -> modules it must not import (prefix match)
+FORBIDDEN = {
+    "tokenizer": ["earl"],
+    "earl.layout": ["earl.model", "earl.generate", "earl.train", "earl.cli"],
+    "earl.shapes": ["earl.model", "earl.generate", "earl.train", "earl.cli", "torch"],
+    "earl.generate": ["earl.train", "earl.cli"],
+    "earl.model": ["earl.train", "earl.cli", "earl.generate"],
+    "earl.train": ["earl.cli"],
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_imports_point_one_way():
+    problems = []
+    for f in list((ROOT / "earl").rglob("*.py")) + list((ROOT / "tokenizer").rglob("*.py")):
+        mod = ".".join(f.relative_to(ROOT).with_suffix("").parts)
+        for owner, banned in FORBIDDEN.items():
+            if mod == owner or mod.startswith(owner + "."):
+                for imp in imports_of(f):
+                    if any(imp == b or imp.startswith(b + ".") for b in banned):
+                        problems.append(f"{mod} imports {imp}")
+    assert not problems, problems

@@ -1,0 +1,108 @@
+"""SFT: a tiny run learns, resumes, and runs unchanged on 2 CPU processes and under DeepSpeed ZeRO-2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from earl.config import load_config
+from earl.errors import ConfigError
+from earl.train.sft import SFTRecipe, train_sft
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_overrides(tmp: Path, tok_dir: Path, **extra) -> list[str]:
+    o = {
+        "out_dir": str(tmp / "run"),
+        "model.size": "shapes-test",
+        "model.image_tokenizer": str(tok_dir),
+        "model.image_size": 32,
+        "data.train": "[shapes:simple:train:48:0]",
+        "data.eval": "shapes:simple:test:16",
+        "data.cache_dir": str(tmp / "cache"),
+        "data.oracle_eval_samples": 4,
+        "run.steps": 6,
+        "run.batch_size": 8,
+        "run.eval_every": 6,
+        "run.save_every": 3,
+        "run.log_every": 1,
+        "optim.lr": 3e-3,
+        "optim.min_lr": 3e-4,
+        "optim.warmup_steps": 1,
+    }
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]
+
+
+@pytest.fixture
+def tok_dir(tmp_path, vq_tokenizer):
+    vq_tokenizer.save_pretrained(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
+def test_tiny_sft_learns_saves_and_resumes(tmp_path, tok_dir):
+    cfg = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", tiny_overrides(tmp_path, tok_dir, **{"run.steps": 30, "run.eval_every": 30, "run.save_every": 15}))
+    final = train_sft(cfg, progress=False)
+    run = tmp_path / "run"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["train/loss"] for x in lines if "train/loss" in x]
+    assert losses[-1] < 0.6 * losses[0], losses  # the loss moved down
+    assert {"eval/loss", "eval/success", "eval/sc", "eval/pq", "eval/overall"} <= set(final)
+    assert (run / "model" / "editor.json").is_file()
+    assert any((run / "logs").rglob("events.out.tfevents*"))
+    ckpts = sorted((run / "checkpoints").glob("step_*"))
+    assert [c.name for c in ckpts] == ["step_0000015", "step_0000030"]
+    # resume: a run asked for 40 steps continues from step 30 and changes the weights
+    before = load_file(str(ckpts[-1] / "model.safetensors"))
+    cfg2 = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", tiny_overrides(tmp_path, tok_dir, **{"run.steps": 32, "run.eval_every": 100, "run.save_every": 100}))
+    final2 = train_sft(cfg2, resume=True, progress=False)
+    assert final2["step"] == 32
+    after = load_file(str(sorted((run / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cot_sft_writes_reasoning_into_the_sequence(tmp_path, tok_dir):
+    cfg = load_config(SFTRecipe, ROOT / "recipes/shapes/sft_cot.yaml", tiny_overrides(tmp_path, tok_dir, **{"run.steps": 2, "run.eval_every": 2}))
+    train_sft(cfg, progress=False)
+    assert json.loads((tmp_path / "run/model/editor.json").read_text())["cot"] is True
+
+
+def test_bad_recipe_values_name_the_field(tmp_path, tok_dir):
+    with pytest.raises(ConfigError, match="run.stepz"):
+        load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", ["run.stepz=3"])
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", ["run.mixed_precision=fp8"])
+    cfg = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", tiny_overrides(tmp_path, tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="model.image_tokenizer"):
+        train_sft(cfg, progress=False)
+
+
+def _launch(tmp_path, tok_dir, extra: dict, name: str):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    overrides = tiny_overrides(tmp_path / name, tok_dir, **{"run.steps": 3, "run.eval_every": 3, "run.save_every": 3, **extra})
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "earl.cli", "train", "sft",
+           str(ROOT / "recipes/shapes/sft.yaml"), *overrides]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr, tmp_path / name / "run"
+
+
+def test_two_cpu_processes_under_torchrun(tmp_path, tok_dir):
+    out, run = _launch(tmp_path, tok_dir, {}, "ddp")
+    assert "world size 2" in out
+    assert (run / "model" / "editor.json").is_file()
+    assert (run / "checkpoints" / "step_0000003" / "trainer_state.json").is_file()
+
+
+def test_deepspeed_zero2_under_torchrun(tmp_path, tok_dir):
+    out, run = _launch(tmp_path, tok_dir, {"run.deepspeed": str(ROOT / "recipes/deepspeed/zero2.json")}, "zero2")
+    assert "world size 2" in out
+    assert (run / "model" / "editor.json").is_file()
