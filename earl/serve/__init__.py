@@ -1,0 +1,1 @@
+"""Servers: `earl serve judge` (a local VLM behind an OpenAI-compatible chat-completions API)."""

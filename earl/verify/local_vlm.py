@@ -1,0 +1,201 @@
+"""A local Hugging Face image-text-to-text model as a judge engine, with request batching.
+
+`LocalVLM` loads any `AutoModelForImageTextToText` checkpoint with its `AutoProcessor` from a local
+directory (`trust_remote_code=False`: only architectures transformers ships) and answers a batch
+of chat requests with one `generate` call per distinct (max_tokens, temperature). The prompt comes
+from the processor's own chat template, so each model gets its image markers and turn format.
+
+`MicroBatcher` turns many concurrent single requests into batched calls: a worker thread takes
+the first waiting request, collects more for up to `max_wait` seconds or until `max_batch`, runs
+the batch function once and hands each caller its own result through a `concurrent.futures.Future`
+(which asyncio code awaits with `asyncio.wrap_future`). Both the in-process judge backend and
+`earl serve judge` use it; only the worker thread ever touches the model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from earl.errors import ConfigError
+from earl.verify.messages import split_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]  # internal form (see earl.verify.messages)
+    max_tokens: int
+    temperature: float  # 0 = greedy
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn) | "length" (ran into max_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching.
+
+_STOP = object()
+
+
+class MicroBatcher:
+    """Run `fn(list_of_items) -> list_of_results` on batches of concurrently submitted items."""
+
+    def __init__(self, fn: Callable[[list], list], max_batch: int = 8, max_wait: float = 0.005, name: str = "batcher"):
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        self.fn, self.max_batch, self.max_wait = fn, max_batch, max_wait
+        self.batches = 0  # batches run so far (a counter for tests and logs)
+        self._queue: queue.Queue = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"earl-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, item) -> concurrent.futures.Future:
+        if self._closed:
+            raise RuntimeError("MicroBatcher is closed")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((item, fut))
+        return fut
+
+    def _collect(self, first) -> tuple[list, bool]:
+        """The batch that starts with `first`, and whether a stop request was seen while collecting."""
+        batch, deadline = [first], time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
+
+    def _run(self, batch: list) -> None:
+        live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            results = self.fn([item for item, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(live)} items")
+        except Exception as e:  # every caller of the batch gets the error; the worker lives on
+            log.exception("batch of %d failed", len(live))
+            for _, fut in live:
+                fut.set_exception(e)
+            return
+        finally:
+            self.batches += 1
+        for (_, fut), res in zip(live, results):
+            fut.set_result(res)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch, stop = self._collect(first)
+            self._run(batch)
+            if stop:
+                break
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(RuntimeError("MicroBatcher closed before this request ran"))
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop after the batch in progress; requests still queued fail with RuntimeError."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+
+class LocalVLM:
+    """An image-text-to-text model and its processor, loaded from a local directory."""
+
+    def __init__(self, path: str | Path, device: str | None = None, dtype: str = "auto"):
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path}: not a model directory (no config.json); expected a local "
+                              "image-text-to-text checkpoint saved with save_pretrained")
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.path = path
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+            model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False, dtype=dtype)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"{path}: cannot load an image-text-to-text model and processor ({e})") from None
+        self.model = model.to(self.device).eval()
+        self.tokenizer = getattr(self.processor, "tokenizer", None)
+        if self.tokenizer is None or not getattr(self.processor, "chat_template", None):
+            raise ConfigError(f"{path}: the processor needs a tokenizer and a chat template (chat_template.jinja)")
+        self.tokenizer.padding_side = "left"  # batched generation appends after the prompt
+        self._eos = self._eos_ids()
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        """One completion per request; requests with the same settings share one `generate` call."""
+        out: list[Completion | None] = [None] * len(requests)
+        groups: dict[tuple[int, float], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_tokens, r.temperature), []).append(i)
+        for (max_tokens, temperature), idx in groups.items():
+            for i, c in zip(idx, self._generate([requests[i].messages for i in idx], max_tokens, temperature)):
+                out[i] = c
+        return out  # type: ignore[return-value]
+
+    def _generate(self, conversations: list[list[dict]], max_tokens: int, temperature: float) -> list[Completion]:
+        import torch
+
+        texts, images = [], []
+        for messages in conversations:
+            hf_messages, imgs = split_images(messages)
+            texts.append(self.processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False))
+            images.extend(imgs)
+        enc = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos), 0)
+        with torch.inference_mode():
+            seqs = self.model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=pad, **sampling)
+        new = seqs[:, enc["input_ids"].shape[1]:]  # (B, <= max_tokens)
+        prompt_lens = enc["attention_mask"].sum(1).tolist()
+        results = []
+        for row, n_prompt in zip(new.tolist(), prompt_lens):
+            stop = next((k for k, t in enumerate(row) if t in self._eos), None)
+            kept = row if stop is None else row[:stop]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            results.append(Completion(text, int(n_prompt), len(kept) + (stop is not None),
+                                      "length" if stop is None else "stop"))
+        return results

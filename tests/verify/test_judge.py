@@ -1,0 +1,242 @@
+"""The VIEScore judge end to end: a real `earl serve judge` server on loopback, stub engines for the
+wire and failure paths, and a tiny random VLM whose gibberish must come back as failed rewards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+from earl.errors import ConfigError
+from earl.serve.judge import JudgeServer
+from earl.verify import EditRequest, Verifier
+from earl.verify.chat import JudgeError, LocalVLMBackend, OpenAIChatBackend, chat_with_retries
+from earl.verify.local_vlm import Completion, LocalVLM
+from earl.verify.messages import data_url_to_image, image_to_data_url
+from earl.verify.viescore import VIEScoreVerifier, parse_scores, probe_failed_rate
+
+RED, BLUE = Image.new("RGB", (32, 32), (220, 40, 40)), Image.new("RGB", (32, 32), (40, 80, 220))
+
+
+def _requests(n: int) -> list[EditRequest]:
+    return [EditRequest(RED, "Make the image blue.", BLUE, {"id": f"s{i}"}) for i in range(n)]
+
+
+def _prompt_text(messages) -> str:
+    return "".join(p["text"] for m in messages if isinstance(m["content"], list) for p in m["content"]
+                   if p["type"] == "text")
+
+
+def echo_engine(requests):
+    """Semantic queries (two images) score [8, 6], perceptual ones [9, 7]; checks the images arrived."""
+    out = []
+    for r in requests:
+        images = [p["image"] for m in r.messages if isinstance(m["content"], list) for p in m["content"]
+                  if p["type"] == "image"]
+        assert all(im.size == (32, 32) for im in images)
+        score = [8, 6] if len(images) == 2 else [9, 7]
+        out.append(Completion(json.dumps({"score": score, "reasoning": "stub"}), 10, 5, "stop"))
+    return out
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(engine, **kw) -> JudgeServer:
+        servers.append(JudgeServer(("127.0.0.1", 0), engine, model_name="stub-judge", **kw).start())
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_roundtrip_stub_server(serve):
+    server = serve(echo_engine)
+    backend = OpenAIChatBackend(base_url=server.url.removesuffix("/v1"), api_key="sk-secret", timeout=10)
+    assert "sk-secret" not in repr(backend)
+    v = VIEScoreVerifier(backend, concurrency=4, retries=1, backoff=0.01)
+    assert isinstance(v, Verifier)
+    results = v.score(_requests(3))
+    assert backend.model == "stub-judge"  # discovered from /v1/models
+    for r in results:
+        assert not r.failed and r.error is None
+        assert r.scores["sc"] == 6.0 and r.scores["pq"] == 7.0 and r.scores["edit_success"] == 8.0
+        assert r.reward == pytest.approx(math.sqrt(6 * 7) / 10)
+        assert '"reasoning": "stub"' in r.raw
+    assert v.stats == {"requests": 3, "failed": 0, "queries": 6, "retries": 0}
+
+
+def test_wire_format_and_bad_requests(serve):
+    server = serve(echo_engine)
+    base = server.url.removesuffix("/v1")
+    with httpx.Client(base_url=base, timeout=10) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        assert c.get("/v1/models").json()["data"][0]["id"] == "stub-judge"
+        ok = c.post("/v1/chat/completions", json={
+            "model": "anything", "n": 2, "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_to_data_url(RED)}},
+                                                      {"type": "text", "text": "rate"}]}]})
+        body = ok.json()
+        assert ok.status_code == 200 and body["object"] == "chat.completion" and len(body["choices"]) == 2
+        assert json.loads(body["choices"][1]["message"]["content"])["score"] == [9, 7]
+        assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
+        user = {"role": "user", "content": "hi"}
+        bad = [
+            (b"{not json", None),
+            (json.dumps({"messages": []}), "messages"),
+            (json.dumps({"messages": [{"role": "robot", "content": "hi"}]}), "messages"),
+            (json.dumps({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]}), "messages"),
+            (json.dumps({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}), "messages"),
+            (json.dumps({"messages": [user], "max_tokens": 0}), "max_tokens"),
+            (json.dumps({"messages": [user], "temperature": "hot"}), "temperature"),
+            (json.dumps({"messages": [user], "n": 99}), "n"),
+            (json.dumps({"messages": [user], "stream": True}), "stream"),
+        ]
+        for payload, param in bad:
+            r = c.post("/v1/chat/completions", content=payload, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, payload
+            err = r.json()["error"]
+            assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+        assert c.get("/v1/nothing").status_code == 404
+
+
+def test_data_urls_roundtrip():
+    assert data_url_to_image(image_to_data_url(RED)).getpixel((3, 3)) == (220, 40, 40)
+
+
+def test_server_error_is_retried_then_failed(serve):
+    def broken(requests):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    server = serve(broken)
+    v = VIEScoreVerifier(OpenAIChatBackend(base_url=server.url, model="stub-judge", timeout=10),
+                         retries=2, backoff=0.01)
+    results = v.score(_requests(2))
+    assert all(r.failed and r.reward is None for r in results)
+    assert "HTTP 500" in results[0].error and "out of memory" in results[0].error and "3 attempts" in results[0].error
+    assert v.stats == {"requests": 2, "failed": 2, "queries": 4, "retries": 8}  # 2 retries x 4 queries
+
+
+def test_timeout_is_retried_then_failed(serve):
+    def slow(requests):
+        time.sleep(0.4)
+        return echo_engine(requests)
+
+    server = serve(slow, max_batch=16)
+    v = VIEScoreVerifier(OpenAIChatBackend(base_url=server.url, model="stub-judge", timeout=0.1),
+                         retries=1, backoff=0.01)
+    (r,) = v.score(_requests(1))
+    assert r.failed and r.reward is None and "no reply within 0.1s" in r.error
+    assert v.stats["retries"] == 2 and v.stats["failed"] == 1
+
+
+def test_connection_refused_is_a_failed_result():
+    v = VIEScoreVerifier(OpenAIChatBackend(base_url="http://127.0.0.1:9", model="m", timeout=2), retries=1, backoff=0)
+    (r,) = v.score(_requests(1))
+    assert r.failed and "connection failed" in r.error and v.stats["retries"] == 2
+
+
+class ScriptedBackend:
+    """Replies from a script, one per call; JudgeErrors in the script are raised."""
+
+    name = "scripted"
+
+    def __init__(self, replies):
+        self.replies, self.calls = list(replies), 0
+
+    async def chat(self, messages, max_tokens, temperature):
+        self.calls += 1
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def aclose(self):
+        pass
+
+
+def test_retry_policy():
+    kw = dict(max_tokens=8, temperature=0.0, retries=3, backoff=0.0)
+    b = ScriptedBackend(["no idea", JudgeError("HTTP 503", retriable=True), '{"score": [5, 6]}'])
+    call = asyncio.run(chat_with_retries(b, [], parse_scores, **kw))
+    assert call.value == [5.0, 6.0] and call.attempts == 3 and call.error is None
+    b = ScriptedBackend([JudgeError("HTTP 401: bad key", retriable=False), "[1, 2]"])
+    call = asyncio.run(chat_with_retries(b, [], parse_scores, **kw))
+    assert call.value is None and call.attempts == 1 and "401" in call.error
+    b = ScriptedBackend(["?"] * 4)
+    call = asyncio.run(chat_with_retries(b, [], parse_scores, **kw))
+    assert call.value is None and call.attempts == 4 and "unparseable" in call.error and call.raw == "?"
+
+
+def test_score_inside_running_loop_and_bad_input():
+    v = VIEScoreVerifier(ScriptedBackend(['{"score": [10, 10]}', "[4, 9]"]), retries=0)
+
+    async def inside():
+        return v.score(_requests(1))
+
+    (r,) = asyncio.run(inside())
+    assert not r.failed and r.reward == pytest.approx(math.sqrt(10 * 4) / 10)
+    (empty,) = v.score([EditRequest(RED, " ", BLUE)])
+    assert empty.failed and "empty instruction" in empty.error
+    with pytest.raises(TypeError):
+        v.score([("not", "a", "request")])
+
+
+def test_backend_config(monkeypatch):
+    monkeypatch.delenv("EARL_JUDGE_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="EARL_JUDGE_BASE_URL"):
+        OpenAIChatBackend()
+    monkeypatch.setenv("EARL_JUDGE_BASE_URL", "http://judge:8000")
+    monkeypatch.setenv("EARL_JUDGE_MODEL", "qwen-vl")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    b = OpenAIChatBackend()
+    assert (b.base_url, b.model) == ("http://judge:8000/v1", "qwen-vl") and "sk-from-env" not in repr(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real (tiny, random) VLM.
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tiny_vlm_dir):
+    return LocalVLM(tiny_vlm_dir, device="cpu")
+
+
+def test_tiny_vlm_through_server_fails_cleanly_under_load(serve, tiny_vlm, one_thread):
+    server = serve(tiny_vlm.generate, max_batch=16, max_wait=0.01)
+    with httpx.Client(timeout=60) as c:  # the raw wire: n choices, usage, finish reason
+        body = c.post(server.url + "/chat/completions", json={
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_to_data_url(RED)}},
+                                                      {"type": "text", "text": "Rate it."}]}],
+            "max_tokens": 5, "temperature": 0, "n": 2}).json()
+    assert len(body["choices"]) == 2 and body["usage"]["completion_tokens"] <= 10
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")
+
+    v = VIEScoreVerifier(OpenAIChatBackend(base_url=server.url, timeout=60), concurrency=64, retries=1,
+                         backoff=0.01, max_tokens=6)
+    report = probe_failed_rate(v, n=64)
+    # Gibberish never parses: every request answered, every reward failed (none guessed), all counted.
+    assert report["answered"] == 64 and report["failed"] == 64 and report["failed_rate"] == 1.0
+    assert v.stats == {"requests": 64, "failed": 64, "queries": 128, "retries": 128}
+    assert server.batcher.batches < 256  # 256 generations were batched
+    print(f"\nload probe against the tiny VLM server: {report}, batches: {server.batcher.batches}")
+
+
+def test_tiny_vlm_in_process_backend(tiny_vlm_dir, one_thread):
+    backend = LocalVLMBackend(str(tiny_vlm_dir), max_batch=4, device="cpu")
+    try:
+        v = VIEScoreVerifier(backend, retries=0, max_tokens=6)
+        results = v.score(_requests(2))
+        assert all(r.failed and r.reward is None and r.raw.startswith("[semantic]") for r in results)
+        assert v.stats["failed"] == 2 and v.stats["queries"] == 4
+    finally:
+        backend.close()
