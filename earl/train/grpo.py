@@ -1,0 +1,309 @@
+"""GRPO for the editor: `earl train grpo recipes/shapes/grpo.yaml`.
+
+Its own loop rather than trl's GRPOTrainer: trl scores the whole vocabulary without CFG, which is
+not the distribution image codes are drawn from. One step:
+
+    rollout   P prompts x G samples from `earl.generate` (the policy's own sampler)
+    reward    a verifier scores each decoded edit; failed judgements are masked, never zeroed
+    advantage group-relative (`earl.rl.losses.group_advantages`), optional std scaling
+    update    PPO-clipped surrogate on log-probs of exactly the sampled distribution
+              (`earl.rl.logprobs.policy_logprobs`), optional k3 KL to a frozen reference,
+              `updates_per_rollout` passes over the batch in minibatches
+
+A step whose advantages are all zero (every group uniform or failed) makes no update at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from earl.config import to_dict
+from earl.data import EncodedEdits, encode_dataset, resolve_source
+from earl.errors import ConfigError
+from earl.generate import SamplingConfig, sample_edits
+from earl.io import atomic_write_json, save_png
+from earl.rl.logprobs import Rollout, policy_logprobs, rollout_from_generation
+from earl.rl.losses import LOSS_AGGREGATIONS, group_advantages, policy_loss, zero_variance_groups
+from earl.train.common import (
+    Checkpoints,
+    MetricLog,
+    OptimSection,
+    RunSection,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    world_size,
+)
+
+
+@dataclass
+class GRPOSection:
+    group_size: int = 8  # G samples per prompt
+    prompts_per_step: int = 8  # P prompts per process per step
+    minibatch_size: int = 16  # rows per forward/backward in the update
+    updates_per_rollout: int = 1  # optimizer steps on one rollout batch (importance ratios matter when > 1)
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # DAPO's clip-higher uses 0.28
+    beta: float = 0.0  # k3 KL weight to the frozen start; 0 keeps no reference model
+    scale_std: bool = True  # divide advantages by the group std (GRPO); false = Dr. GRPO
+    loss: str = "grpo"  # one of earl.rl.losses.LOSS_AGGREGATIONS
+    filter_zero_variance: bool = False  # drop groups whose rewards are all equal
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0))
+    sample_grid_every: int = 50  # write a PNG of sampled edits and rewards every N steps (0 = off)
+
+    def __post_init__(self):
+        if self.loss not in LOSS_AGGREGATIONS:
+            raise ValueError(f"loss must be one of {', '.join(LOSS_AGGREGATIONS)}, got {self.loss!r}")
+        if self.group_size < 2:
+            raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
+        s = self.sampling
+        if s.temperature <= 0 or s.top_k or s.top_p < 1.0:
+            raise ValueError("sampling for RL needs temperature > 0, top_k = 0 and top_p = 1: with a filter the "
+                             "sampled distribution is not the one the trainer can score")
+        if (self.group_size * self.prompts_per_step) % self.minibatch_size:
+            raise ValueError(f"minibatch_size {self.minibatch_size} must divide group_size x prompts_per_step "
+                             f"= {self.group_size * self.prompts_per_step}")
+
+
+@dataclass
+class VerifierSection:
+    name: str = "oracle"  # a name in earl.verify.VERIFIERS
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class GRPOData:
+    train: list[str] = field(default_factory=lambda: ["shapes:simple:train:20000:0"])
+    eval: str | None = "shapes:simple:test:200"
+    cache_dir: str = "runs/cache"
+    image_size: int = 64
+    oracle_eval_samples: int = 64
+
+
+@dataclass
+class GRPORecipe:
+    out_dir: str
+    init_from: str  # the SFT editor to start from
+    data: GRPOData = field(default_factory=GRPOData)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    verifier: VerifierSection = field(default_factory=VerifierSection)
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-5, min_lr=1e-5, warmup_steps=0,
+                                                                       weight_decay=0.0))
+    run: RunSection = field(default_factory=lambda: RunSection(steps=100, eval_every=50, save_every=50))
+    eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
+
+
+# ---- rollout and reward ---------------------------------------------------------------------
+def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRPOSection, generator) -> Rollout:
+    G = grpo.group_size
+    rows = [i for i in prompt_idx for _ in range(G)]  # prompt-major: row r belongs to prompt r // G
+    instructions = [data.instructions[i] for i in rows]
+    sources = data.source_codes[rows]
+    outs, chunk = [], max(grpo.minibatch_size, G)
+    for s in range(0, len(rows), chunk):
+        outs.append(sample_edits(editor.backbone, editor.layout, instructions[s : s + chunk], sources[s : s + chunk],
+                                 grpo.sampling, think=editor.config.cot, generator=generator))
+    from earl.evaluate import _concat
+
+    return rollout_from_generation(instructions, sources, _concat(outs), editor.layout)
+
+
+def score_rollout(editor, verifier, data: EncodedEdits, prompt_idx: list[int], rollout: Rollout, G: int):
+    """Rewards (P, G), valid mask (P, G), per-sample results and edited images."""
+    from earl.verify.base import EditRequest
+
+    rows = [i for i in prompt_idx for _ in range(G)]
+    edited = editor.decode_codes(rollout.codes)
+    sources = editor.decode_codes(data.source_codes[prompt_idx])
+    reqs = [EditRequest(source=sources[r // G], instruction=data.instructions[i], edited=edited[r],
+                        meta={"id": data.ids[i], "source_scene": data.source_scenes[i],
+                              "target_scene": data.target_scenes[i]})
+            for r, i in enumerate(rows)]
+    results = verifier.score(reqs)
+    valid = torch.tensor([not r.failed and r.reward is not None and math.isfinite(r.reward) for r in results])
+    rewards = torch.tensor([r.reward if v else 0.0 for r, v in zip(results, valid.tolist())], dtype=torch.float32)
+    return rewards.view(-1, G), valid.view(-1, G), results, edited, sources
+
+
+# ---- the loop -------------------------------------------------------------------------------
+def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, verifier=None) -> dict:
+    """Run the recipe. `verifier` (any object with `.score(requests)`) overrides the recipe's by-name verifier."""
+    from accelerate.utils import set_seed
+
+    from earl.model import UnifiedEditor
+
+    out = Path(cfg.out_dir)
+    G, P = cfg.grpo.group_size, cfg.grpo.prompts_per_step
+    n_mb = G * P // cfg.grpo.minibatch_size
+    cfg.run.grad_accum = n_mb  # one optimizer step per pass over the rollout batch
+    accelerator = make_accelerator(cfg.run, out)
+    set_seed(cfg.run.seed + accelerator.process_index)
+    if not Path(cfg.init_from).is_dir():
+        raise ConfigError(f"init_from: {cfg.init_from} not found (expected an SFT editor directory)")
+    editor = UnifiedEditor.from_pretrained(cfg.init_from)
+    if verifier is None:
+        from earl.verify.base import build_verifier
+
+        verifier = build_verifier(cfg.verifier.name, **cfg.verifier.options)
+    cache = Path(cfg.data.cache_dir)
+    tok_dir = Path(cfg.init_from) / "image_tokenizer"
+    with accelerator.main_process_first():
+        parts = [encode_dataset(resolve_source(s, cache, cfg.data.image_size), editor.image_tokenizer, tok_dir, cache,
+                                progress=accelerator.is_main_process) for s in cfg.data.train]
+        evalset = (encode_dataset(resolve_source(cfg.data.eval, cache, cfg.data.image_size), editor.image_tokenizer,
+                                  tok_dir, cache, progress=False) if cfg.data.eval else None)
+    data = EncodedEdits.concat(parts)
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        atomic_write_json(out / "recipe.json", to_dict(cfg))
+
+    ref = None
+    if cfg.grpo.beta > 0:
+        ref = copy.deepcopy(editor.backbone).requires_grad_(False).eval()
+    model = editor.backbone
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps * n_mb)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
+    step = 0
+    if resume and (last := ckpts.latest()) is not None:
+        step = ckpts.load(accelerator, last)["step"]
+        accelerator.print(f"resumed from {last} at step {step}")
+    log = MetricLog(accelerator, out, "grpo", to_dict(cfg))
+    accelerator.print(f"GRPO: {len(data)} prompts, G={G}, P={P} per process, world size {world_size(accelerator)}")
+
+    bar = tqdm(total=cfg.run.steps, initial=step, desc="grpo", disable=not (progress and accelerator.is_main_process))
+    t_start, metrics = time.time(), {}
+    while step < cfg.run.steps:
+        # prompts depend only on (seed, step, rank): a resumed run sees the same stream
+        order = torch.Generator().manual_seed(cfg.run.seed * 7919 + step * 104729 + accelerator.process_index)
+        prompt_idx = torch.randperm(len(data), generator=order)[:P].tolist()
+        editor.backbone = accelerator.unwrap_model(model)
+        editor.backbone.eval()
+        t0 = time.time()
+        rollout = collect_rollout(editor, data, prompt_idx, cfg.grpo, order)
+        t1 = time.time()
+        rewards, valid, results, edited, sources = score_rollout(editor, verifier, data, prompt_idx, rollout, G)
+        t2 = time.time()
+        if cfg.grpo.filter_zero_variance:
+            valid = valid & ~zero_variance_groups(rewards, valid)[:, None]
+        adv = group_advantages(rewards, valid, scale_std=cfg.grpo.scale_std).flatten()  # (P*G,)
+        row_ok = valid.flatten()
+        update_stats = {}
+        any_signal = accelerator.reduce(torch.tensor(float((adv != 0).any()), device=accelerator.device), "sum")
+        if float(any_signal) > 0:
+            update_stats = _update(cfg, accelerator, model, optimizer, scheduler, editor, ref, rollout, adv, row_ok)
+        t3 = time.time()
+        step += 1
+        bar.update(1)
+        n_img = int(rollout.is_image.sum())
+        metrics = {
+            "reward/mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
+            "reward/std": float(rewards[valid].std()) if valid.sum() > 1 else 0.0,
+            "reward/failed": float((~valid).sum()),
+            "reward/zero_variance_groups": float(zero_variance_groups(rewards, valid).sum()),
+            "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2,
+            "rollout/image_tokens_per_s": n_img / max(t1 - t0, 1e-9),
+            "policy/entropy_mc": float(-(rollout.old_logprobs[rollout.is_image]).mean()),
+            "update/skipped": float(not update_stats),
+            **{f"update/{k}": v for k, v in update_stats.items()},
+            **_subscores(results),
+        }
+        log.log(step, metrics)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
+        if accelerator.is_main_process and cfg.grpo.sample_grid_every and step % cfg.grpo.sample_grid_every == 0:
+            _sample_grid(out / "samples" / f"step_{step:06d}.png", sources, edited, rewards, valid, G)
+        if evalset is not None and (step % cfg.run.eval_every == 0 or step == cfg.run.steps):
+            if accelerator.is_main_process:
+                from earl.evaluate import oracle_eval
+
+                editor.backbone = accelerator.unwrap_model(model)
+                ev = oracle_eval(editor, evalset, cfg.data.oracle_eval_samples, cfg.eval_sampling)
+                log.log(step, {f"eval/{k}": v for k, v in ev.items()})
+                metrics.update({f"eval/{k}": v for k, v in ev.items()})
+            accelerator.wait_for_everyone()
+        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+            ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
+    bar.close()
+    final = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
+    final.update(step=step, wall_time_s=round(time.time() - t_start, 1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        editor.backbone = accelerator.unwrap_model(model)
+        editor.save_pretrained(out / "model")
+        atomic_write_json(out / "final_metrics.json", final)
+    log.close()
+    return final
+
+
+def _update(cfg: GRPORecipe, accelerator, model, optimizer, scheduler, editor, ref, rollout: Rollout,
+            adv: torch.Tensor, row_ok: torch.Tensor) -> dict[str, float]:
+    g = cfg.grpo
+    model.train()
+    ref_lp = None
+    if ref is not None:
+        with torch.no_grad():
+            ref_lp = torch.cat([policy_logprobs(ref, editor.layout, _rows(rollout, s, g.minibatch_size), g.sampling)
+                                for s in range(0, len(adv), g.minibatch_size)])
+    stats_sum: dict[str, float] = {}
+    count = 0
+    for _ in range(g.updates_per_rollout):
+        for s in range(0, len(adv), g.minibatch_size):
+            part = _rows(rollout, s, g.minibatch_size)
+            sl = slice(s, s + g.minibatch_size)
+            with accelerator.accumulate(model):
+                logp = policy_logprobs(model, editor.layout, part, g.sampling)
+                mask = part.sampled & row_ok[sl, None]
+                loss, stats = policy_loss(logp, part.old_logprobs.to(logp.device), adv[sl].to(logp.device),
+                                          mask.to(logp.device), g.clip_low, g.clip_high,
+                                          None if ref_lp is None else ref_lp[sl].to(logp.device), g.beta, g.loss)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                    stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) or 0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            stats["loss"] = float(loss.detach())
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v
+            count += 1
+    return {k: v / count for k, v in stats_sum.items()}
+
+
+def _rows(r: Rollout, start: int, n: int) -> Rollout:
+    sl = slice(start, start + n)
+    return Rollout(r.instructions[sl], r.source_codes[sl], r.completions[sl], r.lengths[sl], r.think_lengths[sl],
+                   r.sampled[sl], r.is_image[sl], r.old_logprobs[sl], r.codes[sl])
+
+
+def _subscores(results) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for r in results:
+        if not r.failed:
+            for k, v in (r.scores or {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    sums.setdefault(k, []).append(float(v))
+    return {f"reward/{k}": sum(v) / len(v) for k, v in sums.items()}
+
+
+def _sample_grid(path: Path, sources, edited, rewards, valid, G: int, max_prompts: int = 4) -> None:
+    from PIL import ImageDraw
+
+    from earl.viz import image_grid
+
+    rows = []
+    for p in range(min(max_prompts, len(sources))):
+        row = [sources[p]]
+        for g in range(G):
+            im = edited[p * G + g].convert("RGB").resize((sources[p].width * 2, sources[p].height * 2))
+            ImageDraw.Draw(im).text((1, 1), f"{rewards[p, g]:.2f}" if valid[p, g] else "fail", fill=(0, 0, 0))
+            row.append(im.resize(sources[p].size))
+        rows.append(row)
+    save_png(image_grid(rows, col_labels=["source"] + [f"sample {g}" for g in range(G)], scale=2), path)
