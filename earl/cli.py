@@ -7,6 +7,7 @@ keeps its traceback. Heavy imports happen inside each handler so `earl --help` s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -30,19 +31,85 @@ def _cmd_judge_shapes(args) -> None:
     print(f"results written to {args.out}")
 
 
-def _cmd_train_tokenizer(args) -> None:
-    from earl.config import load_config
-    from earl.train.tokenizer import TokenizerRecipe, format_report, train_tokenizer
+# stage -> (module, recipe dataclass, train function, report formatter or None)
+TRAIN_STAGES = {
+    "tokenizer": ("earl.train.tokenizer", "TokenizerRecipe", "train_tokenizer", "format_report"),
+    "sft": ("earl.train.sft", "SFTRecipe", "train_sft", None),
+    "grpo": ("earl.train.grpo", "GRPORecipe", "train_grpo", None),
+}
 
-    cfg = load_config(TokenizerRecipe, args.recipe, args.overrides)
-    report = train_tokenizer(cfg, resume=args.resume)
-    print(format_report(report))
+
+def _cmd_train(args) -> None:
+    import importlib
+
+    from earl.config import load_config
+
+    module, recipe_cls, train_fn, fmt = TRAIN_STAGES[args.stage]
+    mod = importlib.import_module(module)
+    cfg = load_config(getattr(mod, recipe_cls), args.recipe, args.overrides)
+    report = getattr(mod, train_fn)(cfg, resume=args.resume)
+    print(getattr(mod, fmt)(report) if fmt else json.dumps(report, indent=2))
+
+
+def _cmd_edit(args) -> None:
+    from earl.pipeline import EditPipeline
+
+    pipe = EditPipeline.from_pretrained(args.model)
+    res = pipe(args.image, args.instruction, num_samples=args.num_samples, guidance_scale=args.guidance_scale,
+               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    from earl.io import save_png
+
+    out = Path(args.out)
+    for i, im in enumerate(res.images):
+        path = out if len(res.images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+        save_png(im, path)
+        print(f"wrote {path}")
+    for t in res.thinking:
+        if t is not None:
+            print(f"thinking: {t}")
+
+
+def _cmd_eval_shapes(args) -> None:
+    from earl.evaluate import run_shapes_eval
+    from earl.generate import SamplingConfig
+    from earl.shapes.judge import format_table
+
+    sampling = SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature)
+    results = run_shapes_eval(args.model, args.data, args.out, sampling, batch_size=args.batch_size, seed=args.seed)
+    print(format_table(results))
+    print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
 
 def _cmd_demo(args) -> None:
     from earl.demo import run_demo
 
     run_demo(Path(args.out), fast=args.fast)
+
+
+def _cmd_bench_generate(args) -> None:
+    from earl.bench import bench_generate, format_table
+    from earl.io import atomic_write_json
+
+    sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    res = bench_generate(size=args.size, image_size=args.image_size, batch_sizes=sizes,
+                         guidance_scale=args.guidance_scale, repeats=args.repeats, seed=args.seed,
+                         num_threads=args.threads)
+    print(format_table(res))
+    if args.out:
+        atomic_write_json(args.out, res)
+        print(f"results written to {args.out}")
+
+
+def _cmd_serve_judge(args) -> None:
+    from earl.serve.judge import serve_judge
+
+    serve_judge(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+
+
+def _sampling_args(p) -> None:
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,16 +135,58 @@ def build_parser() -> argparse.ArgumentParser:
     j.set_defaults(func=_cmd_judge_shapes)
 
     train = sub.add_parser("train", help="train a model from a YAML recipe").add_subparsers(dest="what", required=True)
-    t = train.add_parser("tokenizer", help="train the VQ image tokenizer")
-    t.add_argument("recipe", help="YAML recipe, e.g. recipes/shapes/tokenizer.yaml")
-    t.add_argument("overrides", nargs="*", help="key.sub=value overrides of recipe fields")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
-    t.set_defaults(func=_cmd_train_tokenizer)
+    for stage, (module, *_rest) in TRAIN_STAGES.items():
+        t = train.add_parser(stage, help=f"train with {module}")
+        t.add_argument("recipe", help=f"YAML recipe, e.g. recipes/shapes/{stage}.yaml")
+        t.add_argument("overrides", nargs="*", help="key.sub=value overrides of recipe fields")
+        t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+        t.set_defaults(func=_cmd_train, stage=stage)
+
+    e = sub.add_parser("edit", help="edit one image")
+    e.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
+    e.add_argument("--image", required=True)
+    e.add_argument("--instruction", required=True)
+    e.add_argument("--out", required=True, help="output PNG (with several samples: out_0.png, out_1.png, ...)")
+    _sampling_args(e)
+    e.add_argument("--num-samples", type=int, default=1)
+    e.add_argument("--top-k", type=int, default=0)
+    e.add_argument("--top-p", type=float, default=1.0)
+    e.set_defaults(func=_cmd_edit)
+
+    ev = sub.add_parser("eval", help="evaluate an editor").add_subparsers(dest="what", required=True)
+    es = ev.add_parser("shapes", help="edit every sample of a ShapesEdit set, judge with the oracle, report")
+    es.add_argument("--model", required=True)
+    es.add_argument("--data", required=True)
+    es.add_argument("--out", required=True, help="output directory (resumable: existing images are kept)")
+    es.add_argument("--batch-size", type=int, default=32)
+    _sampling_args(es)
+    es.set_defaults(func=_cmd_eval_shapes)
 
     demo = sub.add_parser("demo", help="the quickstart job: data -> tokenizer -> report")
     demo.add_argument("--out", default="runs/demo", help="working directory for the demo's outputs")
     demo.add_argument("--fast", action="store_true", help="a smaller run (smoke test)")
     demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
+    bg = bench.add_parser("generate", help="image tokens/s of earl's sampler vs transformers.generate (CFG)")
+    bg.add_argument("--size", default="shapes-tiny", help="named backbone size (random weights)")
+    bg.add_argument("--image-size", type=int, default=64, help="image side in pixels (grid = size / 8)")
+    bg.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes")
+    bg.add_argument("--guidance-scale", type=float, default=3.0)
+    bg.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median; after 1 warm-up)")
+    bg.add_argument("--threads", type=int, default=2, help="torch intra-op threads (0 = leave torch's default)")
+    bg.add_argument("--seed", type=int, default=0)
+    bg.add_argument("--out", default=None, help="write the results as JSON here")
+    bg.set_defaults(func=_cmd_bench_generate)
+
+    serve = sub.add_parser("serve", help="servers").add_subparsers(dest="what", required=True)
+    sj = serve.add_parser("judge", help="serve a local image-text-to-text model via the OpenAI chat-completions API")
+    sj.add_argument("--model", required=True, help="local model directory (AutoModelForImageTextToText + processor)")
+    sj.add_argument("--port", type=int, required=True)
+    sj.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    sj.add_argument("--max-batch", type=int, default=8, help="most requests answered by one batched generate")
+    sj.add_argument("--max-wait-ms", type=float, default=5.0, help="how long to collect requests for a batch")
+    sj.set_defaults(func=_cmd_serve_judge)
     return p
 
 
