@@ -13,6 +13,8 @@ FORBIDDEN = {
     "earl.generate": ["earl.train", "earl.cli"],
     "earl.model": ["earl.train", "earl.cli", "earl.generate"],
     "earl.train": ["earl.cli"],
+    "earl.verify": ["earl.model", "earl.generate", "earl.train", "earl.cli", "earl.serve"],
+    "earl.rl": ["earl.train", "earl.cli"],
 }
 
 
