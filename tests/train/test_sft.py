@@ -106,3 +106,10 @@ def test_deepspeed_zero2_under_torchrun(tmp_path, tok_dir):
     out, run = _launch(tmp_path, tok_dir, {"run.deepspeed": str(ROOT / "recipes/deepspeed/zero2.json")}, "zero2")
     assert "world size 2" in out
     assert (run / "model" / "editor.json").is_file()
+
+
+def test_bf16_mixed_precision_trains(tmp_path, tok_dir):
+    cfg = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml",
+                      tiny_overrides(tmp_path, tok_dir, **{"run.mixed_precision": "bf16", "run.steps": 3, "run.eval_every": 3}))
+    final = train_sft(cfg, progress=False)
+    assert final["step"] == 3 and final["eval/loss"] == final["eval/loss"]  # finite, not NaN
