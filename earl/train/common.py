@@ -70,6 +70,12 @@ def make_accelerator(run: RunSection, out_dir: Path) -> Accelerator:
             raise ConfigError(f"run.deepspeed: {path} not found (expected a DeepSpeed JSON config)")
         plugin = DeepSpeedPlugin(hf_ds_config=str(path), gradient_accumulation_steps=run.grad_accum)
     log_with = ["tensorboard"] + (["wandb"] if run.wandb else [])
+    # accelerate keeps one global state per process; several runs in one process (the study, the
+    # demo, tests) may differ in precision or plugin, so start each from a clean state while keeping
+    # the process group (PartialState) that torchrun set up.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         gradient_accumulation_steps=run.grad_accum,
         mixed_precision=run.mixed_precision,
@@ -171,3 +177,29 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def finish_run(accelerator: Accelerator, model, editor, out_dir: Path, metrics: dict, step: int, t0: float,
+               log: MetricLog) -> dict:
+    """Save the final editor (main rank) and final_metrics.json; returns the finite final metrics."""
+    import math
+
+    final = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
+    final.update(step=step, wall_time_s=round(time.time() - t0, 1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        editor.backbone = accelerator.unwrap_model(model)
+        editor.save_pretrained(Path(out_dir) / "model")
+        atomic_write_json(Path(out_dir) / "final_metrics.json", final)
+    log.close()
+    return final
+
+
+def load_sources(accelerator: Accelerator, sources: list[str], image_tokenizer, tokenizer_dir: Path,
+                 cache_dir: Path, image_size: int):
+    """Resolve and encode data sources; the main rank generates/encodes first, the others read its cache."""
+    from earl.data import encode_dataset, resolve_source
+
+    with accelerator.main_process_first():
+        return [encode_dataset(resolve_source(s, cache_dir, image_size), image_tokenizer, tokenizer_dir, cache_dir,
+                               progress=accelerator.is_main_process) for s in sources]

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from earl.config import to_dict
-from earl.data import EncodedEdits, encode_dataset, resolve_source
+from earl.data import EncodedEdits
 from earl.errors import ConfigError
 from earl.generate import SamplingConfig, sample_edits
 from earl.io import atomic_write_json, save_png
@@ -36,6 +36,8 @@ from earl.train.common import (
     MetricLog,
     OptimSection,
     RunSection,
+    finish_run,
+    load_sources,
     make_accelerator,
     make_optimizer,
     make_scheduler,
@@ -154,11 +156,9 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
         verifier = build_verifier(cfg.verifier.name, **cfg.verifier.options)
     cache = Path(cfg.data.cache_dir)
     tok_dir = Path(cfg.init_from) / "image_tokenizer"
-    with accelerator.main_process_first():
-        parts = [encode_dataset(resolve_source(s, cache, cfg.data.image_size), editor.image_tokenizer, tok_dir, cache,
-                                progress=accelerator.is_main_process) for s in cfg.data.train]
-        evalset = (encode_dataset(resolve_source(cfg.data.eval, cache, cfg.data.image_size), editor.image_tokenizer,
-                                  tok_dir, cache, progress=False) if cfg.data.eval else None)
+    parts = load_sources(accelerator, cfg.data.train, editor.image_tokenizer, tok_dir, cache, cfg.data.image_size)
+    evalset = (load_sources(accelerator, [cfg.data.eval], editor.image_tokenizer, tok_dir, cache, cfg.data.image_size)[0]
+               if cfg.data.eval else None)
     data = EncodedEdits.concat(parts)
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -232,15 +232,7 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
         if step % cfg.run.save_every == 0 or step == cfg.run.steps:
             ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
     bar.close()
-    final = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
-    final.update(step=step, wall_time_s=round(time.time() - t_start, 1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        editor.backbone = accelerator.unwrap_model(model)
-        editor.save_pretrained(out / "model")
-        atomic_write_json(out / "final_metrics.json", final)
-    log.close()
-    return final
+    return finish_run(accelerator, model, editor, out, metrics, step, t_start, log)
 
 
 def _update(cfg: GRPORecipe, accelerator, model, optimizer, scheduler, editor, ref, rollout: Rollout,

@@ -9,7 +9,6 @@ covers it too. Only the completion carries loss (the prompt is masked).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from earl.config import to_dict
-from earl.data import EncodedEdits, encode_dataset, resolve_source
+from earl.data import EncodedEdits
 from earl.errors import ConfigError
 from earl.generate import SamplingConfig
 from earl.io import atomic_write_json
@@ -28,6 +27,8 @@ from earl.train.common import (
     MetricLog,
     OptimSection,
     RunSection,
+    finish_run,
+    load_sources,
     make_accelerator,
     make_optimizer,
     make_scheduler,
@@ -113,9 +114,7 @@ def setup(cfg: SFTRecipe, accelerator):
         image_tokenizer = VQTokenizer.from_pretrained(tok_dir)
 
     def load_all(sources):
-        with accelerator.main_process_first():  # main generates/encodes, the others read the cache
-            return [encode_dataset(resolve_source(s, cache, cfg.model.image_size), image_tokenizer, tok_dir, cache,
-                                   progress=accelerator.is_main_process) for s in sources]
+        return load_sources(accelerator, sources, image_tokenizer, tok_dir, cache, cfg.model.image_size)
 
     if not cfg.data.train:
         raise ConfigError("data.train: at least one data source is needed")
@@ -192,16 +191,7 @@ def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> di
         if step % cfg.run.save_every == 0 or step == cfg.run.steps:
             ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
     bar.close()
-
-    final = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
-    final.update(step=step, wall_time_s=round(time.time() - t0, 1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        editor.backbone = accelerator.unwrap_model(model)
-        editor.save_pretrained(out / "model")
-        atomic_write_json(out / "final_metrics.json", final)
-    log.close()
-    return final
+    return finish_run(accelerator, model, editor, out, metrics, step, t0, log)
 
 
 def _forever(loader, start_epoch: int = 0):

@@ -1,0 +1,418 @@
+"""Train the VQ image tokenizer on ShapesEdit scenes: setup -> train -> evaluate -> save.
+
+    from earl.config import load_config
+    from earl.train.tokenizer import TokenizerRecipe, train_tokenizer, format_report
+    report = train_tokenizer(load_config(TokenizerRecipe, "recipes/shapes/tokenizer.yaml"))
+    print(format_report(report))
+
+Data is a fixed set of `n_train` random scenes rendered once into a uint8 tensor (rendering is
+cheap, and a fixed set makes runs and resumes reproducible); test scenes come from a separate
+seed. The loss is L1 + L2 + the quantiser's auxiliary loss, plus two optional perceptual-free terms:
+- a colour (foreground) term: pixels whose colour differs from the image's median colour get
+  `1 + foreground_weight` times the weight. Objects cover ~10% of a ShapesEdit image, so without
+  it a tokenizer first learns the backgrounds and sits on a ~20 dB plateau drawing blobs;
+- an edge term: L1 between image gradients, which rewards crisp shape boundaries.
+
+Outputs in `out_dir`:
+    tokenizer/        the trained tokenizer (`VQTokenizer.from_pretrained` loads it)
+    checkpoint/       resumable state: model + optimizer + RNG tensors in safetensors, the rest in JSON
+    logs/             TensorBoard scalars
+    recipe.json       the resolved recipe
+    report.json       PSNR, codebook usage and perplexity, oracle agreement, timings
+    recon_grid.png    a few test originals (top) above their reconstructions (bottom), upscaled
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from earl.config import to_dict
+from earl.errors import ConfigError, DataError
+from earl.io import atomic_path, atomic_write_json, read_json, save_png
+from earl.shapes.edits import random_scene
+from earl.shapes.render import render_array
+from earl.shapes.scene import Scene
+from tokenizer import VQConfig, VQTokenizer
+
+
+@dataclass
+class DataConfig:
+    n_train: int = field(default=10000, metadata={"help": "random scenes rendered once and sampled with replacement"})
+    n_test: int = field(default=500, metadata={"help": "held-out scenes (different seed) for PSNR, usage and oracle"})
+    seed: int = field(default=0, metadata={"help": "scene sampling seed (test scenes use a derived seed)"})
+    image_size: int = field(default=64, metadata={"help": "image side in pixels; must be a multiple of the downsample"})
+    grid: int = field(default=4, metadata={"help": "scene grid (grid x grid cells)"})
+
+    def __post_init__(self):
+        if self.n_train < 1 or self.n_test < 1:
+            raise ValueError(f"n_train and n_test must be >= 1, got {self.n_train} and {self.n_test}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = field(default=1500, metadata={"help": "optimizer steps in total (a resumed run continues up to this)"})
+    batch_size: int = field(default=32, metadata={"help": "images per step"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    min_lr_ratio: float = field(default=0.05, metadata={"help": "cosine decays the lr to lr * min_lr_ratio"})
+    warmup: int = field(default=50, metadata={"help": "linear warmup steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = no clipping)"})
+    l1_weight: float = field(default=1.0, metadata={"help": "weight of the pixel L1 loss"})
+    l2_weight: float = field(default=1.0, metadata={"help": "weight of the pixel L2 loss"})
+    foreground_weight: float = field(
+        default=0.0, metadata={"help": "extra pixel-loss weight on pixels away from the image's median colour"}
+    )
+    edge_weight: float = field(default=0.0, metadata={"help": "weight of L1 between image gradients (crisp edges)"})
+    aux_weight: float = field(default=1.0, metadata={"help": "weight of the quantiser's auxiliary loss (vq / lfq)"})
+    log_every: int = field(default=25, metadata={"help": "steps between TensorBoard / progress-bar updates"})
+    eval_every: int = field(default=500, metadata={"help": "steps between quick test-PSNR evaluations (0 = only at the end)"})
+    ckpt_every: int = field(default=500, metadata={"help": "steps between resumable checkpoints (0 = only at the end)"})
+    eval_batch_size: int = field(default=100, metadata={"help": "images per forward pass during evaluation"})
+    num_threads: int = field(default=2, metadata={"help": "torch CPU threads (0 = leave torch's default)"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation and batch sampling"})
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
+            raise ValueError("steps, batch_size and log_every must be >= 1")
+        if self.warmup < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need warmup >= 0 and 0 <= min_lr_ratio <= 1, got {self.warmup}, {self.min_lr_ratio}")
+
+
+@dataclass
+class TokenizerRecipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: VQConfig = field(default_factory=VQConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = field(default="runs/tokenizer", metadata={"help": "where the tokenizer, logs and report go"})
+
+    def __post_init__(self):
+        if self.data.image_size % self.model.downsample:
+            raise ValueError(
+                f"data.image_size {self.data.image_size} is not a multiple of the model's downsample "
+                f"{self.model.downsample}; change one of them"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def make_scenes(n: int, seed: int, image_size: int, grid: int) -> tuple[list[Scene], torch.Tensor]:
+    """`n` random scenes (1-4 objects) and their renders as a uint8 tensor (n, 3, H, W)."""
+    rng = random.Random(seed)
+    scenes = [random_scene(rng, image_size, grid) for _ in range(n)]
+    images = np.stack([render_array(s) for s in scenes])  # (n, H, W, 3) uint8
+    return scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W)
+
+
+def _to_float(images_u8: torch.Tensor) -> torch.Tensor:
+    return images_u8.float().div_(255.0)  # (B, 3, H, W) in [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and schedule
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, tc: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """Weighted L1 + L2 (+ foreground, + edge) between (B,3,H,W) images; returns (loss, float stats)."""
+    err = (recon - target).abs()  # (B, 3, H, W)
+    weight = torch.ones_like(target[:, :1])  # (B, 1, H, W)
+    if tc.foreground_weight > 0:
+        median = target.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1): the background here
+        away = (target - median).abs().amax(dim=1, keepdim=True) > 0.02  # (B, 1, H, W): beyond 5/255 in a channel
+        weight = weight + tc.foreground_weight * away.float()
+    l1 = (weight * err).mean()
+    l2 = (weight * err.square()).mean()
+    loss = tc.l1_weight * l1 + tc.l2_weight * l2
+    stats = {"l1": err.mean().item(), "l2": err.square().mean().item()}
+    if tc.edge_weight > 0:
+        dx = (recon.diff(dim=-1) - target.diff(dim=-1)).abs().mean()  # horizontal gradients
+        dy = (recon.diff(dim=-2) - target.diff(dim=-2)).abs().mean()  # vertical gradients
+        loss = loss + tc.edge_weight * (dx + dy)
+        stats["edge"] = (dx + dy).item()
+    return loss, stats
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps`."""
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    progress = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def reconstruct(model: VQTokenizer, images_u8: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode + decode in batches -> (recon uint8 (N,3,H,W), codes (N,h,w))."""
+    recons, codes = [], []
+    for i in range(0, len(images_u8), batch_size):
+        c = model.encode(_to_float(images_u8[i : i + batch_size]))  # (b, h, w)
+        recons.append((model.decode(c) * 255).round().to(torch.uint8))  # (b, 3, H, W)
+        codes.append(c)
+    return torch.cat(recons), torch.cat(codes)
+
+
+def psnr(recon_u8: torch.Tensor, target_u8: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of uint8 images (what a user sees after saving), capped at 100 for exact copies."""
+    mse = (recon_u8.float() - target_u8.float()).div(255).pow(2).flatten(1).mean(1)  # (N,)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).clamp(max=100.0)
+
+
+def code_stats(codes: torch.Tensor, codebook_size: int) -> dict:
+    """Fraction of the codebook used and the perplexity exp(H) of the code histogram."""
+    counts = torch.bincount(codes.flatten(), minlength=codebook_size).float()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    used = int((counts > 0).sum())
+    return {"codes_used": used, "codebook_usage": used / codebook_size, "code_perplexity": math.exp(entropy)}
+
+
+def oracle_agreement(scenes: list[Scene], images_u8: torch.Tensor) -> tuple[float | None, str]:
+    """Fraction of images the ShapesEdit oracle parses back to exactly their scene (None if no oracle yet)."""
+    try:
+        from earl.shapes.oracle import parse_scene  # lazy: the oracle sits above the tokenizer recipe's data
+    except ImportError as e:
+        return None, f"oracle not available ({e})"
+    arrays = images_u8.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+    hits = sum(parse_scene(a, image_size=s.image_size, grid=s.grid).scene == s for a, s in zip(arrays, scenes))
+    return hits / len(scenes), "exact scene match by earl.shapes.oracle.parse_scene"
+
+
+def evaluate(model: VQTokenizer, scenes: list[Scene], images_u8: torch.Tensor, batch_size: int, oracle: bool) -> dict:
+    recon, codes = reconstruct(model, images_u8, batch_size)
+    p = psnr(recon, images_u8)
+    out = {"psnr_db": p.mean().item(), "psnr_db_min": p.min().item(), **code_stats(codes, model.codebook_size)}
+    out["test_l1"] = (recon.float() - images_u8.float()).abs().mean().item() / 255
+    if oracle:
+        out["oracle_agreement"], out["oracle_note"] = oracle_agreement(scenes, recon)
+        out["oracle_agreement_originals"], _ = oracle_agreement(scenes, images_u8)
+    return out
+
+
+def save_recon_grid(path: Path, originals_u8: torch.Tensor, recon_u8: torch.Tensor, scale: int = 4, pad: int = 2) -> None:
+    """Originals in the top row, reconstructions below, each upscaled `scale`x (nearest) with gaps."""
+    n, _, h, w = originals_u8.shape
+    canvas = np.full((2 * h * scale + 3 * pad, n * (w * scale + pad) + pad, 3), 255, dtype=np.uint8)
+    for row, batch in enumerate((originals_u8, recon_u8)):
+        for i, img in enumerate(batch.permute(0, 2, 3, 1).numpy()):  # (H, W, 3)
+            big = img.repeat(scale, axis=0).repeat(scale, axis=1)  # (H*s, W*s, 3)
+            y, x = pad + row * (h * scale + pad), pad + i * (w * scale + pad)
+            canvas[y : y + h * scale, x : x + w * scale] = big
+    save_png(Image.fromarray(canvas), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: tensors in safetensors (loaded without pickle), everything else in JSON.
+
+CKPT_DIR, CKPT_JSON = "checkpoint", "state.json"
+
+
+def save_checkpoint(out_dir: Path, model, optimizer, batch_gen: torch.Generator, meta: dict) -> None:
+    """Write `state-<step>.safetensors`, then `state.json` naming it (the commit point), then drop older files."""
+    ckpt = out_dir / CKPT_DIR
+    ckpt.mkdir(parents=True, exist_ok=True)
+    opt_sd = optimizer.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optim_scalars = {}
+    for pid, state in opt_sd["state"].items():
+        for name, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                optim_scalars[f"{pid}.{name}"] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.batches"] = batch_gen.get_state()
+    name = f"state-{meta['step']}.safetensors"
+    with atomic_path(ckpt / name) as tmp:
+        save_file(tensors, str(tmp))
+    meta = {**meta, "tensors": name, "param_groups": opt_sd["param_groups"], "optim_scalars": optim_scalars}
+    atomic_write_json(ckpt / CKPT_JSON, meta)
+    for old in ckpt.glob("state-*.safetensors"):
+        if old.name != name:
+            old.unlink()
+
+
+def load_checkpoint(out_dir: Path, model, optimizer, batch_gen: torch.Generator) -> dict | None:
+    """Restore model, optimizer and RNG state in place; returns the JSON metadata, or None if no checkpoint."""
+    ckpt = out_dir / CKPT_DIR
+    if not (ckpt / CKPT_JSON).is_file():
+        return None
+    meta = read_json(ckpt / CKPT_JSON)
+    try:
+        tensors = load_file(str(ckpt / meta["tensors"]))
+    except Exception as e:
+        raise DataError(f"{ckpt}: checkpoint tensors unreadable ({type(e).__name__}: {e}); delete {ckpt} to start over") from None
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            pid, name = key[6:].split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["optim_scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    batch_gen.set_state(tensors["rng.batches"])
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+
+
+def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = False) -> dict:
+    """Train, evaluate and save a tokenizer; returns the report (also written to `out_dir/report.json`).
+
+    With `resume=True` and a checkpoint in `out_dir/checkpoint`, training continues from its step
+    (the model config must match); without a checkpoint it starts from scratch.
+    """
+    from torch.utils.tensorboard import SummaryWriter  # slow import; only needed when training
+
+    t_start = time.time()
+    tc, dc = cfg.train, cfg.data
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "recipe.json", to_dict(cfg))
+
+    # -- setup
+    _, train_u8 = make_scenes(dc.n_train, dc.seed, dc.image_size, dc.grid)  # (N, 3, H, W) uint8
+    test_scenes, test_u8 = make_scenes(dc.n_test, dc.seed + 1_000_003, dc.image_size, dc.grid)
+    quick = min(len(test_u8), 200)  # periodic evals use a slice of the test set
+    torch.manual_seed(tc.seed)
+    model = VQTokenizer(cfg.model)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)  # no weight decay on norms and biases
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr
+    )
+    batch_gen = torch.Generator().manual_seed(tc.seed)
+    step, train_seconds, history = 0, 0.0, {}
+    if resume:
+        meta = load_checkpoint(out_dir, model, optimizer, batch_gen) if _check_resumable(out_dir, cfg) else None
+        if meta is not None:
+            step, train_seconds, history = meta["step"], meta["train_seconds"], meta["history"]
+    if step == 0:
+        history["initial_test_l1"] = evaluate(model, test_scenes, test_u8[:quick], tc.eval_batch_size, False)["test_l1"]
+
+    # -- train
+    writer = SummaryWriter(str(out_dir / "logs"))
+    bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="tokenizer", unit="step", dynamic_ncols=True)
+    model.train()
+    t_loop, window = time.time(), []
+    while step < tc.steps:
+        lr = lr_at(step, tc)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(train_u8), (tc.batch_size,), generator=batch_gen)
+        x = _to_float(train_u8[idx])  # (B, 3, H, W)
+        recon, _, aux = model(x)
+        rec_loss, stats = reconstruction_loss(recon, x, tc)
+        loss = rec_loss + tc.aux_weight * aux
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        step += 1
+        window.append(loss.item())
+        bar.update(1)
+        if step % tc.log_every == 0 or step == tc.steps:
+            history["last_train_loss"] = sum(window) / len(window)
+            writer.add_scalar("train/loss", history["last_train_loss"], step)
+            writer.add_scalar("train/aux", aux.item(), step)
+            writer.add_scalar("train/lr", lr, step)
+            for k, v in stats.items():
+                writer.add_scalar(f"train/{k}", v, step)
+            bar.set_postfix(loss=f"{history['last_train_loss']:.4f}", psnr=f"{history.get('last_psnr', 0):.1f}")
+            window = []
+        if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+            ev = evaluate(model, test_scenes, test_u8[:quick], tc.eval_batch_size, False)
+            model.train()
+            history["last_psnr"] = ev["psnr_db"]
+            writer.add_scalar("eval/psnr_db", ev["psnr_db"], step)
+            writer.add_scalar("eval/codebook_usage", ev["codebook_usage"], step)
+        if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
+            elapsed = train_seconds + time.time() - t_loop
+            meta = {"step": step, "train_seconds": elapsed, "history": history, "recipe": to_dict(cfg)}
+            save_checkpoint(out_dir, model, optimizer, batch_gen, meta)
+    bar.close()
+    train_seconds += time.time() - t_loop
+
+    # -- evaluate and save
+    model.eval()
+    ev = evaluate(model, test_scenes, test_u8, tc.eval_batch_size, True)
+    for k in ("psnr_db", "codebook_usage"):
+        writer.add_scalar(f"eval/{k}", ev[k], step)
+    writer.close()
+    tok_dir = model.save_pretrained(out_dir / "tokenizer")
+    n_show = min(8, len(test_u8))
+    save_recon_grid(out_dir / "recon_grid.png", test_u8[:n_show], reconstruct(model, test_u8[:n_show], n_show)[0])
+    weights_mb = (tok_dir / "model.safetensors").stat().st_size / 2**20
+    report = {
+        **ev,
+        "n_test": len(test_u8),
+        "codebook_size": model.codebook_size,
+        "grid": [dc.image_size // model.downsample] * 2,
+        "quantizer": cfg.model.quantizer,
+        "num_parameters": model.num_parameters(),
+        "weights_mb": round(weights_mb, 3),
+        "steps": step,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - t_start, 1),
+        "initial_test_l1": history.get("initial_test_l1"),
+        "last_train_loss": history.get("last_train_loss"),
+        "tokenizer_dir": str(tok_dir),
+    }
+    atomic_write_json(out_dir / "report.json", report)
+    return report
+
+
+def _check_resumable(out_dir: Path, cfg: TokenizerRecipe) -> bool:
+    """True if a checkpoint exists; a checkpoint for a different model or data is an error, not a silent restart."""
+    path = out_dir / CKPT_DIR / CKPT_JSON
+    if not path.is_file():
+        return False
+    saved = read_json(path).get("recipe", {})
+    for section in ("model", "data"):
+        if saved.get(section) != json.loads(json.dumps(to_dict(getattr(cfg, section)))):
+            raise ConfigError(
+                f"{path}: the checkpoint was trained with a different {section} config; "
+                f"resume with the same recipe, or pick a new out_dir (or resume=False) to start over"
+            )
+    return True
+
+
+def format_report(report: dict) -> str:
+    """A few human-readable lines summarising `report`."""
+    agree = report.get("oracle_agreement")
+    agree_s = "n/a (" + report.get("oracle_note", "no oracle") + ")" if agree is None else f"{agree:.1%}"
+    lines = [
+        f"tokenizer     {report['quantizer']}, {report['codebook_size']} codes, grid {report['grid'][0]}x{report['grid'][1]}, "
+        f"{report['num_parameters'] / 1e6:.2f}M params ({report['weights_mb']:.1f} MB)",
+        f"PSNR          {report['psnr_db']:.2f} dB mean, {report['psnr_db_min']:.2f} dB worst ({report['n_test']} test scenes)",
+        f"codebook      {report['codes_used']} used ({report['codebook_usage']:.1%}), perplexity {report['code_perplexity']:.1f}",
+        f"oracle        {agree_s}",
+        f"training      {report['steps']} steps in {report['train_seconds']:.0f} s (total {report['total_seconds']:.0f} s)",
+        f"saved         {report['tokenizer_dir']}",
+    ]
+    return "\n".join(lines)
+
