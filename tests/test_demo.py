@@ -1,0 +1,18 @@
+"""README command 1 at smoke size: `earl demo --fast` runs every stage and ends with a report."""
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_fast_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "earl.cli", "demo", "--fast", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, env={"OMP_NUM_THREADS": "1",
+                                                                          **__import__("os").environ})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "demo finished" in r.stdout
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["overall"]["n"] == 32
+    assert (out / "eval" / "grid.png").is_file() and (out / "tokenizer" / "report.json").is_file()
+    assert (out / "sft" / "model" / "editor.json").is_file()

@@ -1,0 +1,86 @@
+"""The tokenizer recipe: a tiny run learns and writes its outputs; resume continues exactly where it stopped."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from earl.config import load_config
+from earl.errors import ConfigError
+from earl.train.tokenizer import TokenizerRecipe, format_report, lr_at, train_tokenizer
+from tokenizer import VQTokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "recipes/shapes/tokenizer_tiny.yaml"
+
+# Smaller than the tiny recipe: a couple of seconds per run on 2 CPU cores.
+FAST = [
+    "data.n_train=256", "data.n_test=16", "data.image_size=32", "data.grid=2",
+    "model.channels=8", "model.channel_mult=[1,2,2,2]", "model.latent_dim=8", "model.norm_groups=4",
+    "train.batch_size=8", "train.log_every=5", "train.eval_every=10", "train.eval_batch_size=16",
+]
+
+
+def recipe(tmp_path, *overrides) -> TokenizerRecipe:
+    return load_config(TokenizerRecipe, TINY, FAST + [f"out_dir={tmp_path}", *overrides])
+
+
+@pytest.mark.parametrize("name", ["tokenizer.yaml", "tokenizer_tiny.yaml"])
+def test_recipes_load(name):
+    cfg = load_config(TokenizerRecipe, ROOT / "recipes/shapes" / name)
+    assert cfg.data.image_size % cfg.model.downsample == 0
+
+
+def test_tiny_run_learns_and_writes_outputs(tmp_path):
+    report = train_tokenizer(recipe(tmp_path, "train.steps=80", "train.warmup=5"), progress=False)
+    assert report["test_l1"] < 0.5 * report["initial_test_l1"], report
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert (tmp_path / "recon_grid.png").is_file() and (tmp_path / "recipe.json").is_file()
+    assert any((tmp_path / "logs").iterdir()), "TensorBoard logs missing"
+    tok = VQTokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert tok.encode(torch.rand(1, 3, 32, 32)).shape == (1, 4, 4)
+    assert 0 < report["codebook_usage"] <= 1 and report["code_perplexity"] >= 1
+    assert report["steps"] == 80 and report["grid"] == [4, 4]
+    assert "PSNR" in format_report(report)
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path):
+    # Constant lr, so that "20 steps, then resume to 30" and "30 steps" follow the same schedule.
+    const = ["train.warmup=0", "train.min_lr_ratio=1.0", "train.ckpt_every=10"]
+    straight = train_tokenizer(recipe(tmp_path / "a", "train.steps=30", *const), progress=False)
+    train_tokenizer(recipe(tmp_path / "b", "train.steps=20", *const), progress=False)
+    meta = json.loads((tmp_path / "b/checkpoint/state.json").read_text())
+    assert meta["step"] == 20
+    resumed = train_tokenizer(recipe(tmp_path / "b", "train.steps=30", *const), progress=False, resume=True)
+    assert resumed["steps"] == 30
+    a = load_file(str(tmp_path / "a/tokenizer/model.safetensors"))
+    b = load_file(str(tmp_path / "b/tokenizer/model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between a straight run and a resumed run"
+    assert resumed["psnr_db"] == straight["psnr_db"]
+    assert [p.name for p in (tmp_path / "b/checkpoint").glob("state-*.safetensors")] == ["state-30.safetensors"]
+
+
+def test_resume_with_a_different_model_is_an_error(tmp_path):
+    train_tokenizer(recipe(tmp_path, "train.steps=2"), progress=False)
+    with pytest.raises(ConfigError, match="different model config"):
+        train_tokenizer(recipe(tmp_path, "train.steps=4", "model.latent_dim=4"), progress=False, resume=True)
+
+
+def test_bad_recipe_values_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="quantizer"):
+        recipe(tmp_path, "model.quantizer=pq")
+    with pytest.raises(ConfigError, match="not a multiple of the model's downsample"):
+        recipe(tmp_path, "data.image_size=36")
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = load_config(TokenizerRecipe, TINY, ["train.steps=100", "train.warmup=10", "train.lr=1.0", "train.min_lr_ratio=0.1"])
+    tc = cfg.train
+    assert lr_at(0, tc) == pytest.approx(0.1)  # (0 + 1) / 10 of the peak
+    assert lr_at(9, tc) == pytest.approx(1.0)
+    assert lr_at(10, tc) == pytest.approx(1.0)  # cosine starts at the peak...
+    assert lr_at(55, tc) == pytest.approx(0.55)  # ...is halfway at the midpoint: 0.1 + 0.9 * 0.5
+    assert lr_at(100, tc) == pytest.approx(0.1)  # ...and ends at lr * min_lr_ratio
