@@ -24,10 +24,11 @@ def generate_in_batches(editor, instructions: list[str], source_codes: torch.Ten
         outs.append(sample_edits(editor.backbone, editor.layout, instructions[start : start + batch_size],
                                  source_codes[start : start + batch_size], sampling, think=editor.config.cot,
                                  generator=g))
-    return _concat(outs)
+    return concat_outputs(outs)
 
 
-def _concat(outs: list[GenerationOutput]) -> GenerationOutput:
+def concat_outputs(outs: list[GenerationOutput]) -> GenerationOutput:
+    """Join batch outputs row-wise, right-padding completions to the longest (thinking lengths differ)."""
     if len(outs) == 1:
         return outs[0]
     T = max(o.completions.shape[1] for o in outs)

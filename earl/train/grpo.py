@@ -112,9 +112,9 @@ def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRP
     for s in range(0, len(rows), chunk):
         outs.append(sample_edits(editor.backbone, editor.layout, instructions[s : s + chunk], sources[s : s + chunk],
                                  grpo.sampling, think=editor.config.cot, generator=generator))
-    from earl.evaluate import _concat
+    from earl.evaluate import concat_outputs
 
-    return rollout_from_generation(instructions, sources, _concat(outs), editor.layout)
+    return rollout_from_generation(instructions, sources, concat_outputs(outs), editor.layout)
 
 
 def score_rollout(editor, verifier, data: EncodedEdits, prompt_idx: list[int], rollout: Rollout, G: int):
