@@ -66,12 +66,26 @@ class VQConfig:
         metadata={"help": "width multiplier per level; every level but the last halves the resolution"},
     )
     num_res_blocks: int = dataclasses.field(default=1, metadata={"help": "residual blocks per level"})
+    encoder_kernel: int = dataclasses.field(
+        default=3,
+        metadata={
+            "help": "kernel of the encoder's residual and output convs; 1 = each code sees only its own patch, "
+            "so identical patches always get the same code (needs patch_size = downsample)"
+        },
+    )
     latent_dim: int = dataclasses.field(default=16, metadata={"help": "channels entering the quantiser"})
     norm_groups: int = dataclasses.field(default=8, metadata={"help": "GroupNorm groups; must divide every width"})
     quantizer: Literal["fsq", "vq", "lfq"] = dataclasses.field(default="fsq", metadata={"help": "quantiser kind"})
     # FSQ: (8,5,5,5) = 1000 codes is the FSQ paper's recommendation for a ~2**10 codebook.
     fsq_levels: tuple[int, ...] = dataclasses.field(
         default=(8, 5, 5, 5), metadata={"help": "FSQ levels per dimension (each >= 3); codebook = product"}
+    )
+    fsq_code_embedding: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "fsq: add a learned vector per code to the decoder's input, so that two neighbouring codes can "
+            "decode to sharply different patches (the decoder alone is a smooth function of the FSQ grid point)"
+        },
     )
     codebook_size: int = dataclasses.field(default=1024, metadata={"help": "codebook size for vq / lfq (lfq: power of 2)"})
     vq_codebook_dim: int | None = dataclasses.field(
@@ -93,7 +107,10 @@ class VQConfig:
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
         self.fsq_levels = tuple(self.fsq_levels)
-        for name in ("in_channels", "patch_size", "channels", "num_res_blocks", "latent_dim", "norm_groups", "codebook_size"):
+        for name in (
+            "in_channels", "patch_size", "channels", "num_res_blocks", "latent_dim", "norm_groups", "codebook_size",
+            "encoder_kernel",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -102,6 +119,13 @@ class VQConfig:
         bad = [self.channels * m for m in self.channel_mult if (self.channels * m) % self.norm_groups]
         if bad:
             raise ValueError(f"norm_groups={self.norm_groups} must divide every level width, but not {bad}")
+        if self.encoder_kernel % 2 == 0:
+            raise ValueError(f"encoder_kernel must be odd (1, 3, ...), got {self.encoder_kernel}")
+        if self.encoder_kernel == 1 and len(self.channel_mult) > 1:
+            raise ValueError(
+                "encoder_kernel=1 (patch-local codes) needs a single level, channel_mult of length 1, because the "
+                f"stride-2 convs between levels mix neighbouring patches; got channel_mult={list(self.channel_mult)}"
+            )
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {sorted(QUANTIZERS)}, got {self.quantizer!r}")
         if self.quantizer == "fsq" and (not self.fsq_levels or any(level < 3 for level in self.fsq_levels)):
@@ -140,15 +164,35 @@ class VQConfig:
 # Building blocks
 
 
-class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv3x3, twice, plus a (1x1 if widths differ) skip."""
+class ChannelNorm(nn.Module):
+    """LayerNorm over channels at each position of a (B, C, H, W) map: no mixing across positions."""
 
-    def __init__(self, c_in: int, c_out: int, groups: int):
+    def __init__(self, channels: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+def _norm(channels: int, groups: int, local: bool) -> nn.Module:
+    return ChannelNorm(channels) if local else nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """Norm -> SiLU -> conv (k x k), twice, plus a (1x1 if widths differ) skip.
+
+    GroupNorm normalises over the whole image, so with k = 1 a patch's features would still depend on
+    the other patches; `local=True` swaps it for a per-position LayerNorm over channels (GroupNorm with
+    one group on a 1x1 map, applied patch by patch), which keeps every position independent.
+    """
+
+    def __init__(self, c_in: int, c_out: int, groups: int, kernel: int = 3):
+        super().__init__()
+        self.norm1 = _norm(c_in, groups, local=kernel == 1)
+        self.conv1 = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
+        self.norm2 = _norm(c_out, groups, local=kernel == 1)
+        self.conv2 = nn.Conv2d(c_out, c_out, kernel, padding=kernel // 2)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,20 +207,22 @@ class Encoder(nn.Module):
         widths = [cfg.channels * m for m in cfg.channel_mult]
         p = cfg.patch_size
         self.stem = nn.PixelUnshuffle(p) if p > 1 else nn.Identity()  # (B,3,H,W) -> (B,3p^2,H/p,W/p)
-        k = 1 if p > 1 else 3  # a patch already holds its neighbourhood; the res blocks mix across patches
+        # A patch already holds its neighbourhood; the res blocks mix across patches (unless encoder_kernel = 1).
+        k = 1 if p > 1 or cfg.encoder_kernel == 1 else 3
         self.conv_in = nn.Conv2d(cfg.in_channels * p * p, widths[0], k, padding=k // 2)
         layers: list[nn.Module] = []
         c = widths[0]
+        ek = cfg.encoder_kernel
         for i, w in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(c, w, cfg.norm_groups))
+                layers.append(ResBlock(c, w, cfg.norm_groups, ek))
                 c = w
             if i < len(widths) - 1:
                 layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))  # halve H, W
-        layers.append(ResBlock(c, c, cfg.norm_groups))  # "mid" block at the latent resolution
+        layers.append(ResBlock(c, c, cfg.norm_groups, ek))  # "mid" block at the latent resolution
         self.body = nn.Sequential(*layers)
-        self.norm_out = nn.GroupNorm(cfg.norm_groups, c)
-        self.conv_out = nn.Conv2d(c, cfg.latent_dim, 3, padding=1)
+        self.norm_out = _norm(c, cfg.norm_groups, local=ek == 1)
+        self.conv_out = nn.Conv2d(c, cfg.latent_dim, ek, padding=ek // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.body(self.conv_in(self.stem(x)))  # (B, C_last, H/d, W/d)
@@ -217,17 +263,48 @@ class Decoder(nn.Module):
 
 
 class FSQQuantizer(nn.Module):
+    """FSQ (Mentzer et al. 2023) from vector-quantize-pytorch, plus an optional learned vector per code.
+
+    FSQ bounds each latent value with tanh to (L-1)/2 levels and rounds it (straight-through
+    gradient). The decoder then sees grid points, and a conv decoder is a smooth function of them:
+    two neighbouring codes (a small circle's quarter and a small square's, three pixels apart)
+    decode to nearly the same blur. `fsq_code_embedding` adds a free vector per code to the
+    decoder's input, so neighbouring codes can decode to sharply different patches. Codes and their
+    grid points are the library's either way.
+    """
+
     def __init__(self, cfg: VQConfig):
         super().__init__()
         self.q = FSQ(levels=list(cfg.fsq_levels), dim=cfg.latent_dim)
         self.codebook_size = int(math.prod(cfg.fsq_levels))
+        self.code_embedding = None
+        if cfg.fsq_code_embedding:
+            self.code_embedding = nn.Embedding(self.codebook_size, cfg.latent_dim)
+            nn.init.zeros_(self.code_embedding.weight)  # start as plain FSQ
 
     def forward(self, z):
         zq, codes = self.q(z)  # (B, D, h, w), (B, h, w) int32
-        return zq, codes.long(), z.new_zeros(())  # FSQ has no auxiliary loss
+        codes = codes.long()
+        return self._embed(zq, codes), codes, z.new_zeros(())  # FSQ has no auxiliary loss
 
     def lookup(self, codes):
-        return self.q.indices_to_codes(codes)  # (B, D, h, w)
+        return self._embed(self.q.indices_to_codes(codes), codes)  # (B, D, h, w)
+
+    def bin_coordinates(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, D, h, w) -> (B, h*w, d): each latent in bin units, before rounding (rounding gives the
+        code's level per FSQ dimension). Two latents share a code iff every dimension rounds alike."""
+        B, D, h, w = z.shape
+        levels = self.q._levels.to(z.dtype)  # (d,)
+        u = self.q.project_in(z.permute(0, 2, 3, 1).reshape(B, h * w, D))  # (B, n, d)
+        # The library's bound: even level counts are offset by half a bin so that 0 is on the grid.
+        half_l = (levels - 1) * (1 + 1e-3) / 2
+        offset = (levels % 2 == 0).to(z.dtype) * 0.5
+        return torch.tanh(u + torch.atanh(offset / half_l)) * half_l - offset
+
+    def _embed(self, zq: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        if self.code_embedding is None:
+            return zq
+        return zq + self.code_embedding(codes).permute(0, 3, 1, 2)  # (B, D, h, w)
 
 
 class VQQuantizer(nn.Module):
@@ -314,6 +391,14 @@ class VQTokenizer(nn.Module):
         zq, codes, aux = self.quantizer(z)  # (B, D, h, w), (B, h, w), ()
         recon = (self.decoder(zq) + 1) / 2  # (B, 3, H, W)
         return recon, codes, aux
+
+    def decode_for_training(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) codes -> unclamped (B, 3, H, W) images, with gradients to the decoder (and code embedding).
+
+        For decoder-only fine-tuning: with the encoder frozen every patch keeps one code, and the
+        decoder can learn sharp differences between codes that were still trading places before.
+        """
+        return (self.decoder(self.quantizer.lookup(codes)) + 1) / 2  # (B, 3, H, W)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, H/d, W/d) int64 codes."""

@@ -80,6 +80,26 @@ class TrainConfig:
         default=2, metadata={"help": "grow the foreground mask by this many pixels (covers both sides of edges)"}
     )
     edge_weight: float = field(default=0.0, metadata={"help": "weight of L1 between image gradients (crisp edges)"})
+    decoder_only_steps: int = field(
+        default=0,
+        metadata={
+            "help": "the last N of `steps` freeze the encoder and quantiser and train only the decoder on fixed "
+            "codes (codes near a bin edge keep trading places while the encoder trains, which teaches the decoder "
+            "to blur between them)"
+        },
+    )
+    separation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "fsq: hinge loss pushing different patches of a batch at least `separation_margin` bins apart "
+            "(in the max over FSQ dimensions), so that they do not share a code; for domains like ShapesEdit whose "
+            "images are built from a few hundred distinct patches, all of which must survive"
+        },
+    )
+    separation_margin: float = field(default=1.0, metadata={"help": "margin of the separation loss, in FSQ bins"})
+    separation_patches: int = field(
+        default=512, metadata={"help": "distinct patches drawn per step for the separation loss"}
+    )
     aux_weight: float = field(default=1.0, metadata={"help": "weight of the quantiser's auxiliary loss (vq / lfq)"})
     log_every: int = field(default=25, metadata={"help": "steps between TensorBoard / progress-bar updates"})
     eval_every: int = field(default=500, metadata={"help": "steps between quick test-PSNR evaluations (0 = only at the end)"})
@@ -91,6 +111,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
             raise ValueError("steps, batch_size and log_every must be >= 1")
+        if not 0 <= self.decoder_only_steps <= self.steps:
+            raise ValueError(f"decoder_only_steps must lie in [0, steps={self.steps}], got {self.decoder_only_steps}")
         if self.warmup < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"need warmup >= 0 and 0 <= min_lr_ratio <= 1, got {self.warmup}, {self.min_lr_ratio}")
 
@@ -151,6 +173,35 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, tc: TrainConf
         loss = loss + tc.edge_weight * (dx + dy)
         stats["edge"] = (dx + dy).item()
     return loss, stats
+
+
+def distinct_patches(images_u8: torch.Tensor, patch: int) -> torch.Tensor:
+    """Every distinct `patch` x `patch` tile of the code grid in (N, 3, H, W) uint8 images: (K, 3, patch, patch)."""
+    tiles = images_u8.unfold(2, patch, patch).unfold(3, patch, patch)  # (N, 3, h, w, p, p)
+    tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * patch * patch)  # (N*h*w, 3p^2)
+    return torch.unique(tiles, dim=0).reshape(-1, 3, patch, patch)
+
+
+def separation_loss(model: VQTokenizer, bank_u8: torch.Tensor, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Mean hinge relu(margin - max_d |b_i - b_j|) over pairs of distinct patches drawn from `bank_u8`.
+
+    b are the FSQ bin coordinates of each patch's latent; two patches share a code exactly when every
+    dimension rounds to the same level, so a max-distance of a bin or more keeps them apart. Patches
+    are drawn uniformly from the distinct ones, so rare patches (a small circle's quarter in one
+    colour pair) are pushed away from their look-alikes as often as common ones; with a batch of
+    whole images two rare look-alikes almost never meet. Needs a patch-local encoder, so that a
+    patch encoded on its own gets the code it gets inside an image.
+    """
+    k = min(tc.separation_patches, len(bank_u8))
+    pick = torch.randperm(len(bank_u8), generator=gen)[:k]
+    bounded = model.quantizer.bin_coordinates(model.encoder(_to_float(bank_u8[pick]) * 2 - 1))  # (k, 1, d)
+    b = bounded.reshape(k, -1)  # (k, d)
+    dist = (b[:, None, :] - b[None, :, :]).abs().amax(-1)  # (k, k)
+    off_diagonal = ~torch.eye(k, dtype=torch.bool)
+    hinge = torch.relu(tc.separation_margin - dist)[off_diagonal]
+    # Averaged over the violating pairs only: they are a handful among k^2, and a plain mean would
+    # shrink their gradient to nothing just as they become the ones that matter.
+    return hinge.sum() / (hinge > 0).sum().clamp(min=1)
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -305,6 +356,14 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
     _, train_u8 = make_scenes(dc.n_train, dc.seed, dc.image_size, dc.grid)  # (N, 3, H, W) uint8
     test_scenes, test_u8 = make_scenes(dc.n_test, dc.seed + 1_000_003, dc.image_size, dc.grid)
     quick = min(len(test_u8), 200)  # periodic evals use a slice of the test set
+    bank_u8 = None
+    if tc.separation_weight > 0:
+        if cfg.model.quantizer != "fsq" or cfg.model.encoder_kernel != 1:
+            raise ConfigError(
+                "train.separation_weight needs model.quantizer=fsq and model.encoder_kernel=1 (patch-local codes), "
+                f"got quantizer={cfg.model.quantizer}, encoder_kernel={cfg.model.encoder_kernel}"
+            )
+        bank_u8 = distinct_patches(train_u8, cfg.model.downsample)  # (K, 3, d, d)
     torch.manual_seed(tc.seed)
     model = VQTokenizer(cfg.model)
     decay, no_decay = [], []
@@ -333,9 +392,16 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
             group["lr"] = lr
         idx = torch.randint(len(train_u8), (tc.batch_size,), generator=batch_gen)
         x = _to_float(train_u8[idx])  # (B, 3, H, W)
-        recon, _, aux = model(x)
+        if step >= tc.steps - tc.decoder_only_steps:
+            recon, aux = model.decode_for_training(model.encode(x)), x.new_zeros(())  # encode: no grad, eval mode
+        else:
+            recon, _, aux = model(x)
         rec_loss, stats = reconstruction_loss(recon, x, tc)
         loss = rec_loss + tc.aux_weight * aux
+        if tc.separation_weight > 0 and step < tc.steps - tc.decoder_only_steps:
+            sep = separation_loss(model, bank_u8, tc, batch_gen)
+            stats["separation"] = sep.item()
+            loss = loss + tc.separation_weight * sep
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:

@@ -9,7 +9,14 @@ from safetensors.torch import load_file
 
 from earl.config import load_config
 from earl.errors import ConfigError
-from earl.train.tokenizer import TokenizerRecipe, format_report, lr_at, train_tokenizer
+from earl.train.tokenizer import (
+    TokenizerRecipe,
+    distinct_patches,
+    format_report,
+    lr_at,
+    separation_loss,
+    train_tokenizer,
+)
 from tokenizer import VQTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +91,45 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(10, tc) == pytest.approx(1.0)  # cosine starts at the peak...
     assert lr_at(55, tc) == pytest.approx(0.55)  # ...is halfway at the midpoint: 0.1 + 0.9 * 0.5
     assert lr_at(100, tc) == pytest.approx(0.1)  # ...and ends at lr * min_lr_ratio
+
+
+LOCAL = ["model.patch_size=8", "model.channel_mult=[1]", "model.encoder_kernel=1", "model.fsq_code_embedding=true"]
+
+
+def test_distinct_patches_finds_each_tile_once():
+    images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    images[0, :, :8, :8] = 255  # one white tile; the rest black
+    images[1, 0, 8:, 8:] = 7  # one dark-red tile
+    tiles = distinct_patches(images, 8)
+    assert tiles.shape == (3, 3, 8, 8)  # black, white, dark red
+
+
+def test_separation_loss_is_the_mean_hinge_over_violating_pairs(tmp_path, monkeypatch):
+    cfg = recipe(tmp_path, *LOCAL, "train.separation_weight=1.0", "train.separation_margin=1.0")
+    model = VQTokenizer(cfg.model)
+    bins = torch.tensor([[[0.0, 0.0]], [[0.3, -0.2]], [[2.0, 0.0]]])  # (k=3, n=1, d=2)
+    monkeypatch.setattr(model.quantizer, "bin_coordinates", lambda z: bins)
+    bank = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    loss = separation_loss(model, bank, cfg.train, torch.Generator().manual_seed(0))
+    # Pairs (0,1): max distance 0.3 -> hinge 0.7; (0,2) 2.0 and (1,2) 1.7 -> 0. Both orders of (0,1)
+    # violate, so the mean over violating entries is 0.7.
+    assert loss.item() == pytest.approx(0.7)
+
+
+def test_separation_needs_a_patch_local_fsq_encoder(tmp_path):
+    with pytest.raises(ConfigError, match="encoder_kernel=1"):
+        train_tokenizer(recipe(tmp_path, "train.steps=2", "train.separation_weight=1.0"), progress=False)
+
+
+def test_decoder_only_steps_leave_the_encoder_untouched(tmp_path):
+    cfg = recipe(tmp_path, *LOCAL, "train.steps=12", "train.decoder_only_steps=12", "train.warmup=0",
+                 "train.separation_weight=1.0")
+    torch.manual_seed(cfg.train.seed)
+    initial = VQTokenizer(cfg.model).state_dict()
+    train_tokenizer(cfg, progress=False)
+    trained = load_file(str(tmp_path / "tokenizer/model.safetensors"))
+    for k, v in trained.items():
+        if k.startswith("encoder."):
+            assert torch.equal(v, initial[k]), k
+    assert not torch.equal(trained["decoder.conv_in.weight"], initial["decoder.conv_in.weight"])
+    assert not torch.equal(trained["quantizer.code_embedding.weight"], initial["quantizer.code_embedding.weight"])

@@ -163,3 +163,59 @@ def test_pil_tensor_roundtrip_is_exact():
     assert all(np.array_equal(np.asarray(b), arr[i]) for i, b in enumerate(back))
     with pytest.raises(ValueError, match="share one size"):
         pil_to_tensor([images[0], images[0].resize((8, 8))])
+
+
+def local_config(**overrides) -> VQConfig:
+    kw = dict(patch_size=8, channels=16, channel_mult=(1,), latent_dim=8, norm_groups=4, encoder_kernel=1,
+              fsq_levels=(4, 4, 4), fsq_code_embedding=True)
+    kw.update(overrides)
+    return VQConfig(**kw)
+
+
+def test_patch_local_encoder_codes_a_patch_the_same_in_any_context():
+    torch.manual_seed(0)
+    model = VQTokenizer(local_config())
+    images = torch.rand(2, 3, 32, 32)
+    images[1, :, :8, :8] = images[0, :, :8, :8]  # same top-left patch, different surroundings
+    codes = model.encode(images)
+    z = model.encoder(images * 2 - 1)
+    assert torch.allclose(z[0, :, 0, 0], z[1, :, 0, 0], atol=1e-5)
+    assert codes[0, 0, 0] == codes[1, 0, 0]
+    # The default 3x3 encoder does look at the neighbours.
+    torch.manual_seed(0)
+    ctx = VQTokenizer(local_config(encoder_kernel=3))
+    z = ctx.encoder(images * 2 - 1)
+    assert not torch.allclose(z[0, :, 0, 0], z[1, :, 0, 0], atol=1e-5)
+
+
+def test_code_embedding_changes_decoding_per_code_and_survives_save_load(tmp_path):
+    torch.manual_seed(0)
+    model = VQTokenizer(local_config())
+    codes = torch.tensor([[[3, 5], [7, 9]]])
+    before = model.decode(codes)
+    with torch.no_grad():
+        model.quantizer.code_embedding.weight[5] += 3.0  # only code 5 moves
+    after = model.decode(codes)
+    changed = (after - before).abs().amax(dim=(0, 1))  # (H, W)
+    assert changed[:8, 8:].max() > 1e-3  # the patch of code 5 changed...
+    loaded = VQTokenizer.from_pretrained(model.save_pretrained(tmp_path / "tok"))
+    assert loaded.config.fsq_code_embedding
+    assert torch.equal(loaded.decode(codes), after)
+
+
+def test_bin_coordinates_round_to_the_library_codes():
+    torch.manual_seed(0)
+    model = VQTokenizer(local_config(fsq_levels=(8, 5, 5, 5)))
+    z = torch.randn(2, 8, 3, 3) * 2
+    bins = model.quantizer.bin_coordinates(z)  # (2, 9, 4)
+    levels = torch.tensor([8, 5, 5, 5])
+    codes = model.quantizer.q.codes_to_indices(bins.round() / (levels // 2))  # (2, 9)
+    _, lib_codes, _ = model.quantizer(z)
+    assert torch.equal(codes.reshape(2, 3, 3).long(), lib_codes)
+
+
+def test_local_encoder_needs_a_single_level():
+    with pytest.raises(ValueError, match="encoder_kernel=1"):
+        VQConfig(encoder_kernel=1, channel_mult=(1, 2))
+    with pytest.raises(ValueError, match="odd"):
+        VQConfig(encoder_kernel=2, patch_size=8, channel_mult=(1,))
