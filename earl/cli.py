@@ -80,6 +80,31 @@ def _cmd_eval_shapes(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
 
+def _cmd_checkpoint_pack(args) -> None:
+    from earl.checkpoint import pack_checkpoint
+    from earl.io import read_json
+
+    evals = {}
+    for item in args.eval or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EarlError(f"--eval {item!r}: expected NAME=PATH/results.json")
+        evals[name] = path
+    recipe = read_json(args.recipe_json) if args.recipe_json else None
+    manifest = pack_checkpoint(args.model, args.out, name=args.name or Path(args.out).name, command=args.command,
+                               recipe=recipe, evals=evals, max_bytes=int(args.max_mib * 2**20))
+    print(f"packed {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB, into {args.out}")
+    for name, m in manifest["metrics"].items():
+        print(f"  {name}: success {m['overall']['success']:.3f} (n={m['overall'].get('n')})")
+
+
+def _cmd_checkpoint_verify(args) -> None:
+    from earl.checkpoint import verify_checkpoint
+
+    manifest = verify_checkpoint(args.dir)
+    print(f"{args.dir}: {len(manifest['files'])} files match the manifest (commit {manifest.get('commit')})")
+
+
 def _cmd_demo(args) -> None:
     from earl.demo import run_demo
 
@@ -161,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--batch-size", type=int, default=32)
     _sampling_args(es)
     es.set_defaults(func=_cmd_eval_shapes)
+
+    ck = sub.add_parser("checkpoint", help="bundled checkpoints").add_subparsers(dest="what", required=True)
+    cp = ck.add_parser("pack", help="copy an editor into a checkpoint directory with a manifest (sha256, metrics)")
+    cp.add_argument("--model", required=True, help="editor directory (UnifiedEditor.save_pretrained)")
+    cp.add_argument("--out", required=True, help="checkpoint directory to (re)write, e.g. checkpoints/shapes-editor")
+    cp.add_argument("--name", default=None)
+    cp.add_argument("--recipe-json", default=None, help="the training run's recipe.json (recorded in the manifest)")
+    cp.add_argument("--eval", action="append", help="NAME=results.json of an `earl eval` run; repeatable")
+    cp.add_argument("--command", default="", help="the command that re-makes this checkpoint")
+    cp.add_argument("--max-mib", type=float, default=25.0, help="refuse a larger model")
+    cp.set_defaults(func=_cmd_checkpoint_pack)
+    cv = ck.add_parser("verify", help="check a checkpoint's files against its manifest")
+    cv.add_argument("dir")
+    cv.set_defaults(func=_cmd_checkpoint_verify)
 
     demo = sub.add_parser("demo", help="the quickstart job: data -> tokenizer -> report")
     demo.add_argument("--out", default="runs/demo", help="working directory for the demo's outputs")

@@ -142,8 +142,8 @@ class UnifiedEditor(nn.Module):
         layout = EditLayout(text_tokenizer, ImageVocab.from_dict(config.image_vocab), TextIds.from_dict(config.text_ids))
         return cls(backbone, image_tokenizer, text_tokenizer, layout, config).to(device).eval()
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write the editor directory atomically: build it beside the target, then swap it in."""
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write the editor directory atomically (build it beside the target, then swap it in); returns it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -163,6 +163,7 @@ class UnifiedEditor(nn.Module):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return path
 
     # -- pixels <-> codes -----------------------------------------------------------------
     @property

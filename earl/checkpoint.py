@@ -1,0 +1,134 @@
+"""Bundled checkpoints: pack a trained editor with a manifest, and verify one before trusting it.
+
+A bundled checkpoint is a `UnifiedEditor` directory plus `manifest.json`:
+
+    {"format": "earl-checkpoint", "format_version": 1,
+     "name", "created" (UTC ISO date), "commit" (git HEAD of the tree that packed it, "+dirty" if
+     it had uncommitted changes), "command" (how to re-make it), "recipe" (the resolved training
+     recipe, from the run's recipe.json), "metrics" ({eval name: the results.json "overall" and
+     per-category success}), "files" ({relative path: {"sha256", "bytes"}}), "total_bytes"}
+
+`pack_checkpoint` writes the whole directory next to the destination and renames it into place,
+so a reader never sees half a checkpoint; `verify_checkpoint` recomputes every hash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from earl.errors import EarlError
+from earl.io import atomic_write_json, read_json
+
+FORMAT = "earl-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit(repo: str | os.PathLike) -> str:
+    """HEAD of the git tree at `repo`, with "+dirty" if it has uncommitted changes; "unknown" outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def _summarise_results(results: dict) -> dict:
+    overall = {k: results["overall"][k] for k in ("success", "sc", "pq", "overall", "n") if k in results["overall"]}
+    per_category = {cat: round(v["success"], 4) for cat, v in sorted(results.get("per_category", {}).items())}
+    return {"overall": overall, "per_category_success": per_category}
+
+
+def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, command: str,
+                    recipe: dict | None = None, evals: dict[str, str | os.PathLike] | None = None,
+                    max_bytes: int | None = None, repo: str | os.PathLike | None = None) -> dict:
+    """Copy the editor at `model_dir` to `out_dir` with a manifest; returns the manifest.
+
+    `evals` maps an evaluation's name (e.g. "simple-test") to its results.json. Refuses a model
+    larger than `max_bytes`. An existing `out_dir` is replaced only once the new one is complete.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not (model_dir / "editor.json").is_file():
+        raise EarlError(f"{model_dir}: not an editor directory (no editor.json); expected UnifiedEditor.save_pretrained output")
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    if max_bytes is not None and total > max_bytes:
+        raise EarlError(f"{model_dir}: {total / 2**20:.1f} MiB is over the {max_bytes / 2**20:.1f} MiB limit for a bundled checkpoint")
+    metrics = {}
+    for eval_name, path in (evals or {}).items():
+        try:
+            metrics[eval_name] = _summarise_results(read_json(path))
+        except (OSError, ValueError, KeyError) as e:
+            raise EarlError(f"{path}: not a readable results.json ({type(e).__name__}: {e})") from None
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        entries = {}
+        for src in files:
+            rel = src.relative_to(model_dir)
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, staging / rel)
+            entries[rel.as_posix()] = {"sha256": sha256_file(staging / rel), "bytes": src.stat().st_size}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "commit": git_commit(repo or Path(__file__).resolve().parent.parent),
+            "command": command,
+            "recipe": recipe,
+            "metrics": metrics,
+            "files": entries,
+            "total_bytes": total,
+        }
+        atomic_write_json(staging / MANIFEST, manifest)
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        if out_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def verify_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
+    """Check every file of a packed checkpoint against its manifest; returns the manifest or raises EarlError."""
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / MANIFEST
+    if not path.is_file():
+        raise EarlError(f"{ckpt_dir}: no {MANIFEST}; expected a checkpoint written by `earl checkpoint pack`")
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as e:
+        raise EarlError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise EarlError(f'{path}: not a checkpoint manifest (expected "format": "{FORMAT}" and a "files" table)')
+    problems = []
+    for rel, entry in sorted(manifest["files"].items()):
+        f = ckpt_dir / rel
+        if not f.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(f) != entry.get("sha256"):
+            problems.append(f"{rel}: sha256 differs from the manifest")
+    if problems:
+        raise EarlError(f"{ckpt_dir}: checkpoint does not match its manifest: " + "; ".join(problems))
+    return manifest
