@@ -3,7 +3,7 @@
     1. edit a few sample images with the bundled checkpoint (if this checkout has one)
     2. generate ShapesEdit data (simple split: a training set and the fixed test set)
     3. train the VQ image tokenizer (recipes/shapes/tokenizer.yaml, half the steps) and print its report
-    4. SFT a tiny editor on the codes (recipes/shapes/sft.yaml, a sixth of the steps)
+    4. SFT a tiny editor on the codes (recipes/shapes/sft.yaml, a tenth of the steps)
     5. evaluate it with the oracle: table with 95% CIs, image grid (source | target | output)
 
 Every stage writes under `--out` and is skipped when its result is already there, so an
@@ -68,7 +68,7 @@ def run_demo(out: Path, fast: bool = False) -> dict:
                      f"data.cache_dir={out / 'cache'}", "data.oracle_eval_samples=32"]
         overrides += (["model.size=shapes-test", "run.steps=40", "run.eval_every=40", "run.save_every=40",
                        "optim.warmup_steps=5"] if fast else
-                      ["run.steps=500", "run.eval_every=500", "run.save_every=100", "optim.warmup_steps=30"])
+                      ["run.steps=300", "run.eval_every=300", "run.save_every=100", "optim.warmup_steps=30"])
         train_sft(load_config(SFTRecipe, RECIPES / "sft.yaml", overrides), resume=True)
 
     _stage("5/5 evaluation with the oracle")
