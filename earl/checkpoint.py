@@ -19,11 +19,10 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from earl.errors import EarlError
-from earl.io import atomic_write_json, read_json
+from earl.io import atomic_directory, atomic_write_json, read_json
 
 FORMAT = "earl-checkpoint"
 FORMAT_VERSION = 1
@@ -72,13 +71,12 @@ def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise EarlError(f"{model_dir}: {total / 2**20:.1f} MiB is over the {max_bytes / 2**20:.1f} MiB limit for a bundled checkpoint")
     metrics = {}
     for eval_name, path in (evals or {}).items():
+        results = read_json(path)  # a missing or non-JSON file is a DataError naming the path
         try:
-            metrics[eval_name] = _summarise_results(read_json(path))
-        except (OSError, ValueError, KeyError) as e:
+            metrics[eval_name] = _summarise_results(results)
+        except (KeyError, TypeError, AttributeError) as e:
             raise EarlError(f"{path}: not a readable results.json ({type(e).__name__}: {e})") from None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         entries = {}
         for src in files:
             rel = src.relative_to(model_dir)
@@ -98,15 +96,6 @@ def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             "total_bytes": total,
         }
         atomic_write_json(staging / MANIFEST, manifest)
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        if out_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -116,10 +105,7 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
     path = ckpt_dir / MANIFEST
     if not path.is_file():
         raise EarlError(f"{ckpt_dir}: no {MANIFEST}; expected a checkpoint written by `earl checkpoint pack`")
-    try:
-        manifest = read_json(path)
-    except (OSError, ValueError) as e:
-        raise EarlError(f"{path}: not valid JSON ({e})") from None
+    manifest = read_json(path)  # non-JSON is a DataError naming the path
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise EarlError(f'{path}: not a checkpoint manifest (expected "format": "{FORMAT}" and a "files" table)')
     problems = []

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from earl.errors import EarlError
-from earl.io import load_image
+from earl.io import atomic_directory, load_image
 from earl.layout import EditLayout, ImageVocab, TextIds
 from tokenizer import ImageTokenizer, pil_to_tensor, tensor_to_pil
 
@@ -145,24 +143,11 @@ class UnifiedEditor(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the editor directory atomically (build it beside the target, then swap it in); returns it."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_directory(path) as tmp:
             self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
             self.image_tokenizer.save_pretrained(tmp / "image_tokenizer")
             self.text_tokenizer.save_pretrained(tmp / "text_tokenizer")
             (tmp / "editor.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     # -- pixels <-> codes -----------------------------------------------------------------

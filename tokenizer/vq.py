@@ -183,8 +183,8 @@ class ResBlock(nn.Module):
     """Norm -> SiLU -> conv (k x k), twice, plus a (1x1 if widths differ) skip.
 
     GroupNorm normalises over the whole image, so with k = 1 a patch's features would still depend on
-    the other patches; `local=True` swaps it for a per-position LayerNorm over channels (GroupNorm with
-    one group on a 1x1 map, applied patch by patch), which keeps every position independent.
+    the other patches; k = 1 therefore also swaps it for a per-position LayerNorm over channels
+    (`ChannelNorm`), which keeps every position independent.
     """
 
     def __init__(self, c_in: int, c_out: int, groups: int, kernel: int = 3):

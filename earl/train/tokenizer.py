@@ -91,9 +91,10 @@ class TrainConfig:
     separation_weight: float = field(
         default=0.0,
         metadata={
-            "help": "fsq: hinge loss pushing different patches of a batch at least `separation_margin` bins apart "
-            "(in the max over FSQ dimensions), so that they do not share a code; for domains like ShapesEdit whose "
-            "images are built from a few hundred distinct patches, all of which must survive"
+            "help": "fsq with encoder_kernel=1: hinge loss pushing distinct patches of the training images (drawn "
+            "uniformly, `separation_patches` per step) at least `separation_margin` bins apart in the max over FSQ "
+            "dimensions, so that they do not share a code; for domains like ShapesEdit whose images are built from "
+            "a few hundred distinct patches, all of which must survive"
         },
     )
     separation_margin: float = field(default=1.0, metadata={"help": "margin of the separation loss, in FSQ bins"})
@@ -125,6 +126,11 @@ class TokenizerRecipe:
     out_dir: str = field(default="runs/tokenizer", metadata={"help": "where the tokenizer, logs and report go"})
 
     def __post_init__(self):
+        if self.train.separation_weight > 0 and (self.model.quantizer != "fsq" or self.model.encoder_kernel != 1):
+            raise ValueError(
+                "train.separation_weight needs model.quantizer=fsq and model.encoder_kernel=1 (patch-local codes), "
+                f"got quantizer={self.model.quantizer}, encoder_kernel={self.model.encoder_kernel}"
+            )
         if self.data.image_size % self.model.downsample:
             raise ValueError(
                 f"data.image_size {self.data.image_size} is not a multiple of the model's downsample "
@@ -356,14 +362,7 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
     _, train_u8 = make_scenes(dc.n_train, dc.seed, dc.image_size, dc.grid)  # (N, 3, H, W) uint8
     test_scenes, test_u8 = make_scenes(dc.n_test, dc.seed + 1_000_003, dc.image_size, dc.grid)
     quick = min(len(test_u8), 200)  # periodic evals use a slice of the test set
-    bank_u8 = None
-    if tc.separation_weight > 0:
-        if cfg.model.quantizer != "fsq" or cfg.model.encoder_kernel != 1:
-            raise ConfigError(
-                "train.separation_weight needs model.quantizer=fsq and model.encoder_kernel=1 (patch-local codes), "
-                f"got quantizer={cfg.model.quantizer}, encoder_kernel={cfg.model.encoder_kernel}"
-            )
-        bank_u8 = distinct_patches(train_u8, cfg.model.downsample)  # (K, 3, d, d)
+    bank_u8 = distinct_patches(train_u8, cfg.model.downsample) if tc.separation_weight > 0 else None  # (K, 3, d, d)
     torch.manual_seed(tc.seed)
     model = VQTokenizer(cfg.model)
     decay, no_decay = [], []
@@ -392,13 +391,14 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
             group["lr"] = lr
         idx = torch.randint(len(train_u8), (tc.batch_size,), generator=batch_gen)
         x = _to_float(train_u8[idx])  # (B, 3, H, W)
-        if step >= tc.steps - tc.decoder_only_steps:
+        decoder_only = step >= tc.steps - tc.decoder_only_steps
+        if decoder_only:
             recon, aux = model.decode_for_training(model.encode(x)), x.new_zeros(())  # encode: no grad, eval mode
         else:
             recon, _, aux = model(x)
         rec_loss, stats = reconstruction_loss(recon, x, tc)
         loss = rec_loss + tc.aux_weight * aux
-        if tc.separation_weight > 0 and step < tc.steps - tc.decoder_only_steps:
+        if tc.separation_weight > 0 and not decoder_only:
             sep = separation_loss(model, bank_u8, tc, batch_gen)
             stats["separation"] = sep.item()
             loss = loss + tc.separation_weight * sep

@@ -54,6 +54,9 @@ def test_pack_refuses_bad_input(tiny_editor, tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(EarlError, match="bad.json: not valid JSON"):
         pack_checkpoint(model, tmp_path / "ckpt", name="t", command="", evals={"x": tmp_path / "bad.json"})
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(EarlError, match="list.json: not a readable results.json"):
+        pack_checkpoint(model, tmp_path / "ckpt", name="t", command="", evals={"x": tmp_path / "list.json"})
     (tmp_path / "odd.json").write_text("{}")
     with pytest.raises(EarlError, match="odd.json: not a readable results.json"):
         pack_checkpoint(model, tmp_path / "ckpt", name="t", command="", evals={"x": tmp_path / "odd.json"})

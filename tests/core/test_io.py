@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from earl.errors import DataError
-from earl.io import atomic_path, atomic_write_json, load_image, read_json
+from earl.io import atomic_directory, atomic_path, atomic_write_json, load_image, read_json
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -14,6 +14,21 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         raise RuntimeError("crash mid-write")
     assert read_json(target) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_atomic_directory_swaps_in_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model"
+    with atomic_directory(target) as d:
+        (d / "a.txt").write_text("v1")
+    assert (target / "a.txt").read_text() == "v1"
+    with pytest.raises(RuntimeError), atomic_directory(target) as d:
+        (d / "a.txt").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert (target / "a.txt").read_text() == "v1"  # the old directory survives a failed write
+    with atomic_directory(target) as d:
+        (d / "b.txt").write_text("v2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging or .old left behind
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "1", "I;16"])
