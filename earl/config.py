@@ -48,8 +48,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _parse_override_value(value)
     return from_dict(cls, raw, where=where)
+
+
+def _parse_override_value(value: str) -> Any:
+    """A command-line value as YAML, except that only true/false are booleans.
+
+    YAML 1.1 (PyYAML) reads no/yes/on/off as booleans, so `run.mixed_precision=no` would turn
+    into False; on a command line those are meant as the words themselves.
+    """
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, bool) and value.strip().lower() not in ("true", "false"):
+        return value.strip()
+    return parsed
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "<dict>", prefix: str = "") -> T:

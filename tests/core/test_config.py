@@ -32,6 +32,18 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg == Outer(name="run", steps=5, sources=["a", "b"], inner=Inner(lr=1e-4, betas=(0.8, 0.9)))
 
 
+def test_override_words_stay_words():
+    """`name=no` is the word "no" (PyYAML alone would make it False); true/false stay booleans."""
+    cfg = load_config(Outer, None, ["name=no", "path=off"])
+    assert cfg.name == "no" and cfg.path == "off"
+
+    @dataclass
+    class Flag:
+        on: bool = False
+
+    assert load_config(Flag, None, ["on=true"]).on is True
+
+
 @pytest.mark.parametrize(
     "text,match",
     [
