@@ -111,6 +111,17 @@ def _cmd_demo(args) -> None:
     run_demo(Path(args.out), fast=args.fast)
 
 
+def _cmd_study(args) -> None:
+    from earl.config import load_config
+    from earl.study import StudyRecipe, run_study
+
+    cfg = load_config(StudyRecipe, args.recipe, args.overrides)
+    run_study(cfg, progress=not args.no_progress)
+    out = Path(cfg.out_dir)
+    print((out / "report.md").read_text())
+    print(f"results: {out / 'results.json'}; curves: {out / 'curves.png'}")
+
+
 def _cmd_bench_generate(args) -> None:
     from earl.bench import bench_generate, format_table
     from earl.io import atomic_write_json
@@ -205,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="working directory for the demo's outputs")
     demo.add_argument("--fast", action="store_true", help="a smaller run (smoke test)")
     demo.set_defaults(func=_cmd_demo)
+
+    st = sub.add_parser("study", help="train and evaluate several recipes over seeds; a table with 95%% CIs (resumable)")
+    st.add_argument("recipe", help="study YAML, e.g. recipes/shapes/study.yaml")
+    st.add_argument("overrides", nargs="*", help="key=value overrides of the study's fields")
+    st.add_argument("--no-progress", action="store_true", help="no progress bars")
+    st.set_defaults(func=_cmd_study)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
     bg = bench.add_parser("generate", help="image tokens/s of earl's sampler vs transformers.generate (CFG)")

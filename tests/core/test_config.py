@@ -80,12 +80,18 @@ def test_every_recipe_in_the_repo_loads():
     root = Path(__file__).resolve().parents[2] / "recipes"
     import importlib
 
+    from earl.study import StudyRecipe, check_recipes
+
     checked = 0
     for f in sorted(root.rglob("*.yaml")):
+        if f.stem.startswith("study"):
+            check_recipes(load_config(StudyRecipe, f))  # the study and every arm's stage recipe
+            checked += 1
+            continue
         stage = next((s for s in TRAIN_STAGES if f.stem.startswith(s)), None)
         if stage is None:
             continue
         module, cls, *_ = TRAIN_STAGES[stage]
         load_config(getattr(importlib.import_module(module), cls), f)
         checked += 1
-    assert checked >= 3
+    assert checked >= 4

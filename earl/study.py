@@ -1,0 +1,370 @@
+"""The recipe study: `earl study recipes/shapes/study.yaml`.
+
+Trains and evaluates several arms (SFT, SFT-CoT, SFT on more data, SFT -> GRPO, best-of-N
+sampling from an SFT model) over several seeds on ShapesEdit, with one shared image tokenizer,
+and reports each arm as mean +- 95% CI across seeds. Best-of-N draws N samples per prompt from
+the SFT model and keeps the one the RL verifier (the oracle) likes best: the control that tells
+a gain from sampling apart from a gain in the policy itself.
+
+Resumable at every level: a finished stage (a trained model, an evaluation file) is never redone,
+and an interrupted training resumes from its last checkpoint. Layout of `out_dir`:
+
+    {arm}/seed_{s}/            a training run (its model/, metrics.jsonl, checkpoints/)
+    {arm}/seed_{s}/eval_{set}.json   per-sample oracle verdicts and the summary on one test set
+    stage_times.json           wall time of every finished stage (sums across resumed sessions)
+    results.json, report.md, curves.png   the aggregate, rewritten at the end of every run
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from earl.config import load_config, to_dict
+from earl.errors import ConfigError
+from earl.generate import SamplingConfig
+from earl.io import atomic_write_json, atomic_write_text, read_json
+from earl.stats import mean_ci
+
+ARM_KINDS = ("sft", "grpo", "best_of_n")
+
+
+@dataclass
+class ArmSection:
+    name: str  # a directory name and a table row, e.g. "sft_simple"
+    kind: str  # "sft" | "grpo" | "best_of_n"
+    recipe: str | None = None  # the stage's YAML (sft, grpo); best_of_n has none
+    overrides: list[str] = field(default_factory=list)  # key=value, applied after the study's defaults
+    start: str | None = None  # grpo and best_of_n: the arm whose model (same seed) they start from
+    n: int = 8  # best_of_n: samples per prompt
+    temperature: float = 1.0  # best_of_n: sampling temperature of the N samples
+
+    def __post_init__(self):
+        if self.kind not in ARM_KINDS:
+            raise ValueError(f"arm {self.name!r}: kind must be one of {', '.join(ARM_KINDS)}, got {self.kind!r}")
+        if self.kind in ("sft", "grpo") and not self.recipe:
+            raise ValueError(f"arm {self.name!r}: a {self.kind} arm needs a recipe")
+        if self.kind in ("grpo", "best_of_n") and not self.start:
+            raise ValueError(f"arm {self.name!r}: a {self.kind} arm needs `start` (an SFT arm's name)")
+        if self.kind == "best_of_n" and (self.n < 2 or self.temperature <= 0):
+            raise ValueError(f"arm {self.name!r}: best_of_n needs n >= 2 and temperature > 0")
+
+
+@dataclass
+class StudyRecipe:
+    out_dir: str = "runs/study"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    image_tokenizer: str = "checkpoints/shapes-editor/image_tokenizer"  # shared by every arm
+    cache_dir: str = "runs/cache"
+    eval_sets: dict[str, str] = field(default_factory=lambda: {"simple": "shapes:simple:test:200",
+                                                               "complex": "shapes:complex:test:200"})
+    eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
+    eval_batch_size: int = 64
+    sft_overrides: list[str] = field(default_factory=list)  # applied to every sft arm
+    grpo_overrides: list[str] = field(default_factory=list)  # applied to every grpo arm
+    compare: list[list[str]] = field(default_factory=list)  # [arm, baseline] pairs reported as paired differences
+    arms: list[ArmSection] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if not self.arms:
+            raise ValueError("arms: at least one arm is needed")
+        if not self.eval_sets:
+            raise ValueError("eval_sets: at least one test set is needed")
+        seen: dict[str, ArmSection] = {}
+        for arm in self.arms:
+            if arm.name in seen:
+                raise ValueError(f"arms: the name {arm.name!r} is used twice")
+            if arm.start is not None:
+                if arm.start not in seen:
+                    raise ValueError(f"arm {arm.name!r}: start {arm.start!r} must name an earlier arm")
+                if seen[arm.start].kind == "best_of_n":
+                    raise ValueError(f"arm {arm.name!r}: start {arm.start!r} is a best_of_n arm (it has no model)")
+            seen[arm.name] = arm
+        for pair in self.compare:
+            if len(pair) != 2 or any(a not in seen for a in pair):
+                raise ValueError(f"compare: each entry must be [arm, baseline] with known arm names, got {pair}")
+
+
+# ---- one stage at a time ------------------------------------------------------------------------
+class StageTimes:
+    """Wall time per finished stage, kept on disk so a resumed study reports its whole cost."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.times: dict[str, float] = read_json(path) if path.is_file() else {}
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.times[stage] = round(self.times.get(stage, 0.0) + seconds, 1)
+        atomic_write_json(self.path, self.times)
+
+
+def run_dir(cfg: StudyRecipe, arm: str, seed: int) -> Path:
+    return Path(cfg.out_dir) / arm / f"seed_{seed}"
+
+
+def _trained(d: Path) -> bool:
+    return (d / "final_metrics.json").is_file() and (d / "model" / "editor.json").is_file()
+
+
+def arm_recipe(cfg: StudyRecipe, arm: ArmSection, seed: int):
+    """(train function, recipe) of one trained (arm, seed): the stage YAML, then the study's defaults for
+    that kind, then the arm's overrides, then the study's own fields (output, seed, start model)."""
+    out = run_dir(cfg, arm.name, seed)
+    if arm.kind == "sft":
+        from earl.train.sft import SFTRecipe, train_sft
+
+        base = [f"model.image_tokenizer={cfg.image_tokenizer}", f"data.cache_dir={cfg.cache_dir}"]
+        return train_sft, load_config(SFTRecipe, arm.recipe, base + cfg.sft_overrides + arm.overrides
+                                      + [f"out_dir={out}", f"run.seed={seed}"])
+    from earl.train.grpo import GRPORecipe, train_grpo
+
+    start = run_dir(cfg, arm.start, seed) / "model"
+    return train_grpo, load_config(GRPORecipe, arm.recipe, [f"data.cache_dir={cfg.cache_dir}"] + cfg.grpo_overrides
+                                   + arm.overrides + [f"out_dir={out}", f"run.seed={seed}", f"init_from={start}"])
+
+
+def check_recipes(cfg: StudyRecipe) -> None:
+    """Load every arm's stage recipe now, so a typo in the last arm fails before hours of training."""
+    for arm in cfg.arms:
+        if arm.kind == "best_of_n":
+            continue
+        try:
+            arm_recipe(cfg, arm, cfg.seeds[0])
+        except ConfigError as e:
+            raise ConfigError(f"arm {arm.name!r}: {e}") from None
+
+
+def train_arm(cfg: StudyRecipe, arm: ArmSection, seed: int, progress: bool) -> None:
+    """Train one (arm, seed); an interrupted run resumes from its last checkpoint."""
+    train, recipe = arm_recipe(cfg, arm, seed)
+    train(recipe, resume=True, progress=progress)
+
+
+def _eval_set(cfg: StudyRecipe, source: str, editor):
+    from earl.data import encode_dataset, resolve_source
+
+    cache = Path(cfg.cache_dir)
+    return encode_dataset(resolve_source(source, cache, editor.config.image_size), editor.image_tokenizer,
+                          Path(cfg.image_tokenizer), cache, progress=False)
+
+
+def evaluate_arm(cfg: StudyRecipe, arm: ArmSection, seed: int, set_name: str, progress: bool) -> dict:
+    """Per-sample oracle verdicts of one (arm, seed) on one test set; best-of-N keeps the best of N samples."""
+    from earl.evaluate import generate_in_batches, oracle_scores
+    from earl.model import UnifiedEditor
+
+    model_arm = arm.start if arm.kind == "best_of_n" else arm.name
+    editor = UnifiedEditor.from_pretrained(run_dir(cfg, model_arm, seed) / "model")
+    data = _eval_set(cfg, cfg.eval_sets[set_name], editor)
+    n = 1
+    sampling = cfg.eval_sampling
+    if arm.kind == "best_of_n":
+        n = arm.n
+        sampling = SamplingConfig(temperature=arm.temperature, guidance_scale=cfg.eval_sampling.guidance_scale)
+    rows = [i for i in range(len(data)) for _ in range(n)]  # prompt-major: N samples of a prompt are adjacent
+    out = generate_in_batches(editor, [data.instructions[i] for i in rows], data.source_codes[rows], sampling,
+                              batch_size=cfg.eval_batch_size, seed=seed, progress=progress)
+    verdicts = oracle_scores(editor.decode_codes(out.codes), [data.source_scenes[i] for i in rows],
+                             [data.target_scenes[i] for i in rows], [data.instructions[i] for i in rows])
+    samples = []
+    for p in range(len(data)):
+        group = verdicts[p * n : (p + 1) * n]
+        best = max(range(n), key=lambda g: group[g]["overall"])  # first of the ties
+        v = group[best]
+        row = {"id": data.ids[p], "category": data.categories[p], "success": bool(v["success"]),
+               "sc": v["sc"], "pq": v["pq"], "overall": v["overall"]}
+        if n > 1:  # the unselected draws: what sampling at this temperature gives without a verifier
+            row["mean_of_n"] = {k: sum(float(g[k]) for g in group) / n for k in ("success", "overall")}
+        samples.append(row)
+    return {"arm": arm.name, "seed": seed, "set": set_name, "n_samples_per_prompt": n,
+            "sampling": to_dict(sampling), "samples": samples}
+
+
+def run_study(cfg: StudyRecipe, progress: bool = True) -> dict:
+    """Every (arm, seed) trained and evaluated, in recipe order; returns the aggregate (also written to disk)."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not Path(cfg.image_tokenizer).is_dir():
+        raise ConfigError(f"image_tokenizer: {cfg.image_tokenizer} not found (expected a tokenizer directory, "
+                          "e.g. checkpoints/shapes-editor/image_tokenizer)")
+    check_recipes(cfg)
+    atomic_write_json(out / "study.json", to_dict(cfg))
+    times = StageTimes(out / "stage_times.json")
+    stages = [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]  # seed-major: seed 0 of every arm first
+    for arm, seed in tqdm(stages, desc="study", disable=not progress):
+        d = run_dir(cfg, arm.name, seed)
+        if arm.kind != "best_of_n" and not _trained(d):
+            t0 = time.time()
+            train_arm(cfg, arm, seed, progress)
+            times.record(f"{arm.name}/seed_{seed}/train", time.time() - t0)
+        for set_name in cfg.eval_sets:
+            path = d / f"eval_{set_name}.json"
+            if path.is_file():
+                continue
+            t0 = time.time()
+            atomic_write_json(path, evaluate_arm(cfg, arm, seed, set_name, progress))
+            times.record(f"{arm.name}/seed_{seed}/eval_{set_name}", time.time() - t0)
+    results = aggregate(cfg)
+    results["stage_times_s"] = times.times
+    results["total_time_s"] = round(sum(times.times.values()), 1)
+    results["machine"] = machine_description()
+    atomic_write_json(out / "results.json", results)
+    plot_curves(cfg, out / "curves.png")
+    atomic_write_text(out / "report.md", format_report(cfg, results))
+    return results
+
+
+# ---- aggregate ---------------------------------------------------------------------------------
+def _seed_ci(values: list[float], bounds: tuple[float, float]) -> dict:
+    mean = sum(values) / len(values)
+    lo, hi = mean_ci(values, bounds=bounds)
+    return {"mean": mean, "ci": [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None],
+            "per_seed": values}
+
+
+def aggregate(cfg: StudyRecipe) -> dict:
+    """Mean +- 95% t-interval across seeds, per arm and test set, overall and per category."""
+    table: dict = {}
+    for arm in cfg.arms:
+        table[arm.name] = {}
+        for set_name in cfg.eval_sets:
+            runs = [read_json(run_dir(cfg, arm.name, s) / f"eval_{set_name}.json")["samples"] for s in cfg.seeds]
+            entry = {"success": _seed_ci([_mean(r, "success") for r in runs], (0.0, 1.0)),
+                     "overall": _seed_ci([_mean(r, "overall") for r in runs], (0.0, 10.0)),
+                     "n_per_seed": len(runs[0])}
+            if runs[0] and "mean_of_n" in runs[0][0]:
+                entry["mean_of_n_success"] = _seed_ci(
+                    [sum(x["mean_of_n"]["success"] for x in r) / len(r) for r in runs], (0.0, 1.0))
+            from earl.shapes.edits import SPLITS
+
+            order = [c for split in SPLITS.values() for c in split]
+            categories = sorted({x["category"] for x in runs[0]}, key=lambda c: order.index(c) if c in order else 99)
+            entry["category_n"] = {c: sum(x["category"] == c for x in runs[0]) for c in categories}
+            entry["per_category"] = {c: _seed_ci([_mean([x for x in r if x["category"] == c], "success")
+                                                  for r in runs], (0.0, 1.0)) for c in categories}
+            table[arm.name][set_name] = entry
+    paired = {}
+    for arm, base in cfg.compare:
+        paired[f"{arm} - {base}"] = {
+            s: _seed_ci([a - b for a, b in zip(table[arm][s]["success"]["per_seed"],
+                                                table[base][s]["success"]["per_seed"])], (-1.0, 1.0))
+            for s in cfg.eval_sets}
+    return {"seeds": cfg.seeds, "arms": table, "paired_differences": paired}
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(float(r[key]) for r in rows) / len(rows) if rows else math.nan
+
+
+def machine_description() -> dict:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+# ---- report ------------------------------------------------------------------------------------
+def _fmt(x: dict, pct: bool = True) -> str:
+    scale = 100 if pct else 1
+    lo, hi = x["ci"]
+    ci = "" if lo is None else f" [{lo * scale:.1f}, {hi * scale:.1f}]"
+    return f"{x['mean'] * scale:.1f}{ci}"
+
+
+def format_report(cfg: StudyRecipe, results: dict) -> str:
+    sets = list(cfg.eval_sets)
+    m = results["machine"]
+    lines = [f"Seeds {cfg.seeds}; each cell: mean over seeds [95% t-interval across seeds], in %. "
+             f"Test sets: " + ", ".join(f"{k} = `{v}`" for k, v in cfg.eval_sets.items()) + ".",
+             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
+             f"finished {m['date']}; total stage time {results['total_time_s'] / 60:.1f} min.", "",
+             "| arm | kind | " + " | ".join(f"{s} success | {s} overall (0-10)" for s in sets) + " | per seed (success) |",
+             "|---|---|" + "---:|---:|" * len(sets) + "---|"]
+    kinds = {a.name: a for a in cfg.arms}
+    for name, row in results["arms"].items():
+        a = kinds[name]
+        kind = a.kind + (f" (start: {a.start})" if a.start else "")
+        cells = " | ".join(f"{_fmt(row[s]['success'])} | {_fmt(row[s]['overall'], pct=False)}" for s in sets)
+        per_seed = "; ".join(s + ": " + ", ".join(f"{v * 100:.1f}" for v in row[s]["success"]["per_seed"])
+                             for s in sets)
+        lines.append(f"| {name} | {kind} | {cells} | {per_seed} |")
+    for name, row in results["arms"].items():
+        if "mean_of_n_success" in row[sets[0]]:
+            a = kinds[name]
+            lines += ["", f"`{name}`: the same {a.n} samples per prompt at temperature {a.temperature} without the "
+                      "verifier's choice (mean success of the draws): "
+                      + ", ".join(f"{s} {_fmt(row[s]['mean_of_n_success'])}" for s in sets) + "."]
+    if results["paired_differences"]:
+        lines += ["", "Paired differences in success (per seed, same seed's start), percentage points:", "",
+                  "| comparison | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+        for name, diff in results["paired_differences"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(diff[s]) for s in sets) + " |")
+    for s in sets:
+        cats = list(next(iter(results["arms"].values()))[s]["per_category"])
+        lines += ["", f"Per category, {s} test set (success %, mean over seeds [95% CI]):", "",
+                  "| category | n | " + " | ".join(results["arms"]) + " |",
+                  "|---|---:|" + "---:|" * len(results["arms"])]
+        n_of = next(iter(results["arms"].values()))[s]["category_n"]
+        for c in cats:
+            lines.append(f"| {c} | {n_of[c]} | " + " | ".join(_fmt(results["arms"][a][s]["per_category"][c])
+                                                  for a in results["arms"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(cfg: StudyRecipe, path: Path) -> None:
+    """Three panels: GRPO rollout reward (moving average), held-out oracle success during GRPO, and
+    during SFT; one colour per arm, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from earl.io import atomic_path
+
+    fig, (ax_r, ax_g, ax_s) = plt.subplots(1, 3, figsize=(15, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, arm in enumerate(a for a in cfg.arms if a.kind != "best_of_n"):
+        color = colors[i % len(colors)]
+        for j, seed in enumerate(cfg.seeds):
+            log = run_dir(cfg, arm.name, seed) / "metrics.jsonl"
+            if not log.is_file():
+                continue
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            label = arm.name if j == 0 else None
+            ev = [(r["step"], r["eval/success"]) for r in rows if "eval/success" in r]
+            if ev:
+                (ax_g if arm.kind == "grpo" else ax_s).plot(*zip(*ev), marker="o", color=color, alpha=0.8, label=label)
+            rew = [(r["step"], r["reward/mean"]) for r in rows if math.isfinite(r.get("reward/mean", math.nan))]
+            if rew:
+                k = max(1, len(rew) // 20)
+                smooth = [sum(v for _, v in rew[t - k + 1 : t + 1]) / k for t in range(k - 1, len(rew))]
+                ax_r.plot([s for s, _ in rew][k - 1 :], smooth, color=color, alpha=0.8, label=label)
+    ax_r.set(title="GRPO: rollout reward (oracle, moving avg)", xlabel="GRPO step", ylabel="reward (0-1)")
+    ax_g.set(title="GRPO: held-out success (greedy)", xlabel="GRPO step", ylabel="success")
+    ax_s.set(title="SFT: held-out success (greedy)", xlabel="SFT step", ylabel="success")
+    for ax in (ax_r, ax_g, ax_s):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

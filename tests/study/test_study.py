@@ -1,0 +1,107 @@
+"""`earl study`: a tiny study of every arm kind runs, aggregates honestly and resumes without redoing work."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from earl.config import load_config
+from earl.errors import ConfigError
+from earl.study import StudyRecipe, run_study
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_study(tmp: Path, tok_dir: Path, arms: str | None = None) -> Path:
+    sft = ("[model.size=shapes-test, model.image_size=32, 'data.train=[shapes:simple:train:48:0]', "
+           "data.eval=shapes:simple:test:8, data.oracle_eval_samples=4, run.steps=4, run.batch_size=8, "
+           "run.eval_every=4, run.save_every=2, run.log_every=1, optim.warmup_steps=1]")
+    grpo = ("['data.train=[shapes:simple:train:48:0]', data.eval=shapes:complex:test:8, data.image_size=32, "
+            "data.oracle_eval_samples=4, grpo.group_size=4, grpo.prompts_per_step=2, grpo.minibatch_size=8, "
+            "run.steps=2, run.eval_every=2, run.save_every=1, grpo.sample_grid_every=0]")
+    compare = "[[rl, sft_simple], [best_of_3, sft_simple]]" if arms is None else "[]"
+    arms = arms or f"""
+  - {{name: sft_simple, kind: sft, recipe: {ROOT}/recipes/shapes/sft.yaml}}
+  - {{name: sft_cot, kind: sft, recipe: {ROOT}/recipes/shapes/sft_cot.yaml}}
+  - {{name: rl, kind: grpo, recipe: {ROOT}/recipes/shapes/grpo.yaml, start: sft_simple}}
+  - {{name: best_of_3, kind: best_of_n, start: sft_simple, n: 3, temperature: 1.0}}
+"""
+    f = tmp / "study.yaml"
+    f.write_text(f"""out_dir: {tmp / "study"}
+seeds: [0, 1]
+image_tokenizer: {tok_dir}
+cache_dir: {tmp / "cache"}
+eval_sets: {{simple: "shapes:simple:test:6", complex: "shapes:complex:test:6"}}
+eval_batch_size: 8
+sft_overrides: {sft}
+grpo_overrides: {grpo}
+compare: {compare}
+arms:{arms}""")
+    return f
+
+
+@pytest.fixture
+def tok_dir(tmp_path, vq_tokenizer):
+    vq_tokenizer.save_pretrained(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
+def test_tiny_study_runs_aggregates_and_resumes(tmp_path, tok_dir):
+    cfg = load_config(StudyRecipe, tiny_study(tmp_path, tok_dir))
+    results = run_study(cfg, progress=False)
+    out = tmp_path / "study"
+    for arm in ("sft_simple", "sft_cot", "rl"):
+        for seed in (0, 1):
+            assert (out / arm / f"seed_{seed}" / "model" / "editor.json").is_file()
+    assert not (out / "best_of_3" / "seed_0" / "model").exists()  # best-of-N trains nothing
+    # the RL arm started from the same seed's SFT model
+    assert json.loads((out / "rl/seed_1/recipe.json").read_text())["init_from"] == str(out / "sft_simple/seed_1/model")
+
+    # the aggregate is the mean of the per-seed evaluation files
+    for arm in ("sft_simple", "best_of_3"):
+        per_seed = []
+        for seed in (0, 1):
+            rows = json.loads((out / arm / f"seed_{seed}" / "eval_complex.json").read_text())["samples"]
+            assert len(rows) == 6
+            per_seed.append(sum(r["success"] for r in rows) / 6)
+        entry = results["arms"][arm]["complex"]["success"]
+        assert entry["per_seed"] == per_seed and entry["mean"] == pytest.approx(sum(per_seed) / 2)
+    # best-of-N keeps the best of its draws: never below their mean, and it records that mean
+    for seed in (0, 1):
+        for r in json.loads((out / f"best_of_3/seed_{seed}/eval_simple.json").read_text())["samples"]:
+            assert r["overall"] >= r["mean_of_n"]["overall"] - 1e-9
+    diff = results["paired_differences"]["rl - sft_simple"]["simple"]["per_seed"]
+    rl, sft = (results["arms"][a]["simple"]["success"]["per_seed"] for a in ("rl", "sft_simple"))
+    assert diff == pytest.approx([a - b for a, b in zip(rl, sft)])
+    report = (out / "report.md").read_text()
+    assert all(a in report for a in ("sft_simple", "sft_cot", "rl", "best_of_3", "Per category"))
+    assert (out / "curves.png").stat().st_size > 1000
+    times = json.loads((out / "stage_times.json").read_text())
+    assert "rl/seed_1/train" in times and "best_of_3/seed_0/eval_simple" in times
+
+    # resume: nothing finished is redone; a deleted evaluation is recomputed alone
+    model_mtime = (out / "sft_simple/seed_0/model/editor.json").stat().st_mtime_ns
+    (out / "sft_cot/seed_1/eval_complex.json").unlink()
+    run_study(cfg, progress=False)
+    assert (out / "sft_simple/seed_0/model/editor.json").stat().st_mtime_ns == model_mtime
+    assert (out / "sft_cot/seed_1/eval_complex.json").is_file()
+    assert json.loads((out / "stage_times.json").read_text()).keys() == times.keys()
+
+
+@pytest.mark.parametrize("arms,match", [
+    ("\n  - {name: a, kind: grpo, recipe: x.yaml, start: b}\n", "start 'b' must name an earlier arm"),
+    ("\n  - {name: a, kind: sft, recipe: r.yaml}\n  - {name: a, kind: sft, recipe: r.yaml}\n", "used twice"),
+    ("\n  - {name: a, kind: dpo, recipe: r.yaml}\n", "kind must be one of"),
+    ("\n  - {name: a, kind: best_of_n, start: a}\n", "start 'a' must name an earlier arm"),
+])
+def test_bad_study_recipes_name_the_problem(tmp_path, tok_dir, arms, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(StudyRecipe, tiny_study(tmp_path, tok_dir, arms))
+
+
+def test_a_bad_arm_override_fails_before_any_training(tmp_path, tok_dir):
+    arms = f"\n  - {{name: s, kind: sft, recipe: {ROOT}/recipes/shapes/sft.yaml, overrides: [run.stepz=3]}}\n"
+    cfg = load_config(StudyRecipe, tiny_study(tmp_path, tok_dir, arms))
+    with pytest.raises(ConfigError, match="arm 's'.*run.stepz"):
+        run_study(cfg, progress=False)
+    assert not (tmp_path / "study" / "s").exists()
