@@ -24,11 +24,16 @@ setup(
         "numpy>=1.26",
         "tensorboard>=2.15",
         "httpx>=0.27",
+        "matplotlib>=3.7",  # study curves and reward plots
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],
         "deepspeed": ["deepspeed>=0.15"],
-        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "scikit-image>=0.22", "deepspeed>=0.15", "matplotlib>=3.7"],
+        "kernels": ["triton>=3.2"],  # earl.kernels on a GPU
+        # triton>=3.9 in dev: its interpreter (TRITON_INTERPRET=1, the kernel tests on a CPU) works with
+        # numpy 2.4; 3.6's fails on any loop (triton#9171)
+        "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "scikit-image>=0.22", "deepspeed>=0.15",
+                "triton>=3.9"],
     },
     entry_points={"console_scripts": ["earl=earl.cli:main"]},
 )

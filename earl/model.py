@@ -15,6 +15,7 @@ Nothing here reaches a hub: everything loads from local paths, with `trust_remot
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,7 +115,9 @@ class UnifiedEditor(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: str | torch.device = "cpu") -> UnifiedEditor:
+                        device: str | torch.device = "cpu", attention: str = "sdpa") -> UnifiedEditor:
+        """Load an editor directory. `attention="earl_triton"` runs the backbone on earl's Triton kernels
+        (`earl.kernels`; a GPU and triton needed, otherwise it stays on SDPA and says so)."""
         path = Path(path)
         meta = path / "editor.json"
         if not path.is_dir():
@@ -138,7 +141,15 @@ class UnifiedEditor(nn.Module):
         text_tokenizer = AutoTokenizer.from_pretrained(path / "text_tokenizer", trust_remote_code=False)
         image_tokenizer = _load_image_tokenizer(config.image_tokenizer_kind, path / "image_tokenizer")
         layout = EditLayout(text_tokenizer, ImageVocab.from_dict(config.image_vocab), TextIds.from_dict(config.text_ids))
-        return cls(backbone, image_tokenizer, text_tokenizer, layout, config).to(device).eval()
+        editor = cls(backbone, image_tokenizer, text_tokenizer, layout, config).to(device).eval()
+        if attention == "earl_triton":
+            from earl.kernels.hf import use_triton_attention
+
+            if not use_triton_attention(editor.backbone):
+                logging.getLogger(__name__).warning("earl_triton attention needs triton and a GPU; using SDPA")
+        elif attention != "sdpa":
+            raise EarlError(f"attention must be 'sdpa' or 'earl_triton', got {attention!r}")
+        return editor
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write the editor directory atomically (build it beside the target, then swap it in); returns it."""

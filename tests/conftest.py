@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run under Triton's interpreter. It must be chosen before triton
+# compiles (decorates) any kernel, so it is set here, before any test module imports earl.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tiny test models gain nothing from several threads, and on a busy 2-core machine threads fight
 # each other (a small matmul was seen to go from 0.1 ms to 9 ms): one thread keeps tests steady.
