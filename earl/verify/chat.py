@@ -182,6 +182,21 @@ class LocalVLMBackend:
         self._batcher.close()
 
 
+def build_chat_backend(backend: str = "openai", base_url: str | None = None, model: str | None = None,
+                       api_key: str | None = None, timeout: float = 120.0, model_path: str | None = None,
+                       max_batch: int = 8, device: str | None = None, max_connections: int = 16) -> ChatBackend:
+    """A judge backend from flat options: "openai" (any OpenAI-compatible server: base_url, model,
+    api_key, timeout; unset values come from the environment) or "local" (model_path, max_batch, device)."""
+    if backend == "openai":
+        return OpenAIChatBackend(base_url=base_url, model=model, api_key=api_key, timeout=timeout,
+                                 max_connections=max_connections)
+    if backend == "local":
+        if not model_path:
+            raise ConfigError("judge backend 'local' needs model_path (a local checkpoint directory)")
+        return LocalVLMBackend(model_path, max_batch=max_batch, device=device)
+    raise ConfigError(f"unknown judge backend {backend!r}; expected one of openai, local")
+
+
 # ---------------------------------------------------------------------------------------------
 # Retries.
 

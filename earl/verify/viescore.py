@@ -29,7 +29,7 @@ from PIL import Image
 from earl.errors import ConfigError, DataError
 from earl.io import load_image
 from earl.verify.base import EditRequest, RewardResult
-from earl.verify.chat import ChatBackend, LocalVLMBackend, OpenAIChatBackend, chat_with_retries
+from earl.verify.chat import ChatBackend, build_chat_backend, chat_with_retries
 
 # ---------------------------------------------------------------------------------------------
 # Prompts.
@@ -204,15 +204,9 @@ class VIEScoreVerifier:
                      backoff: float = 1.0, max_tokens: int = 512, temperature: float = 0.0) -> VIEScoreVerifier:
         """Build from flat options (what a recipe holds). backend "openai" uses base_url, model,
         api_key, timeout; backend "local" uses model_path, max_batch, device."""
-        if backend == "openai":
-            chat = OpenAIChatBackend(base_url=base_url, model=model, api_key=api_key, timeout=timeout,
-                                     max_connections=concurrency)
-        elif backend == "local":
-            if not model_path:
-                raise ConfigError("viescore: backend 'local' needs model_path (a local checkpoint directory)")
-            chat = LocalVLMBackend(model_path, max_batch=max_batch, device=device)
-        else:
-            raise ConfigError(f"viescore: unknown backend {backend!r}; expected one of openai, local")
+        chat = build_chat_backend(backend, base_url=base_url, model=model, api_key=api_key, timeout=timeout,
+                                  model_path=model_path, max_batch=max_batch, device=device,
+                                  max_connections=concurrency)
         return cls(chat, concurrency=concurrency, retries=retries, backoff=backoff, max_tokens=max_tokens,
                    temperature=temperature)
 

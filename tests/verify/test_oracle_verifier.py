@@ -67,7 +67,7 @@ def test_registry_errors():
         build_verifier("oracle", reward="best")
     with pytest.raises(ConfigError, match="unknown option 'url'.*base_url"):
         build_verifier("viescore", url="http://x")
-    with pytest.raises(ConfigError, match="unknown backend 'grpc'"):
+    with pytest.raises(ConfigError, match="unknown judge backend 'grpc'"):
         build_verifier("viescore", backend="grpc")
     with pytest.raises(ConfigError, match="model_path"):
         build_verifier("viescore", backend="local")
