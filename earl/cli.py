@@ -80,6 +80,71 @@ def _cmd_eval_shapes(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
 
+def _judge_backend(args):
+    """The judge for a benchmark run, or None with --no-judge (then only what is on disk is scored)."""
+    if args.no_judge:
+        return None
+    from earl.verify.chat import build_chat_backend
+
+    return build_chat_backend(args.judge, base_url=args.judge_base_url, model=args.judge_model,
+                              model_path=args.judge_model_path, timeout=args.judge_timeout,
+                              max_connections=args.concurrency)
+
+
+def _edit_fn(args):
+    """Edits from an earl editor directory, or None with --no-generate (score images already in OUT/images)."""
+    if args.no_generate:
+        return None
+    from earl.pipeline import EditPipeline
+
+    pipe = EditPipeline.from_pretrained(args.model)
+    return lambda image, instruction: pipe(image, instruction, guidance_scale=args.guidance_scale,
+                                          temperature=args.temperature, seed=args.seed).images[0]
+
+
+def _cmd_eval_benchmark(args) -> None:
+    from earl.benchmarks import gedit, imgedit
+    from earl.benchmarks.runner import JudgeOptions, run_benchmark
+
+    if args.what == "gedit":
+        bench = gedit
+        items = gedit.load_gedit(args.data, language=args.language)
+        specs = gedit.judge_specs(gedit.load_prompts(args.prompts))
+    else:
+        bench = imgedit
+        items = imgedit.load_imgedit(args.edits, args.images)
+        specs = imgedit.judge_specs(imgedit.load_prompts(args.prompts))
+    if args.limit:
+        items = items[: args.limit]
+    opts = JudgeOptions(max_tokens=args.max_tokens, temperature=0.0, concurrency=args.concurrency,
+                        retries=args.retries)
+    result = run_benchmark(bench, items, specs, args.out, edit=_edit_fn(args), backend=_judge_backend(args),
+                           opts=opts, retry_failed=args.retry_failed)
+    print(bench.format_table(result))
+    print(f"results: {Path(args.out) / 'results.json'} (also results.csv, results.md)")
+
+
+def _benchmark_args(p) -> None:
+    p.add_argument("--out", required=True, help="output directory (resumable: images and judgements are kept)")
+    p.add_argument("--model", default=None, help="earl editor directory (default: the bundled checkpoint)")
+    p.add_argument("--no-generate", action="store_true", help="only judge/score images already in OUT/images")
+    p.add_argument("--judge", choices=["openai", "local"], default="openai",
+                   help="openai: any OpenAI-compatible server (vLLM, SGLang, `earl serve judge`, OpenAI); "
+                        "local: a transformers model in this process")
+    p.add_argument("--judge-base-url", default=None, help="default: $EARL_JUDGE_BASE_URL")
+    p.add_argument("--judge-model", default=None, help="served model name (default: $EARL_JUDGE_MODEL or the "
+                                                       "server's first model); the key comes from the environment")
+    p.add_argument("--judge-model-path", default=None, help="with --judge local: the model directory")
+    p.add_argument("--judge-timeout", type=float, default=120.0)
+    p.add_argument("--no-judge", action="store_true", help="ask nothing; score the judgements already on disk")
+    p.add_argument("--retry-failed", action="store_true", help="ask again the judgements stored as failed")
+    p.add_argument("--concurrency", type=int, default=16, help="judge requests in flight")
+    p.add_argument("--retries", type=int, default=2, help="retries per judge call (then it is a counted failure)")
+    p.add_argument("--max-tokens", type=int, default=1400, help="judge reply budget")
+    p.add_argument("--limit", type=int, default=0, help="only the first N items (smoke runs)")
+    _sampling_args(p)
+
+
 def _cmd_checkpoint_pack(args) -> None:
     from earl.checkpoint import pack_checkpoint
     from earl.io import read_json
@@ -197,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--batch-size", type=int, default=32)
     _sampling_args(es)
     es.set_defaults(func=_cmd_eval_shapes)
+
+    eg = ev.add_parser("gedit", help="GEdit-Bench: edit, judge with the benchmark's VIEScore prompts, official scores")
+    eg.add_argument("--data", required=True, help="local copy of stepfun-ai/GEdit-Bench (parquet or save_to_disk)")
+    eg.add_argument("--prompts", required=True, help="directory with sc_prompt.txt and pq_prompt.txt, "
+                                                     "e.g. ../shared/benchmarks/gedit")
+    eg.add_argument("--language", default="en", choices=["en", "cn"])
+    _benchmark_args(eg)
+    eg.set_defaults(func=_cmd_eval_benchmark)
+    ei = ev.add_parser("imgedit", help="ImgEdit-Bench (Basic): edit, judge with its per-type prompts, official scores")
+    ei.add_argument("--edits", required=True, help="basic_edit.json ({key: {id, prompt, edit_type}})")
+    ei.add_argument("--images", required=True, help="root of the source images (each `id` is a path under it)")
+    ei.add_argument("--prompts", required=True, help="the benchmark's prompts.json")
+    _benchmark_args(ei)
+    ei.set_defaults(func=_cmd_eval_benchmark)
 
     ck = sub.add_parser("checkpoint", help="bundled checkpoints").add_subparsers(dest="what", required=True)
     cp = ck.add_parser("pack", help="copy an editor into a checkpoint directory with a manifest (sha256, metrics)")

@@ -1,0 +1,1 @@
+"""Benchmark runners for real-image editing: GEdit-Bench (`gedit`) and ImgEdit-Bench (`imgedit`)."""

@@ -1,0 +1,166 @@
+"""ImgEdit-Bench (Basic): 737 edits of 9 types, each judged on three 1-5 criteria.
+
+Scoring follows the official scripts (PKU-YuanGroup/ImgEdit `Benchmark/Basic/`):
+- one judge call per sample with the prompt of its edit type (from the benchmark's `prompts.json`,
+  given by the user; `<edit_prompt>` is the placeholder), the message being [text, original, edited];
+- the judge replies `Brief reasoning: ...` then three `Criterion: n` lines; the criterion names are
+  read from the prompt's own "Example Response Format", so each type's three names are checked;
+- a sample's score is the mean of its three scores, rounded to 2 decimals; a type's score is the
+  mean of those, rounded to 2 decimals; **Overall is the mean of the 9 type scores** (the
+  leaderboard's definition); "compose" is reported as "Hybrid", as in the published tables.
+
+As for GEdit-Bench, a reply that does not parse after the retries is a counted failure, left out of
+the means, never a guessed score; a missing output image is counted as missing.
+
+The benchmark is read from its published files: `basic_edit.json` ({key: {id, prompt, edit_type}})
+and the source images under a root directory where each `id` is a relative path
+(`Benchmark/singleturn` in the `sysuyy/ImgEdit` release). The UGE ("Hard") suite is not scored here:
+its judging prompt is not part of the files the runner reads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from earl.benchmarks.runner import BenchItem, JudgeSpec, image_path, load_judgements
+from earl.errors import DataError
+from earl.io import load_image
+
+# The published leaderboard's column order, with its names.
+TYPES = ("add", "adjust", "extract", "replace", "remove", "background", "style", "compose", "action")
+TYPE_NAMES = {"add": "Add", "adjust": "Adjust", "extract": "Extract", "replace": "Replace", "remove": "Remove",
+              "background": "Background", "style": "Style", "compose": "Hybrid", "action": "Action"}
+_CRITERION = re.compile(r"^\s*([^:\n]+?):\s*A number from 1 to 5\.?\s*$", re.M)
+_NUM = r"(\d+(?:\.\d+)?)"
+
+
+def load_imgedit(edits_json: str | Path, images_root: str | Path) -> list[BenchItem]:
+    edits_json, images_root = Path(edits_json), Path(images_root)
+    if not edits_json.is_file():
+        raise DataError(f"{edits_json}: ImgEdit edits file not found (expected basic_edit.json)")
+    try:
+        raw = json.loads(edits_json.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{edits_json}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{edits_json}: expected an object {{key: {{id, prompt, edit_type}}}}")
+    items, absent = [], []
+    for key, rec in raw.items():
+        if not isinstance(rec, dict) or not all(k in rec for k in ("id", "prompt", "edit_type")):
+            raise DataError(f"{edits_json}: entry {key!r} must have id, prompt and edit_type")
+        path = images_root / rec["id"]
+        if not path.is_file():
+            absent.append(rec["id"])
+        items.append(BenchItem(key=str(key), group=rec["edit_type"], instruction=rec["prompt"],
+                               source=lambda p=path: load_image(p, what=f"ImgEdit source {p}"),
+                               meta={"id": rec["id"]}))
+    if absent:
+        raise DataError(f"{images_root}: {len(absent)} source image(s) not found, e.g. {absent[:3]} (expected the "
+                        "benchmark's images under this root, each at its `id` path)")
+    return items
+
+
+def load_prompts(prompts_json: str | Path) -> dict[str, str]:
+    prompts_json = Path(prompts_json)
+    if not prompts_json.is_file():
+        raise DataError(f"{prompts_json}: ImgEdit judge prompts not found (expected prompts.json)")
+    prompts = json.loads(prompts_json.read_text(encoding="utf-8"))
+    for t, text in prompts.items():
+        if "<edit_prompt>" not in text or len(criteria(text)) != 3:
+            raise DataError(f"{prompts_json}: prompt {t!r} needs an <edit_prompt> placeholder and three "
+                            "'Name: A number from 1 to 5.' lines")
+    return prompts
+
+
+def criteria(prompt: str) -> list[str]:
+    """The three criterion names a prompt asks for, from its example response format."""
+    return [m.group(1).strip() for m in _CRITERION.finditer(prompt)]
+
+
+def parse_reply(text: str, names: list[str]) -> list[float] | None:
+    """The three 1-5 scores, one per named criterion (last occurrence wins), or None if any is missing."""
+    if not isinstance(text, str):
+        return None
+    out = []
+    for name in names:
+        found = re.findall(rf"{re.escape(name)}\s*[:：]\s*\**\s*{_NUM}", text, re.I)
+        if not found:
+            return None
+        v = float(found[-1])
+        if not 1 <= v <= 5:
+            return None
+        out.append(v)
+    return out
+
+
+def judge_specs(prompts: dict[str, str]) -> list[JudgeSpec]:
+    def messages(item: BenchItem, edited: Image.Image) -> list[dict]:
+        if item.group not in prompts:
+            raise DataError(f"no ImgEdit judge prompt for edit type {item.group!r}")
+        text = prompts[item.group].replace("<edit_prompt>", item.instruction)
+        return [{"role": "user", "content": [{"type": "text", "text": text},
+                                             {"type": "image", "image": item.source().convert("RGB")},
+                                             {"type": "image", "image": edited.convert("RGB")}]}]
+
+    return [JudgeSpec("judge", messages, lambda item, text: parse_reply(text, criteria(prompts[item.group])))]
+
+
+def score(items: list[BenchItem], out_dir: Path) -> dict:
+    stored = load_judgements(out_dir, ("judge",), items)
+    rows = []
+    for it in items:
+        j = stored[it.key]["judge"]
+        if not image_path(out_dir, it).is_file():
+            status, value = "missing", None
+        elif j is None:
+            status, value = "not judged", None
+        elif j["value"] is None:
+            status, value = "failed", None
+        else:
+            status, value = "ok", round(sum(j["value"]) / 3, 2)
+        rows.append({"key": it.key, "type": it.group, "status": status, "scores": j["value"] if j else None,
+                     "score": value})
+    types = [t for t in TYPES if any(r["type"] == t for r in rows)]
+    types += sorted({r["type"] for r in rows} - set(types))
+    per_type = {}
+    for t in types:
+        mine = [r for r in rows if r["type"] == t]
+        ok = [r["score"] for r in mine if r["score"] is not None]
+        per_type[t] = {"n": len(mine), "judged": len(ok), "failed": sum(r["status"] == "failed" for r in mine),
+                       "missing": sum(r["status"] == "missing" for r in mine),
+                       "score": round(sum(ok) / len(ok), 2) if ok else None}
+    scored = [per_type[t]["score"] for t in types if per_type[t]["score"] is not None]
+    overall = {"score": round(sum(scored) / len(scored), 2) if scored else None, "n": len(rows),
+               "judged": sum(p["judged"] for p in per_type.values()),
+               "failed": sum(p["failed"] for p in per_type.values()),
+               "missing": sum(p["missing"] for p in per_type.values()),
+               "types_without_scores": [t for t in types if per_type[t]["score"] is None]}
+    return {"benchmark": "ImgEdit-Bench", "per_type": per_type, "overall": overall, "samples": rows}
+
+
+def format_table(result: dict) -> str:
+    types = list(result["per_type"])
+    cols = [TYPE_NAMES.get(t, t) for t in types]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    o = result["overall"]
+    return "\n".join([
+        "ImgEdit-Bench (1-5; judge replies that failed to parse are excluded and counted, never guessed)", "",
+        "| " + " | ".join(cols) + " | Overall |", "|" + "---:|" * (len(cols) + 1),
+        "| " + " | ".join(f(result["per_type"][t]["score"]) for t in types) + f" | {f(o['score'])} |", "",
+        f"judged {o['judged']}/{o['n']}, failed {o['failed']}, missing images {o['missing']}"])
+
+
+def csv_rows(result: dict) -> tuple[list[str], list[list]]:
+    header = ["type", "n", "judged", "failed", "missing", "score"]
+    rows = [[TYPE_NAMES.get(t, t), s["n"], s["judged"], s["failed"], s["missing"], s["score"]]
+            for t, s in result["per_type"].items()]
+    o = result["overall"]
+    rows.append(["Overall", o["n"], o["judged"], o["failed"], o["missing"], o["score"]])
+    return header, rows

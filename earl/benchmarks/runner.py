@@ -1,0 +1,185 @@
+"""What the GEdit-Bench and ImgEdit-Bench runners share: cached edits, cached judgements, failure counts.
+
+A benchmark run has two resumable stages, each keeping every result on disk as soon as it exists:
+
+    OUT/images/{key}.png                 the edited image of each item (generated once)
+    OUT/judgements/{call}/{key}.json     each judge call's reply, parsed value and error (asked once)
+
+Re-running the same command skips what is already there, so a crash or an interrupted run loses at
+most the calls in flight. A judge reply that does not parse after the retries is stored as failed
+(value null, with the raw reply and the error): failures are counted and reported next to the
+scores, never replaced by a guess. Delete a judgement file (or pass `retry_failed=True`) to ask again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from earl.io import atomic_write_json, load_image, read_json, save_png
+from earl.verify.chat import ChatBackend, chat_with_retries
+
+
+@dataclass
+class BenchItem:
+    """One benchmark sample: its key, group (edit type), instruction and source image."""
+
+    key: str
+    group: str
+    instruction: str
+    source: Callable[[], Image.Image]  # loads the source image (benchmarks are too big to hold in memory)
+    meta: dict = field(default_factory=dict)  # benchmark-specific fields (language, intersection flag, ...)
+
+
+def _safe(key: str) -> str:
+    """A file name for a key (keys may contain '/' or be very long): readable prefix + short hash."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80]
+    return cleaned if cleaned == key else f"{cleaned}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def image_path(out_dir: Path, item: BenchItem) -> Path:
+    return Path(out_dir) / "images" / f"{_safe(item.key)}.png"
+
+
+def generate_missing(items: list[BenchItem], edit: Callable[[Image.Image, str], Image.Image], out_dir: Path,
+                     progress: bool = True) -> int:
+    """Edit every item whose output image is not on disk yet; returns how many were generated."""
+    todo = [it for it in items if not image_path(out_dir, it).is_file()]
+    for it in tqdm(todo, desc="edit", disable=not progress):
+        save_png(edit(it.source(), it.instruction), image_path(out_dir, it))
+    return len(todo)
+
+
+@dataclass
+class JudgeSpec:
+    """One kind of judge call: how to build its messages for an item and how to parse the reply."""
+
+    name: str  # directory under OUT/judgements/
+    messages: Callable[[BenchItem, Image.Image], list[dict]]  # (item, edited image) -> chat messages
+    parse: Callable[[BenchItem, str], Any]  # (item, reply) -> value, or None when it cannot be read
+
+
+@dataclass
+class JudgeOptions:
+    max_tokens: int = 512
+    temperature: float = 0.0
+    concurrency: int = 16
+    retries: int = 2
+    backoff: float = 1.0
+
+
+def judgement_path(out_dir: Path, call: str, item: BenchItem) -> Path:
+    return Path(out_dir) / "judgements" / call / f"{_safe(item.key)}.json"
+
+
+def load_judgements(out_dir: Path, calls: Iterable[str], items: list[BenchItem]) -> dict[str, dict]:
+    """{key: {call name: stored judgement ({"value", "raw", "error", ...}) or None if not asked yet}}."""
+    calls = list(calls)
+    out: dict[str, dict] = {}
+    for it in items:
+        out[it.key] = {}
+        for call in calls:
+            p = judgement_path(out_dir, call, it)
+            out[it.key][call] = read_json(p) if p.is_file() else None
+    return out
+
+
+async def _judge_one(backend: ChatBackend, spec: JudgeSpec, item: BenchItem, out_dir: Path, opts: JudgeOptions,
+                     sem: asyncio.Semaphore) -> None:
+    edited = load_image(image_path(out_dir, item), what=f"edited image of {item.key}")
+    async with sem:
+        call = await chat_with_retries(backend, spec.messages(item, edited), lambda text: spec.parse(item, text),
+                                       max_tokens=opts.max_tokens, temperature=opts.temperature,
+                                       retries=opts.retries, backoff=opts.backoff)
+    atomic_write_json(judgement_path(out_dir, spec.name, item),
+                      {"key": item.key, "value": call.value, "raw": call.raw, "error": call.error,
+                       "attempts": call.attempts})
+
+
+async def judge_missing(items: list[BenchItem], specs: list[JudgeSpec], backend: ChatBackend, out_dir: Path,
+                        opts: JudgeOptions | None = None, retry_failed: bool = False, progress: bool = True) -> int:
+    """Ask every judge call that has no stored judgement (and failed ones with `retry_failed`).
+
+    Items without an edited image are skipped (they count as missing in the scores). Returns the
+    number of calls made.
+    """
+    opts = opts or JudgeOptions()
+    sem = asyncio.Semaphore(opts.concurrency)
+    todo = []
+    for it in items:
+        if not image_path(out_dir, it).is_file():
+            continue
+        for spec in specs:
+            p = judgement_path(out_dir, spec.name, it)
+            if p.is_file() and not (retry_failed and read_json(p).get("value") is None):
+                continue
+            todo.append((spec, it))
+    bar = tqdm(total=len(todo), desc="judge", disable=not progress)
+
+    async def run(spec, it):
+        await _judge_one(backend, spec, it, out_dir, opts, sem)
+        bar.update(1)
+
+    try:
+        await asyncio.gather(*(run(spec, it) for spec, it in todo))
+    finally:
+        bar.close()
+    return len(todo)
+
+
+def resize_to_area(image: Image.Image, area: int) -> Image.Image:
+    """Scale to about `area` pixels keeping the aspect ratio (how GEdit-Bench's runner feeds the judge)."""
+    w, h = image.size
+    s = (area / (w * h)) ** 0.5
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return image if size == image.size else image.resize(size, Image.BICUBIC)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    """A small CSV written atomically (values are numbers and plain names: no quoting needed beyond commas)."""
+    from earl.io import atomic_write_text
+
+    def cell(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        text = str(v)
+        return f'"{text}"' if "," in text else text
+
+    atomic_write_text(path, "\n".join(",".join(cell(v) for v in row) for row in [header, *rows]) + "\n")
+
+
+def run_benchmark(bench, items: list[BenchItem], specs: list[JudgeSpec], out_dir: str | Path,
+                  edit: Callable[[Image.Image, str], Image.Image] | None = None, backend: ChatBackend | None = None,
+                  opts: JudgeOptions | None = None, retry_failed: bool = False, progress: bool = True) -> dict:
+    """Generate missing edits (if `edit` is given), ask missing judgements (if `backend` is given), then
+    score what is on disk with `bench` (a module with score, format_table, csv_rows) and write
+    OUT/results.json, results.csv and results.md."""
+    from earl.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if edit is not None:
+        generate_missing(items, edit, out_dir, progress=progress)
+    if backend is not None:
+        async def judge():
+            try:
+                await judge_missing(items, specs, backend, out_dir, opts, retry_failed=retry_failed,
+                                    progress=progress)
+            finally:
+                await backend.aclose()
+
+        asyncio.run(judge())
+    result = bench.score(items, out_dir)
+    atomic_write_json(out_dir / "results.json", result)
+    write_csv(out_dir / "results.csv", *bench.csv_rows(result))
+    atomic_write_text(out_dir / "results.md", bench.format_table(result) + "\n")
+    return result
