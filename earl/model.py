@@ -56,8 +56,9 @@ class EditorConfig:
     grid: tuple[int, int]  # (h, w) codes per image
     image_vocab: dict
     text_ids: dict
-    image_tokenizer_kind: str = "vq"
-    resize_rule: str = "stretch"  # any input is resized to image_size² and restored on output
+    image_tokenizer_kind: str = "vq"  # "vq" (tokenizer/vq.py) | "emu3" (tokenizer/emu3.py)
+    resize_rule: str = "stretch"  # "stretch": to image_size²; "area": keep aspect, ~image_area pixels
+    image_area: int | None = None  # for resize_rule "area"
     format: int = EDITOR_FORMAT
 
 
@@ -69,7 +70,21 @@ def _load_image_tokenizer(kind: str, path: Path) -> ImageTokenizer:
             return VQTokenizer.from_pretrained(path)
         except TokenizerLoadError as e:
             raise EarlError(str(e)) from None
-    raise EarlError(f"{path}: unknown image tokenizer kind {kind!r}; expected 'vq'")
+    if kind == "emu3":
+        from tokenizer.emu3 import Emu3VQTokenizer
+
+        return Emu3VQTokenizer.from_pretrained(path)
+    raise EarlError(f"{path}: unknown image tokenizer kind {kind!r}; expected 'vq' or 'emu3'")
+
+
+def _load_backbone(kind: str, path: Path, dtype):
+    """The causal LM in `path`; Emu3's text model has its own class (its config type is not in the Auto maps)."""
+    if kind == "emu3":
+        from transformers import Emu3ForCausalLM
+
+        return Emu3ForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", trust_remote_code=False,
+                                                use_safetensors=True)
 
 
 class UnifiedEditor(nn.Module):
@@ -122,6 +137,10 @@ class UnifiedEditor(nn.Module):
         meta = path / "editor.json"
         if not path.is_dir():
             raise EarlError(f"{path}: model directory not found")
+        from earl.emu3 import is_emu3_checkpoint, load_emu3_editor
+
+        if not meta.is_file() and is_emu3_checkpoint(path):  # a transformers Emu3 checkpoint, used as is
+            return cls._finish(load_emu3_editor(path, dtype=dtype), device, attention)
         if not meta.is_file():
             raise EarlError(f"{path}: not an earl editor (no editor.json); expected a directory written by "
                             "UnifiedEditor.save_pretrained")
@@ -136,12 +155,15 @@ class UnifiedEditor(nn.Module):
         for sub in ("backbone", "image_tokenizer", "text_tokenizer"):
             if not (path / sub).is_dir():
                 raise EarlError(f"{path}: missing {sub}/ directory")
-        backbone = AutoModelForCausalLM.from_pretrained(path / "backbone", dtype=dtype or "auto",
-                                                        trust_remote_code=False, use_safetensors=True)
+        backbone = _load_backbone(config.image_tokenizer_kind, path / "backbone", dtype)
         text_tokenizer = AutoTokenizer.from_pretrained(path / "text_tokenizer", trust_remote_code=False)
         image_tokenizer = _load_image_tokenizer(config.image_tokenizer_kind, path / "image_tokenizer")
         layout = EditLayout(text_tokenizer, ImageVocab.from_dict(config.image_vocab), TextIds.from_dict(config.text_ids))
-        editor = cls(backbone, image_tokenizer, text_tokenizer, layout, config).to(device).eval()
+        return cls._finish(cls(backbone, image_tokenizer, text_tokenizer, layout, config), device, attention)
+
+    @staticmethod
+    def _finish(editor: UnifiedEditor, device, attention: str) -> UnifiedEditor:
+        editor = editor.to(device).eval()
         if attention == "earl_triton":
             from earl.kernels.hf import use_triton_attention
 
@@ -169,14 +191,21 @@ class UnifiedEditor(nn.Module):
     def preprocess(self, image) -> tuple[Image.Image, tuple[int, int]]:
         """Any image (path, bytes, PIL, array; any mode) -> RGB at the model's size, plus its original size.
 
-        Rule ('stretch'): resize to image_size x image_size with bicubic filtering (box filter when
-        shrinking by a large factor); `postprocess` resizes the output back to the original size.
+        Rule 'stretch' (the ShapesEdit editors): resize to image_size x image_size. Rule 'area' (Emu3):
+        keep the aspect ratio at about image_area pixels, sides multiples of the tokenizer's factor.
+        Bicubic filtering (box filter when shrinking by a large factor); `postprocess` resizes the
+        output back to the original size.
         """
         img = load_image(image)
         size = img.size
-        s = self.config.image_size
-        if img.size != (s, s):
-            img = img.resize((s, s), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        if self.config.resize_rule == "area":  # Emu3: aspect kept, ~image_area pixels, sides multiples of d
+            from earl.emu3 import area_size
+
+            target = area_size(*size, self.config.image_area, self.image_tokenizer.downsample)
+        else:
+            target = (self.config.image_size, self.config.image_size)
+        if img.size != target:
+            img = img.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
         return img, size
 
     def postprocess(self, image: Image.Image, original_size: tuple[int, int]) -> Image.Image:

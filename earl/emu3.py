@@ -1,0 +1,112 @@
+"""Emu3 as an earl editor: its text model is the backbone, its VQ-VAE the image tokenizer.
+
+`UnifiedEditor.from_pretrained(DIR)` calls `load_emu3_editor` when DIR is an Emu3 checkpoint in
+transformers' format (`Emu3ForConditionalGeneration`: config.json with model_type "emu3"). Nothing
+is copied: the editor's backbone is an `Emu3ForCausalLM` whose body and head are the checkpoint's
+own modules, and its image tokenizer wraps the checkpoint's VQ-VAE.
+
+Emu3's own ids fill the layout, so the token format is Emu3's:
+    <|image start|> "{h}*{w}" <|image token|>  codes, <|extra_200|> after each row,  <|extra_201|> <|image end|>
+with codes mapped through the checkpoint's `vocabulary_map` ("<|visual token 000123|>" -> id); the
+visual tokens must occupy one contiguous id range (they do in the released checkpoints), since
+the sampler restricts image positions to that slice.
+
+Emu3 has no thinking delimiters. For chain-of-thought editing earl uses two of its reserved tokens,
+`THINK_TOKENS` below; plain editing never emits them.
+
+Images follow Emu3's resize rule: keep the aspect ratio, scale to about `image_area` pixels
+(EARL edits at 256x256 of area), each side a multiple of the VQ-VAE's 8x factor; outputs are
+resized back to the input's size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from earl.errors import EarlError
+
+STRUCTURAL = {"boi": "<|image start|>", "img": "<|image token|>", "eol": "<|extra_200|>",
+              "eof": "<|extra_201|>", "eoi": "<|image end|>"}
+THINK_TOKENS = ("<|extra_100|>", "<|extra_101|>")
+VISUAL_PREFIX = "<|visual token "
+DEFAULT_AREA = 256 * 256
+
+
+def is_emu3_checkpoint(path: Path) -> bool:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("model_type") == "emu3"
+    except json.JSONDecodeError:
+        return False
+
+
+def image_vocab_from_map(vocab_map: dict[str, int], codebook_size: int):
+    """The `ImageVocab` of an Emu3 vocabulary: contiguous visual ids and the structural tokens."""
+    from earl.layout import ImageVocab
+
+    visual = sorted((int(name[len(VISUAL_PREFIX):-2]), i) for name, i in vocab_map.items()
+                    if name.startswith(VISUAL_PREFIX))
+    if len(visual) != codebook_size or [c for c, _ in visual] != list(range(codebook_size)):
+        raise EarlError(f"the vocabulary_map has {len(visual)} visual tokens; expected codes 0..{codebook_size - 1}")
+    offset = visual[0][1]
+    if any(i != offset + c for c, i in visual):
+        raise EarlError("the visual tokens of the vocabulary_map are not one contiguous id range; earl's sampler "
+                        "needs image ids in [offset, offset + codebook_size)")
+    missing = [t for t in [*STRUCTURAL.values(), *THINK_TOKENS] if t not in vocab_map]
+    if missing:
+        raise EarlError(f"the vocabulary_map lacks Emu3's structural token(s) {missing}")
+    return ImageVocab(codebook_size=codebook_size, image_offset=offset,
+                      **{k: vocab_map[v] for k, v in STRUCTURAL.items()})
+
+
+def _normalisation(path: Path) -> tuple[list[float], list[float]]:
+    p = path / "preprocessor_config.json"
+    if p.is_file():
+        cfg = json.loads(p.read_text())
+        return cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3)
+    return [0.5] * 3, [0.5] * 3
+
+
+def load_emu3_editor(path: str | Path, dtype: torch.dtype | None = None, cot: bool = False,
+                     image_area: int = DEFAULT_AREA):
+    """An `UnifiedEditor` over an Emu3 checkpoint directory (weights shared, not copied)."""
+    from transformers import AutoTokenizer, Emu3ForCausalLM, Emu3ForConditionalGeneration
+
+    from earl.layout import EditLayout, TextIds
+    from earl.model import EditorConfig, UnifiedEditor
+    from tokenizer.emu3 import Emu3VQTokenizer
+
+    path = Path(path)
+    full = Emu3ForConditionalGeneration.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True)
+    text_cfg = full.config.text_config
+    with torch.device("meta"):  # an empty shell; its two parts are the checkpoint's modules
+        backbone = Emu3ForCausalLM(text_cfg)
+    backbone.model = full.model.text_model
+    backbone.lm_head = full.lm_head
+    mean, std = _normalisation(path)
+    image_tokenizer = Emu3VQTokenizer(full.model.vqmodel, mean, std)
+    text_tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+    vocab_map = full.config.vocabulary_map or text_tokenizer.get_vocab()
+    vocab = image_vocab_from_map(vocab_map, image_tokenizer.codebook_size)
+    eos = text_cfg.eos_token_id[0] if isinstance(text_cfg.eos_token_id, list) else text_cfg.eos_token_id
+    pad = text_cfg.pad_token_id if text_cfg.pad_token_id is not None else eos
+    ids = TextIds(bos=text_cfg.bos_token_id, eos=eos, pad=pad, think_start=vocab_map[THINK_TOKENS[0]],
+                  think_end=vocab_map[THINK_TOKENS[1]])
+    side = int(round(image_area ** 0.5))
+    d = image_tokenizer.downsample
+    config = EditorConfig(cot=cot, image_size=side, grid=(side // d, side // d), image_vocab=vocab.to_dict(),
+                          text_ids=ids.to_dict(), image_tokenizer_kind="emu3", resize_rule="area",
+                          image_area=image_area)
+    return UnifiedEditor(backbone, image_tokenizer, text_tokenizer, EditLayout(text_tokenizer, vocab, ids), config)
+
+
+def area_size(width: int, height: int, area: int, factor: int) -> tuple[int, int]:
+    """(width, height) keeping the aspect ratio, about `area` pixels, each side a multiple of `factor`."""
+    s = (area / (width * height)) ** 0.5
+    return (max(factor, round(width * s / factor) * factor), max(factor, round(height * s / factor) * factor))

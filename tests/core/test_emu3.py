@@ -1,0 +1,131 @@
+"""Emu3 as a backbone and tokenizer: a tiny random `Emu3ForConditionalGeneration` that the test saves
+with `save_pretrained`, loaded back as an earl editor and put through SFT, sampling, a GRPO loss,
+decoding and a save/load roundtrip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from earl.emu3 import STRUCTURAL, THINK_TOKENS, area_size, image_vocab_from_map, load_emu3_editor
+from earl.errors import EarlError
+from earl.generate import SamplingConfig, sample_edits
+from earl.model import UnifiedEditor
+
+CODES = 64
+
+
+@pytest.fixture(scope="module")
+def emu3_dir(tmp_path_factory):
+    from transformers import Emu3Config, Emu3ForConditionalGeneration
+
+    from earl.text import build_word_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-emu3")
+    tok = build_word_tokenizer(["make the sky red", "remove the dog", "add a hat to the man"])
+    tok.add_tokens([*STRUCTURAL.values(), *THINK_TOKENS] + [f"<|visual token {i:06d}|>" for i in range(CODES)],
+                   special_tokens=True)
+    vocab = tok.get_vocab()
+    torch.manual_seed(0)
+    config = Emu3Config(
+        vq_config=dict(codebook_size=CODES, embed_dim=4, latent_channels=4, base_channels=32, channel_multiplier=[1, 2],
+                       num_res_blocks=1, attn_resolutions=[], temporal_downsample_factor=2, hidden_size=64,
+                       num_attention_heads=1),
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
+                         attention_dropout=0.0),
+        vocabulary_map=vocab)
+    Emu3ForConditionalGeneration(config).eval().save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def editor(emu3_dir):
+    return load_emu3_editor(emu3_dir, image_area=16 * 16).eval()
+
+
+def test_from_pretrained_recognises_an_emu3_checkpoint(emu3_dir):
+    ed = UnifiedEditor.from_pretrained(emu3_dir)
+    assert ed.config.image_tokenizer_kind == "emu3" and ed.config.resize_rule == "area"
+    assert type(ed.backbone).__name__ == "Emu3ForCausalLM"
+    vocab = json.loads((emu3_dir / "tokenizer.json").read_text())  # the checkpoint's own ids, not earl's
+    assert ed.layout.vocab.boi == ed.text_tokenizer.convert_tokens_to_ids("<|image start|>")
+    assert ed.layout.vocab.image_offset == ed.text_tokenizer.convert_tokens_to_ids("<|visual token 000000|>")
+    assert vocab  # the tokenizer file exists and was read
+
+
+def test_area_resize_rule_and_codes_roundtrip(editor):
+    assert area_size(40, 20, 16 * 16, 2) == (22, 12)  # aspect kept, ~256 px, even sides
+    img = Image.new("RGB", (40, 20), (200, 30, 30))
+    pil, size = editor.preprocess(img)
+    assert pil.size == (22, 12) and size == (40, 20)
+    codes = editor.encode_images([pil])
+    assert codes.shape == (1, 6, 11) and int(codes.max()) < CODES
+    out = editor.decode_codes(codes)[0]
+    assert out.size == (22, 12) and editor.postprocess(out, size).size == (40, 20)
+
+
+def test_sft_step_sampling_grpo_loss_and_save_load(editor, tmp_path):
+    from earl.rl.logprobs import policy_logprobs, rollout_from_generation
+    from earl.rl.losses import policy_loss
+
+    src = editor.encode_images([editor.preprocess(Image.new("RGB", (16, 16), (20, 90, 200)))[0]])[0]
+    tgt = editor.encode_images([editor.preprocess(Image.new("RGB", (16, 16), (220, 40, 40)))[0]])[0]
+    layout = editor.layout
+    # SFT: the loss on the completion backpropagates into the Emu3 text model
+    batch = layout.collate([layout.example("make the sky red", src, tgt)])
+    editor.backbone.train()
+    loss = editor(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in editor.backbone.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    editor.backbone.zero_grad(set_to_none=True)
+    editor.backbone.eval()
+
+    # sampling: grid-constrained, with CFG, in Emu3's ids; greedy is reproducible
+    cfg = SamplingConfig(temperature=1.0, guidance_scale=2.0)
+    g = torch.Generator().manual_seed(0)
+    out = sample_edits(editor.backbone, layout, ["make the sky red"] * 2, src[None].repeat(2, 1, 1), cfg, generator=g)
+    assert out.codes.shape == (2, *src.shape)
+    eol_positions = (out.completions == layout.vocab.eol).sum(1)
+    assert eol_positions.tolist() == [src.shape[0]] * 2  # one <|extra_200|> per row
+
+    # GRPO: the trainer's log-probs of the sampled tokens equal the sampler's, and the loss backpropagates
+    rollout = rollout_from_generation(["make the sky red"] * 2, src[None].repeat(2, 1, 1), out, layout)
+    logp = policy_logprobs(editor.backbone, layout, rollout, cfg)
+    m = rollout.sampled
+    assert torch.allclose(logp[m], rollout.old_logprobs[m], atol=1e-4)
+    loss, _ = policy_loss(logp, rollout.old_logprobs, torch.tensor([1.0, -1.0]), m, 0.2, 0.2, None, 0.0, "grpo")
+    loss.backward()
+    editor.backbone.zero_grad(set_to_none=True)
+
+    # save as an earl editor directory and load it back: same greedy edit
+    greedy = SamplingConfig(temperature=0.0)
+    before = sample_edits(editor.backbone, layout, ["remove the dog"], src[None], greedy).codes
+    editor.save_pretrained(tmp_path / "ed")
+    again = UnifiedEditor.from_pretrained(tmp_path / "ed")
+    assert again.config.image_tokenizer_kind == "emu3" and again.config.image_area == 16 * 16
+    after = sample_edits(again.backbone, again.layout, ["remove the dog"], src[None], greedy).codes
+    assert torch.equal(before, after)
+    assert torch.equal(again.encode_images([Image.new("RGB", (16, 16), (20, 90, 200))]), src[None])
+
+
+def test_vocabulary_problems_are_named():
+    vocab = {f"<|visual token {i:06d}|>": 100 + i for i in range(4)}
+    vocab.update({t: 10 + k for k, t in enumerate([*STRUCTURAL.values(), *THINK_TOKENS])})
+    assert image_vocab_from_map(vocab, 4).image_ids == (100, 104)
+    gap = dict(vocab, **{"<|visual token 000003|>": 200})
+    with pytest.raises(EarlError, match="not one contiguous id range"):
+        image_vocab_from_map(gap, 4)
+    with pytest.raises(EarlError, match="expected codes 0..4"):
+        image_vocab_from_map(vocab, 5)
+    no_eol = {k: v for k, v in vocab.items() if k != "<|extra_200|>"}
+    with pytest.raises(EarlError, match="extra_200"):
+        image_vocab_from_map(no_eol, 4)
