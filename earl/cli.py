@@ -21,6 +21,19 @@ def _cmd_data_shapes(args) -> None:
     print(f"wrote {args.n} {args.split}/{args.part} samples to {out}")
 
 
+def _cmd_data_tokenize(args) -> None:
+    from earl.config import load_config
+    from earl.model import UnifiedEditor
+    from earl.records import RecordSpec
+    from earl.shards import tokenize_dataset
+
+    spec = load_config(RecordSpec, args.spec, args.overrides)
+    editor = UnifiedEditor.from_pretrained(args.model)
+    m = tokenize_dataset(spec, editor, args.out, shard_size=args.shard_size, limit=args.limit)
+    print(f"{args.out}: {m['records']} records in {len(m['shards'])} shards; {len(m['skipped'])} skipped "
+          f"(reasons in {Path(args.out) / 'manifest.json'}). Train on it with data.train=[tokenized:{args.out}]")
+
+
 def _cmd_judge_shapes(args) -> None:
     from earl.io import atomic_write_json
     from earl.shapes.judge import format_table, judge_folder
@@ -227,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=64, help="image side in pixels (multiple of 4 × 8)")
     d.set_defaults(func=_cmd_data_shapes)
+
+    dt = data.add_parser("tokenize", help="encode an edit dataset into shards of codes once (for training)")
+    dt.add_argument("spec", help="dataset field spec YAML, e.g. recipes/data/magicbrush.yaml")
+    dt.add_argument("overrides", nargs="*", help="key=value overrides of the spec, e.g. path=/data/MagicBrush")
+    dt.add_argument("--model", required=True, help="the editor whose preprocessing and image tokenizer to use")
+    dt.add_argument("--out", required=True, help="shard directory (resumable)")
+    dt.add_argument("--shard-size", type=int, default=1000)
+    dt.add_argument("--limit", type=int, default=0, help="stop after N records (0 = all)")
+    dt.set_defaults(func=_cmd_data_tokenize)
 
     judge = sub.add_parser("judge", help="judge edited images").add_subparsers(dest="what", required=True)
     j = judge.add_parser("shapes", help="judge a folder of edited PNGs (one per sample id) with the ShapesEdit oracle")

@@ -78,6 +78,46 @@ class EditExamples(Dataset):
         return self.layout.example(d.instructions[i], d.source_codes[i], d.target_codes[i], thinking)
 
 
+class ShardExamples(Dataset):
+    """Token sequences from pre-tokenised shards (`earl data tokenize`); grids may differ per item."""
+
+    def __init__(self, shards, layout, cot: bool):
+        self.shards, self.layout, self.cot = shards, layout, cot
+
+    def __len__(self):
+        return len(self.shards)
+
+    def __getitem__(self, i):
+        r = self.shards[i]
+        return self.layout.example(r["instruction"], r["source_codes"], r["target_codes"],
+                                   r["reasoning"] if self.cot else None)
+
+
+def split_weight(source: str) -> tuple[str, float | None]:
+    """`SOURCE@W` -> (SOURCE, W): W is the source's share of the training draws (mixing coefficient)."""
+    if "@" not in source:
+        return source, None
+    name, w = source.rsplit("@", 1)
+    try:
+        weight = float(w)
+    except ValueError:
+        raise ConfigError(f"data source {source!r}: the part after '@' must be a mixing weight, e.g. @0.5") from None
+    if not weight > 0:
+        raise ConfigError(f"data source {source!r}: the mixing weight must be > 0")
+    return name, weight
+
+
+def mixture_sampler(lengths: list[int], weights: list[float | None], seed: int):
+    """Draws source k with probability w_k / sum(w) (uniformly within it); None when no weight was given."""
+    if all(w is None for w in weights):
+        return None
+    if any(w is None for w in weights):
+        raise ConfigError("data.train: give a mixing weight (@W) to every source or to none")
+    per_item = torch.cat([torch.full((n,), w / n, dtype=torch.double) for n, w in zip(lengths, weights)])
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.WeightedRandomSampler(per_item, num_samples=sum(lengths), replacement=True, generator=g)
+
+
 # ---- setup ------------------------------------------------------------------------------------
 def _build_text_tokenizer(data: list[EncodedEdits]):
     """Word-level tokenizer over the training texts plus a fixed draw of ShapesEdit texts (full vocabulary)."""
@@ -118,14 +158,34 @@ def setup(cfg: SFTRecipe, accelerator):
 
     if not cfg.data.train:
         raise ConfigError("data.train: at least one data source is needed")
-    train_parts = load_all(cfg.data.train)
-    train = EncodedEdits.concat(train_parts)
+    from earl.shards import ShardedEdits
+
+    sources = [split_weight(s) for s in cfg.data.train]
+    # each source: ShapesEdit data and dataset directories encoded through the code cache, or the shards
+    # of `earl data tokenize` ("tokenized:DIR"), read lazily
+    parts = [ShardedEdits(name.removeprefix("tokenized:")) if name.startswith("tokenized:") else load_all([name])[0]
+             for name, _ in sources]
+    encoded = [p for p in parts if isinstance(p, EncodedEdits)]
     evalset = load_all([cfg.data.eval])[0] if cfg.data.eval else None
-    if cfg.model.cot and not all(train.reasoning):
+    if cfg.model.cot and not all(r for p in parts for r in
+                                 (p.reasoning if isinstance(p, EncodedEdits) else p.texts("reasoning"))):
         raise ConfigError("model.cot is true but some training samples have no reasoning trace")
     if not cfg.model.init_from:
-        editor = UnifiedEditor.build(cfg.model.size, image_tokenizer, _build_text_tokenizer(train_parts),
+        editor = UnifiedEditor.build(cfg.model.size, image_tokenizer, _build_text_tokenizer(encoded),
                                      cfg.model.image_size, cot=cfg.model.cot, seed=cfg.run.seed)
+    if any(isinstance(p, ShardedEdits) for p in parts) and not cfg.model.init_from:
+        raise ConfigError("data.train: tokenized sources need model.init_from (the editor whose image tokenizer "
+                          "made the shards, e.g. an Emu3 checkpoint)")
+    from earl.shards import tokenizer_fingerprint
+
+    for (name, _), p in zip(sources, parts):
+        if isinstance(p, ShardedEdits) and p.manifest["tokenizer"] != tokenizer_fingerprint(editor):
+            raise ConfigError(f"data source {name}: its shards were made by another image tokenizer than "
+                              f"{cfg.model.init_from}'s; tokenize the data with this model")
+    datasets = [EditExamples(p, editor.layout, cfg.model.cot) if isinstance(p, EncodedEdits)
+                else ShardExamples(p, editor.layout, cfg.model.cot) for p in parts]
+    train = torch.utils.data.ConcatDataset(datasets)
+    train.sampler = mixture_sampler([len(d) for d in datasets], [w for _, w in sources], cfg.run.seed)
     out.mkdir(parents=True, exist_ok=True)
     return editor, train, evalset
 
@@ -143,7 +203,7 @@ def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> di
     if accelerator.is_main_process:
         atomic_write_json(out / "recipe.json", to_dict(cfg))
 
-    loader = DataLoader(EditExamples(train, layout, cfg.model.cot), batch_size=cfg.run.batch_size, shuffle=True,
+    loader = DataLoader(train, batch_size=cfg.run.batch_size, shuffle=train.sampler is None, sampler=train.sampler,
                         drop_last=len(train) >= cfg.run.batch_size, collate_fn=layout.collate)
     model = editor.backbone
     optimizer = make_optimizer(model, cfg.optim)
