@@ -54,6 +54,7 @@ class RunSection:
     save_every: int = 200
     keep_checkpoints: int = 2
     wandb: bool = False  # also log to Weights & Biases (WANDB_API_KEY from the environment)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (big models)
 
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -90,6 +91,17 @@ def world_size(accelerator: Accelerator) -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return accelerator.num_processes
+
+
+def prepare_backbone(backbone, run: RunSection) -> None:
+    """Training-time switches on the backbone: gradient checkpointing (no KV cache while training)."""
+    if run.gradient_checkpointing:
+        # transformers 5.x renamed it (the old name warns); use whichever this version has
+        if hasattr(backbone, "activation_checkpointing_enable"):
+            backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        backbone.config.use_cache = False
 
 
 def make_optimizer(model: torch.nn.Module, opt: OptimSection) -> torch.optim.Optimizer:

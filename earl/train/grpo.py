@@ -41,6 +41,7 @@ from earl.train.common import (
     make_accelerator,
     make_optimizer,
     make_scheduler,
+    prepare_backbone,
     world_size,
 )
 
@@ -168,6 +169,7 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
     if cfg.grpo.beta > 0:
         ref = copy.deepcopy(editor.backbone).requires_grad_(False).eval()
     model = editor.backbone
+    prepare_backbone(model, cfg.run)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps * n_mb)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

@@ -32,6 +32,7 @@ from earl.train.common import (
     make_accelerator,
     make_optimizer,
     make_scheduler,
+    prepare_backbone,
     world_size,
 )
 
@@ -206,6 +207,7 @@ def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> di
     loader = DataLoader(train, batch_size=cfg.run.batch_size, shuffle=train.sampler is None, sampler=train.sampler,
                         drop_last=len(train) >= cfg.run.batch_size, collate_fn=layout.collate)
     model = editor.backbone
+    prepare_backbone(model, cfg.run)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

@@ -129,3 +129,32 @@ def test_vocabulary_problems_are_named():
     no_eol = {k: v for k, v in vocab.items() if k != "<|extra_200|>"}
     with pytest.raises(EarlError, match="extra_200"):
         image_vocab_from_map(no_eol, 4)
+
+
+def test_sft_recipe_on_tokenized_shards_from_an_emu3_editor(editor, tmp_path):
+    """The real-scale path in miniature: tokenize a jsonl dataset with the Emu3 tokenizer (aspect kept:
+    grids differ per image), then `earl train sft` from the Emu3 editor with gradient checkpointing."""
+    from pathlib import Path
+
+    from earl.config import load_config
+    from earl.shards import ShardedEdits, tokenize_dataset
+    from earl.train.sft import SFTRecipe, train_sft
+    from tests.train.test_data_shards import jsonl_dataset
+
+    editor.save_pretrained(tmp_path / "emu3-editor")
+    spec = jsonl_dataset(tmp_path / "data", n=4, broken=None)
+    Image.new("RGB", (30, 12), (9, 9, 9)).save(tmp_path / "data/imgs/in3.png")  # a wide image: another grid
+    tokenize_dataset(spec, editor, tmp_path / "shards", progress=False)
+    shards = ShardedEdits(tmp_path / "shards")
+    assert shards[0]["source_codes"].shape != shards[3]["source_codes"].shape
+    root = Path(__file__).resolve().parents[2]
+    over = {"out_dir": tmp_path / "run", "model.init_from": tmp_path / "emu3-editor", "model.image_size": 16,
+            "data.train": f"[tokenized:{tmp_path / 'shards'}]", "data.eval": "null",
+            "run.steps": 2, "run.batch_size": 2, "run.save_every": 2, "run.log_every": 1,
+            "run.gradient_checkpointing": "true", "optim.warmup_steps": 1}
+    cfg = load_config(SFTRecipe, root / "recipes/emu3/sft.yaml",
+                      [f"{k}={v}" for k, v in over.items()] + ["run.deepspeed=null", "run.mixed_precision=no",
+                                                                "run.grad_accum=1"])
+    final = train_sft(cfg, progress=False)
+    assert final["step"] == 2 and (tmp_path / "run/model/editor.json").is_file()
+    assert UnifiedEditor.from_pretrained(tmp_path / "run/model").config.image_tokenizer_kind == "emu3"

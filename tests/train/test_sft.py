@@ -113,3 +113,23 @@ def test_bf16_mixed_precision_trains(tmp_path, tok_dir):
                       tiny_overrides(tmp_path, tok_dir, **{"run.mixed_precision": "bf16", "run.steps": 3, "run.eval_every": 3}))
     final = train_sft(cfg, progress=False)
     assert final["step"] == 3 and final["eval/loss"] == final["eval/loss"]  # finite, not NaN
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_editor):
+    """run.gradient_checkpointing recomputes activations; the loss and gradients must not change."""
+    import copy
+
+    from earl.train.common import RunSection, prepare_backbone
+
+    layout = tiny_editor.layout
+    h = tiny_editor.config.image_size // 8
+    codes = torch.randint(0, layout.vocab.codebook_size, (2, h, h), generator=torch.Generator().manual_seed(0))
+    batch = layout.collate([layout.example("make the red circle blue .", codes[0], codes[1])])
+    grads = []
+    for ckpt in (False, True):
+        model = copy.deepcopy(tiny_editor.backbone).train()
+        prepare_backbone(model, RunSection(gradient_checkpointing=ckpt))
+        assert getattr(model, "is_activation_checkpointing", None) in (ckpt, None)  # the newer name, where present
+        model(**batch).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
