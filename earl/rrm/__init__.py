@@ -1,0 +1,1 @@
+"""Edit-R1's reasoning reward model: principles (`principles`), the verdict format (`trace`)."""

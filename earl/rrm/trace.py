@@ -1,0 +1,61 @@
+"""The reward model's output contract: one verdict per principle, then a score in a tag.
+
+    1. yes - the background is blue.
+    2. no - the red circle at row 1, column 2 is missing.
+    ...
+    10. yes - the shapes are cleanly drawn.
+    <score>6.5</score>
+
+Each line: the point's number, `yes` or `no` (an uncertain point is answered `no`), a short reason.
+The score is in [0, 10] (decimals allowed); it may deduct more than the share of failed points
+(e.g. changes to things no point mentions, or an output nearly identical to the source, which
+scores 0). `parse_trace` accepts exactly this and small variations (markdown bullets or bold, a
+colon or dash after the verdict, "Yes"/"No"), and returns None for anything it would have to guess:
+a missing, repeated or out-of-range point number, a missing or out-of-range score. A None is a
+failed judgement: masked out of training and counted, never a zero.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LINE = re.compile(r"^[\s>*-]*\**\s*(\d{1,2})\s*[.)]\s*\**\s*(yes|no)\b\**\s*[:\-–—,]?\s*(.*)$", re.I | re.M)
+_SCORE = re.compile(r"<score>\s*([-+]?\d+(?:\.\d+)?)\s*</score>", re.I)
+
+
+@dataclass
+class Verdicts:
+    passed: list[bool]  # one per point, in order
+    reasons: list[str]
+    score: float  # 0-10
+
+    @property
+    def point_average(self) -> float:
+        """Mean of the verdicts on the 0-10 scale (the score before any extra deduction)."""
+        return 10.0 * sum(self.passed) / len(self.passed)
+
+
+def format_trace(passed: list[bool], reasons: list[str], score: float) -> str:
+    lines = [f"{i}. {'yes' if ok else 'no'} - {reason}" for i, (ok, reason) in enumerate(zip(passed, reasons), 1)]
+    return "\n".join(lines) + f"\n<score>{score:g}</score>"
+
+
+def parse_trace(text: str, n_points: int) -> Verdicts | None:
+    """The verdicts and score of a reply about `n_points` points, or None if it does not follow the contract."""
+    if not isinstance(text, str):
+        return None
+    found: dict[int, tuple[bool, str]] = {}
+    for m in _LINE.finditer(text):
+        i = int(m.group(1))
+        if not 1 <= i <= n_points or i in found:
+            return None
+        found[i] = (m.group(2).lower() == "yes", m.group(3).strip().strip("*").strip())
+    scores = _SCORE.findall(text)
+    if len(found) != n_points or len(scores) != 1:
+        return None
+    score = float(scores[0])
+    if not 0.0 <= score <= 10.0:
+        return None
+    return Verdicts([found[i][0] for i in range(1, n_points + 1)], [found[i][1] for i in range(1, n_points + 1)],
+                    score)

@@ -1,0 +1,99 @@
+"""Edit-R1 pieces: GCPO rewards/advantages by hand, ShapesEdit principles against the oracle, the
+verdict parser on malformed replies, and the principle cache."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from earl.rl.gcpo import gcpo_advantages, gcpo_rewards, pair_advantages
+from earl.rrm.principles import CATEGORIES, PrincipleCache, shapes_points, verify_point
+from earl.rrm.trace import format_trace, parse_trace
+from earl.shapes.edits import make_sample
+from earl.shapes.oracle import parse_scene
+from earl.shapes.render import render
+
+T = torch.tensor
+
+
+# ---- GCPO -------------------------------------------------------------------------------------
+def test_gcpo_rewards_and_advantages_by_hand():
+    tau_w, tau_l = T([[8.0, 5.0, 3.0]]), T([[5.0, 4.0, 9.0]])
+    r_w, r_l = gcpo_rewards(tau_w, tau_l)
+    # w: 8 beats 5 and 4; 5 beats 4 (a tie with 5 counts 0); 3 beats nothing
+    assert torch.allclose(r_w, T([[2 / 3, 1 / 3, 0.0]]))
+    # l: 5 is beaten by 8 only; 4 by 8 and 5; 9 by nothing
+    assert torch.allclose(r_l, T([[1 / 3, 2 / 3, 0.0]]))
+    a_w, a_l = pair_advantages(tau_w, tau_l)  # mean-centred, no std division
+    assert torch.allclose(a_w, T([[1 / 3, 0.0, -1 / 3]])) and torch.allclose(a_l, T([[0.0, 1 / 3, -1 / 3]]))
+
+
+def test_gcpo_all_win_pairs_and_failed_traces():
+    a_w, a_l = pair_advantages(T([[9.0, 9.5]]), T([[1.0, 2.0]]))  # every w beats every l: no gradient
+    assert torch.equal(a_w, torch.zeros(1, 2)) and torch.equal(a_l, torch.zeros(1, 2))
+    # the third w trace failed to parse: out of every comparison, no advantage
+    vw, vl = T([[True, True, False]]), T([[True, True, True]])
+    r_w, r_l = gcpo_rewards(T([[8.0, 5.0, 3.0]]), T([[5.0, 4.0, 9.0]]), vw, vl)
+    assert torch.allclose(r_w, T([[2 / 3, 1 / 3, 0.0]])) and torch.allclose(r_l, T([[1 / 2, 1.0, 0.0]]))
+    a_w, a_l = pair_advantages(T([[8.0, 5.0, 3.0]]), T([[5.0, 4.0, 9.0]]), vw, vl)
+    assert torch.allclose(a_w, T([[1 / 6, -1 / 6, 0.0]])) and torch.allclose(a_l, T([[0.0, 0.5, -0.5]]))
+    # no valid trace on one side: the pair gives nothing
+    a_w, a_l = pair_advantages(T([[8.0, 5.0]]), T([[5.0, 4.0]]), T([[True, True]]), T([[False, False]]))
+    assert not a_w.any() and not a_l.any()
+    assert torch.equal(gcpo_advantages(T([[0.7, 0.2]]), T([[True, False]])), torch.zeros(1, 2))
+
+
+# ---- principles -------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", ["simple", "complex"])
+def test_shapes_points_are_ten_and_agree_with_the_oracle(split):
+    rng = random.Random(7)
+    for i in range(40):
+        s = make_sample(rng, split)
+        points = shapes_points(s.source_scene, s.target_scene, seed=i)
+        counts = Counter(p.category for p in points)
+        assert len(points) == 10 and set(counts) <= set(CATEGORIES)
+        assert 3 <= counts["instruction"] <= 4 and 3 <= counts["preservation"] <= 4 and 2 <= counts["quality"] <= 3
+        on_target = parse_scene(render(s.target_scene), grid=s.target_scene.grid)
+        assert all(verify_point(p, s.source_scene, s.target_scene, on_target) for p in points), s.instruction
+        on_source = parse_scene(render(s.source_scene), grid=s.source_scene.grid)  # an edit that changed nothing
+        verdicts = {p.question: verify_point(p, s.source_scene, s.target_scene, on_source) for p in points}
+        assert not all(v for p, v in zip(points, verdicts.values()) if p.category == "instruction")
+        assert all(v for p, v in zip(points, verdicts.values()) if p.category != "instruction")
+
+
+def test_phrasings_vary_with_the_seed_and_the_cache_keeps_one_set(tmp_path):
+    s = make_sample(random.Random(3), "simple")
+    questions = {tuple(p.question for p in shapes_points(s.source_scene, s.target_scene, seed=k)) for k in range(8)}
+    assert len(questions) > 1
+    cache = PrincipleCache(tmp_path)
+    image = render(s.source_scene)
+    first = cache.get(image, s.instruction, lambda: shapes_points(s.source_scene, s.target_scene, seed=1))
+    again = cache.get(image, s.instruction, lambda: pytest.fail("recomputed despite the cache"))
+    assert again == first
+    assert cache.key(image, s.instruction) != cache.key(image, s.instruction + " please")
+
+
+# ---- the verdict format -----------------------------------------------------------------------
+def test_trace_roundtrip_and_tolerated_variations():
+    text = format_trace([True, False, True], ["bg is blue", "circle missing", "clean"], 5.5)
+    v = parse_trace(text, 3)
+    assert v.passed == [True, False, True] and v.reasons[1] == "circle missing" and v.score == 5.5
+    assert v.point_average == pytest.approx(20 / 3)
+    md = "**1. Yes** — fine\n- 2) no: missing\n3. YES, ok\n\n<score> 7 </score>"
+    assert parse_trace(md, 3).passed == [True, False, True]
+
+
+@pytest.mark.parametrize("text", [
+    "", "1. yes - a\n2. no - b\n<score>5</score>",          # a point missing
+    "1. yes\n2. no\n3. yes\n3. no\n<score>5</score>",          # a point repeated
+    "1. yes\n2. no\n4. yes\n<score>5</score>",                 # out of range
+    "1. yes\n2. no\n3. yes\n",                                 # no score (truncated)
+    "1. yes\n2. no\n3. yes\n<score>11</score>",                # score out of range
+    "1. yes\n2. no\n3. yes\n<score>4</score><score>5</score>",  # two scores
+    "1. maybe\n2. no\n3. yes\n<score>5</score>",               # not yes/no
+])
+def test_malformed_traces_are_failures_not_zeros(text):
+    assert parse_trace(text, 3) is None
