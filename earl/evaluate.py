@@ -40,10 +40,33 @@ def concat_outputs(outs: list[GenerationOutput]) -> GenerationOutput:
         completions=torch.cat([pad(o.completions, 0) for o in outs]),
         logprobs=torch.cat([pad(o.logprobs, 0.0) for o in outs]),
         sampled_mask=torch.cat([pad(o.sampled_mask, False) for o in outs]),
-        codes=torch.cat([o.codes for o in outs]),
+        codes=stack_grids([c for o in outs for c in o.codes]),
         image_positions=torch.cat([pad(o.image_positions, False) for o in outs]),
         thinking=sum((o.thinking for o in outs), []),
     )
+
+
+def stack_grids(grids) -> torch.Tensor | list[torch.Tensor]:
+    """One (N, h, w) tensor when every grid has one shape, else the list (aspect-preserving tokenizers
+    such as Emu3's give each image its own grid)."""
+    grids = list(grids)
+    if grids and all(g.shape == grids[0].shape for g in grids):
+        return torch.stack(grids)
+    return grids
+
+
+def decode_grids(editor, grids) -> list:
+    """Images of code grids, batched by shape (a tensor batch or a list of differently shaped grids)."""
+    if isinstance(grids, torch.Tensor):
+        return editor.decode_codes(grids)
+    out = [None] * len(grids)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, g in enumerate(grids):
+        by_shape.setdefault(tuple(g.shape), []).append(i)
+    for idx in by_shape.values():
+        for i, im in zip(idx, editor.decode_codes(torch.stack([grids[i] for i in idx]))):
+            out[i] = im
+    return out
 
 
 def oracle_scores(images, source_scenes_json: list[str], target_scenes_json: list[str],

@@ -25,14 +25,14 @@ class Rollout:
     """Sampled completions as the trainer needs them: right-padded, thinking padding removed."""
 
     instructions: list[str]
-    source_codes: torch.Tensor  # (N, h, w)
+    source_codes: torch.Tensor | list[torch.Tensor]  # (N, h, w), or one grid per row when shapes differ
     completions: torch.Tensor  # (N, T) ids, right-padded with pad
     lengths: torch.Tensor  # (N,) real completion lengths
     think_lengths: torch.Tensor  # (N,) tokens before the image header (<think> ... </think>), 0 without CoT
     sampled: torch.Tensor  # (N, T) True where the token was sampled (carries loss)
     is_image: torch.Tensor  # (N, T) True at sampled image codes
     old_logprobs: torch.Tensor  # (N, T) the sampler's log-probs
-    codes: torch.Tensor  # (N, h, w)
+    codes: torch.Tensor | list[torch.Tensor]  # (N, h, w), or one grid per row
 
 
 def rollout_from_generation(instructions: list[str], source_codes: torch.Tensor, out: GenerationOutput,
@@ -80,7 +80,8 @@ def policy_logprobs(backbone, layout: EditLayout, rollout: Rollout, sampling: Sa
     temp = sampling.temperature
     N, T = rollout.completions.shape
     s0, s1 = layout.vocab.image_ids
-    prompts = [layout.prompt(i, s) for i, s in zip(rollout.instructions, rollout.source_codes.cpu())]
+    sources = [s.cpu() for s in rollout.source_codes]  # rows of a tensor, or a list of differently shaped grids
+    prompts = [layout.prompt(i, s) for i, s in zip(rollout.instructions, sources)]
     comps = [rollout.completions[i, : rollout.lengths[i]].tolist() for i in range(N)]
     cond_seqs = [p + c for p, c in zip(prompts, comps)]
     cond_pos = [list(range(len(p), len(p) + len(c))) for p, c in zip(prompts, comps)]
@@ -89,7 +90,7 @@ def policy_logprobs(backbone, layout: EditLayout, rollout: Rollout, sampling: Sa
 
     img_logits = cond[..., s0:s1]
     if sampling.uses_cfg:
-        un_prompts = [layout.prompt(None, s) for s in rollout.source_codes.cpu()]
+        un_prompts = [layout.prompt(None, s) for s in sources]
         tl = rollout.think_lengths.tolist()
         un_seqs = [p + c[t:] for p, c, t in zip(un_prompts, comps, tl)]
         # completion position j (>= think length) sits at len(p) + j - t in the unconditional sequence

@@ -105,26 +105,34 @@ class GRPORecipe:
 
 # ---- rollout and reward ---------------------------------------------------------------------
 def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRPOSection, generator) -> Rollout:
+    """G samples per prompt from the policy's sampler, in batches whose source grids share one shape."""
+    from earl.evaluate import concat_outputs, stack_grids
+
     G = grpo.group_size
     rows = [i for i in prompt_idx for _ in range(G)]  # prompt-major: row r belongs to prompt r // G
     instructions = [data.instructions[i] for i in rows]
-    sources = data.source_codes[rows]
-    outs, chunk = [], max(grpo.minibatch_size, G)
-    for s in range(0, len(rows), chunk):
-        outs.append(sample_edits(editor.backbone, editor.layout, instructions[s : s + chunk], sources[s : s + chunk],
-                                 grpo.sampling, think=editor.config.cot, generator=generator))
-    from earl.evaluate import concat_outputs
-
-    return rollout_from_generation(instructions, sources, concat_outputs(outs), editor.layout)
+    sources = [data.source_codes[i] for i in rows]
+    chunk = max(grpo.minibatch_size, G)
+    outs, start = [], 0
+    while start < len(rows):  # a batch never mixes grid shapes (Emu3 grids follow each image's aspect)
+        end = start + 1
+        while end < len(rows) and end - start < chunk and sources[end].shape == sources[start].shape:
+            end += 1
+        outs.append(sample_edits(editor.backbone, editor.layout, instructions[start:end],
+                                 torch.stack(sources[start:end]), grpo.sampling, think=editor.config.cot,
+                                 generator=generator))
+        start = end
+    return rollout_from_generation(instructions, stack_grids(sources), concat_outputs(outs), editor.layout)
 
 
 def score_rollout(editor, verifier, data: EncodedEdits, prompt_idx: list[int], rollout: Rollout, G: int):
     """Rewards (P, G), valid mask (P, G), per-sample results and edited images."""
+    from earl.evaluate import decode_grids
     from earl.verify.base import EditRequest
 
     rows = [i for i in prompt_idx for _ in range(G)]
-    edited = editor.decode_codes(rollout.codes)
-    sources = editor.decode_codes(data.source_codes[prompt_idx])
+    edited = decode_grids(editor, rollout.codes)
+    sources = decode_grids(editor, [data.source_codes[i] for i in prompt_idx])
     reqs = [EditRequest(source=sources[r // G], instruction=data.instructions[i], edited=edited[r],
                         meta={"id": data.ids[i], "source_scene": data.source_scenes[i],
                               "target_scene": data.target_scenes[i]})
@@ -133,6 +141,32 @@ def score_rollout(editor, verifier, data: EncodedEdits, prompt_idx: list[int], r
     valid = torch.tensor([not r.failed and r.reward is not None and math.isfinite(r.reward) for r in results])
     rewards = torch.tensor([r.reward if v else 0.0 for r, v in zip(results, valid.tolist())], dtype=torch.float32)
     return rewards.view(-1, G), valid.view(-1, G), results, edited, sources
+
+
+def load_prompts(accelerator, sources: list[str], editor, tok_dir: Path, cache: Path, image_size: int) -> EncodedEdits:
+    """GRPO prompts from ShapesEdit/dataset sources and from `tokenized:DIR` shards (whose grids may differ:
+    then the code columns are lists of grids)."""
+    from earl.shards import ShardedEdits
+
+    parts = []
+    for name in sources:
+        if name.startswith("tokenized:"):
+            sh = ShardedEdits(name.removeprefix("tokenized:"))
+            items = [sh[i] for i in range(len(sh))]
+            n = len(items)
+            parts.append(EncodedEdits(ids=[x["id"] for x in items], categories=[""] * n,
+                                      instructions=[x["instruction"] for x in items],
+                                      reasoning=[x["reasoning"] for x in items], source_scenes=[""] * n,
+                                      target_scenes=[""] * n, source_codes=[x["source_codes"] for x in items],
+                                      target_codes=[x["target_codes"] for x in items]))
+        else:
+            parts += load_sources(accelerator, [name], editor.image_tokenizer, tok_dir, cache, image_size)
+    if all(isinstance(p.source_codes, torch.Tensor) for p in parts):
+        return EncodedEdits.concat(parts)
+    lists = {k: sum((getattr(p, k) for p in parts), []) for k in
+             ("ids", "categories", "instructions", "reasoning", "source_scenes", "target_scenes")}
+    return EncodedEdits(**lists, source_codes=[g for p in parts for g in p.source_codes],
+                        target_codes=[g for p in parts for g in p.target_codes])
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -157,10 +191,9 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
         verifier = build_verifier(cfg.verifier.name, **cfg.verifier.options)
     cache = Path(cfg.data.cache_dir)
     tok_dir = Path(cfg.init_from) / "image_tokenizer"
-    parts = load_sources(accelerator, cfg.data.train, editor.image_tokenizer, tok_dir, cache, cfg.data.image_size)
+    data = load_prompts(accelerator, cfg.data.train, editor, tok_dir, cache, cfg.data.image_size)
     evalset = (load_sources(accelerator, [cfg.data.eval], editor.image_tokenizer, tok_dir, cache, cfg.data.image_size)[0]
                if cfg.data.eval else None)
-    data = EncodedEdits.concat(parts)
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         atomic_write_json(out / "recipe.json", to_dict(cfg))
