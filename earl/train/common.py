@@ -215,3 +215,73 @@ def load_sources(accelerator: Accelerator, sources: list[str], image_tokenizer, 
     with accelerator.main_process_first():
         return [encode_dataset(resolve_source(s, cache_dir, image_size), image_tokenizer, tokenizer_dir, cache_dir,
                                progress=accelerator.is_main_process) for s in sources]
+
+
+def _forever(loader, start_epoch: int = 0):
+    epoch = start_epoch
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: bool, progress: bool,
+             evaluate=None) -> dict:
+    """The teacher-forced training loop that SFT and the reward model's SFT share.
+
+    `cfg` has `out_dir`, `optim` (OptimSection) and `run` (RunSection); `loader` yields collated
+    batches with labels; `evaluate(model, step, log) -> metrics` runs every `run.eval_every` steps.
+    Checkpoints every `run.save_every` steps, resumes from the newest with `resume`, saves the
+    editor and final_metrics.json at the end.
+    """
+    from tqdm.auto import tqdm
+
+    from earl.config import to_dict
+
+    out = Path(cfg.out_dir)
+    model = editor.backbone
+    prepare_backbone(model, cfg.run)
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
+    step = 0
+    if resume and (last := ckpts.latest()) is not None:
+        step = ckpts.load(accelerator, last)["step"]
+        accelerator.print(f"resumed from {last} at step {step}")
+    log = MetricLog(accelerator, out, name, to_dict(cfg))
+    bar = tqdm(total=cfg.run.steps, initial=step, desc=name, disable=not (progress and accelerator.is_main_process))
+    batches = _forever(loader, start_epoch=step)
+    model.train()
+    t0, tokens, metrics = time.time(), 0, {}
+    while step < cfg.run.steps:
+        for _ in range(cfg.run.grad_accum):
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            tokens += int((batch["labels"] != -100).sum())
+        step += 1
+        bar.update(1)
+        if step % cfg.run.log_every == 0 or step == cfg.run.steps:
+            loss_v = accelerator.reduce(loss.detach(), reduction="mean").item()
+            metrics = {"train/loss": loss_v, "train/lr": scheduler.get_last_lr()[0],
+                       "train/target_tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            log.log(step, metrics)
+            bar.set_postfix(loss=f"{loss_v:.3f}")
+        if evaluate is not None and (step % cfg.run.eval_every == 0 or step == cfg.run.steps):
+            metrics.update(evaluate(model, step, log))
+            model.train()
+        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+            ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
+    bar.close()
+    return finish_run(accelerator, model, editor, out, metrics, step, t0, log)

@@ -9,13 +9,11 @@ covers it too. Only the completion carries loss (the prompt is masked).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from earl.config import to_dict
 from earl.data import EncodedEdits
@@ -23,16 +21,11 @@ from earl.errors import ConfigError
 from earl.generate import SamplingConfig
 from earl.io import atomic_write_json
 from earl.train.common import (
-    Checkpoints,
-    MetricLog,
     OptimSection,
     RunSection,
-    finish_run,
     load_sources,
     make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    prepare_backbone,
+    train_lm,
     world_size,
 )
 
@@ -206,63 +199,10 @@ def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> di
 
     loader = DataLoader(train, batch_size=cfg.run.batch_size, shuffle=train.sampler is None, sampler=train.sampler,
                         drop_last=len(train) >= cfg.run.batch_size, collate_fn=layout.collate)
-    model = editor.backbone
-    prepare_backbone(model, cfg.run)
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
-    step = 0
-    if resume and (last := ckpts.latest()) is not None:
-        step = ckpts.load(accelerator, last)["step"]
-        accelerator.print(f"resumed from {last} at step {step}")
-    log = MetricLog(accelerator, out, "sft", to_dict(cfg))
     accelerator.print(f"SFT: {len(train)} examples, world size {world_size(accelerator)}, "
                       f"{sum(p.numel() for p in editor.backbone.parameters()) / 1e6:.2f}M parameters")
-
-    bar = tqdm(total=cfg.run.steps, initial=step, desc="sft", disable=not (progress and accelerator.is_main_process))
-    batches = _forever(loader, start_epoch=step)
-    model.train()
-    t0, tokens, metrics = time.time(), 0, {}
-    while step < cfg.run.steps:
-        for _ in range(cfg.run.grad_accum):
-            batch = next(batches)
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            tokens += int((batch["labels"] != -100).sum())
-        step += 1
-        bar.update(1)
-        if step % cfg.run.log_every == 0 or step == cfg.run.steps:
-            loss_v = accelerator.reduce(loss.detach(), reduction="mean").item()
-            metrics = {"train/loss": loss_v, "train/lr": scheduler.get_last_lr()[0],
-                       "train/target_tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
-            log.log(step, metrics)
-            bar.set_postfix(loss=f"{loss_v:.3f}")
-        if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
-            metrics.update(evaluate(cfg, accelerator, model, editor, evalset, step, log))
-            model.train()
-        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
-            ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
-    bar.close()
-    return finish_run(accelerator, model, editor, out, metrics, step, t0, log)
-
-
-def _forever(loader, start_epoch: int = 0):
-    epoch = start_epoch
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+    return train_lm(cfg, accelerator, editor, loader, "sft", resume, progress,
+                    lambda model, step, log: evaluate(cfg, accelerator, model, editor, evalset, step, log))
 
 
 @torch.no_grad()

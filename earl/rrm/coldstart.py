@@ -1,0 +1,159 @@
+"""Cold-start data for the reasoning reward model on ShapesEdit: candidates, verdicts, traces.
+
+Edit-R1 cold-starts its reward model with SFT on verified traces: many candidate edits per
+(source, instruction), each judged point by point by a stronger verifier, keeping the trace with
+the best per-point accuracy. On ShapesEdit the stronger verifier is the exact oracle, so each
+candidate's trace is written from the oracle's verdicts (per-point accuracy 1 by construction);
+`select_trace` implements the selection rule for when traces come from a fallible writer.
+
+Candidates per sample cover every kind of failure a point can catch:
+    the target (a perfect edit), the source (nothing done: scored 0), half-done edits (one required
+    change undone), a wrong colour where the edit happened, an extra object, a preserved object
+    removed, the wrong background, and degraded renders (blur, stray blobs) for the quality points.
+Each candidate goes through the image tokenizer (encode, decode) before it is judged, so the
+verdicts describe exactly the image the reward model will see.
+
+Score rule (the trace's final number): 10 x the share of passed points, minus 2 for every change
+to an object or cell that no point asks about (a hallucinated edit), 0 for an output that
+matches the source, clipped to [0, 10].
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from earl.rrm.principles import EvalPoint, shapes_points, verify_point
+from earl.rrm.trace import format_trace
+from earl.shapes.edits import cell_name
+from earl.shapes.scene import BACKGROUNDS, PALETTE, Scene
+
+UNMENTIONED_PENALTY = 2.0
+
+
+@dataclass
+class Candidate:
+    kind: str  # "target", "source", "undo", "wrong_color", "extra", "drop", "background", "blur", "blob"
+    scene: Scene | None  # the scene that was rendered (None for pixel-level degradations of the target)
+    image: Image.Image
+
+
+def candidates(source: Scene, target: Scene, rng: random.Random) -> list[Candidate]:
+    from earl.shapes.render import render
+
+    out = [Candidate("target", target, render(target)), Candidate("source", source, render(source))]
+    changed = [(r, c) for r in range(target.grid) for c in range(target.grid)
+               if source.object_at(r, c) != target.object_at(r, c)]
+    if len(changed) > 1 or (changed and source.background != target.background):
+        r, c = rng.choice(changed)  # undo one of the required changes
+        objs = [o for o in target.objects if o.cell != (r, c)] + ([source.object_at(r, c)] if source.object_at(r, c) else [])
+        out.append(Candidate("undo", target.with_objects(objs), None))
+    edited = [o for o in target.objects if source.object_at(*o.cell) != o]
+    if edited:
+        o = rng.choice(edited)
+        color = rng.choice([c for c in PALETTE if c != o.color])
+        out.append(Candidate("wrong_color", target.with_objects([x if x != o else o.replace(color=color)
+                                                                for x in target.objects]), None))
+    free = [cell for cell in target.free_cells() if source.object_at(*cell) is None]
+    if free:
+        r, c = rng.choice(free)
+        extra = rng.choice(target.objects or source.objects).replace(row=r, col=c) if (target.objects or source.objects) \
+            else None
+        if extra is not None:
+            out.append(Candidate("extra", target.with_objects([*target.objects, extra]), None))
+    kept = [o for o in target.objects if source.object_at(*o.cell) == o]
+    if kept:
+        o = rng.choice(kept)
+        out.append(Candidate("drop", target.with_objects([x for x in target.objects if x != o]), None))
+    bg = rng.choice([b for b in BACKGROUNDS if b != target.background])
+    out.append(Candidate("background", target.with_background(bg), None))
+    for cand in out:
+        if cand.image is None:
+            cand.image = render(cand.scene)
+    clean = render(target)
+    out.append(Candidate("blur", None, clean.filter(ImageFilter.GaussianBlur(2.5))))
+    blob = clean.copy()
+    d = ImageDraw.Draw(blob)
+    x, y = rng.randrange(4, blob.width - 12), rng.randrange(4, blob.height - 12)
+    d.ellipse([x, y, x + 7, y + 5], fill=tuple(PALETTE[rng.choice(list(PALETTE))]))
+    out.append(Candidate("blob", None, blob))
+    return out
+
+
+def _unmentioned_changes(points: list[EvalPoint], source: Scene, target: Scene, found: Scene) -> int:
+    """Cells whose content differs from what the edit should give, and that no point names."""
+    named = {tuple(p.check["cell"]) for p in points if "cell" in p.check}
+    if any(p.check.get("kind") == "no_extra" for p in points):  # extra objects are covered by that point
+        named |= {(r, c) for r in range(target.grid) for c in range(target.grid)
+                  if source.object_at(r, c) is None and target.object_at(r, c) is None}
+    return sum(1 for r in range(target.grid) for c in range(target.grid)
+               if (r, c) not in named and found.object_at(r, c) != target.object_at(r, c))
+
+
+def _reason(point: EvalPoint, found: Scene, parsed, ok: bool) -> str:
+    c = point.check
+    kind = c.get("kind")
+    if "cell" in c:
+        got = found.object_at(*c["cell"])
+        where = cell_name(tuple(c["cell"]))
+        return f"{where} holds {'a ' + got.describe() if got else 'nothing'}"
+    if kind in ("background", "background_not"):
+        return f"the background is {found.background}"
+    if kind == "count":
+        return f"there {'is' if len(found.objects) == 1 else 'are'} {len(found.objects)} object(s)"
+    if kind == "no_extra":
+        return "no object outside the expected cells" if ok else "an unexpected object appeared"
+    if kind == "quality":
+        return {"stray": "no stray colours" if ok else "stray colour blobs",
+                "clean": "clean shapes" if ok else "shapes are smeared or deformed",
+                "flat_background": "flat background" if ok else "the background is uneven"}[c["which"]]
+    return "checked"
+
+
+def judge_candidate(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image,
+                    source_image: Image.Image | None = None) -> tuple[list[bool], list[str], float]:
+    """The oracle's verdicts on one (tokenizer-reconstructed) candidate image, their reasons, and the score."""
+    from earl.shapes.oracle import parse_scene
+
+    parsed = parse_scene(image, image_size=target.image_size, grid=target.grid)
+    passed = [verify_point(p, source, target, parsed) for p in points]
+    reasons = [_reason(p, parsed.scene, parsed, ok) for p, ok in zip(points, passed)]
+    score = 10.0 * sum(passed) / len(passed) - UNMENTIONED_PENALTY * _unmentioned_changes(points, source, target,
+                                                                                           parsed.scene)
+    if parsed.scene == source and source != target:
+        score = 0.0  # nothing was done
+    if source_image is not None and np.array_equal(np.asarray(image), np.asarray(source_image)):
+        score = 0.0
+    return passed, reasons, round(min(10.0, max(0.0, score)), 1)
+
+
+def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image) -> tuple[str, list[bool], float]:
+    passed, reasons, score = judge_candidate(points, source, target, image)
+    return format_trace(passed, reasons, score), passed, score
+
+
+def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
+    """Index of the trace whose verdicts agree with the reference verdicts on the most points (first of ties)."""
+    if not traces:
+        raise ValueError("no traces to select from")
+    return max(range(len(traces)), key=lambda i: sum(a == b for a, b in zip(traces[i], reference)))
+
+
+def make_examples(samples, reconstruct, seed: int = 0) -> list[dict]:
+    """One judge example per candidate of each sample: principles, candidate (as reconstructed by the
+    tokenizer), the oracle trace, its verdicts and score. `reconstruct(images) -> images` is the
+    tokenizer's encode-decode; `samples` have source_scene, target_scene, instruction."""
+    rng = random.Random(seed)
+    out = []
+    for k, s in enumerate(samples):
+        points = shapes_points(s.source_scene, s.target_scene, seed=seed * 100_003 + k)
+        cands = candidates(s.source_scene, s.target_scene, rng)
+        seen = reconstruct([c.image for c in cands])
+        for cand, image in zip(cands, seen):
+            trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image)
+            out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
+                        "image": image, "trace": trace, "passed": passed, "score": score})
+    return out
