@@ -49,6 +49,7 @@ TRAIN_STAGES = {
     "tokenizer": ("earl.train.tokenizer", "TokenizerRecipe", "train_tokenizer", "format_report"),
     "sft": ("earl.train.sft", "SFTRecipe", "train_sft", None),
     "grpo": ("earl.train.grpo", "GRPORecipe", "train_grpo", None),
+    "rrm-sft": ("earl.train.rrm", "RRMRecipe", "train_rrm_sft", None),  # the reasoning reward model's cold start
 }
 
 

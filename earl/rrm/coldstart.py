@@ -142,18 +142,24 @@ def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
     return max(range(len(traces)), key=lambda i: sum(a == b for a, b in zip(traces[i], reference)))
 
 
-def make_examples(samples, reconstruct, seed: int = 0) -> list[dict]:
-    """One judge example per candidate of each sample: principles, candidate (as reconstructed by the
-    tokenizer), the oracle trace, its verdicts and score. `reconstruct(images) -> images` is the
-    tokenizer's encode-decode; `samples` have source_scene, target_scene, instruction."""
+def make_examples(samples, encode, decode, seed: int = 0) -> list[dict]:
+    """One judge example per candidate of each sample: principles, the source's and the candidate's codes,
+    the oracle trace written on the candidate *as the tokenizer reconstructs it*, its verdicts and score.
+
+    `encode(images) -> (B, h, w) codes`, `decode(codes) -> images` (the image tokenizer);
+    `samples` have source_scene, target_scene and instruction (ShapesEdit `Sample`s).
+    """
+    from earl.shapes.render import render
+
     rng = random.Random(seed)
     out = []
     for k, s in enumerate(samples):
         points = shapes_points(s.source_scene, s.target_scene, seed=seed * 100_003 + k)
         cands = candidates(s.source_scene, s.target_scene, rng)
-        seen = reconstruct([c.image for c in cands])
-        for cand, image in zip(cands, seen):
+        codes = encode([render(s.source_scene)] + [c.image for c in cands])
+        seen = decode(codes[1:])
+        for cand, c, image in zip(cands, codes[1:], seen):
             trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image)
             out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
-                        "image": image, "trace": trace, "passed": passed, "score": score})
+                        "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score})
     return out

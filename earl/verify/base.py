@@ -79,6 +79,7 @@ class Verifier(Protocol):
 VERIFIERS: dict[str, str] = {
     "oracle": "earl.verify.oracle:OracleVerifier",
     "viescore": "earl.verify.viescore:VIEScoreVerifier.from_options",
+    "rrm": "earl.rrm.model:RRMVerifier",  # a reasoning reward model trained by `earl train rrm-sft`
 }
 
 

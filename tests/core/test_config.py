@@ -94,7 +94,7 @@ def test_every_recipe_in_the_repo_loads():
             check_recipes(load_config(StudyRecipe, f))  # the study and every arm's stage recipe
             checked += 1
             continue
-        stage = next((s for s in TRAIN_STAGES if f.stem.startswith(s)), None)
+        stage = next((s for s in TRAIN_STAGES if f.stem.startswith(s.replace("-", "_"))), None)
         if stage is None:
             continue
         module, cls, *_ = TRAIN_STAGES[stage]

@@ -1,0 +1,132 @@
+"""Cold-start SFT of the reasoning reward model on ShapesEdit: `earl train rrm-sft recipes/shapes/rrm_sft.yaml`.
+
+Data (`earl.rrm.coldstart`): for each generated ShapesEdit sample, candidates covering every kind
+of failure, seen through the image tokenizer, with traces written from the oracle's verdicts on
+the sample's 10 principles. The model is an earl editor over the same image tokenizer, trained with
+the loop SFT uses (`train_lm`) on `judge prompt -> verdict text`.
+
+Evaluation on held-out samples: greedy verdicts are parsed (`parse_trace`); reported are the
+parse-failure rate, per-point accuracy against the oracle, and the mean absolute score error.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from earl.config import to_dict
+from earl.errors import ConfigError
+from earl.io import atomic_write_json
+from earl.train.common import OptimSection, RunSection, make_accelerator, train_lm
+
+
+@dataclass
+class RRMModelSection:
+    size: str = "shapes-tiny"
+    image_tokenizer: str = "checkpoints/shapes-editor/image_tokenizer"
+    image_size: int = 64
+
+
+@dataclass
+class RRMDataSection:
+    samples: int = 2000  # ShapesEdit samples; each gives ~9 candidates
+    splits: list[str] = field(default_factory=lambda: ["simple", "complex"])
+    seed: int = 0
+    eval_samples: int = 40  # held-out samples (another seed) judged greedily at each evaluation
+    max_new_tokens: int = 200
+
+
+@dataclass
+class RRMRecipe:
+    out_dir: str
+    model: RRMModelSection = field(default_factory=RRMModelSection)
+    data: RRMDataSection = field(default_factory=RRMDataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[dict]:
+    from earl.rrm.coldstart import make_examples
+    from earl.shapes.edits import make_sample
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    rng = random.Random(seed)
+    samples = [make_sample(rng, rng.choice(cfg.data.splits), image_size=cfg.model.image_size) for _ in range(n)]
+
+    @torch.no_grad()
+    def encode(images):
+        return image_tokenizer.encode(pil_to_tensor(images)).cpu()
+
+    @torch.no_grad()
+    def decode(codes):
+        return tensor_to_pil(image_tokenizer.decode(codes))
+
+    return make_examples(samples, encode, decode, seed=seed)
+
+
+def _text_tokenizer(examples: list[dict]):
+    from earl.rrm.model import points_text
+    from earl.text import build_word_tokenizer
+
+    corpus = [f"judge : {e['instruction']} points : {points_text(e['points'])}" for e in examples]
+    corpus += [e["trace"] + " <score> </score> 0.5" for e in examples]
+    return build_word_tokenizer(corpus)
+
+
+def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str, float]:
+    """Greedy verdicts on held-out examples against the oracle's: parse failures, point accuracy, score error."""
+    from earl.rrm.model import generate_verdicts
+    from earl.rrm.trace import parse_trace
+
+    editor.backbone.eval()
+    texts = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
+                              [e["source_codes"] for e in examples], [e["codes"] for e in examples],
+                              max_new_tokens=max_new_tokens)
+    parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
+    ok = [(v, e) for v, e in zip(parsed, examples) if v is not None]
+    points = [a == b for v, e in ok for a, b in zip(v.passed, e["passed"])]
+    return {"eval/parse_failed": 1 - len(ok) / max(1, len(examples)),
+            "eval/point_accuracy": sum(points) / len(points) if points else float("nan"),
+            "eval/score_mae": sum(abs(v.score - e["score"]) for v, e in ok) / len(ok) if ok else float("nan")}
+
+
+def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -> dict:
+    from accelerate.utils import set_seed
+
+    from earl.model import UnifiedEditor
+    from earl.rrm.model import judge_example
+    from tokenizer.vq import VQTokenizer
+
+    out = Path(cfg.out_dir)
+    accelerator = make_accelerator(cfg.run, out)
+    set_seed(cfg.run.seed)
+    if not Path(cfg.model.image_tokenizer).is_dir():
+        raise ConfigError(f"model.image_tokenizer: {cfg.model.image_tokenizer} not found")
+    image_tokenizer = VQTokenizer.from_pretrained(cfg.model.image_tokenizer)
+    train = build_examples(cfg, image_tokenizer, cfg.data.samples, cfg.data.seed)
+    held_out = build_examples(cfg, image_tokenizer, cfg.data.eval_samples, cfg.data.seed + 1_000_003)
+    editor = UnifiedEditor.build(cfg.model.size, image_tokenizer, _text_tokenizer(train + held_out),
+                                 cfg.model.image_size, seed=cfg.run.seed)
+    layout = editor.layout
+    seqs = [judge_example(layout, e["instruction"], e["points"], e["source_codes"], e["codes"], e["trace"])
+            for e in train]
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        atomic_write_json(out / "recipe.json", to_dict(cfg))
+    loader = DataLoader(seqs, batch_size=cfg.run.batch_size, shuffle=True, drop_last=len(seqs) >= cfg.run.batch_size,
+                        collate_fn=layout.collate)
+    accelerator.print(f"RRM SFT: {len(seqs)} judge examples from {cfg.data.samples} samples")
+
+    def evaluate(model, step, log):
+        if not accelerator.is_main_process:
+            return {}
+        editor.backbone = accelerator.unwrap_model(model)
+        metrics = evaluate_rrm(editor, held_out, cfg.data.max_new_tokens)
+        log.log(step, metrics)
+        return metrics
+
+    return train_lm(cfg, accelerator, editor, loader, "rrm_sft", resume, progress, evaluate)
