@@ -94,6 +94,20 @@ def _cmd_eval_shapes(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
 
+def _cmd_eval_rewardbench(args) -> None:
+    from earl.rrm.bench import format_table, run_rewardbench
+
+    models = {}
+    for item in args.rrm or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EarlError(f"--rrm {item!r}: expected NAME=DIR (a model written by `earl train rrm-sft`)")
+        models[name] = path
+    res = run_rewardbench(models, args.out, samples=args.samples, seed=args.seed,
+                          image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens)
+    print(format_table(res))
+
+
 def _judge_backend(args):
     """The judge for a benchmark run, or None with --no-judge (then only what is on disk is scored)."""
     if args.no_judge:
@@ -299,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     ei.add_argument("--prompts", required=True, help="the benchmark's prompts.json")
     _benchmark_args(ei)
     ei.set_defaults(func=_cmd_eval_benchmark)
+
+    er = ev.add_parser("rewardbench", help="pairwise accuracy of reward models on held-out ShapesEdit preferences")
+    er.add_argument("--rrm", action="append", help="NAME=DIR of a reasoning reward model (repeatable)")
+    er.add_argument("--out", required=True)
+    er.add_argument("--samples", type=int, default=200, help="held-out samples (about 4 pairs each)")
+    er.add_argument("--seed", type=int, default=987_654)
+    er.add_argument("--image-tokenizer", default=None, help="with no --rrm: the tokenizer the oracle's images go through")
+    er.add_argument("--max-new-tokens", type=int, default=200)
+    er.set_defaults(func=_cmd_eval_rewardbench)
 
     ck = sub.add_parser("checkpoint", help="bundled checkpoints").add_subparsers(dest="what", required=True)
     cp = ck.add_parser("pack", help="copy an editor into a checkpoint directory with a manifest (sha256, metrics)")

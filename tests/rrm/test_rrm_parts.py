@@ -3,6 +3,8 @@ verdict parser on malformed replies, and the principle cache."""
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from collections import Counter
 
@@ -97,3 +99,46 @@ def test_trace_roundtrip_and_tolerated_variations():
 ])
 def test_malformed_traces_are_failures_not_zeros(text):
     assert parse_trace(text, 3) is None
+
+
+# ---- preference pairs and pairwise accuracy ---------------------------------------------------
+def test_pairwise_accuracy_by_hand():
+    from earl.rrm.pairs import Pair, pairwise_accuracy
+
+    def ex(score, kind):
+        return {"score": score, "kind": kind}
+
+    pairs = [Pair(0, "add", ex(9, "target"), ex(5, "drop"), 4), Pair(1, "add", ex(8, "target"), ex(2, "undo"), 6),
+             Pair(2, "move", ex(7, "extra"), ex(6, "blur"), 1)]
+    # a scorer that gets pair 0 right, ties pair 1 (counts wrong) and fails on pair 2
+    table = {id(pairs[0].preferred): 3.0, id(pairs[0].rejected): 1.0, id(pairs[1].preferred): 5.0,
+             id(pairs[1].rejected): 5.0, id(pairs[2].preferred): None, id(pairs[2].rejected): 2.0}
+    res = pairwise_accuracy(pairs, lambda exs: [table[id(e)] for e in exs])
+    assert res["overall"]["accuracy"] == pytest.approx(1 / 3) and res["failed"] == 1
+    assert res["per_category"]["add"]["accuracy"] == 0.5 and res["per_category"]["move"]["n"] == 1
+    assert res["per_rejected_kind"]["drop"]["accuracy"] == 1.0
+
+
+def test_simulated_annotators_follow_bradley_terry():
+    from earl.rrm.pairs import make_pairs
+
+    rng = random.Random(0)
+    examples = [{"sample": k, "score": s, "kind": str(s)} for k in range(400) for s in (9.0, 8.0)]
+    pairs = make_pairs(examples, ["c"] * 400, rng, per_sample=1)
+    right = sum(p.gap > 0 for p in pairs) / len(pairs)
+    assert abs(right - 1 / (1 + math.exp(-1))) < 0.06  # a 1-point gap is preferred correctly ~73% of the time
+    same = [{"sample": 0, "score": 5.0, "kind": "a"}, {"sample": 0, "score": 5.0, "kind": "b"}]
+    assert make_pairs(same, ["c"], rng) == []  # equal scores: "same", excluded
+
+
+def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsys):
+    from earl.cli import main
+
+    tiny_editor.save_pretrained(tmp_path / "untrained")
+    assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
+                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8"]) == 0
+    res = json.loads((tmp_path / "rb/rewardbench.json").read_text())
+    oracle, untrained = res["scorers"]["oracle"], res["scorers"]["untrained"]
+    assert oracle["failed"] == 0 and oracle["overall"]["n"] == res["pairs"] > 0
+    assert untrained["failed"] == res["pairs"] and untrained["overall"]["accuracy"] == 0.0  # gibberish: all failed
+    assert "| oracle |" in capsys.readouterr().out

@@ -1,0 +1,83 @@
+"""The reward-model benchmark on ShapesEdit: `earl eval rewardbench --rrm NAME=DIR ... --out OUT`.
+
+Held-out preference pairs (`earl.rrm.pairs`, a seed no training run uses) judged by:
+- `oracle`: the exact cold-start score (the ceiling, below 100% only because annotators are noisy);
+- each reasoning reward model given as NAME=DIR (greedy verdicts, the parsed score).
+Writes OUT/rewardbench.json and OUT/rewardbench.md (pairwise accuracy with 95% Wilson intervals,
+per edit category and per kind of the rejected candidate; failures counted, scored as wrong).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from earl.io import atomic_write_json, atomic_write_text
+from earl.rrm.pairs import make_pairs, pairwise_accuracy
+
+
+def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4):
+    from earl.rrm.coldstart import make_examples
+    from earl.shapes.edits import make_sample
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    rng = random.Random(seed)
+    drawn = [make_sample(rng, rng.choice(["simple", "complex"]), image_size=image_size) for _ in range(samples)]
+    examples = make_examples(drawn, lambda ims: image_tokenizer.encode(pil_to_tensor(ims)).cpu(),
+                             lambda codes: tensor_to_pil(image_tokenizer.decode(codes)), seed=seed)
+    return make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample)
+
+
+def rrm_scorer(editor, max_new_tokens: int = 200):
+    from earl.rrm.model import generate_verdicts
+    from earl.rrm.trace import parse_trace
+
+    def score(examples: list[dict]) -> list[float | None]:
+        texts = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
+                                  [e["source_codes"] for e in examples], [e["codes"] for e in examples],
+                                  max_new_tokens=max_new_tokens)
+        parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
+        return [None if v is None else v.score for v in parsed]
+
+    return score
+
+
+def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 200, seed: int = 987_654,
+                    image_tokenizer_dir: str | None = None, max_new_tokens: int = 200) -> dict:
+    from earl.model import UnifiedEditor
+    from tokenizer.vq import VQTokenizer
+
+    editors = {name: UnifiedEditor.from_pretrained(d) for name, d in models.items()}
+    if editors:
+        first = next(iter(editors.values()))
+        tok, size = first.image_tokenizer, first.config.image_size
+    else:
+        tok, size = VQTokenizer.from_pretrained(image_tokenizer_dir or "checkpoints/shapes-editor/image_tokenizer"), 64
+    pairs = held_out_pairs(tok, samples, seed, size)
+    results = {"pairs": len(pairs), "samples": samples, "seed": seed,
+               "scorers": {"oracle": pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])}}
+    for name, ed in editors.items():
+        results["scorers"][name] = pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens))
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "rewardbench.json", results)
+    atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
+    return results
+
+
+def format_table(results: dict) -> str:
+    def cell(s):
+        lo, hi = s["ci"]
+        return f"{s['accuracy']:.3f} ({lo:.2f}-{hi:.2f})"
+
+    lines = [f"Pairwise accuracy on {results['pairs']} held-out ShapesEdit preference pairs (seed {results['seed']}; "
+             "a failed judgement counts as wrong)", "", "| scorer | accuracy (95% CI) | failed |", "|---|---:|---:|"]
+    for name, r in results["scorers"].items():
+        lines.append(f"| {name} | {cell(r['overall'])} | {r['failed']} |")
+    kinds = sorted({k for r in results["scorers"].values() for k in r["per_rejected_kind"]})
+    lines += ["", "| rejected candidate | " + " | ".join(results["scorers"]) + " |",
+              "|---|" + "---:|" * len(results["scorers"])]
+    for k in kinds:
+        lines.append(f"| {k} | " + " | ".join(f"{r['per_rejected_kind'][k]['accuracy']:.2f}"
+                                             if k in r["per_rejected_kind"] else "n/a"
+                                             for r in results["scorers"].values()) + " |")
+    return "\n".join(lines)
