@@ -50,6 +50,7 @@ TRAIN_STAGES = {
     "sft": ("earl.train.sft", "SFTRecipe", "train_sft", None),
     "grpo": ("earl.train.grpo", "GRPORecipe", "train_grpo", None),
     "rrm-sft": ("earl.train.rrm", "RRMRecipe", "train_rrm_sft", None),  # the reasoning reward model's cold start
+    "rrm-gcpo": ("earl.train.gcpo", "GCPORecipe", "train_rrm_gcpo", None),  # ... then GCPO on preference pairs
 }
 
 

@@ -16,7 +16,8 @@ from earl.io import atomic_write_json, atomic_write_text
 from earl.rrm.pairs import make_pairs, pairwise_accuracy
 
 
-def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4):
+def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
+                   annotator_temperature: float = 1.0):
     from earl.rrm.coldstart import make_examples
     from earl.shapes.edits import make_sample
     from tokenizer import pil_to_tensor, tensor_to_pil
@@ -25,7 +26,8 @@ def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, pe
     drawn = [make_sample(rng, rng.choice(["simple", "complex"]), image_size=image_size) for _ in range(samples)]
     examples = make_examples(drawn, lambda ims: image_tokenizer.encode(pil_to_tensor(ims)).cpu(),
                              lambda codes: tensor_to_pil(image_tokenizer.decode(codes)), seed=seed)
-    return make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample)
+    return make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample,
+                      temperature=annotator_temperature)
 
 
 def rrm_scorer(editor, max_new_tokens: int = 200):

@@ -1,0 +1,260 @@
+"""GCPO for the reasoning reward model: `earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml`.
+
+One step (Edit-R1's Group Contrastive Policy Optimisation):
+
+    sample      N verdict traces for each image of P preference pairs (temperature sampling of text)
+    parse       each trace's final score τ; an unparseable trace is invalid (no reward, no loss)
+    reward      r^w_j = share of the other image's traces it ranks correctly (`earl.rl.gcpo`)
+    advantage   mean-centred within each image's N traces, no std division
+    update      per-token PPO-clipped surrogate over the trace tokens, averaged over tokens and
+                traces (`earl.rl.losses.policy_loss`, aggregation "grpo"); optional k3 KL (β, default 0)
+
+`gcpo_step` is generic in the prompt and the parser, so the same code trains any text scorer; the
+trainer supplies judge prompts and `parse_trace`. Log-probs are those of the sampled distribution:
+the full text vocabulary at the sampling temperature, no top-k/top-p.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from earl.config import to_dict
+from earl.errors import ConfigError
+from earl.io import atomic_write_json
+from earl.rl.gcpo import pair_advantages
+from earl.rl.losses import policy_loss
+from earl.train.common import (
+    Checkpoints,
+    MetricLog,
+    OptimSection,
+    RunSection,
+    finish_run,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+)
+
+
+@dataclass
+class GCPOSection:
+    traces: int = 4  # N traces per image
+    pairs_per_step: int = 4
+    temperature: float = 1.0
+    max_new_tokens: int = 200
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    beta: float = 0.0  # k3 KL to the frozen start; Edit-R1 uses none
+
+    def __post_init__(self):
+        if self.traces < 2 or self.temperature <= 0:
+            raise ValueError("GCPO needs traces >= 2 and temperature > 0")
+
+
+@dataclass
+class GCPOData:
+    samples: int = 1000  # ShapesEdit samples whose candidates form the training pairs
+    pairs_per_sample: int = 4
+    annotator_temperature: float = 1.0
+    seed: int = 1
+    eval_samples: int = 40
+
+
+@dataclass
+class GCPORecipe:
+    out_dir: str
+    init_from: str  # a reward model from `earl train rrm-sft`
+    data: GCPOData = field(default_factory=GCPOData)
+    gcpo: GCPOSection = field(default_factory=GCPOSection)
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-5, min_lr=1e-5, warmup_steps=0,
+                                                                       weight_decay=0.0))
+    run: RunSection = field(default_factory=lambda: RunSection(steps=200, eval_every=50, save_every=50))
+
+
+def _sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int, temperature: float) -> torch.Tensor:
+    """(N, T) log-probs of each sequence's tokens from `starts[i]` on (right-padded with 0), full vocabulary."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(s)
+        mask[i, L - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)).logits
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    T = max(len(s) - st for s, st in zip(seqs, starts))
+    out = torch.zeros((len(seqs), T), device=device)
+    for i, (s, st) in enumerate(zip(seqs, starts)):
+        off = L - len(s)
+        tgt = torch.tensor(s[st:], device=device)
+        rows = torch.arange(off + st - 1, off + len(s) - 1, device=device)
+        out[i, : len(tgt)] = logp[i, rows].gather(-1, tgt[:, None])[:, 0]
+    return out
+
+
+def sample_traces(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int, eos: int,
+                  pad: int, generator: torch.Generator | None = None) -> list[list[int]]:
+    """n sampled completions per prompt (prompt-major), each ending at eos or the token budget."""
+    from earl.layout import positions_from_mask
+
+    rows = [p for p in prompts for _ in range(n)]
+    L = max(len(p) for p in rows)
+    device = next(model.parameters()).device
+    ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(rows):
+        ids[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), 1
+    ids, mask = ids.to(device), mask.to(device)
+    out = [[] for _ in rows]
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    past = None
+    cur_ids, cur_pos = ids, positions_from_mask(mask.cpu()).to(device)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past,
+                        use_cache=True, logits_to_keep=1)
+            past = res.past_key_values
+            probs = torch.softmax(res.logits[:, -1].float() / temperature, -1)
+            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            for i in torch.nonzero(~done)[:, 0].tolist():
+                out[i].append(int(nxt[i]))
+            done |= nxt == eos
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            cur_pos = cur_pos[:, -1:] + 1
+            cur_ids = nxt[:, None]
+    return out
+
+
+def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]],
+              parse: Callable[[list[int], int], float | None], g: GCPOSection, eos: int, pad: int,
+              generator: torch.Generator | None = None, sampler=None) -> tuple[torch.Tensor | None, dict]:
+    """Sample, score, and build the GCPO loss for P pairs; returns (loss or None without signal, stats).
+
+    `parse(completion_ids, pair_index) -> score or None`. `model` computes the differentiable
+    log-probs (the accelerate-wrapped module in training); `sampler` (default `model`) samples.
+    """
+    P, N = len(prompts_w), g.traces
+    sampler = sampler if sampler is not None else model
+    sampler.eval()
+    comps = sample_traces(sampler, prompts_w + prompts_l, N, g.temperature, g.max_new_tokens, eos, pad, generator)
+    tau = torch.zeros(2 * P * N)
+    valid = torch.zeros(2 * P * N, dtype=torch.bool)
+    for r, c in enumerate(comps):
+        s = parse(c, (r // N) % P)
+        if s is not None:
+            tau[r], valid[r] = s, True
+    tau, valid = tau.view(2, P, N), valid.view(2, P, N)
+    a_w, a_l = pair_advantages(tau[0], tau[1], valid[0], valid[1])
+    adv = torch.cat([a_w.flatten(), a_l.flatten()])
+    both = valid[0][:, :, None] & valid[1][:, None, :]
+    correct = ((tau[0][:, :, None] > tau[1][:, None, :]) & both).sum() / both.sum().clamp(min=1)
+    stats = {"gcpo/valid": float(valid.float().mean()), "gcpo/pair_correct": float(correct),
+             "gcpo/nonzero_adv": float((adv != 0).float().mean())}
+    if not bool((adv != 0).any()):
+        return None, stats
+    prompts = [p for p in prompts_w + prompts_l for _ in range(N)]
+    seqs = [p + c for p, c in zip(prompts, comps)]
+    starts = [len(p) for p in prompts]
+    model.eval()
+    with torch.no_grad():
+        old = _sequence_logprobs(model, seqs, starts, pad, g.temperature)
+        ref_lp = _sequence_logprobs(ref, seqs, starts, pad, g.temperature) if ref is not None else None
+    model.train()
+    logp = _sequence_logprobs(model, seqs, starts, pad, g.temperature)
+    mask = torch.zeros_like(logp, dtype=torch.bool)
+    for i, c in enumerate(comps):
+        mask[i, : len(c)] = True
+    rows_ok = torch.cat([valid[0].flatten(), valid[1].flatten()]).to(mask.device)  # unparseable traces: no loss
+    loss, lstats = policy_loss(logp, old, adv.to(logp.device), mask & rows_ok[:, None],
+                               g.clip_low, g.clip_high, ref_lp, g.beta, "grpo")
+    stats.update({f"update/{k}": v for k, v in lstats.items()})
+    return loss, stats
+
+
+def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True) -> dict:
+    import time
+
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from earl.model import UnifiedEditor
+    from earl.rrm.bench import held_out_pairs, rrm_scorer
+    from earl.rrm.model import judge_prompt, normalise_decoded
+    from earl.rrm.pairs import pairwise_accuracy
+    from earl.rrm.trace import parse_trace
+
+    out = Path(cfg.out_dir)
+    if not Path(cfg.init_from).is_dir():
+        raise ConfigError(f"init_from: {cfg.init_from} not found (expected a model from `earl train rrm-sft`)")
+    accelerator = make_accelerator(cfg.run, out)
+    set_seed(cfg.run.seed)
+    editor = UnifiedEditor.from_pretrained(cfg.init_from)
+    layout, tok = editor.layout, editor.text_tokenizer
+    size = editor.config.image_size
+    pairs = held_out_pairs(editor.image_tokenizer, cfg.data.samples, cfg.data.seed, size, cfg.data.pairs_per_sample,
+                           cfg.data.annotator_temperature)
+    evals = held_out_pairs(editor.image_tokenizer, cfg.data.eval_samples, cfg.data.seed + 7_777_777, size,
+                           annotator_temperature=cfg.data.annotator_temperature)
+    if not pairs:
+        raise ConfigError("data: no preference pairs could be drawn; raise data.samples")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "recipe.json", to_dict(cfg))
+    ref = copy.deepcopy(editor.backbone).requires_grad_(False).eval() if cfg.gcpo.beta > 0 else None
+    model = editor.backbone
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
+    step = 0
+    if resume and (last := ckpts.latest()) is not None:
+        step = ckpts.load(accelerator, last)["step"]
+    log = MetricLog(accelerator, out, "rrm_gcpo", to_dict(cfg))
+
+    def prompt(e):
+        return judge_prompt(layout, e["instruction"], e["points"], e["source_codes"], e["codes"])
+
+    bar = tqdm(total=cfg.run.steps, initial=step, desc="gcpo", disable=not progress)
+    t0, metrics = time.time(), {}
+    while step < cfg.run.steps:
+        rng = random.Random(cfg.run.seed * 7919 + step)  # a resumed run sees the same pairs
+        batch = rng.sample(pairs, min(cfg.gcpo.pairs_per_step, len(pairs)))
+        n_points = [len(p.preferred["points"]) for p in batch]
+
+        def parse(ids, k, n_points=n_points):
+            v = parse_trace(normalise_decoded(tok.decode(ids, skip_special_tokens=True)), n_points[k])
+            return None if v is None else v.score
+
+        gen = torch.Generator(device=editor.device).manual_seed(cfg.run.seed * 104729 + step)
+        loss, stats = gcpo_step(model, ref, [prompt(p.preferred) for p in batch],
+                                [prompt(p.rejected) for p in batch], parse, cfg.gcpo, layout.ids.eos,
+                                layout.ids.pad, gen, sampler=accelerator.unwrap_model(model))
+        if loss is not None:
+            accelerator.backward(loss)
+            if cfg.optim.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        metrics = {**stats, "update/skipped": float(loss is None)}
+        log.log(step, metrics)
+        if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
+            editor.backbone = accelerator.unwrap_model(model)
+            res = pairwise_accuracy(evals, rrm_scorer(editor, cfg.gcpo.max_new_tokens))
+            ev = {"eval/pairwise_accuracy": res["overall"]["accuracy"], "eval/failed": float(res["failed"])}
+            log.log(step, ev)
+            metrics.update(ev)
+        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+            ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
+    bar.close()
+    return finish_run(accelerator, model, editor, out, metrics, step, t0, log)
