@@ -51,6 +51,7 @@ TRAIN_STAGES = {
     "grpo": ("earl.train.grpo", "GRPORecipe", "train_grpo", None),
     "rrm-sft": ("earl.train.rrm", "RRMRecipe", "train_rrm_sft", None),  # the reasoning reward model's cold start
     "rrm-gcpo": ("earl.train.gcpo", "GCPORecipe", "train_rrm_gcpo", None),  # ... then GCPO on preference pairs
+    "rm-scalar": ("earl.rrm.scalar", "ScalarRecipe", "train_scalar_rm", None),  # the holistic Bradley-Terry baseline
 }
 
 
@@ -98,14 +99,18 @@ def _cmd_eval_shapes(args) -> None:
 def _cmd_eval_rewardbench(args) -> None:
     from earl.rrm.bench import format_table, run_rewardbench
 
-    models = {}
-    for item in args.rrm or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise EarlError(f"--rrm {item!r}: expected NAME=DIR (a model written by `earl train rrm-sft`)")
-        models[name] = path
-    res = run_rewardbench(models, args.out, samples=args.samples, seed=args.seed,
-                          image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens)
+    def named(items, what):
+        out = {}
+        for item in items or []:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise EarlError(f"{item!r}: expected NAME=DIR (a model written by `earl train {what}`)")
+            out[name] = path
+        return out
+
+    res = run_rewardbench(named(args.rrm, "rrm-sft"), args.out, samples=args.samples, seed=args.seed,
+                          image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens,
+                          scalars=named(args.scalar, "rm-scalar"))
     print(format_table(res))
 
 
@@ -317,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     er = ev.add_parser("rewardbench", help="pairwise accuracy of reward models on held-out ShapesEdit preferences")
     er.add_argument("--rrm", action="append", help="NAME=DIR of a reasoning reward model (repeatable)")
+    er.add_argument("--scalar", action="append", help="NAME=DIR of a scalar Bradley-Terry reward model (repeatable)")
     er.add_argument("--out", required=True)
     er.add_argument("--samples", type=int, default=200, help="held-out samples (about 4 pairs each)")
     er.add_argument("--seed", type=int, default=987_654)

@@ -2,7 +2,8 @@
 
 Held-out preference pairs (`earl.rrm.pairs`, a seed no training run uses) judged by:
 - `oracle`: the exact cold-start score (the ceiling, below 100% only because annotators are noisy);
-- each reasoning reward model given as NAME=DIR (greedy verdicts, the parsed score).
+- each reasoning reward model given as NAME=DIR (greedy verdicts, the parsed score);
+- each scalar Bradley–Terry model (`earl.rrm.scalar`, the holistic baseline).
 Writes OUT/rewardbench.json and OUT/rewardbench.md (pairwise accuracy with 95% Wilson intervals,
 per edit category and per kind of the rejected candidate; failures counted, scored as wrong).
 """
@@ -45,13 +46,17 @@ def rrm_scorer(editor, max_new_tokens: int = 200):
 
 
 def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 200, seed: int = 987_654,
-                    image_tokenizer_dir: str | None = None, max_new_tokens: int = 200) -> dict:
+                    image_tokenizer_dir: str | None = None, max_new_tokens: int = 200,
+                    scalars: dict[str, str] | None = None) -> dict:
+    """`models`: reasoning reward models by name; `scalars`: scalar Bradley-Terry models by name."""
     from earl.model import UnifiedEditor
+    from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
     from tokenizer.vq import VQTokenizer
 
     editors = {name: UnifiedEditor.from_pretrained(d) for name, d in models.items()}
-    if editors:
-        first = next(iter(editors.values()))
+    scalar_models = {name: ScalarRewardModel.load(d) for name, d in (scalars or {}).items()}
+    if editors or scalar_models:
+        first = next(iter([*editors.values(), *(m.editor for m in scalar_models.values())]))
         tok, size = first.image_tokenizer, first.config.image_size
     else:
         tok, size = VQTokenizer.from_pretrained(image_tokenizer_dir or "checkpoints/shapes-editor/image_tokenizer"), 64
@@ -60,6 +65,8 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
                "scorers": {"oracle": pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])}}
     for name, ed in editors.items():
         results["scorers"][name] = pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens))
+    for name, m in scalar_models.items():
+        results["scorers"][name] = pairwise_accuracy(pairs, scalar_scorer(m))
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "rewardbench.json", results)
     atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")

@@ -74,3 +74,29 @@ def test_rrm_gcpo_trainer_runs_and_saves(tmp_path, tiny_editor):
     # an untrained model writes no parseable verdicts: every step is skipped, nothing is guessed
     assert all(r["update/skipped"] == 1.0 for r in rows if "update/skipped" in r)
     assert final["step"] == 2 and (tmp_path / "run/model/editor.json").is_file()
+
+
+def test_scalar_bradley_terry_model_learns_saves_and_rewards(tmp_path, vq_tokenizer):
+    from earl.config import load_config
+    from earl.rrm.scalar import ScalarRecipe, ScalarRewardModel, scalar_scorer, train_scalar_rm
+    from earl.verify.base import EditRequest, build_verifier
+
+    vq_tokenizer.save_pretrained(tmp_path / "tok")
+    root = Path(__file__).resolve().parents[2]
+    over = {"out_dir": tmp_path / "rm", "size": "shapes-test", "image_tokenizer": tmp_path / "tok", "image_size": 32,
+            "data.samples": 6, "data.eval_samples": 2, "run.steps": 25, "run.batch_size": 8, "run.log_every": 1,
+            "run.eval_every": 25, "optim.lr": 3e-3, "optim.warmup_steps": 1}
+    final = train_scalar_rm(load_config(ScalarRecipe, root / "recipes/shapes/rm_scalar.yaml",
+                                        [f"{k}={v}" for k, v in over.items()]), progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "rm/metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    assert sum(r["train/loss"] for r in rows[-5:]) < sum(r["train/loss"] for r in rows[:5])  # the BT loss fell
+    assert 0.0 <= final["eval/pairwise_accuracy"] <= 1.0
+    m = ScalarRewardModel.load(tmp_path / "rm/model")
+    e = {"instruction": "make it red", "source_codes": torch.zeros(4, 4, dtype=torch.long),
+         "codes": torch.ones(4, 4, dtype=torch.long)}
+    assert scalar_scorer(m)([e]) == scalar_scorer(ScalarRewardModel.load(tmp_path / "rm/model"))([e])
+    from PIL import Image
+
+    (r,) = build_verifier("scalar", model_path=str(tmp_path / "rm/model")).score(
+        [EditRequest(Image.new("RGB", (32, 32)), "make it red", Image.new("RGB", (32, 32), (200, 0, 0)), {})])
+    assert 0.0 < r.reward < 1.0 and not r.failed
