@@ -110,7 +110,7 @@ def _cmd_eval_rewardbench(args) -> None:
 
     res = run_rewardbench(named(args.rrm, "rrm-sft"), args.out, samples=args.samples, seed=args.seed,
                           image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens,
-                          scalars=named(args.scalar, "rm-scalar"))
+                          scalars=named(args.scalar, "rm-scalar"), avg_k=args.avg_k)
     print(format_table(res))
 
 
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--seed", type=int, default=987_654)
     er.add_argument("--image-tokenizer", default=None, help="with no --rrm: the tokenizer the oracle's images go through")
     er.add_argument("--max-new-tokens", type=int, default=200)
+    er.add_argument("--avg-k", type=int, default=0, help="also score each --rrm by Avg@k self-consistency (k > 1)")
     er.set_defaults(func=_cmd_eval_rewardbench)
 
     ck = sub.add_parser("checkpoint", help="bundled checkpoints").add_subparsers(dest="what", required=True)

@@ -2,7 +2,8 @@
 
 Held-out preference pairs (`earl.rrm.pairs`, a seed no training run uses) judged by:
 - `oracle`: the exact cold-start score (the ceiling, below 100% only because annotators are noisy);
-- each reasoning reward model given as NAME=DIR (greedy verdicts, the parsed score);
+- each reasoning reward model given as NAME=DIR (greedy verdicts, the parsed score), and with
+  `avg_k` also Avg@k self-consistency (the mean score of k sampled traces);
 - each scalar Bradley–Terry model (`earl.rrm.scalar`, the holistic baseline).
 Writes OUT/rewardbench.json and OUT/rewardbench.md (pairwise accuracy with 95% Wilson intervals,
 per edit category and per kind of the rejected candidate; failures counted, scored as wrong).
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+
+import torch
 
 from earl.io import atomic_write_json, atomic_write_text
 from earl.rrm.pairs import make_pairs, pairwise_accuracy
@@ -31,23 +34,40 @@ def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, pe
                       temperature=annotator_temperature)
 
 
-def rrm_scorer(editor, max_new_tokens: int = 200):
-    from earl.rrm.model import generate_verdicts
+def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float = 1.0, seed: int = 0):
+    """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
+    of k sampled traces (those that parse; None only when none of the k parses)."""
+    from earl.rrm.model import generate_verdicts, judge_prompt, normalise_decoded
     from earl.rrm.trace import parse_trace
 
     def score(examples: list[dict]) -> list[float | None]:
-        texts = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
-                                  [e["source_codes"] for e in examples], [e["codes"] for e in examples],
-                                  max_new_tokens=max_new_tokens)
-        parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
-        return [None if v is None else v.score for v in parsed]
+        if k == 1:
+            texts = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
+                                      [e["source_codes"] for e in examples], [e["codes"] for e in examples],
+                                      max_new_tokens=max_new_tokens)
+            parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
+            return [None if v is None else v.score for v in parsed]
+        from earl.train.gcpo import sample_traces
+
+        layout, tok = editor.layout, editor.text_tokenizer
+        g = torch.Generator(device=editor.device).manual_seed(seed)
+        out = []
+        for e in examples:
+            prompt = judge_prompt(layout, e["instruction"], e["points"], e["source_codes"], e["codes"])
+            comps = sample_traces(editor.backbone, [prompt], k, temperature, max_new_tokens, layout.ids.eos,
+                                  layout.ids.pad, g)
+            vals = [parse_trace(normalise_decoded(tok.decode(c, skip_special_tokens=True)), len(e["points"]))
+                    for c in comps]
+            vals = [v.score for v in vals if v is not None]
+            out.append(sum(vals) / len(vals) if vals else None)
+        return out
 
     return score
 
 
 def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 200, seed: int = 987_654,
                     image_tokenizer_dir: str | None = None, max_new_tokens: int = 200,
-                    scalars: dict[str, str] | None = None) -> dict:
+                    scalars: dict[str, str] | None = None, avg_k: int = 0) -> dict:
     """`models`: reasoning reward models by name; `scalars`: scalar Bradley-Terry models by name."""
     from earl.model import UnifiedEditor
     from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
@@ -65,6 +85,8 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
                "scorers": {"oracle": pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])}}
     for name, ed in editors.items():
         results["scorers"][name] = pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens))
+        if avg_k > 1:
+            results["scorers"][f"{name} Avg@{avg_k}"] = pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k))
     for name, m in scalar_models.items():
         results["scorers"][name] = pairwise_accuracy(pairs, scalar_scorer(m))
     out_dir = Path(out_dir)

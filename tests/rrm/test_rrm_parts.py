@@ -136,9 +136,10 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
 
     tiny_editor.save_pretrained(tmp_path / "untrained")
     assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
-                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8"]) == 0
+                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2"]) == 0
     res = json.loads((tmp_path / "rb/rewardbench.json").read_text())
     oracle, untrained = res["scorers"]["oracle"], res["scorers"]["untrained"]
     assert oracle["failed"] == 0 and oracle["overall"]["n"] == res["pairs"] > 0
     assert untrained["failed"] == res["pairs"] and untrained["overall"]["accuracy"] == 0.0  # gibberish: all failed
+    assert res["scorers"]["untrained Avg@2"]["failed"] == res["pairs"]
     assert "| oracle |" in capsys.readouterr().out
