@@ -75,11 +75,25 @@ class RRMVerifier:
 
     name = "rrm"
 
-    def __init__(self, model_path: str, max_new_tokens: int = 200, batch_size: int = 16, device: str = "cpu"):
-        from earl.model import UnifiedEditor
+    def __init__(self, model_path: str | None = None, max_new_tokens: int = 200, batch_size: int = 16,
+                 device: str = "cpu", base_url: str | None = None, concurrency: int = 16, retries: int = 2,
+                 timeout: float = 120.0):
+        """In process (`model_path`) or through `earl serve judge --model RRM_DIR` (`base_url`)."""
+        from earl.errors import ConfigError
 
-        self.editor = UnifiedEditor.from_pretrained(model_path, device=device)
+        if (model_path is None) == (base_url is None):
+            raise ConfigError("rrm verifier: give exactly one of model_path (in process) or base_url (a server)")
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.editor = self.backend = None
+        if model_path is not None:
+            from earl.model import UnifiedEditor
+
+            self.editor = UnifiedEditor.from_pretrained(model_path, device=device)
+        else:
+            from earl.verify.chat import OpenAIChatBackend
+
+            self.backend = OpenAIChatBackend(base_url=base_url, timeout=timeout, max_connections=concurrency)
+        self.concurrency, self.retries = concurrency, retries
 
     def points_for(self, req) -> list[EvalPoint]:
         import json
@@ -95,10 +109,37 @@ class RRMVerifier:
                              Scene.from_dict(json.loads(meta["target_scene"])), seed=seed)
 
     def judge(self, instructions, points, source_images, edited_images) -> list[str]:
+        if self.backend is not None:
+            return self._judge_http(instructions, points, source_images, edited_images)
         ed = self.editor
         src = ed.encode_images([ed.preprocess(im)[0] for im in source_images])
         out_codes = ed.encode_images([ed.preprocess(im)[0] for im in edited_images])
         return generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens, self.batch_size)
+
+    def _judge_http(self, instructions, points, source_images, edited_images) -> list[str]:
+        import asyncio
+
+        from earl.rrm.serving import rrm_messages
+        from earl.verify.chat import chat_with_retries
+
+        async def run():
+            sem = asyncio.Semaphore(self.concurrency)
+
+            async def one(args):
+                n = len(args[1])
+                async with sem:
+                    call = await chat_with_retries(
+                        self.backend, rrm_messages(args[2], args[3], args[0], args[1]),
+                        lambda t: t if parse_trace(t, n) is not None else None,
+                        max_tokens=self.max_new_tokens, temperature=0.0, retries=self.retries, backoff=0.5)
+                    return call.raw
+
+            try:
+                return await asyncio.gather(*(one(a) for a in zip(instructions, points, source_images, edited_images)))
+            finally:
+                await self.backend.aclose()
+
+        return list(asyncio.run(run()))
 
     def score(self, requests):
         from earl.verify.base import RewardResult

@@ -187,10 +187,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve_judge(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
                 max_wait_ms: float = 5.0, device: str | None = None) -> None:
-    """Load the model in `model_dir` and serve it until interrupted (the `earl serve judge` command)."""
-    vlm = LocalVLM(model_dir, device=device)
+    """Load the model in `model_dir` and serve it until interrupted (the `earl serve judge` command).
+
+    A transformers image-text-to-text model is served as a chat model; an earl reasoning reward
+    model (an editor directory from `earl train rrm-sft`) through `earl.rrm.serving.rrm_engine`.
+    """
+    from earl.rrm.serving import is_rrm_dir, rrm_engine
+
+    engine = rrm_engine(model_dir, device=device or "cpu") if is_rrm_dir(model_dir) else \
+        LocalVLM(model_dir, device=device).generate
     try:  # like vLLM, the model is named by the path it was given
-        server = JudgeServer((host, port), vlm.generate, model_name=str(model_dir), max_batch=max_batch,
+        server = JudgeServer((host, port), engine, model_name=str(model_dir), max_batch=max_batch,
                              max_wait=max_wait_ms / 1000)
     except OSError as e:
         raise EarlError(f"cannot listen on {host}:{port} ({e})") from None

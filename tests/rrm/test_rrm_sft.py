@@ -60,3 +60,29 @@ def test_tiny_rrm_sft_learns_and_serves_as_a_verifier(tmp_path, vq_tokenizer):
     (res,) = v.score([req])
     assert (res.failed and res.reward is None and res.error) or (0.0 <= res.reward <= 1.0 and len(res.principles) == 10)
     assert torch.is_tensor(v.editor.encode_images([v.editor.preprocess(req.source)[0]]))
+
+
+def test_rrm_over_http_matches_in_process(tmp_path, tiny_editor):
+    """`earl serve judge` serving a reward-model directory: the client's verdict texts equal the in-process ones."""
+    from earl.rrm.serving import is_rrm_dir, rrm_engine
+    from earl.serve.judge import JudgeServer
+    from earl.shapes.render import render
+    from earl.verify.base import EditRequest, build_verifier
+
+    tiny_editor.save_pretrained(tmp_path / "rrm")
+    assert is_rrm_dir(tmp_path / "rrm")
+    reqs = []
+    for k in range(3):
+        s = make_sample(random.Random(k), "simple", image_size=32)
+        reqs.append(EditRequest(render(s.source_scene), s.instruction, render(s.target_scene),
+                                {"id": str(k), "source_scene": json.dumps(s.source_scene.to_dict()),
+                                 "target_scene": json.dumps(s.target_scene.to_dict())}))
+    local = build_verifier("rrm", model_path=str(tmp_path / "rrm"), max_new_tokens=12).score(reqs)
+    server = JudgeServer(("127.0.0.1", 0), rrm_engine(str(tmp_path / "rrm"), max_new_tokens=12), model_name="rrm",
+                         max_batch=4).start()
+    try:
+        remote = build_verifier("rrm", base_url=server.url, max_new_tokens=12, retries=0).score(reqs)
+    finally:
+        server.close()
+    assert [r.raw for r in remote] == [r.raw for r in local]
+    assert all(r.failed == loc.failed for r, loc in zip(remote, local))
