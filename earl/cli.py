@@ -235,6 +235,29 @@ def _cmd_bench_generate(args) -> None:
         print(f"results written to {args.out}")
 
 
+def _cmd_bench_attention(args) -> None:
+    import os
+
+    import torch
+
+    from earl.io import atomic_write_json
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise EarlError("earl bench attention needs a GPU (on a CPU, TRITON_INTERPRET=1 runs the code path at tiny "
+                        "sizes, without meaningful times)")
+    from earl.kernels.bench import bench_attention, format_table
+
+    def ints(text):
+        return tuple(int(x) for x in text.split(",") if x.strip())
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    res = bench_attention(ints(args.batch_sizes), ints(args.cache_lengths), ints(args.prefill_lengths), args.heads,
+                          args.kv_heads, args.head_dim, dtype, args.repeats)
+    print(format_table(res))
+    if args.out:
+        atomic_write_json(args.out, res)
+
+
 def _cmd_serve_judge(args) -> None:
     from earl.serve.judge import serve_judge
 
@@ -367,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--seed", type=int, default=0)
     bg.add_argument("--out", default=None, help="write the results as JSON here")
     bg.set_defaults(func=_cmd_bench_generate)
+
+    ba = bench.add_parser("attention", help="Triton attention kernels vs SDPA: decode bandwidth, prefill TFLOP/s (GPU)")
+    ba.add_argument("--batch-sizes", default="1,16")
+    ba.add_argument("--cache-lengths", default="1100,2160", help="decode: KV-cache lengths")
+    ba.add_argument("--prefill-lengths", default="1100")
+    ba.add_argument("--heads", type=int, default=32)
+    ba.add_argument("--kv-heads", type=int, default=8)
+    ba.add_argument("--head-dim", type=int, default=128)
+    ba.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    ba.add_argument("--repeats", type=int, default=20)
+    ba.add_argument("--out", default=None, help="write the results as JSON here")
+    ba.set_defaults(func=_cmd_bench_attention)
 
     serve = sub.add_parser("serve", help="servers").add_subparsers(dest="what", required=True)
     sj = serve.add_parser("judge", help="serve a local image-text-to-text model via the OpenAI chat-completions API")
