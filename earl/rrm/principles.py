@@ -202,3 +202,91 @@ class PrincipleCache:
 def points_json(points: list[EvalPoint]) -> str:
     """The list the reward model reads: [{"question", "category"}, ...]."""
     return json.dumps([p.public() for p in points], ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real images: principles from a multimodal LLM.
+
+DECOMPOSE_PROMPT = """\
+You will see an image and an instruction for editing it. Before anyone looks at an edited \
+version, write the checklist a careful reviewer would use to decide whether an edit is good.
+
+Write exactly 10 yes/no questions about the edited image, each answerable by looking at it, where \
+"yes" always means the edit is good on that point:
+- 3 or 4 questions of category "instruction": did the edit do what was asked (the right object, \
+the right change, the right place, amount or attribute)?
+- 3 or 4 questions of category "preservation": did everything the instruction does not mention \
+stay as it was (other objects, people's identity, background, layout, text)?
+- 2 or 3 questions of category "quality": is the result clean and natural (no artifacts, no \
+distortions, consistent lighting and edges)?
+
+Instruction: {instruction}
+
+Reply with only a JSON list, no other text:
+[{{"question": "...", "category": "instruction"}}, ...]"""
+
+_COUNTS = {"instruction": (3, 4), "preservation": (3, 4), "quality": (2, 3)}
+
+
+def parse_points(text: str) -> list[EvalPoint] | None:
+    """Exactly 10 points with 3-4 / 3-4 / 2-3 per category from a reply, or None."""
+    import re
+
+    if not isinstance(text, str):
+        return None
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    body = fence.group(1) if fence else text
+    start, end = body.find("["), body.rfind("]")
+    if start < 0 or end <= start:
+        return None
+    try:
+        items = json.loads(body[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(items, list) or len(items) != N_POINTS:
+        return None
+    points = []
+    for it in items:
+        if not isinstance(it, dict) or it.get("category") not in CATEGORIES:
+            return None
+        q = it.get("question")
+        if not isinstance(q, str) or not q.strip():
+            return None
+        points.append(EvalPoint(q.strip(), it["category"]))
+    counts = {c: sum(p.category == c for p in points) for c in CATEGORIES}
+    if any(not lo <= counts[c] <= hi for c, (lo, hi) in _COUNTS.items()):
+        return None
+    return points
+
+
+def decompose_messages(source: Image.Image, instruction: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "image": source},
+                                         {"type": "text", "text": DECOMPOSE_PROMPT.format(instruction=instruction)}]}]
+
+
+def llm_points(backend, source: Image.Image, instruction: str, cache: PrincipleCache | None = None,
+               retries: int = 2, max_tokens: int = 800) -> list[EvalPoint] | None:
+    """Principles from a multimodal LLM (any `earl.verify.chat` backend), cached; None if every try failed."""
+    import asyncio
+
+    from earl.verify.chat import chat_with_retries
+
+    def ask():
+        async def run():
+            try:
+                return await chat_with_retries(backend, decompose_messages(source, instruction), parse_points,
+                                               max_tokens=max_tokens, temperature=0.0, retries=retries, backoff=1.0)
+            finally:
+                await backend.aclose()
+
+        return asyncio.run(run()).value
+
+    if cache is None:
+        return ask()
+    path = cache.root / f"{cache.key(source, instruction)}.json"
+    if path.is_file():
+        return [EvalPoint(**p) for p in read_json(path)["points"]]
+    points = ask()
+    if points is not None:  # a failure is not cached: the next call asks again
+        atomic_write_json(path, {"instruction": instruction, "points": [asdict(p) for p in points]})
+    return points

@@ -143,3 +143,36 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
     assert untrained["failed"] == res["pairs"] and untrained["overall"]["accuracy"] == 0.0  # gibberish: all failed
     assert res["scorers"]["untrained Avg@2"]["failed"] == res["pairs"]
     assert "| oracle |" in capsys.readouterr().out
+
+
+def test_llm_principles_through_a_judge_server(tmp_path):
+    """Real-image principles from a (scripted) multimodal LLM over HTTP: parsed, validated, cached."""
+    from PIL import Image
+
+    from earl.rrm.principles import llm_points, parse_points
+    from earl.serve.judge import JudgeServer
+    from earl.verify.chat import OpenAIChatBackend
+    from earl.verify.local_vlm import Completion
+
+    good = [{"question": f"Q{i}?", "category": c} for i, c in
+            enumerate(["instruction"] * 4 + ["preservation"] * 3 + ["quality"] * 3)]
+    replies = iter(["Sure! Here it is:", "```json\n" + json.dumps(good) + "\n```"])
+    calls = []
+
+    def engine(requests):
+        calls.extend(requests)
+        return [Completion(next(replies), 1, 1, "stop") for _ in requests]
+
+    server = JudgeServer(("127.0.0.1", 0), engine, model_name="vlm").start()
+    try:
+        img = Image.new("RGB", (16, 16), (10, 200, 30))
+        cache = PrincipleCache(tmp_path)
+        pts = llm_points(OpenAIChatBackend(base_url=server.url), img, "make the grass blue", cache, retries=1)
+        assert [p.question for p in pts] == [g["question"] for g in good] and len(calls) == 2  # one retry
+        again = llm_points(OpenAIChatBackend(base_url=server.url), img, "make the grass blue", cache)
+        assert again == pts and len(calls) == 2  # cached: not asked again
+    finally:
+        server.close()
+    assert parse_points(json.dumps(good[:9])) is None  # 9 points
+    assert parse_points(json.dumps([{**g, "category": "instruction"} for g in good])) is None  # 10 instruction
+    assert parse_points(json.dumps(good[:9] + [{"question": "", "category": "quality"}])) is None
