@@ -23,6 +23,17 @@ from earl.stats import wilson_ci
 
 
 @dataclass
+class PairData:
+    """Where a reward-model trainer's preference pairs come from (a recipe's `data` section)."""
+
+    samples: int = 1000  # ShapesEdit samples whose candidates form the training pairs
+    pairs_per_sample: int = 4
+    annotator_temperature: float = 1.0
+    seed: int = 1
+    eval_samples: int = 40  # held-out samples (another seed) for the evaluation pairs
+
+
+@dataclass
 class Pair:
     sample: int  # index of the sample both candidates edit
     category: str

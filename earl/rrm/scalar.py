@@ -24,6 +24,7 @@ from torch import nn
 from earl.config import to_dict
 from earl.errors import ConfigError
 from earl.io import atomic_path, atomic_write_json
+from earl.rrm.pairs import PairData
 from earl.train.common import (
     MetricLog,
     OptimSection,
@@ -71,21 +72,12 @@ class ScalarRewardModel(nn.Module):
 
 
 @dataclass
-class ScalarData:
-    samples: int = 1000
-    pairs_per_sample: int = 4
-    annotator_temperature: float = 1.0
-    seed: int = 1
-    eval_samples: int = 100
-
-
-@dataclass
 class ScalarRecipe:
     out_dir: str
     size: str = "shapes-tiny"
     image_tokenizer: str = "checkpoints/shapes-editor/image_tokenizer"
     image_size: int = 64
-    data: ScalarData = field(default_factory=ScalarData)
+    data: PairData = field(default_factory=lambda: PairData(eval_samples=100))
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=lambda: RunSection(steps=1000, batch_size=16))
 

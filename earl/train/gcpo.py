@@ -29,6 +29,7 @@ from earl.errors import ConfigError
 from earl.io import atomic_write_json
 from earl.rl.gcpo import pair_advantages
 from earl.rl.losses import policy_loss
+from earl.rrm.pairs import PairData
 from earl.train.common import (
     Checkpoints,
     MetricLog,
@@ -57,19 +58,10 @@ class GCPOSection:
 
 
 @dataclass
-class GCPOData:
-    samples: int = 1000  # ShapesEdit samples whose candidates form the training pairs
-    pairs_per_sample: int = 4
-    annotator_temperature: float = 1.0
-    seed: int = 1
-    eval_samples: int = 40
-
-
-@dataclass
 class GCPORecipe:
     out_dir: str
     init_from: str  # a reward model from `earl train rrm-sft`
-    data: GCPOData = field(default_factory=GCPOData)
+    data: PairData = field(default_factory=PairData)
     gcpo: GCPOSection = field(default_factory=GCPOSection)
     optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-5, min_lr=1e-5, warmup_steps=0,
                                                                        weight_decay=0.0))
