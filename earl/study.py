@@ -258,7 +258,43 @@ def aggregate(cfg: StudyRecipe) -> dict:
             s: _seed_ci([a - b for a, b in zip(table[arm][s]["success"]["per_seed"],
                                                 table[base][s]["success"]["per_seed"])], (-1.0, 1.0))
             for s in cfg.eval_sets}
-    return {"seeds": cfg.seeds, "arms": table, "paired_differences": paired}
+    return {"seeds": cfg.seeds, "arms": table, "paired_differences": paired, "grpo_diagnostics": grpo_diagnostics(cfg)}
+
+
+def grpo_diagnostics(cfg: StudyRecipe, window: int = 10) -> dict:
+    """What the GRPO logs say about why RL did or did not move: per arm, means over seeds of the first
+    and last `window` steps (rollout reward, groups with no reward variance, sampled-token entropy),
+    the held-out success at the first and last evaluation, and the step time split."""
+    out = {}
+    keys = {"reward": "reward/mean", "zero_var_groups": "reward/zero_variance_groups",
+            "entropy": "policy/entropy_mc", "rollout_s": "time/rollout_s", "reward_s": "time/reward_s",
+            "update_s": "time/update_s", "image_tokens_per_s": "rollout/image_tokens_per_s"}
+    for arm in (a for a in cfg.arms if a.kind == "grpo"):
+        per_seed = []
+        for seed in cfg.seeds:
+            log = run_dir(cfg, arm.name, seed) / "metrics.jsonl"
+            if not log.is_file():
+                continue
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            steps = [r for r in rows if "reward/mean" in r]
+            evals = [r for r in rows if "eval/success" in r]
+            if not steps:
+                continue
+            d = {}
+            for name, key in keys.items():
+                vals = [r[key] for r in steps if key in r and math.isfinite(r[key])]
+                if vals:
+                    d[f"{name}_first"] = sum(vals[:window]) / len(vals[:window])
+                    d[f"{name}_last"] = sum(vals[-window:]) / len(vals[-window:])
+                    d[f"{name}_mean"] = sum(vals) / len(vals)
+            d["skipped_updates"] = sum(r.get("update/skipped", 0.0) for r in steps) / len(steps)
+            if evals:
+                d["eval_success_first"], d["eval_success_last"] = evals[0]["eval/success"], evals[-1]["eval/success"]
+            per_seed.append(d)
+        if per_seed:
+            names = set.intersection(*(set(d) for d in per_seed))
+            out[arm.name] = {k: sum(d[k] for d in per_seed) / len(per_seed) for k in sorted(names)}
+    return out
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -317,6 +353,21 @@ def format_report(cfg: StudyRecipe, results: dict) -> str:
                   "| comparison | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
         for name, diff in results["paired_differences"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(diff[s]) for s in sets) + " |")
+    diag = results.get("grpo_diagnostics") or {}
+    if diag:
+        lines += ["", "GRPO diagnostics (means over seeds; first / last 10 steps of training):", "",
+                  "| arm | rollout reward | groups with zero reward variance (of prompts/step) | sampled-code "
+                  "entropy (nats) | held-out success, first / last eval | skipped updates | step time: rollout / "
+                  "reward / update (s) | rollout image tokens/s |", "|---|---|---|---|---|---:|---|---:|"]
+        for name, d in diag.items():
+            def pair(k, fmt="{:.3f}", d=d):
+                return f"{fmt.format(d[k + '_first'])} / {fmt.format(d[k + '_last'])}" if k + "_first" in d else "n/a"
+
+            ev = (f"{d['eval_success_first']:.3f} / {d['eval_success_last']:.3f}" if "eval_success_first" in d
+                  else "n/a")
+            times = " / ".join(f"{d.get(k + '_s_mean', float('nan')):.2f}" for k in ("rollout", "reward", "update"))
+            lines.append(f"| {name} | {pair('reward')} | {pair('zero_var_groups', '{:.1f}')} | {pair('entropy')} | "
+                         f"{ev} | {d['skipped_updates']:.0%} | {times} | {d.get('image_tokens_per_s_mean', 0):.0f} |")
     for s in sets:
         cats = list(next(iter(results["arms"].values()))[s]["per_category"])
         lines += ["", f"Per category, {s} test set (success %, mean over seeds [95% CI]):", "",

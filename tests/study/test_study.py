@@ -74,7 +74,12 @@ def test_tiny_study_runs_aggregates_and_resumes(tmp_path, tok_dir):
     rl, sft = (results["arms"][a]["simple"]["success"]["per_seed"] for a in ("rl", "sft_simple"))
     assert diff == pytest.approx([a - b for a, b in zip(rl, sft)])
     report = (out / "report.md").read_text()
-    assert all(a in report for a in ("sft_simple", "sft_cot", "rl", "best_of_3", "Per category"))
+    assert all(a in report for a in ("sft_simple", "sft_cot", "rl", "best_of_3", "Per category", "GRPO diagnostics"))
+    diag = results["grpo_diagnostics"]["rl"]  # from the GRPO logs, averaged over the two seeds
+    logged = [json.loads(x)["reward/mean"] for seed in (0, 1)
+              for x in (out / f"rl/seed_{seed}/metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
+    assert diag["reward_mean"] == pytest.approx(sum(logged) / len(logged))
+    assert {"zero_var_groups_first", "entropy_last", "rollout_s_mean", "eval_success_last"} <= set(diag)
     assert (out / "curves.png").stat().st_size > 1000
     times = json.loads((out / "stage_times.json").read_text())
     assert "rl/seed_1/train" in times and "best_of_3/seed_0/eval_simple" in times
