@@ -96,21 +96,25 @@ def _cmd_eval_shapes(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
 
+def _named_paths(items: list[str] | None, flag: str, expected: str) -> dict[str, str]:
+    """Repeated `NAME=PATH` arguments as a dict; a malformed one is an error naming the flag."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EarlError(f"{flag} {item!r}: expected {expected}")
+        out[name] = path
+    return out
+
+
 def _cmd_eval_rewardbench(args) -> None:
     from earl.rrm.bench import format_table, run_rewardbench
 
-    def named(items, what):
-        out = {}
-        for item in items or []:
-            name, sep, path = item.partition("=")
-            if not sep or not name or not path:
-                raise EarlError(f"{item!r}: expected NAME=DIR (a model written by `earl train {what}`)")
-            out[name] = path
-        return out
-
-    res = run_rewardbench(named(args.rrm, "rrm-sft"), args.out, samples=args.samples, seed=args.seed,
-                          image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens,
-                          scalars=named(args.scalar, "rm-scalar"), avg_k=args.avg_k)
+    res = run_rewardbench(_named_paths(args.rrm, "--rrm", "NAME=DIR (a model written by `earl train rrm-sft`)"),
+                          args.out, samples=args.samples, seed=args.seed, image_tokenizer_dir=args.image_tokenizer,
+                          max_new_tokens=args.max_new_tokens, avg_k=args.avg_k,
+                          scalars=_named_paths(args.scalar, "--scalar",
+                                               "NAME=DIR (a model written by `earl train rm-scalar`)"))
     print(format_table(res))
 
 
@@ -183,12 +187,7 @@ def _cmd_checkpoint_pack(args) -> None:
     from earl.checkpoint import pack_checkpoint
     from earl.io import read_json
 
-    evals = {}
-    for item in args.eval or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise EarlError(f"--eval {item!r}: expected NAME=PATH/results.json")
-        evals[name] = path
+    evals = _named_paths(args.eval, "--eval", "NAME=PATH/results.json")
     recipe = read_json(args.recipe_json) if args.recipe_json else None
     manifest = pack_checkpoint(args.model, args.out, name=args.name or Path(args.out).name, command=args.command,
                                recipe=recipe, evals=evals, max_bytes=int(args.max_mib * 2**20))

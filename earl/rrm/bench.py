@@ -22,14 +22,9 @@ from earl.rrm.pairs import make_pairs, pairwise_accuracy
 
 def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
                    annotator_temperature: float = 1.0):
-    from earl.rrm.coldstart import make_examples
-    from earl.shapes.edits import make_sample
-    from tokenizer import pil_to_tensor, tensor_to_pil
+    from earl.rrm.coldstart import draw_examples
 
-    rng = random.Random(seed)
-    drawn = [make_sample(rng, rng.choice(["simple", "complex"]), image_size=image_size) for _ in range(samples)]
-    examples = make_examples(drawn, lambda ims: image_tokenizer.encode(pil_to_tensor(ims)).cpu(),
-                             lambda codes: tensor_to_pil(image_tokenizer.decode(codes)), seed=seed)
+    drawn, examples = draw_examples(image_tokenizer, samples, seed, image_size)
     return make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample,
                       temperature=annotator_temperature)
 

@@ -163,3 +163,26 @@ def make_examples(samples, encode, decode, seed: int = 0) -> list[dict]:
             out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
                         "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score})
     return out
+
+
+def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
+                  splits=("simple", "complex")) -> tuple[list, list[dict]]:
+    """`n` ShapesEdit samples drawn with `seed` (split chosen uniformly per sample) and their judge
+    examples through `image_tokenizer`; returns (samples, examples)."""
+    import torch
+
+    from earl.shapes.edits import make_sample
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    rng = random.Random(seed)
+    samples = [make_sample(rng, rng.choice(list(splits)), image_size=image_size) for _ in range(n)]
+
+    @torch.no_grad()
+    def encode(images):
+        return image_tokenizer.encode(pil_to_tensor(images)).cpu()
+
+    @torch.no_grad()
+    def decode(codes):
+        return tensor_to_pil(image_tokenizer.decode(codes))
+
+    return samples, make_examples(samples, encode, decode, seed=seed)

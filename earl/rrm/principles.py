@@ -189,13 +189,14 @@ class PrincipleCache:
         h.update(b"\0" + instruction.strip().encode())
         return h.hexdigest()[:32]
 
-    def get(self, image: Image.Image, instruction: str, make) -> list[EvalPoint]:
-        """The cached points, or `make()`'s (then cached)."""
+    def get(self, image: Image.Image, instruction: str, make) -> list[EvalPoint] | None:
+        """The cached points, or `make()`'s, which are cached unless `make` failed (returned None)."""
         path = self.root / f"{self.key(image, instruction)}.json"
         if path.is_file():
             return [EvalPoint(**p) for p in read_json(path)["points"]]
         points = make()
-        atomic_write_json(path, {"instruction": instruction, "points": [asdict(p) for p in points]})
+        if points is not None:
+            atomic_write_json(path, {"instruction": instruction, "points": [asdict(p) for p in points]})
         return points
 
 
@@ -281,12 +282,4 @@ def llm_points(backend, source: Image.Image, instruction: str, cache: PrincipleC
 
         return asyncio.run(run()).value
 
-    if cache is None:
-        return ask()
-    path = cache.root / f"{cache.key(source, instruction)}.json"
-    if path.is_file():
-        return [EvalPoint(**p) for p in read_json(path)["points"]]
-    points = ask()
-    if points is not None:  # a failure is not cached: the next call asks again
-        atomic_write_json(path, {"instruction": instruction, "points": [asdict(p) for p in points]})
-    return points
+    return ask() if cache is None else cache.get(source, instruction, ask)  # a failure is not cached

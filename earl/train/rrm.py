@@ -11,11 +11,9 @@ parse-failure rate, per-point accuracy against the oracle, and the mean absolute
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
 from earl.config import to_dict
@@ -50,22 +48,9 @@ class RRMRecipe:
 
 
 def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[dict]:
-    from earl.rrm.coldstart import make_examples
-    from earl.shapes.edits import make_sample
-    from tokenizer import pil_to_tensor, tensor_to_pil
+    from earl.rrm.coldstart import draw_examples
 
-    rng = random.Random(seed)
-    samples = [make_sample(rng, rng.choice(cfg.data.splits), image_size=cfg.model.image_size) for _ in range(n)]
-
-    @torch.no_grad()
-    def encode(images):
-        return image_tokenizer.encode(pil_to_tensor(images)).cpu()
-
-    @torch.no_grad()
-    def decode(codes):
-        return tensor_to_pil(image_tokenizer.decode(codes))
-
-    return make_examples(samples, encode, decode, seed=seed)
+    return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits)[1]
 
 
 def _text_tokenizer(examples: list[dict]):
