@@ -34,8 +34,8 @@ class EncodedEdits:
     reasoning: list[str]
     source_scenes: list[str]  # JSON (ShapesEdit) or "" for datasets without scene graphs
     target_scenes: list[str]
-    source_codes: torch.Tensor  # (N, h, w) int64
-    target_codes: torch.Tensor  # (N, h, w) int64
+    source_codes: torch.Tensor | list[torch.Tensor]  # (N, h, w) int64, or a list when grid shapes differ
+    target_codes: torch.Tensor | list[torch.Tensor]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -46,8 +46,12 @@ class EncodedEdits:
             return parts[0]
         lists = {k: sum((getattr(p, k) for p in parts), []) for k in
                  ("ids", "categories", "instructions", "reasoning", "source_scenes", "target_scenes")}
-        return EncodedEdits(**lists, source_codes=torch.cat([p.source_codes for p in parts]),
-                            target_codes=torch.cat([p.target_codes for p in parts]))
+        if all(isinstance(p.source_codes, torch.Tensor) and isinstance(p.target_codes, torch.Tensor) for p in parts):
+            return EncodedEdits(**lists, source_codes=torch.cat([p.source_codes for p in parts]),
+                                target_codes=torch.cat([p.target_codes for p in parts]))
+        # grids of different shapes (aspect-preserving tokenizers) are kept as lists of (h, w) tensors
+        return EncodedEdits(**lists, source_codes=[g for p in parts for g in p.source_codes],
+                            target_codes=[g for p in parts for g in p.target_codes])
 
 
 def parse_shapes_spec(spec: str) -> dict:

@@ -161,12 +161,7 @@ def load_prompts(accelerator, sources: list[str], editor, tok_dir: Path, cache: 
                                       target_codes=[x["target_codes"] for x in items]))
         else:
             parts += load_sources(accelerator, [name], editor.image_tokenizer, tok_dir, cache, image_size)
-    if all(isinstance(p.source_codes, torch.Tensor) for p in parts):
-        return EncodedEdits.concat(parts)
-    lists = {k: sum((getattr(p, k) for p in parts), []) for k in
-             ("ids", "categories", "instructions", "reasoning", "source_scenes", "target_scenes")}
-    return EncodedEdits(**lists, source_codes=[g for p in parts for g in p.source_codes],
-                        target_codes=[g for p in parts for g in p.target_codes])
+    return EncodedEdits.concat(parts)
 
 
 # ---- the loop -------------------------------------------------------------------------------
