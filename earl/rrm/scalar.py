@@ -109,6 +109,9 @@ def train_scalar_rm(cfg: ScalarRecipe, resume: bool = False, progress: bool = Tr
     out = Path(cfg.out_dir)
     accelerator = make_accelerator(cfg.run, out)
     torch.manual_seed(cfg.run.seed)
+    if not Path(cfg.image_tokenizer).is_dir():
+        raise ConfigError(f"image_tokenizer: {cfg.image_tokenizer} not found (expected a tokenizer directory, "
+                          "e.g. checkpoints/shapes-editor/image_tokenizer)")
     tok = VQTokenizer.from_pretrained(cfg.image_tokenizer)
     pairs = held_out_pairs(tok, cfg.data.samples, cfg.data.seed, cfg.image_size, cfg.data.pairs_per_sample,
                            cfg.data.annotator_temperature)

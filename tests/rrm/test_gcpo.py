@@ -100,3 +100,11 @@ def test_scalar_bradley_terry_model_learns_saves_and_rewards(tmp_path, vq_tokeni
     (r,) = build_verifier("scalar", model_path=str(tmp_path / "rm/model")).score(
         [EditRequest(Image.new("RGB", (32, 32)), "make it red", Image.new("RGB", (32, 32), (200, 0, 0)), {})])
     assert 0.0 < r.reward < 1.0 and not r.failed
+
+
+def test_scalar_recipe_with_a_missing_tokenizer_names_the_field(tmp_path):
+    from earl.cli import main
+
+    assert main(["train", "rm-scalar", str(Path(__file__).resolve().parents[2] / "recipes/shapes/rm_scalar.yaml"),
+                 f"image_tokenizer={tmp_path / 'nope'}", f"out_dir={tmp_path / 'rm'}"]) == 2
+    assert not (tmp_path / "rm" / "model").exists()
