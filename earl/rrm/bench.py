@@ -29,7 +29,8 @@ def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, pe
                       temperature=annotator_temperature)
 
 
-def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float = 1.0, seed: int = 0):
+def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float = 1.0, seed: int = 0,
+               batch_size: int = 32):
     """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
     of k sampled traces (those that parse; None only when none of the k parses)."""
     from earl.rrm.model import generate_verdicts, judge_prompt, normalise_decoded
@@ -46,15 +47,18 @@ def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float
 
         layout, tok = editor.layout, editor.text_tokenizer
         g = torch.Generator(device=editor.device).manual_seed(seed)
+        per_call = max(1, batch_size // k)  # k sampled rows per example, about batch_size rows per call
         out = []
-        for e in examples:
-            prompt = judge_prompt(layout, e["instruction"], e["points"], e["source_codes"], e["codes"])
-            comps = sample_traces(editor.backbone, [prompt], k, temperature, max_new_tokens, layout.ids.eos,
+        for s in range(0, len(examples), per_call):
+            chunk = examples[s : s + per_call]
+            prompts = [judge_prompt(layout, e["instruction"], e["points"], e["source_codes"], e["codes"]) for e in chunk]
+            comps = sample_traces(editor.backbone, prompts, k, temperature, max_new_tokens, layout.ids.eos,
                                   layout.ids.pad, g)
-            vals = [parse_trace(normalise_decoded(tok.decode(c, skip_special_tokens=True)), len(e["points"]))
-                    for c in comps]
-            vals = [v.score for v in vals if v is not None]
-            out.append(sum(vals) / len(vals) if vals else None)
+            for j, e in enumerate(chunk):
+                vals = [parse_trace(normalise_decoded(tok.decode(c, skip_special_tokens=True)), len(e["points"]))
+                        for c in comps[j * k : (j + 1) * k]]
+                vals = [v.score for v in vals if v is not None]
+                out.append(sum(vals) / len(vals) if vals else None)
         return out
 
     return score

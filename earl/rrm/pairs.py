@@ -68,7 +68,9 @@ def pairwise_accuracy(pairs: list[Pair], score: Callable[[list[dict]], list[floa
     """`score(examples) -> scores` (None = failed) for the candidates; accuracy overall, per category,
     per kind of the rejected candidate (which failure the scorer had to notice)."""
     flat = [e for p in pairs for e in (p.preferred, p.rejected)]
-    scores = score(flat)
+    unique = list({id(e): e for e in flat}.values())  # a candidate sits in several pairs: judge it once
+    by_id = dict(zip((id(e) for e in unique), score(unique)))
+    scores = [by_id[id(e)] for e in flat]
     hits, failed = [], 0
     for i, _ in enumerate(pairs):
         s_w, s_l = scores[2 * i], scores[2 * i + 1]

@@ -119,6 +119,50 @@ def test_pairwise_accuracy_by_hand():
     assert res["per_rejected_kind"]["drop"]["accuracy"] == 1.0
 
 
+def test_pairwise_accuracy_judges_each_candidate_once():
+    from earl.rrm.pairs import Pair, pairwise_accuracy
+
+    a, b, c = {"score": 9, "kind": "target"}, {"score": 5, "kind": "drop"}, {"score": 2, "kind": "undo"}
+    pairs = [Pair(0, "add", a, b, 4), Pair(0, "add", a, c, 7), Pair(0, "add", b, c, 3)]
+    seen = []
+
+    def score(exs):
+        seen.extend(exs)
+        return [e["score"] for e in exs]
+
+    assert pairwise_accuracy(pairs, score)["overall"]["accuracy"] == 1.0
+    assert len(seen) == 3 and {id(e) for e in seen} == {id(a), id(b), id(c)}
+
+
+def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
+    """Avg@k batches several examples per sampling call; each score must average that example's k traces."""
+    import types
+
+    import earl.rrm.model as rrm_model
+    import earl.rrm.trace as trace
+    import earl.train.gcpo as gcpo
+    from earl.rrm.bench import rrm_scorer
+
+    calls = []
+
+    def fake_sample(model, prompts, n, *args, **kwargs):
+        calls.append(len(prompts))
+        return [[p[0] * 10 + j] for p in prompts for j in range(n)]  # prompt-major, like the real one
+
+    monkeypatch.setattr(gcpo, "sample_traces", fake_sample)
+    monkeypatch.setattr(rrm_model, "judge_prompt", lambda layout, ins, *a: [int(ins)])
+    monkeypatch.setattr(rrm_model, "normalise_decoded", lambda t: t)
+    # trace "10*i + j" parses to that number, except example 1's third trace, which fails
+    monkeypatch.setattr(trace, "parse_trace", lambda t, n: None if t == "12" else types.SimpleNamespace(score=float(t)))
+    editor = types.SimpleNamespace(layout=types.SimpleNamespace(ids=types.SimpleNamespace(eos=0, pad=0)),
+                                   text_tokenizer=types.SimpleNamespace(decode=lambda ids, **kw: str(ids[0])),
+                                   device="cpu", backbone=None)
+    examples = [{"instruction": str(i), "points": [], "source_codes": None, "codes": None} for i in range(5)]
+    scores = rrm_scorer(editor, k=3, batch_size=6)(examples)
+    assert calls == [2, 2, 1]
+    assert scores == [1.0, 10.5, 21.0, 31.0, 41.0]
+
+
 def test_simulated_annotators_follow_bradley_terry():
     from earl.rrm.pairs import make_pairs
 
