@@ -51,26 +51,60 @@ INSTRUCTIONS = [
     "remove the small triangle",
     "move the large blue square one cell to the left and make it red",
 ]
-METHODS = ("earl_cfg", "transformers_cfg", "earl_nocfg")
+METHODS = ("earl_cfg", "earl_cfg_static", "transformers_cfg", "earl_nocfg")
+
+# Emu3-8B's backbone shape (Emu3-Gen/Chat config): random weights stand in for the checkpoint, which
+# timing does not need. Its VQ codebook has 32,768 codes at x8 downsampling; the rest of the
+# 184,622-entry vocabulary is text (unused rows here, but the lm_head reads them every step).
+EMU3_8B_SHAPE = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=8, vocab_size=184_622, rope_theta=1_000_000.0,
+                     max_position_embeddings=9216)
+EMU3_CODEBOOK = 32_768
 
 
-def build_bench_editor(size: str, image_size: int, seed: int = 0):
-    """A random-weight editor: untrained x8 VQ tokenizer (1000 FSQ codes), word tokenizer over INSTRUCTIONS."""
-    from earl.model import UnifiedEditor
+def build_bench_model(size: str, image_size: int, seed: int = 0, device: str = "cpu",
+                      dtype: torch.dtype = torch.float32):
+    """(backbone, layout, (h, w)) with random weights: a named ShapesEdit size (with an untrained x8 VQ
+    tokenizer of 1000 codes), or "emu3-8b" (Emu3-8B's shape, built directly on `device`)."""
+    from earl.layout import build_layout_for_tokenizer
     from earl.text import build_word_tokenizer
+
+    text = build_word_tokenizer(INSTRUCTIONS)
+    torch.manual_seed(seed)
+    if size == "emu3-8b":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        if image_size % 8:
+            raise EarlError(f"image_size {image_size} is not a multiple of 8 (Emu3's downsample factor)")
+        layout = build_layout_for_tokenizer(text, EMU3_CODEBOOK)
+        cfg = LlamaConfig(**EMU3_8B_SHAPE, tie_word_embeddings=False, bos_token_id=layout.ids.bos,
+                          eos_token_id=layout.ids.eos, pad_token_id=layout.ids.pad)
+        if cfg.vocab_size < layout.vocab.image_ids[1]:
+            raise EarlError(f"vocabulary {cfg.vocab_size} too small for the layout's {layout.vocab.image_ids[1]} ids")
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # build in the target dtype: 8B params in fp32 would need 32 GB
+        try:
+            with torch.device(device):
+                backbone = LlamaForCausalLM(cfg)
+        finally:
+            torch.set_default_dtype(default)
+        return backbone.eval(), layout, (image_size // 8, image_size // 8)
+    from earl.model import UnifiedEditor
     from tokenizer import VQConfig, VQTokenizer
 
-    torch.manual_seed(seed)
     vq = VQTokenizer(VQConfig()).eval()
-    text = build_word_tokenizer(INSTRUCTIONS)
-    return UnifiedEditor.build(size, vq, text, image_size=image_size, seed=seed).eval()
+    editor = UnifiedEditor.build(size, vq, text, image_size=image_size, seed=seed).eval()
+    return editor.backbone.to(device=device, dtype=dtype), editor.layout, editor.config.grid
 
 
 # ---- the two samplers, each returning (N, T) completions that start with the image header --------
 def run_earl(backbone, layout: EditLayout, instructions: list[str], sources: torch.Tensor,
-             guidance_scale: float, generator: torch.Generator | None, temperature: float = 1.0) -> torch.Tensor:
+             guidance_scale: float, generator: torch.Generator | None, temperature: float = 1.0,
+             static: bool = False) -> torch.Tensor:
+    """`static`: preallocated cache, and the decode step captured as a CUDA graph on a GPU."""
     cfg = SamplingConfig(guidance_scale=guidance_scale, temperature=temperature)
-    return sample_edits(backbone, layout, instructions, sources, cfg, generator=generator).completions
+    return sample_edits(backbone, layout, instructions, sources, cfg, generator=generator,
+                        compile_decode=static).completions
 
 
 def grid_constraint(layout: EditLayout, prompt_len: int, h: int, w: int):
@@ -175,11 +209,16 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
     """Time the three methods on one batch of B prompts (same sources and instructions for each)."""
     sources = torch.randint(0, layout.vocab.codebook_size, (B, h, w), generator=torch.Generator().manual_seed(seed))
     instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(B)]
+    device = next(backbone.parameters()).device
+
+    def gen():
+        return torch.Generator(device=device).manual_seed(seed)
+
     calls = {
-        "earl_cfg": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale,
-                                     torch.Generator().manual_seed(seed)),
+        "earl_cfg": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen()),
+        "earl_cfg_static": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen(), static=True),
         "transformers_cfg": lambda: run_transformers(backbone, layout, instructions, sources, guidance_scale, seed),
-        "earl_nocfg": lambda: run_earl(backbone, layout, instructions, sources, 1.0, torch.Generator().manual_seed(seed)),
+        "earl_nocfg": lambda: run_earl(backbone, layout, instructions, sources, 1.0, gen()),
     }
     row = {"batch_size": B}
     times, n_checked = _timed_round_robin(calls, lambda out: len(parse_grids(layout, out, h, w)), repeats)
@@ -187,30 +226,68 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
         sec = statistics.median(times[name])
         row[name] = {"seconds": sec, "seconds_all": times[name], "tokens_per_s": B * h * w / sec,
                      "ms_per_image": 1000 * sec / B, "well_formed": n_checked[name] == [B] * (repeats + 1)}
+        row[name]["ms_per_decode_step"] = 1000 * sec / (h * w)  # earl: one forward per code (prefill included)
     row["speedup_cfg"] = row["earl_cfg"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
+    row["speedup_cfg_static"] = row["earl_cfg_static"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     return row
 
 
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
+    """Measured device-memory bandwidth in bytes/s (a clone reads and writes `nbytes`); None on a CPU."""
+    if device.type != "cuda":
+        return None
+    x = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device)
+    x.clone()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        x.clone()
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * nbytes * 10 / (start.elapsed_time(end) / 1000)
+
+
 def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=(1, 16), guidance_scale: float = 3.0,
-                   repeats: int = 3, seed: int = 0, num_threads: int | None = None) -> dict:
-    """Image tokens/s of earl (with and without CFG) and of `transformers.generate` (with CFG)."""
+                   repeats: int = 3, seed: int = 0, num_threads: int | None = None, device: str = "cpu",
+                   dtype: str = "float32", attention: str = "sdpa") -> dict:
+    """Image tokens/s of earl (with and without CFG, growing and static cache) and of
+    `transformers.generate` (with CFG). On a GPU also the decode-step floor: weight bytes over the
+    measured copy bandwidth (one step must read every weight once)."""
     if repeats < 1:
         raise EarlError(f"repeats must be >= 1, got {repeats}")
     if guidance_scale == 1.0:
         raise EarlError("guidance_scale must differ from 1: the benchmark compares CFG implementations")
     if num_threads:
         torch.set_num_threads(num_threads)
-    editor = build_bench_editor(size, image_size, seed)
-    backbone, layout = editor.backbone, editor.layout
-    h, w = editor.config.grid
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise EarlError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EarlError(f"device {device!r}: no CUDA device here")
+    backbone, layout, (h, w) = build_bench_model(size, image_size, seed, device, getattr(torch, dtype))
+    if attention == "earl_triton":
+        from earl.kernels.hf import use_triton_attention
+
+        use_triton_attention(backbone)  # says once why it falls back to SDPA where it must
+    elif attention != "sdpa":
+        raise EarlError(f"attention must be 'sdpa' or 'earl_triton', got {attention!r}")
+    weight_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
+    bandwidth = copy_bandwidth(dev)
     load_before, busy_before = os.getloadavg(), cpu_busy_fraction()
     rows = [_measure_batch(backbone, layout, B, h, w, guidance_scale, repeats, seed) for B in batch_sizes]
+    machine = {**machine_info(), "cpu_busy_before": busy_before, "loadavg_before": list(load_before),
+               "loadavg_after": list(os.getloadavg())}
+    if dev.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(dev)
     return {
         "config": {"size": size, "image_size": image_size, "grid": [h, w], "codebook_size": layout.vocab.codebook_size,
-                   "backbone_params": sum(p.numel() for p in backbone.parameters()),
+                   "backbone_params": sum(p.numel() for p in backbone.parameters()), "device": str(dev),
+                   "dtype": dtype, "attention": attention,
                    "guidance_scale": guidance_scale, "temperature": 1.0, "repeats": repeats, "seed": seed},
-        "machine": {**machine_info(), "cpu_busy_before": busy_before, "loadavg_before": list(load_before),
-                    "loadavg_after": list(os.getloadavg())},
+        "floor": {"weight_bytes": weight_bytes, "copy_bandwidth_bytes_per_s": bandwidth,
+                  "ms_per_decode_step": None if bandwidth is None else 1000 * weight_bytes / bandwidth},
+        "machine": machine,
         "results": rows,
     }
 
@@ -220,17 +297,25 @@ def format_table(result: dict) -> str:
     lines = [f"{c['size']}, {c['image_size']} px ({c['grid'][0]}x{c['grid'][1]} codes), guidance {c['guidance_scale']}, "
              f"median of {c['repeats']}",
              "",
-             "| batch | earl CFG tok/s | transformers CFG tok/s | earl / transformers | earl CFG ms/img "
-             "| transformers CFG ms/img | earl no-CFG tok/s | earl no-CFG ms/img |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| batch | earl CFG tok/s | earl CFG static tok/s | transformers CFG tok/s | earl / transformers "
+             "| static / transformers | earl CFG ms/img | transformers CFG ms/img | earl no-CFG tok/s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["results"]:
-        e, t, n = r["earl_cfg"], r["transformers_cfg"], r["earl_nocfg"]
-        lines.append(f"| {r['batch_size']} | {e['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} | {r['speedup_cfg']:.2f}x "
-                     f"| {e['ms_per_image']:.1f} | {t['ms_per_image']:.1f} | {n['tokens_per_s']:.0f} "
-                     f"| {n['ms_per_image']:.1f} |")
+        e, st, t, n = r["earl_cfg"], r["earl_cfg_static"], r["transformers_cfg"], r["earl_nocfg"]
+        lines.append(f"| {r['batch_size']} | {e['tokens_per_s']:.0f} | {st['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} "
+                     f"| {r['speedup_cfg']:.2f}x | {r['speedup_cfg_static']:.2f}x | {e['ms_per_image']:.1f} "
+                     f"| {t['ms_per_image']:.1f} | {n['tokens_per_s']:.0f} |")
+    f = result.get("floor", {})
+    if f.get("ms_per_decode_step") is not None:
+        lines += ["", f"decode-step floor: {f['weight_bytes'] / 1e9:.2f} GB of weights at "
+                      f"{f['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s measured copy bandwidth = "
+                      f"{f['ms_per_decode_step']:.2f} ms; earl CFG static per code (prefill included): "
+                      + ", ".join(f"batch {r['batch_size']} {r['earl_cfg_static']['ms_per_decode_step']:.2f} ms"
+                                  for r in result["results"])]
     m = result["machine"]
     busy = m["cpu_busy_before"]
-    lines += ["", f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads; CPU busy before the run: "
+    where = f"{m['gpu']} ({c['dtype']}, attention {c['attention']}); host " if "gpu" in m else ""
+    lines += ["", where + f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads; CPU busy before the run: "
               f"{'n/a' if busy is None else f'{100 * busy:.0f}%'}; load average before/after (1 min, includes this "
               f"run): {m['loadavg_before'][0]:.2f} / {m['loadavg_after'][0]:.2f}"]
     if busy is not None and busy > 0.1:

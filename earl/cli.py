@@ -227,7 +227,7 @@ def _cmd_bench_generate(args) -> None:
     sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
     res = bench_generate(size=args.size, image_size=args.image_size, batch_sizes=sizes,
                          guidance_scale=args.guidance_scale, repeats=args.repeats, seed=args.seed,
-                         num_threads=args.threads)
+                         num_threads=args.threads, device=args.device, dtype=args.dtype, attention=args.attention)
     print(format_table(res))
     if args.out:
         atomic_write_json(args.out, res)
@@ -380,13 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
     bg = bench.add_parser("generate", help="image tokens/s of earl's sampler vs transformers.generate (CFG)")
-    bg.add_argument("--size", default="shapes-tiny", help="named backbone size (random weights)")
+    bg.add_argument("--size", default="shapes-tiny",
+                    help="named backbone size, or emu3-8b (Emu3-8B's shape; use a GPU, bf16, --image-size 256)")
     bg.add_argument("--image-size", type=int, default=64, help="image side in pixels (grid = size / 8)")
     bg.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes")
     bg.add_argument("--guidance-scale", type=float, default=3.0)
     bg.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median; after 1 warm-up)")
     bg.add_argument("--threads", type=int, default=2, help="torch intra-op threads (0 = leave torch's default)")
     bg.add_argument("--seed", type=int, default=0)
+    bg.add_argument("--device", default="cpu", help="cpu or cuda")
+    bg.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bg.add_argument("--attention", default="sdpa", choices=["sdpa", "earl_triton"])
     bg.add_argument("--out", default=None, help="write the results as JSON here")
     bg.set_defaults(func=_cmd_bench_generate)
 

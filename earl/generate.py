@@ -18,13 +18,16 @@ one with the instruction dropped. At s = 1 the unconditional rows are not comput
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 from earl.errors import EarlError
 from earl.layout import EditLayout, positions_from_mask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,71 @@ class _Decoder:
         return self.logits
 
 
+class _StaticDecoder(_Decoder):
+    """The same decoder over buffers sized once for the whole generation.
+
+    The KV cache (`StaticCache`) and the attention mask are allocated for prompt + every token the
+    generation can feed, and each forward writes into them at `cache_position`. Every one-token
+    decode forward then has identical shapes and touches only fixed buffers, which is what graph
+    capture needs: with `compile_step` on a CUDA device that forward goes through
+    `torch.compile(mode="reduce-overhead")`, which records it as a CUDA graph and replays it, so a
+    decode step costs one graph launch instead of hundreds of kernel launches (small models are
+    launch-bound). The prefill and the two-token row-end feeds run eagerly. Without CUDA there is
+    nothing to capture: the static buffers are used eagerly and that is reported once.
+    """
+
+    _reported: set[str] = set()
+
+    def __init__(self, backbone, batch: dict[str, torch.Tensor], capacity: int, compile_step: bool = False):
+        R, P = batch["input_ids"].shape
+        device = batch["input_ids"].device
+        self.backbone = backbone
+        self.cache = self._reusable_cache(backbone, R, P + capacity)
+        self.mask = torch.zeros(R, P + capacity, dtype=torch.long, device=device)
+        self.mask[:, :P] = batch["attention_mask"]
+        self.length = 0  # tokens written so far
+        self.next_pos = batch["position_ids"][:, -1] + 1
+        self.step = backbone
+        if compile_step:
+            if device.type == "cuda":
+                self.step = torch.compile(backbone, mode="reduce-overhead", fullgraph=True)
+            elif "no CUDA" not in self._reported:
+                self._reported.add("no CUDA")
+                log.warning("static decode: no CUDA device, so no graph capture; the static cache runs eagerly")
+        self.logits = self._run(backbone, batch["input_ids"], batch["position_ids"])
+
+    @staticmethod
+    def _reusable_cache(backbone, rows: int, length: int) -> StaticCache:
+        """The backbone's last static cache when the shape matches, zeroed; else a new one. A captured
+        graph is recorded against its buffers' addresses, so a fresh cache per call would re-record."""
+        key, cache = backbone.__dict__.get("_earl_static_cache", (None, None))
+        if key == (rows, length):
+            cache.reset()
+            return cache
+        cache = StaticCache(config=backbone.config, max_cache_len=length)
+        backbone.__dict__["_earl_static_cache"] = ((rows, length), cache)  # one kept: bounded memory
+        return cache
+
+    def _run(self, fn, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[1]
+        if self.length + n > self.mask.shape[1]:
+            raise EarlError(f"static decode: {self.length + n} tokens exceed the cache of {self.mask.shape[1]}")
+        where = torch.arange(self.length, self.length + n, device=ids.device)
+        out = fn(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+                 cache_position=where, use_cache=True, logits_to_keep=1)
+        self.length += n
+        return out.logits[:, -1].clone()  # a captured graph reuses its output buffer on the next replay
+
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        R, n = ids.shape
+        keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
+        self.mask[:, self.length : self.length + n] = keep[:, None]
+        pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
+        self.next_pos = self.next_pos + n * keep
+        self.logits = self._run(self.step if n == 1 else self.backbone, ids, pos)
+        return self.logits
+
+
 # ---- the sampler ----------------------------------------------------------------------------
 @torch.no_grad()
 def sample_edits(
@@ -131,8 +199,15 @@ def sample_edits(
     cfg: SamplingConfig = SamplingConfig(),
     think: bool = False,
     generator: torch.Generator | None = None,
+    static_cache: bool = False,
+    compile_decode: bool = False,
 ) -> GenerationOutput:
-    """Sample one edit per (instruction, source grid). Repeat inputs for several samples per prompt."""
+    """Sample one edit per (instruction, source grid). Repeat inputs for several samples per prompt.
+
+    `static_cache`: preallocate the KV cache and mask for the whole generation (`_StaticDecoder`);
+    `compile_decode` (implies it): capture the one-token decode forward as a CUDA graph on a GPU.
+    Same tokens as the default growing cache, up to float rounding.
+    """
     if len(instructions) != source_codes.shape[0]:
         raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
     for ins in instructions:
@@ -147,7 +222,11 @@ def sample_edits(
     if cfg.uses_cfg:
         prompts += [layout.prompt(None, src) for src in source_codes.cpu()]
     batch = {k: t.to(device) for k, t in layout.pad_prompts(prompts).items()}
-    dec = _Decoder(backbone, batch)
+    if static_cache or compile_decode:
+        capacity = (cfg.max_think_tokens + 1 if think else 0) + len(layout.header(h, w)) + h * (w + 1)
+        dec = _StaticDecoder(backbone, batch, capacity, compile_step=compile_decode)
+    else:
+        dec = _Decoder(backbone, batch)
     R = batch["input_ids"].shape[0]
 
     pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, logprobs, sampled) chunks (N, n)

@@ -14,7 +14,8 @@ def test_bench_generate_structure_and_well_formed_grids(tmp_path):
         m = row[name]
         assert m["well_formed"], name  # every output parsed as a 4x4 grid by layout.parse_image
         assert m["tokens_per_s"] > 0 and m["ms_per_image"] > 0 and len(m["seconds_all"]) == 1
-    assert row["speedup_cfg"] > 0
+    assert row["speedup_cfg"] > 0 and row["speedup_cfg_static"] > 0
+    assert res["floor"]["ms_per_decode_step"] is None  # no bandwidth floor without a GPU
     assert "| 2 |" in format_table(res)
     json.dumps(res)  # JSON-serialisable as written by --out
 
@@ -23,11 +24,27 @@ def test_transformers_path_does_the_same_job_greedy_codes_match_earl():
     """At temperature 0, transformers' CFG (log-softmax mix + grid mask) picks earl's codes exactly."""
     import torch
 
-    from earl.bench import INSTRUCTIONS, build_bench_editor, parse_grids, run_earl, run_transformers
+    from earl.bench import INSTRUCTIONS, build_bench_model, parse_grids, run_earl, run_transformers
 
-    editor = build_bench_editor("shapes-test", 32)
-    src = torch.randint(0, editor.layout.vocab.codebook_size, (3, 4, 4), generator=torch.Generator().manual_seed(0))
+    backbone, layout, grid = build_bench_model("shapes-test", 32)
+    assert grid == (4, 4)
+    src = torch.randint(0, layout.vocab.codebook_size, (3, 4, 4), generator=torch.Generator().manual_seed(0))
     ins = INSTRUCTIONS[1:4]  # different lengths: the conditional prompts are left-padded
-    ours = run_earl(editor.backbone, editor.layout, ins, src, 3.0, generator=None, temperature=0.0)
-    theirs = run_transformers(editor.backbone, editor.layout, ins, src, 3.0, seed=0, greedy=True)
-    assert torch.equal(parse_grids(editor.layout, ours, 4, 4), parse_grids(editor.layout, theirs, 4, 4))
+    theirs = parse_grids(layout, run_transformers(backbone, layout, ins, src, 3.0, seed=0, greedy=True), 4, 4)
+    for static in (False, True):
+        ours = run_earl(backbone, layout, ins, src, 3.0, generator=None, temperature=0.0, static=static)
+        assert torch.equal(parse_grids(layout, ours, 4, 4), theirs)
+
+
+def test_emu3_8b_shape_is_emu3s():
+    """The GPU benchmark's stand-in for Emu3-8B, built on the meta device (no memory): 8.49B parameters."""
+    import torch
+
+    from earl.bench import build_bench_model
+
+    backbone, layout, grid = build_bench_model("emu3-8b", 256, device="meta", dtype=torch.bfloat16)
+    c = backbone.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads) == (4096, 32, 32, 8)
+    assert c.vocab_size == 184_622 and layout.vocab.codebook_size == 32_768 and grid == (32, 32)
+    assert next(backbone.parameters()).dtype == torch.bfloat16
+    assert abs(sum(p.numel() for p in backbone.parameters()) / 1e9 - 8.49) < 0.01

@@ -89,3 +89,31 @@ def test_bad_sampling_input_is_refused(setup):
         SamplingConfig(top_p=0.0)
     with pytest.raises(EarlError, match="guidance_scale=1"):
         logprobs_of(backbone, layout, INSTRUCTIONS, codes, codes, codes, SamplingConfig(guidance_scale=2.0))
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_static_cache_gives_the_growing_caches_tokens(setup, scale, caplog, monkeypatch):
+    """Preallocated cache and mask (the graph-capture path; without CUDA it runs eagerly and says so once)."""
+    from earl.generate import _StaticDecoder
+
+    monkeypatch.setattr(_StaticDecoder, "_reported", set())
+    backbone, layout, codes = setup
+    for cfg in (SamplingConfig(temperature=0.0, guidance_scale=scale), SamplingConfig(guidance_scale=scale, top_k=50)):
+        base = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(3))
+        with caplog.at_level("WARNING", logger="earl.generate"):
+            static = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(3),
+                                  compile_decode=True)
+        assert torch.equal(static.completions, base.completions)
+        assert torch.allclose(static.logprobs, base.logprobs, atol=1e-4)
+    if backbone.device.type == "cpu":
+        assert caplog.text.count("no graph capture") == 1
+
+
+def test_static_cache_holds_the_thinking_budget(tiny_cot_editor):
+    ed = tiny_cot_editor
+    codes = torch.zeros(2, 4, 4, dtype=torch.long)
+    cfg = SamplingConfig(temperature=0.0, max_think_tokens=12)
+    base = sample_edits(ed.backbone, ed.layout, ["add a red circle", "remove the square"], codes, cfg, think=True)
+    static = sample_edits(ed.backbone, ed.layout, ["add a red circle", "remove the square"], codes, cfg, think=True,
+                          static_cache=True)
+    assert torch.equal(static.completions, base.completions) and static.thinking == base.thinking
