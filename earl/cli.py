@@ -108,13 +108,29 @@ def _named_paths(items: list[str] | None, flag: str, expected: str) -> dict[str,
 
 
 def _cmd_eval_rewardbench(args) -> None:
-    from earl.rrm.bench import format_table, run_rewardbench
+    from earl.rrm.bench import format_table, parse_verifier_spec, run_pair_file_bench, run_rewardbench
+    from earl.verify.base import build_verifier
 
-    res = run_rewardbench(_named_paths(args.rrm, "--rrm", "NAME=DIR (a model written by `earl train rrm-sft`)"),
-                          args.out, samples=args.samples, seed=args.seed, image_tokenizer_dir=args.image_tokenizer,
-                          max_new_tokens=args.max_new_tokens, avg_k=args.avg_k,
-                          scalars=_named_paths(args.scalar, "--scalar",
-                                               "NAME=DIR (a model written by `earl train rm-scalar`)"))
+    rrms = _named_paths(args.rrm, "--rrm", "NAME=DIR (a model written by `earl train rrm-sft`)")
+    scalars = _named_paths(args.scalar, "--scalar", "NAME=DIR (a model written by `earl train rm-scalar`)")
+    specs = _named_paths(args.verifier, "--verifier", "LABEL=NAME[,key=value...] (an earl.verify verifier)")
+    verifiers = {}
+    for label, spec in specs.items():
+        name, options = parse_verifier_spec(spec)
+        verifiers[label] = build_verifier(name, **options)
+    if args.pairs:
+        if args.avg_k > 1:
+            raise EarlError("--avg-k applies to ShapesEdit's held-out pairs, not to --pairs files")
+        verifiers = {**{n: build_verifier("rrm", model_path=d, max_new_tokens=args.max_new_tokens)
+                        for n, d in rrms.items()},
+                     **{n: build_verifier("scalar", model_path=d) for n, d in scalars.items()}, **verifiers}
+        if not verifiers:
+            raise EarlError("--pairs needs at least one scorer: --rrm, --scalar or --verifier")
+        res = run_pair_file_bench(args.pairs, verifiers, args.out)
+    else:
+        res = run_rewardbench(rrms, args.out, samples=args.samples, seed=args.seed,
+                              image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens,
+                              avg_k=args.avg_k, scalars=scalars, verifiers=verifiers)
     print(format_table(res))
 
 
@@ -345,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     er = ev.add_parser("rewardbench", help="pairwise accuracy of reward models on held-out ShapesEdit preferences")
     er.add_argument("--rrm", action="append", help="NAME=DIR of a reasoning reward model (repeatable)")
     er.add_argument("--scalar", action="append", help="NAME=DIR of a scalar Bradley-Terry reward model (repeatable)")
+    er.add_argument("--verifier", action="append",
+                    help="LABEL=NAME[,key=value...]: any earl.verify verifier, e.g. "
+                         "'viescore=viescore,base_url=http://localhost:8000/v1,model=Qwen2.5-VL-72B' (repeatable)")
+    er.add_argument("--pairs", default=None,
+                    help="real preference pairs (jsonl: source, instruction, image_a, image_b, preferred a|b|same; "
+                         "image paths relative to the file) instead of ShapesEdit's held-out pairs")
     er.add_argument("--out", required=True)
     er.add_argument("--samples", type=int, default=200, help="held-out samples (about 4 pairs each)")
     er.add_argument("--seed", type=int, default=987_654)

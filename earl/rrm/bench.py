@@ -1,10 +1,17 @@
-"""The reward-model benchmark on ShapesEdit: `earl eval rewardbench --rrm NAME=DIR ... --out OUT`.
+"""The reward-model benchmark: `earl eval rewardbench --rrm NAME=DIR ... --out OUT`.
 
-Held-out preference pairs (`earl.rrm.pairs`, a seed no training run uses) judged by:
+On ShapesEdit (the default): held-out preference pairs (`earl.rrm.pairs`, a seed no training run
+uses) judged by
 - `oracle`: the exact cold-start score (the ceiling, below 100% only because annotators are noisy);
 - each reasoning reward model given as NAME=DIR (greedy verdicts, the parsed score), and with
   `avg_k` also Avg@k self-consistency (the mean score of k sampled traces);
-- each scalar Bradley–Terry model (`earl.rrm.scalar`, the holistic baseline).
+- each scalar Bradley–Terry model (`earl.rrm.scalar`, the holistic baseline);
+- each verifier given as LABEL=NAME[,option=value...] (`earl.verify`: e.g. a zero-shot VIEScore
+  judge behind an OpenAI-compatible server), fed the decoded images and the scene graphs.
+
+On real pairs (`pair_file`, EditReward-Bench style jsonl, `earl.rrm.pairs.load_pair_file`): every
+scorer is a verifier reading the image files; NAME=DIR models become the `rrm` / `scalar` verifiers.
+
 Writes OUT/rewardbench.json and OUT/rewardbench.md (pairwise accuracy with 95% Wilson intervals,
 per edit category and per kind of the rejected candidate; failures counted, scored as wrong).
 """
@@ -22,11 +29,36 @@ from earl.rrm.pairs import make_pairs, pairwise_accuracy
 
 def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
                    annotator_temperature: float = 1.0):
+    return held_out_samples_and_pairs(image_tokenizer, samples, seed, image_size, per_sample, annotator_temperature)[1]
+
+
+def held_out_samples_and_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
+                               annotator_temperature: float = 1.0):
+    """(ShapesEdit samples drawn with `seed`, annotated preference pairs between their candidates)."""
     from earl.rrm.coldstart import draw_examples
 
     drawn, examples = draw_examples(image_tokenizer, samples, seed, image_size)
-    return make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample,
-                      temperature=annotator_temperature)
+    return drawn, make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample,
+                             temperature=annotator_temperature)
+
+
+def shapes_request(image_tokenizer, drawn, seed: int):
+    """ShapesEdit example -> `EditRequest`: source and candidate decoded by the tokenizer (what every
+    scorer sees), the sample's scene graphs in `meta` (for the oracle and the rrm's principles)."""
+    from earl.verify.base import EditRequest
+    from tokenizer import tensor_to_pil
+
+    @torch.no_grad()
+    def decode(codes):
+        return tensor_to_pil(image_tokenizer.decode(codes[None]))[0]
+
+    def to_request(e: dict):
+        s = drawn[e["sample"]]
+        return EditRequest(decode(e["source_codes"]), e["instruction"], decode(e["codes"]),
+                           meta={"id": f"{seed}-{e['sample']}", "source_scene": s.source_scene,
+                                 "target_scene": s.target_scene})
+
+    return to_request
 
 
 def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float = 1.0, seed: int = 0,
@@ -64,10 +96,70 @@ def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float
     return score
 
 
+def verifier_scorer(verifier, to_request, batch_size: int = 32):
+    """Scores (the verifier's reward; None where it failed) for examples turned into `EditRequest`s."""
+    def score(examples: list[dict]) -> list[float | None]:
+        out = []
+        for s in range(0, len(examples), batch_size):
+            results = verifier.score([to_request(e) for e in examples[s : s + batch_size]])
+            out += [None if r.failed else r.reward for r in results]
+        return out
+
+    return score
+
+
+def image_file_request(example: dict):
+    """An `EditRequest` from a real pair's example (image paths; the source is opened once per pair file)."""
+    from PIL import Image
+
+    from earl.verify.base import EditRequest
+
+    def load(p):
+        with Image.open(p) as im:
+            return im.convert("RGB")
+
+    return EditRequest(load(example["source"]), example["instruction"], load(example["image"]),
+                       meta={"id": str(example["image"])})
+
+
+def parse_verifier_spec(spec: str) -> tuple[str, dict]:
+    """"viescore,base_url=http://host:8000/v1,model=qwen" -> ("viescore", {"base_url": ..., "model": ...});
+    values are read as YAML scalars (numbers and booleans typed)."""
+    import yaml
+
+    from earl.errors import ConfigError
+
+    name, *opts = [p.strip() for p in spec.split(",")]
+    options = {}
+    for o in opts:
+        key, eq, value = o.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"verifier {spec!r}: option {o!r} is not key=value")
+        options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    if not name:
+        raise ConfigError(f"verifier {spec!r}: expected NAME[,key=value...]")
+    return name, options
+
+
+def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | Path, batch_size: int = 32) -> dict:
+    """Pairwise accuracy of verifiers on real preference pairs from a jsonl file."""
+    from earl.rrm.pairs import load_pair_file
+
+    pairs, same = load_pair_file(pair_file)
+    results = {"pairs": len(pairs), "excluded_same": same, "pair_file": str(pair_file), "seed": None, "scorers": {}}
+    for name, v in verifiers.items():
+        results["scorers"][name] = pairwise_accuracy(pairs, verifier_scorer(v, image_file_request, batch_size))
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "rewardbench.json", results)
+    atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
+    return results
+
+
 def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 200, seed: int = 987_654,
                     image_tokenizer_dir: str | None = None, max_new_tokens: int = 200,
-                    scalars: dict[str, str] | None = None, avg_k: int = 0) -> dict:
-    """`models`: reasoning reward models by name; `scalars`: scalar Bradley-Terry models by name."""
+                    scalars: dict[str, str] | None = None, avg_k: int = 0, verifiers: dict | None = None) -> dict:
+    """`models`: reasoning reward models by name; `scalars`: scalar Bradley-Terry models by name;
+    `verifiers`: any `earl.verify` verifiers by label, judging decoded images with the scene graphs."""
     from earl.model import UnifiedEditor
     from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
     from tokenizer.vq import VQTokenizer
@@ -79,7 +171,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
         tok, size = first.image_tokenizer, first.config.image_size
     else:
         tok, size = VQTokenizer.from_pretrained(image_tokenizer_dir or "checkpoints/shapes-editor/image_tokenizer"), 64
-    pairs = held_out_pairs(tok, samples, seed, size)
+    drawn, pairs = held_out_samples_and_pairs(tok, samples, seed, size)
     results = {"pairs": len(pairs), "samples": samples, "seed": seed,
                "scorers": {"oracle": pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])}}
     for name, ed in editors.items():
@@ -88,6 +180,10 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
             results["scorers"][f"{name} Avg@{avg_k}"] = pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k))
     for name, m in scalar_models.items():
         results["scorers"][name] = pairwise_accuracy(pairs, scalar_scorer(m))
+    if verifiers:
+        to_request = shapes_request(tok, drawn, seed)
+        for name, v in verifiers.items():
+            results["scorers"][name] = pairwise_accuracy(pairs, verifier_scorer(v, to_request))
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "rewardbench.json", results)
     atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
@@ -99,11 +195,21 @@ def format_table(results: dict) -> str:
         lo, hi = s["ci"]
         return f"{s['accuracy']:.3f} ({lo:.2f}-{hi:.2f})"
 
-    lines = [f"Pairwise accuracy on {results['pairs']} held-out ShapesEdit preference pairs (seed {results['seed']}; "
-             "a failed judgement counts as wrong)", "", "| scorer | accuracy (95% CI) | failed |", "|---|---:|---:|"]
+    where = (f"held-out ShapesEdit preference pairs (seed {results['seed']}" if results.get("pair_file") is None
+             else f"preference pairs from {results['pair_file']} ({results['excluded_same']} \"same\" excluded")
+    lines = [f"Pairwise accuracy on {results['pairs']} {where}; a failed judgement counts as wrong)", "",
+             "| scorer | accuracy (95% CI) | failed |", "|---|---:|---:|"]
     for name, r in results["scorers"].items():
         lines.append(f"| {name} | {cell(r['overall'])} | {r['failed']} |")
+    cats = sorted({k for r in results["scorers"].values() for k in r["per_category"]})
+    if len(cats) > 1:
+        lines += ["", "| category | " + " | ".join(results["scorers"]) + " |", "|---|" + "---:|" * len(results["scorers"])]
+        for k in cats:
+            lines.append(f"| {k} | " + " | ".join(f"{r['per_category'][k]['accuracy']:.2f}" if k in r["per_category"]
+                                                 else "n/a" for r in results["scorers"].values()) + " |")
     kinds = sorted({k for r in results["scorers"].values() for k in r["per_rejected_kind"]})
+    if not kinds:
+        return "\n".join(lines)
     lines += ["", "| rejected candidate | " + " | ".join(results["scorers"]) + " |",
               "|---|" + "---:|" * len(results["scorers"])]
     for k in kinds:

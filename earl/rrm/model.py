@@ -71,42 +71,68 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
 
 
 class RRMVerifier:
-    """Rewards from a trained reasoning reward model (an editor directory written by `earl train rrm-sft`)."""
+    """Rewards from a reasoning reward model, one of three ways:
+
+    - `model_path`: earl's own unified token model (written by `earl train rrm-sft` / `rrm-gcpo`), in process;
+    - `base_url` (+ `model`): any OpenAI-compatible server: `earl serve judge --model RRM_DIR`, or vLLM
+      serving a Qwen2.5-VL-style model (the real-scale case);
+    - `vlm_path`: a transformers image-text-to-text checkpoint from a local directory, in process.
+
+    Principles: from the ShapesEdit oracle when the request carries scene graphs; otherwise from a
+    multimodal LLM (`principles_base_url` + `principles_model`, or else the verdict backend itself
+    when that is a chat model), cached per (source image, instruction) under `principle_cache`, so
+    every candidate of a prompt is judged against the same 10 points. A request whose principles
+    cannot be had fails (counted), like a reply that does not parse.
+    """
 
     name = "rrm"
 
     def __init__(self, model_path: str | None = None, max_new_tokens: int = 200, batch_size: int = 16,
-                 device: str = "cpu", base_url: str | None = None, concurrency: int = 16, retries: int = 2,
-                 timeout: float = 120.0):
-        """In process (`model_path`) or through `earl serve judge --model RRM_DIR` (`base_url`)."""
+                 device: str = "cpu", base_url: str | None = None, model: str | None = None,
+                 vlm_path: str | None = None, concurrency: int = 16, retries: int = 2, timeout: float = 120.0,
+                 principles_base_url: str | None = None, principles_model: str | None = None,
+                 principle_cache: str | None = "runs/principles"):
         from earl.errors import ConfigError
+        from earl.rrm.principles import PrincipleCache
+        from earl.verify.chat import build_chat_backend
 
-        if (model_path is None) == (base_url is None):
-            raise ConfigError("rrm verifier: give exactly one of model_path (in process) or base_url (a server)")
+        if sum(x is not None for x in (model_path, base_url, vlm_path)) != 1:
+            raise ConfigError("rrm verifier: give exactly one of model_path (earl's model, in process), base_url "
+                              "(a server) or vlm_path (a transformers image-text-to-text model, in process)")
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.editor = self.backend = None
         if model_path is not None:
             from earl.model import UnifiedEditor
 
             self.editor = UnifiedEditor.from_pretrained(model_path, device=device)
+        elif base_url is not None:
+            self.backend = build_chat_backend("openai", base_url=base_url, model=model, timeout=timeout,
+                                              max_connections=concurrency)
         else:
-            from earl.verify.chat import OpenAIChatBackend
-
-            self.backend = OpenAIChatBackend(base_url=base_url, timeout=timeout, max_connections=concurrency)
+            self.backend = build_chat_backend("local", model_path=vlm_path, max_batch=batch_size, device=device)
+        self.principles_backend = self.backend
+        if principles_base_url is not None:
+            self.principles_backend = build_chat_backend("openai", base_url=principles_base_url, model=principles_model,
+                                                         timeout=timeout, max_connections=concurrency)
+        self.principle_cache = PrincipleCache(principle_cache) if principle_cache else None
         self.concurrency, self.retries = concurrency, retries
 
-    def points_for(self, req) -> list[EvalPoint]:
-        import json
-
-        from earl.rrm.principles import shapes_points
-        from earl.shapes.scene import Scene
+    def points_for(self, req) -> list[EvalPoint] | None:
+        """The request's principles; None when the LLM decomposition failed on every try."""
+        from earl.rrm.principles import llm_points, shapes_points
+        from earl.verify.oracle import scene_from_meta
 
         meta = req.meta or {}
-        if not meta.get("source_scene") or not meta.get("target_scene"):
-            raise ValueError("the rrm verifier needs principles: on ShapesEdit the request's scene graphs")
-        seed = int(hashlib.sha256(f"{meta.get('id', '')}|{req.instruction}".encode()).hexdigest()[:8], 16)
-        return shapes_points(Scene.from_dict(json.loads(meta["source_scene"])),
-                             Scene.from_dict(json.loads(meta["target_scene"])), seed=seed)
+        if meta.get("source_scene") and meta.get("target_scene"):
+            seed = int(hashlib.sha256(f"{meta.get('id', '')}|{req.instruction}".encode()).hexdigest()[:8], 16)
+            return shapes_points(scene_from_meta(meta, "source_scene"), scene_from_meta(meta, "target_scene"), seed=seed)
+        if self.principles_backend is None:
+            from earl.errors import ConfigError
+
+            raise ConfigError("rrm verifier: this request has no ShapesEdit scene graphs, so its principles must "
+                              "come from a multimodal LLM: set principles_base_url (and principles_model)")
+        return llm_points(self.principles_backend, req.source, req.instruction, self.principle_cache,
+                          retries=self.retries)
 
     def judge(self, instructions, points, source_images, edited_images) -> list[str]:
         if self.backend is not None:
@@ -145,10 +171,15 @@ class RRMVerifier:
         from earl.verify.base import RewardResult
 
         points = [self.points_for(r) for r in requests]
-        texts = self.judge([r.instruction for r in requests], points, [r.source for r in requests],
-                           [r.edited for r in requests])
+        ok = [i for i, p in enumerate(points) if p is not None]
+        texts = dict(zip(ok, self.judge([requests[i].instruction for i in ok], [points[i] for i in ok],
+                                        [requests[i].source for i in ok], [requests[i].edited for i in ok])))
         out = []
-        for text, pts in zip(texts, points):
+        for i, pts in enumerate(points):
+            if pts is None:
+                out.append(RewardResult.failure("no principles: the decomposition failed on every try"))
+                continue
+            text = texts[i]
             v = parse_trace(text, len(pts))
             if v is None:
                 out.append(RewardResult.failure("unparseable verdicts", raw=text))

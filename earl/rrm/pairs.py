@@ -10,15 +10,21 @@ noisy labels is the ceiling a reward model can reach.
 `pairwise_accuracy` scores both images of every pair with any scorer and reports the fraction
 ranked as the annotator did, overall and per edit category and per kind of failure, with 95%
 Wilson intervals; a pair where the scorer failed on either image counts as wrong and is counted.
+
+`load_pair_file` reads human preference pairs of real edits (EditReward-Bench style, one pair per
+line) into the same `Pair`s, so one accuracy code path serves both.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from earl.errors import DataError
 from earl.stats import wilson_ci
 
 
@@ -81,9 +87,68 @@ def pairwise_accuracy(pairs: list[Pair], score: Callable[[list[dict]], list[floa
             hits.append(s_w > s_l)
     out = {"overall": _summary(hits), "failed": failed,
            "per_category": {}, "per_rejected_kind": {}}
-    for key, name in (("per_category", lambda p: p.category), ("per_rejected_kind", lambda p: p.rejected["kind"])):
+    for key, name in (("per_category", lambda p: p.category), ("per_rejected_kind", lambda p: p.rejected.get("kind"))):
         groups: dict[str, list[bool]] = {}
         for p, h in zip(pairs, hits):
-            groups.setdefault(name(p), []).append(h)
+            if name(p) is not None:  # real pairs have no kind of failure
+                groups.setdefault(name(p), []).append(h)
         out[key] = {g: _summary(h) for g, h in sorted(groups.items())}
     return out
+
+
+PAIR_FIELDS = {"source": "an image path", "instruction": "a non-empty string", "image_a": "an image path",
+               "image_b": "an image path", "preferred": '"a", "b" or "same"'}
+
+
+def load_pair_file(path: str | Path) -> tuple[list[Pair], int]:
+    """Real preference pairs from a jsonl file; returns (pairs, number of "same" pairs excluded).
+
+    One object per line: {"source", "instruction", "image_a", "image_b", "preferred": "a"|"b"|"same"}
+    and optionally "id" and "category". Image paths are relative to the file's folder or absolute.
+    Each image becomes an example dict {"source", "instruction", "image"} (paths, opened by the scorer);
+    examples that are the same file are the same dict, so a scorer judges each image once.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: pair file not found (expected jsonl: one preference pair per line)")
+    examples: dict[tuple[str, str, str], dict] = {}
+
+    def example(src: Path, instruction: str, image: Path) -> dict:
+        key = (str(src), instruction, str(image))
+        return examples.setdefault(key, {"source": src, "instruction": instruction, "image": image})
+
+    pairs, same = [], 0
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object with fields {', '.join(PAIR_FIELDS)}")
+        for field_name, form in PAIR_FIELDS.items():
+            value = row.get(field_name)
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{where}: field {field_name!r} missing or empty (expected {form})")
+        pref = row["preferred"].strip().lower()
+        if pref not in ("a", "b", "same"):
+            raise DataError(f"{where}: field 'preferred' is {row['preferred']!r} (expected \"a\", \"b\" or \"same\")")
+        images = {}
+        for field_name in ("source", "image_a", "image_b"):
+            p = Path(row[field_name])
+            p = p if p.is_absolute() else path.parent / p
+            if not p.is_file():
+                raise DataError(f"{where}: field {field_name!r}: image {p} not found")
+            images[field_name] = p
+        if pref == "same":
+            same += 1
+            continue
+        a = example(images["source"], row["instruction"], images["image_a"])
+        b = example(images["source"], row["instruction"], images["image_b"])
+        w, lo = (a, b) if pref == "a" else (b, a)
+        pairs.append(Pair(n, str(row.get("category") or "all"), w, lo, float("nan")))
+    if not pairs:
+        raise DataError(f"{path}: no pairs with a preference (every line empty or \"same\")")
+    return pairs, same

@@ -21,7 +21,7 @@ from earl.verify.base import EditRequest, RewardResult
 REWARDS = ("overall", "success", "sc")
 
 
-def _scene(meta: dict, key: str) -> Scene:
+def scene_from_meta(meta: dict, key: str) -> Scene:
     """The scene stored under `key`: a `Scene`, its dict, or that dict as a JSON string."""
     if key not in meta:
         raise DataError(f"meta has no {key!r} (the oracle needs source_scene and target_scene)")
@@ -56,7 +56,7 @@ class OracleVerifier:
         if not isinstance(req, EditRequest):
             raise TypeError(f"expected an EditRequest, got {type(req).__name__}")
         try:
-            source, target = _scene(req.meta, "source_scene"), _scene(req.meta, "target_scene")
+            source, target = scene_from_meta(req.meta, "source_scene"), scene_from_meta(req.meta, "target_scene")
             j = judge(source, target, req.edited, req.instruction)
         except DataError as e:
             return RewardResult.failure(f"oracle: {e}")

@@ -17,6 +17,7 @@ from earl.rrm.trace import format_trace, parse_trace
 from earl.shapes.edits import make_sample
 from earl.shapes.oracle import parse_scene
 from earl.shapes.render import render
+from tests.verify.conftest import tiny_vlm_dir  # noqa: F401  (a session fixture: the tiny random VLM)
 
 T = torch.tensor
 
@@ -220,3 +221,132 @@ def test_llm_principles_through_a_judge_server(tmp_path):
     assert parse_points(json.dumps(good[:9])) is None  # 9 points
     assert parse_points(json.dumps([{**g, "category": "instruction"} for g in good])) is None  # 10 instruction
     assert parse_points(json.dumps(good[:9] + [{"question": "", "category": "quality"}])) is None
+
+
+# ---- real preference pairs (EditReward-Bench style files) ------------------------------------
+def _write_pair_file(tmp_path, rows):
+    from PIL import Image
+
+    for name, level in (("src", 10), ("dark", 40), ("mid", 120), ("bright", 220)):
+        Image.new("RGB", (24, 16), (level, level, level)).save(tmp_path / f"{name}.png")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _pair(a, b, preferred, category="color"):
+    return {"source": "src.png", "instruction": "make it brighter", "image_a": f"{a}.png", "image_b": f"{b}.png",
+            "preferred": preferred, "category": category}
+
+
+def test_pair_file_loads_and_reports_what_is_wrong(tmp_path):
+    from earl.errors import DataError
+    from earl.rrm.pairs import load_pair_file
+
+    path = _write_pair_file(tmp_path, [_pair("bright", "dark", "a"), _pair("mid", "bright", "B"),
+                                       _pair("dark", "mid", "same")])
+    pairs, same = load_pair_file(path)
+    assert same == 1 and len(pairs) == 2
+    assert pairs[0].preferred["image"] == tmp_path / "bright.png" and pairs[1].preferred["image"].name == "bright.png"
+    assert pairs[0].preferred is pairs[1].preferred  # the same file is one example: judged once
+    for bad, needle in ((_pair("bright", "dark", "maybe"), "'preferred'"),
+                        ({**_pair("bright", "dark", "a"), "instruction": ""}, "'instruction'"),
+                        (_pair("bright", "missing", "a"), "missing.png not found")):
+        with pytest.raises(DataError, match=needle) as e:
+            load_pair_file(_write_pair_file(tmp_path, [_pair("bright", "dark", "a"), bad]))
+        assert "pairs.jsonl:2" in str(e.value)
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    with pytest.raises(DataError, match="broken.jsonl:1: not valid JSON"):
+        load_pair_file(tmp_path / "broken.jsonl")
+
+
+def test_pair_file_bench_scores_each_image_once(tmp_path):
+    from earl.rrm.bench import run_pair_file_bench
+    from earl.verify.base import RewardResult
+
+    class Brightness:  # a verifier preferring brighter edits, failing on the mid-grey one
+        name = "brightness"
+        seen = []
+
+        def score(self, requests):
+            out = []
+            for r in requests:
+                self.seen.append(r.edited.getpixel((0, 0))[0])
+                level = r.edited.getpixel((0, 0))[0]
+                out.append(RewardResult.failure("grey") if level == 120 else RewardResult(reward=level / 255))
+            return out
+
+    path = _write_pair_file(tmp_path, [_pair("bright", "dark", "a"), _pair("dark", "bright", "a", "tone"),
+                                       _pair("mid", "dark", "a"), _pair("dark", "bright", "b"),
+                                       _pair("dark", "mid", "same")])
+    v = Brightness()
+    res = run_pair_file_bench(path, {"bright": v}, tmp_path / "out")
+    r = res["scorers"]["bright"]
+    assert res["pairs"] == 4 and res["excluded_same"] == 1
+    assert r["overall"]["accuracy"] == 0.5 and r["failed"] == 1  # right, wrong (annotator disagrees), failed, right
+    assert r["per_category"]["tone"]["accuracy"] == 0.0 and r["per_rejected_kind"] == {}
+    assert sorted(v.seen) == [40, 120, 220]  # three distinct images, each judged once
+    assert "| bright |" in (tmp_path / "out/rewardbench.md").read_text()
+
+
+def test_rewardbench_cli_real_pairs_with_a_viescore_judge_and_an_rrm_over_http(tmp_path, capsys):
+    """The zero-shot VIEScore row and a chat-model RRM (principles from the same server) on real pairs."""
+    from earl.cli import main
+    from earl.serve.judge import JudgeServer
+    from earl.verify.local_vlm import Completion
+    from earl.verify.messages import split_images
+
+    points = [{"question": f"Q{i}?", "category": c} for i, c in
+              enumerate(["instruction"] * 4 + ["preservation"] * 3 + ["quality"] * 3)]
+
+    def engine(requests):  # a judge whose scores follow the brightness of the last image it is shown
+        out = []
+        for req in requests:
+            parts, images = split_images(req.messages)
+            text = json.dumps(parts)
+            score = round(10 * images[-1].getpixel((0, 0))[0] / 255)
+            if "yes/no questions" in text:  # the principle decomposition
+                reply = json.dumps(points)
+            elif "Request (JSON)" in text:  # the reward model's verdict contract
+                reply = "\n".join(f"{i + 1}. {'yes' if score > 5 else 'no'} - looks so" for i in range(10))
+                reply += f"\n<score>{score}</score>"
+            else:  # VIEScore
+                reply = json.dumps({"score": [score, score], "reasoning": "scripted"})
+            out.append(Completion(reply, 1, 1, "stop"))
+        return out
+
+    server = JudgeServer(("127.0.0.1", 0), engine, model_name="judge").start()
+    try:
+        path = _write_pair_file(tmp_path, [_pair("bright", "dark", "a"), _pair("dark", "mid", "b"),
+                                           _pair("mid", "bright", "a")])
+        assert main(["eval", "rewardbench", "--pairs", str(path), "--out", str(tmp_path / "rb"),
+                     "--verifier", f"vie=viescore,base_url={server.url},model=judge,retries=0",
+                     "--verifier", f"rrm=rrm,base_url={server.url},principle_cache={tmp_path / 'pc'},retries=0"]) == 0
+    finally:
+        server.close()
+    res = json.loads((tmp_path / "rb/rewardbench.json").read_text())
+    for name in ("vie", "rrm"):
+        r = res["scorers"][name]
+        assert r["failed"] == 0 and r["overall"]["n"] == 3 and r["overall"]["accuracy"] == pytest.approx(2 / 3), name
+    assert len(list((tmp_path / "pc").glob("*.json"))) == 1  # one source + instruction: one set of principles
+    assert "| vie |" in capsys.readouterr().out
+
+
+def test_rrm_verifier_on_a_local_transformers_vlm(tiny_vlm_dir):  # noqa: F811
+    """vlm_path: a transformers image-text-to-text model in process. The tiny random one writes
+    gibberish, so every judgement fails, counted and explained: on a ShapesEdit request (oracle
+    principles) at the verdict, on a real image (principles from the same VLM) at the principles."""
+    from PIL import Image
+
+    from earl.shapes.edits import make_sample
+    from earl.shapes.render import render
+    from earl.verify.base import EditRequest, build_verifier
+
+    v = build_verifier("rrm", vlm_path=str(tiny_vlm_dir), max_new_tokens=8, principle_cache=None, retries=0)
+    s = make_sample(random.Random(0), "simple", image_size=64)
+    shapes = EditRequest(render(s.source_scene), s.instruction, render(s.target_scene),
+                         meta={"source_scene": s.source_scene.to_dict(), "target_scene": s.target_scene.to_dict()})
+    photo = EditRequest(Image.new("RGB", (32, 32), "red"), "make it blue", Image.new("RGB", (32, 32), "blue"))
+    a, b = v.score([shapes, photo])
+    assert a.failed and a.error == "unparseable verdicts" and a.reward is None
+    assert b.failed and b.error.startswith("no principles")
