@@ -34,6 +34,26 @@ def _cmd_data_tokenize(args) -> None:
           f"(reasons in {Path(args.out) / 'manifest.json'}). Train on it with data.train=[tokenized:{args.out}]")
 
 
+def _cmd_data_rrm_traces(args) -> None:
+    from earl.rrm.real_traces import TraceOptions, write_real_traces
+    from earl.verify.chat import build_chat_backend
+
+    def backend(url, model):
+        return build_chat_backend("openai", base_url=url, model=model, timeout=args.timeout,
+                                  max_connections=args.concurrency)
+
+    verifier = backend(args.verifier_base_url, args.verifier_model)
+    principles = (backend(args.principles_base_url, args.principles_model) if args.principles_base_url
+                  else verifier)
+    counts = write_real_traces(args.pairs, args.out, backend(args.writer_base_url, args.writer_model), verifier,
+                               principles, args.principle_cache,
+                               TraceOptions(n=args.n, temperature=args.temperature, retries=args.retries,
+                                            concurrency=args.concurrency))
+    print(f"{args.out}: {counts['written']} traces written, {counts['skipped_done']} already there, "
+          f"{counts['failed']} failed (see {Path(args.out).with_suffix('.failed.jsonl')}; a re-run retries them) "
+          f"of {counts['images']} images")
+
+
 def _cmd_judge_shapes(args) -> None:
     from earl.io import atomic_write_json
     from earl.shapes.judge import format_table, judge_folder
@@ -308,6 +328,24 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--shard-size", type=int, default=1000)
     dt.add_argument("--limit", type=int, default=0, help="stop after N records (0 = all)")
     dt.set_defaults(func=_cmd_data_tokenize)
+
+    drt = data.add_parser("rrm-traces", help="cold-start traces for a reward model on real edits (VLM writer + "
+                                             "stronger VLM verifier, best-agreeing trace kept; resumable)")
+    drt.add_argument("--pairs", required=True, help="pair file (jsonl: source, instruction, image_a, image_b, preferred)")
+    drt.add_argument("--out", required=True, help="jsonl to append to (re-runs skip what is there)")
+    drt.add_argument("--writer-base-url", required=True, help="OpenAI-compatible server of the trace-writing VLM")
+    drt.add_argument("--writer-model", default=None)
+    drt.add_argument("--verifier-base-url", required=True, help="server of the stronger VLM whose verdicts are the labels")
+    drt.add_argument("--verifier-model", default=None)
+    drt.add_argument("--principles-base-url", default=None, help="server for the 10 principles (default: the verifier)")
+    drt.add_argument("--principles-model", default=None)
+    drt.add_argument("--principle-cache", default="runs/principles")
+    drt.add_argument("-n", type=int, default=4, help="candidate traces per image")
+    drt.add_argument("--temperature", type=float, default=1.0)
+    drt.add_argument("--retries", type=int, default=2)
+    drt.add_argument("--concurrency", type=int, default=8)
+    drt.add_argument("--timeout", type=float, default=120.0)
+    drt.set_defaults(func=_cmd_data_rrm_traces)
 
     judge = sub.add_parser("judge", help="judge edited images").add_subparsers(dest="what", required=True)
     j = judge.add_parser("shapes", help="judge a folder of edited PNGs (one per sample id) with the ShapesEdit oracle")

@@ -350,3 +350,53 @@ def test_rrm_verifier_on_a_local_transformers_vlm(tiny_vlm_dir):  # noqa: F811
     a, b = v.score([shapes, photo])
     assert a.failed and a.error == "unparseable verdicts" and a.reward is None
     assert b.failed and b.error.startswith("no principles")
+
+
+def test_real_cold_start_traces_keep_the_best_agreeing_candidate_and_resume(tmp_path, capsys):
+    """Writer VLM samples traces, a stronger verifier's verdicts are the labels, the most agreeing trace
+    is kept; a re-run skips what is written; a cut-off last line is redone."""
+    from earl.cli import main
+    from earl.serve.judge import JudgeServer
+    from earl.verify.local_vlm import Completion
+    from earl.verify.messages import split_images
+
+    points = [{"question": f"Q{i}?", "category": c} for i, c in
+              enumerate(["instruction"] * 4 + ["preservation"] * 3 + ["quality"] * 3)]
+
+    def trace(yes: int, score: float) -> str:
+        return "\n".join(f"{i}. {'yes' if i <= yes else 'no'} - r" for i in range(1, 11)) + f"\n<score>{score}</score>"
+
+    writer_replies = iter([trace(2, 2), "not a trace", trace(7, 7), trace(9, 9)] * 10)
+    calls = {"writer": 0, "verifier": 0}
+
+    def writer(requests):
+        calls["writer"] += len(requests)
+        return [Completion(next(writer_replies), 1, 1, "stop") for _ in requests]
+
+    def verifier(requests):
+        out = []
+        for r in requests:
+            calls["verifier"] += 1
+            text = json.dumps(split_images(r.messages)[0])
+            out.append(Completion(json.dumps(points) if "yes/no questions" in text else trace(6, 6), 1, 1, "stop"))
+        return out
+
+    servers = [JudgeServer(("127.0.0.1", 0), fn, model_name="m").start() for fn in (writer, verifier)]
+    out = tmp_path / "traces.jsonl"
+    args = ["data", "rrm-traces", "--pairs", str(_write_pair_file(tmp_path, [_pair("bright", "dark", "a")])),
+            "--out", str(out), "--writer-base-url", servers[0].url, "--verifier-base-url", servers[1].url,
+            "--principle-cache", str(tmp_path / "pc"), "-n", "4", "--retries", "0", "--concurrency", "1"]
+    try:
+        assert main(args) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 2 and calls["writer"] == 8
+        for row in rows:  # the reference says 6 yes: the 7-yes candidate agrees on 9 of 10 points
+            assert row["trace"] == trace(7, 7) and row["agreement"] == 0.9 and row["candidates"] == 3
+            assert row["messages"][1]["content"] == row["trace"] and "Request (JSON)" in row["messages"][0]["content"][2]["text"]
+        assert main(args) == 0 and calls["writer"] == 8  # all done: nothing asked again
+        out.write_text(out.read_text().splitlines()[0] + "\n" + out.read_text().splitlines()[1][:30])  # a crash
+        assert main(args) == 0 and calls["writer"] == 12 and len(out.read_text().splitlines()) == 2
+    finally:
+        for s in servers:
+            s.close()
+    assert "2 traces written" in capsys.readouterr().out.splitlines()[0]
