@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -127,6 +127,37 @@ class UnifiedEditor(nn.Module):
         config = EditorConfig(cot=cot, image_size=image_size, grid=grid, image_vocab=layout.vocab.to_dict(),
                               text_ids=layout.ids.to_dict())
         return cls(backbone, image_tokenizer, text_tokenizer, layout, config)
+
+    def with_words(self, words) -> UnifiedEditor:
+        """A copy whose word-level text vocabulary also covers `words` (e.g. a reward model's judge
+        texts), keeping everything the backbone learned: rows of known words and of every image code
+        are carried over to their new ids (image ids move up by the number of added words), new
+        words' rows start at the mean of the old text rows. For earl's own tokenizers (`earl.text`)."""
+        import copy
+
+        from earl.layout import build_layout_for_tokenizer
+        from earl.text import build_word_tokenizer
+
+        old_vocab = self.text_tokenizer.get_vocab()
+        text = build_word_tokenizer(list(words), extra_words=[w for w in old_vocab if not w.startswith("<")])
+        new_vocab = text.get_vocab()
+        missing = [w for w in old_vocab if w not in new_vocab]
+        if missing:
+            raise EarlError(f"with_words: the rebuilt vocabulary lost {missing[:5]} (not an earl word tokenizer?)")
+        layout = build_layout_for_tokenizer(text, self.layout.vocab.codebook_size)
+        old_off, new_off, K = self.layout.vocab.image_offset, layout.vocab.image_offset, self.layout.vocab.codebook_size
+        backbone = copy.deepcopy(self.backbone)
+        backbone.resize_token_embeddings(layout.vocab.image_ids[1], mean_resizing=False)
+        old_in, old_out = self.backbone.get_input_embeddings().weight, self.backbone.get_output_embeddings().weight
+        new_src = torch.tensor([new_vocab[w] for w in old_vocab] + list(range(new_off, new_off + K)))
+        old_src = torch.tensor([old_vocab[w] for w in old_vocab] + list(range(old_off, old_off + K)))
+        with torch.no_grad():
+            for new_w, old_w in ((backbone.get_input_embeddings().weight, old_in),
+                                 (backbone.get_output_embeddings().weight, old_out)):
+                new_w[:new_off] = old_w[:old_off].mean(0)  # new words: the average text row
+                new_w[new_src] = old_w[old_src]
+        config = replace(self.config, image_vocab=layout.vocab.to_dict(), text_ids=layout.ids.to_dict())
+        return UnifiedEditor(backbone, self.image_tokenizer, text, layout, config)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,

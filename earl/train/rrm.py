@@ -27,6 +27,10 @@ class RRMModelSection:
     size: str = "shapes-tiny"
     image_tokenizer: str = "checkpoints/shapes-editor/image_tokenizer"
     image_size: int = 64
+    # An editor directory to start from, as Edit-R1 starts its reward model from a pretrained VLM:
+    # its backbone, image tokenizer and image size are used (size / image_tokenizer / image_size are
+    # then ignored), and its vocabulary grows by the judge texts' words (`UnifiedEditor.with_words`).
+    init_from: str | None = None
 
 
 @dataclass
@@ -53,13 +57,12 @@ def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[d
     return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits)[1]
 
 
-def _text_tokenizer(examples: list[dict]):
+def _judge_corpus(examples: list[dict]) -> list[str]:
+    """Every text a judge example contains: what the reward model's word vocabulary must cover."""
     from earl.rrm.model import points_text
-    from earl.text import build_word_tokenizer
 
     corpus = [f"judge : {e['instruction']} points : {points_text(e['points'])}" for e in examples]
-    corpus += [e["trace"] + " <score> </score> 0.5" for e in examples]
-    return build_word_tokenizer(corpus)
+    return corpus + [e["trace"] + " <score> </score> 0.5" for e in examples]
 
 
 def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str, float]:
@@ -89,13 +92,26 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     out = Path(cfg.out_dir)
     accelerator = make_accelerator(cfg.run, out)
     set_seed(cfg.run.seed)
-    if not Path(cfg.model.image_tokenizer).is_dir():
+    start = None
+    if cfg.model.init_from:
+        if not Path(cfg.model.init_from).is_dir():
+            raise ConfigError(f"model.init_from: {cfg.model.init_from} not found (expected an editor directory)")
+        start = UnifiedEditor.from_pretrained(cfg.model.init_from)
+        image_tokenizer, cfg.model.image_size = start.image_tokenizer, start.config.image_size
+    elif not Path(cfg.model.image_tokenizer).is_dir():
         raise ConfigError(f"model.image_tokenizer: {cfg.model.image_tokenizer} not found")
-    image_tokenizer = VQTokenizer.from_pretrained(cfg.model.image_tokenizer)
+    else:
+        image_tokenizer = VQTokenizer.from_pretrained(cfg.model.image_tokenizer)
     train = build_examples(cfg, image_tokenizer, cfg.data.samples, cfg.data.seed)
     held_out = build_examples(cfg, image_tokenizer, cfg.data.eval_samples, cfg.data.seed + 1_000_003)
-    editor = UnifiedEditor.build(cfg.model.size, image_tokenizer, _text_tokenizer(train + held_out),
-                                 cfg.model.image_size, seed=cfg.run.seed)
+    corpus = _judge_corpus(train + held_out)
+    if start is not None:
+        editor = start.with_words(corpus)
+    else:
+        from earl.text import build_word_tokenizer
+
+        editor = UnifiedEditor.build(cfg.model.size, image_tokenizer, build_word_tokenizer(corpus),
+                                     cfg.model.image_size, seed=cfg.run.seed)
     layout = editor.layout
     seqs = [judge_example(layout, e["instruction"], e["points"], e["source_codes"], e["codes"], e["trace"])
             for e in train]

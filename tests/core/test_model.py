@@ -69,3 +69,23 @@ def test_pipeline_bad_input_gives_clear_errors(tiny_editor, tmp_path):
 def test_cot_pipeline_returns_thinking(tiny_cot_editor):
     res = EditPipeline(tiny_cot_editor)(Image.new("RGB", (32, 32)), "make the red circle blue")
     assert isinstance(res.thinking[0], str)
+
+
+def test_with_words_adds_vocabulary_and_keeps_what_the_model_computes(tiny_editor):
+    """A reward model started from an editor: new judge words, the same function on everything old."""
+    import torch
+
+    ed = tiny_editor
+    grown = ed.with_words(["judge : points : 1 . is there a zebra ? <score> 7 </score>"])
+    assert "zebra" in grown.text_tokenizer.get_vocab() and "zebra" not in ed.text_tokenizer.get_vocab()
+    added = len(grown.text_tokenizer) - len(ed.text_tokenizer)
+    assert added > 0 and grown.layout.vocab.image_offset == ed.layout.vocab.image_offset + added
+    src = torch.randint(0, ed.layout.vocab.codebook_size, (4, 4), generator=torch.Generator().manual_seed(0))
+    old_ids = torch.tensor([ed.layout.prompt("make the red circle blue", src) + ed.layout.header(4, 4)])
+    new_ids = torch.tensor([grown.layout.prompt("make the red circle blue", src) + grown.layout.header(4, 4)])
+    assert not torch.equal(old_ids, new_ids)  # image ids moved
+    with torch.no_grad():
+        a, b = ed.backbone(old_ids).logits[0, -1], grown.backbone(new_ids).logits[0, -1]
+    (lo, hi), (nlo, nhi) = ed.layout.vocab.image_ids, grown.layout.vocab.image_ids
+    assert torch.allclose(a[lo:hi], b[nlo:nhi], atol=1e-5)  # the same next-code distribution
+    assert ed.layout.vocab.image_offset == lo  # the original is untouched

@@ -19,14 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_traces_survive_a_word_level_tokenizer(vq_tokenizer):
     """What the model is trained to write comes back through tokenize -> decode -> normalise -> parse."""
-    from earl.train.rrm import _text_tokenizer
+    from earl.text import build_word_tokenizer
+    from earl.train.rrm import _judge_corpus
     from tokenizer import pil_to_tensor, tensor_to_pil
 
     rng = random.Random(0)
     samples = [make_sample(rng, "simple", image_size=32) for _ in range(3)]
     ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
                        lambda c: tensor_to_pil(vq_tokenizer.decode(c)))
-    tok = _text_tokenizer(ex)
+    tok = build_word_tokenizer(_judge_corpus(ex))
     ex[0]["trace"] = ex[0]["trace"].replace(f"<score>{ex[0]['score']:g}</score>", "<score>7.5</score>")
     for e in ex:
         decoded = tok.decode(tok(e["trace"], add_special_tokens=False)["input_ids"])
@@ -86,3 +87,21 @@ def test_rrm_over_http_matches_in_process(tmp_path, tiny_editor):
         server.close()
     assert [r.raw for r in remote] == [r.raw for r in local]
     assert all(r.failed == loc.failed for r, loc in zip(remote, local))
+
+
+def test_rrm_sft_can_start_from_an_editor(tmp_path, tiny_editor):
+    """init_from: the editor's backbone and image tokenizer, its vocabulary grown by the judge words."""
+    from earl.model import UnifiedEditor
+    from earl.train.rrm import RRMRecipe, train_rrm_sft
+
+    tiny_editor.save_pretrained(tmp_path / "editor")
+    over = {"out_dir": tmp_path / "rrm", "model.init_from": tmp_path / "editor", "model.image_tokenizer": "nowhere",
+            "data.samples": 3, "data.eval_samples": 1, "data.max_new_tokens": 8, "run.steps": 2, "run.batch_size": 4,
+            "run.eval_every": 2, "run.save_every": 2, "run.mixed_precision": '"no"'}
+    cfg = load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", [f"{k}={v}" for k, v in over.items()])
+    train_rrm_sft(cfg, progress=False)
+    rrm = UnifiedEditor.from_pretrained(tmp_path / "rrm/model")
+    vocab = rrm.text_tokenizer.get_vocab()
+    assert "judge" in vocab and all(w in vocab for w in tiny_editor.text_tokenizer.get_vocab())
+    assert rrm.config.image_size == tiny_editor.config.image_size == 32
+    assert rrm.backbone.config.hidden_size == tiny_editor.backbone.config.hidden_size
