@@ -77,6 +77,9 @@ class ScalarRecipe:
     size: str = "shapes-tiny"
     image_tokenizer: str = "checkpoints/shapes-editor/image_tokenizer"
     image_size: int = 64
+    # An editor directory to start from (its backbone, image tokenizer and image size; the three
+    # fields above are then ignored), its vocabulary grown by the judge words - as rrm-sft's init_from.
+    init_from: str | None = None
     data: PairData = field(default_factory=lambda: PairData(eval_samples=100))
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=lambda: RunSection(steps=1000, batch_size=16))
@@ -109,16 +112,26 @@ def train_scalar_rm(cfg: ScalarRecipe, resume: bool = False, progress: bool = Tr
     out = Path(cfg.out_dir)
     accelerator = make_accelerator(cfg.run, out)
     torch.manual_seed(cfg.run.seed)
-    if not Path(cfg.image_tokenizer).is_dir():
+    start = None
+    if cfg.init_from:
+        if not Path(cfg.init_from).is_dir():
+            raise ConfigError(f"init_from: {cfg.init_from} not found (expected an editor directory)")
+        start = UnifiedEditor.from_pretrained(cfg.init_from)
+        tok, cfg.image_size = start.image_tokenizer, start.config.image_size
+    elif not Path(cfg.image_tokenizer).is_dir():
         raise ConfigError(f"image_tokenizer: {cfg.image_tokenizer} not found (expected a tokenizer directory, "
                           "e.g. checkpoints/shapes-editor/image_tokenizer)")
-    tok = VQTokenizer.from_pretrained(cfg.image_tokenizer)
+    else:
+        tok = VQTokenizer.from_pretrained(cfg.image_tokenizer)
     pairs = held_out_pairs(tok, cfg.data.samples, cfg.data.seed, cfg.image_size, cfg.data.pairs_per_sample,
                            cfg.data.annotator_temperature)
     evals = held_out_pairs(tok, cfg.data.eval_samples, cfg.data.seed + 7_777_777, cfg.image_size,
                            annotator_temperature=cfg.data.annotator_temperature)
     words = [f"judge : {p.preferred['instruction']}" for p in pairs + evals]
-    editor = UnifiedEditor.build(cfg.size, tok, build_word_tokenizer(words), cfg.image_size, seed=cfg.run.seed)
+    if start is not None:
+        editor = start.with_words(words)
+    else:
+        editor = UnifiedEditor.build(cfg.size, tok, build_word_tokenizer(words), cfg.image_size, seed=cfg.run.seed)
     model = ScalarRewardModel(editor)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)

@@ -108,3 +108,18 @@ def test_scalar_recipe_with_a_missing_tokenizer_names_the_field(tmp_path):
     assert main(["train", "rm-scalar", str(Path(__file__).resolve().parents[2] / "recipes/shapes/rm_scalar.yaml"),
                  f"image_tokenizer={tmp_path / 'nope'}", f"out_dir={tmp_path / 'rm'}"]) == 2
     assert not (tmp_path / "rm" / "model").exists()
+
+
+def test_scalar_model_can_start_from_an_editor(tmp_path, tiny_editor):
+    from earl.config import load_config
+    from earl.rrm.scalar import ScalarRecipe, ScalarRewardModel, train_scalar_rm
+
+    tiny_editor.save_pretrained(tmp_path / "editor")
+    root = Path(__file__).resolve().parents[2]
+    over = {"out_dir": tmp_path / "rm", "init_from": tmp_path / "editor", "image_tokenizer": tmp_path / "nowhere",
+            "data.samples": 3, "data.eval_samples": 1, "run.steps": 2, "run.batch_size": 4, "run.eval_every": 2}
+    train_scalar_rm(load_config(ScalarRecipe, root / "recipes/shapes/rm_scalar_from_editor.yaml",
+                                [f"{k}={v}" for k, v in over.items()]), progress=False)
+    m = ScalarRewardModel.load(tmp_path / "rm/model")
+    assert "judge" in m.editor.text_tokenizer.get_vocab() and m.editor.config.image_size == 32
+    assert m.editor.backbone.config.hidden_size == tiny_editor.backbone.config.hidden_size
