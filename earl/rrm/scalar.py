@@ -90,6 +90,8 @@ def scalar_scorer(model: ScalarRewardModel, batch_size: int = 32):
     def score(examples: list[dict]) -> list[float]:
         layout = model.editor.layout
         seqs = [scalar_prompt(layout, e["instruction"], e["source_codes"], e["codes"]) for e in examples]
+        if not seqs:
+            return []
         return torch.cat([model(seqs[s : s + batch_size]) for s in range(0, len(seqs), batch_size)]).tolist()
 
     return score
