@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The reward-model comparison on ShapesEdit (Edit-R1): cold-start SFT of the reasoning reward model,
 # GCPO on simulated preference pairs, the scalar Bradley-Terry baseline, then pairwise accuracy on
-# held-out pairs (oracle ceiling; RRM-SFT, RRM-GCPO, each also Avg@4; scalar), and the editor study
-# with each reward. Every step resumes or skips what is done when run again.
+# held-out pairs (oracle ceiling; RRM-SFT from scratch and from the editor, RRM-GCPO, scalar; add
+# --avg-k 4 for Avg@4 self-consistency), and the editor study with each reward. Every step resumes or skips what is done when run again.
 set -euo pipefail
 # cold-start SFT from random weights (the model collapses to "yes" on every point at this budget: docs/REWARD_MODELS.md)
 [ -f runs/rrm_sft/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft.yaml --resume
