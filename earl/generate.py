@@ -150,8 +150,9 @@ class _StaticDecoder(_Decoder):
         self.next_pos = batch["position_ids"][:, -1] + 1
         self.step = backbone
         if compile_step:
-            if device.type == "cuda":
-                self.step = torch.compile(backbone, mode="reduce-overhead", fullgraph=True)
+            if device.type == "cuda":  # compiled once per backbone, reused by every later generation
+                self.step = backbone.__dict__.setdefault(
+                    "_earl_compiled_step", torch.compile(backbone, mode="reduce-overhead", fullgraph=True))
             elif "no CUDA" not in self._reported:
                 self._reported.add("no CUDA")
                 log.warning("static decode: no CUDA device, so no graph capture; the static cache runs eagerly")
