@@ -151,8 +151,10 @@ class _StaticDecoder(_Decoder):
         self.step = backbone
         if compile_step:
             if device.type == "cuda":  # compiled once per backbone, reused by every later generation
-                self.step = backbone.__dict__.setdefault(
-                    "_earl_compiled_step", torch.compile(backbone, mode="reduce-overhead", fullgraph=True))
+                if "_earl_compiled_step" not in backbone.__dict__:
+                    backbone.__dict__["_earl_compiled_step"] = torch.compile(backbone, mode="reduce-overhead",
+                                                                             fullgraph=True)
+                self.step = backbone.__dict__["_earl_compiled_step"]
             elif "no CUDA" not in self._reported:
                 self._reported.add("no CUDA")
                 log.warning("static decode: no CUDA device, so no graph capture; the static cache runs eagerly")
