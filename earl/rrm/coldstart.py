@@ -130,9 +130,10 @@ def judge_candidate(points: list[EvalPoint], source: Scene, target: Scene, image
     return passed, reasons, round(min(10.0, max(0.0, score)), 1)
 
 
-def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image) -> tuple[str, list[bool], float]:
+def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image,
+                 reason_first: bool = True) -> tuple[str, list[bool], float]:
     passed, reasons, score = judge_candidate(points, source, target, image)
-    return format_trace(passed, reasons, score), passed, score
+    return format_trace(passed, reasons, score, reason_first=reason_first), passed, score
 
 
 def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
@@ -142,12 +143,13 @@ def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
     return max(range(len(traces)), key=lambda i: sum(a == b for a, b in zip(traces[i], reference)))
 
 
-def make_examples(samples, encode, decode, seed: int = 0) -> list[dict]:
+def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = True) -> list[dict]:
     """One judge example per candidate of each sample: principles, the source's and the candidate's codes,
     the oracle trace written on the candidate *as the tokenizer reconstructs it*, its verdicts and score.
 
     `encode(images) -> (B, h, w) codes`, `decode(codes) -> images` (the image tokenizer);
-    `samples` have source_scene, target_scene and instruction (ShapesEdit `Sample`s).
+    `samples` have source_scene, target_scene and instruction (ShapesEdit `Sample`s). Traces write
+    each point's reason before its verdict unless `reason_first` is False (`earl.rrm.trace`).
     """
     from earl.shapes.render import render
 
@@ -159,14 +161,14 @@ def make_examples(samples, encode, decode, seed: int = 0) -> list[dict]:
         codes = encode([render(s.source_scene)] + [c.image for c in cands])
         seen = decode(codes[1:])
         for cand, c, image in zip(cands, codes[1:], seen):
-            trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image)
+            trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image, reason_first)
             out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
                         "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score})
     return out
 
 
 def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
-                  splits=("simple", "complex")) -> tuple[list, list[dict]]:
+                  splits=("simple", "complex"), reason_first: bool = True) -> tuple[list, list[dict]]:
     """`n` ShapesEdit samples drawn with `seed` (split chosen uniformly per sample) and their judge
     examples through `image_tokenizer`; returns (samples, examples)."""
     import torch
@@ -185,4 +187,4 @@ def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
     def decode(codes):
         return tensor_to_pil(image_tokenizer.decode(codes))
 
-    return samples, make_examples(samples, encode, decode, seed=seed)
+    return samples, make_examples(samples, encode, decode, seed=seed, reason_first=reason_first)

@@ -45,10 +45,12 @@ def judge_example(layout, instruction: str, points: list[EvalPoint], source_code
 
 
 def normalise_decoded(text: str) -> str:
-    """Undo what a word-level tokenizer does to the contract: '< / score >', '7 . 5', one long line."""
+    """Undo what a word-level tokenizer does to the contract: '< / score >', '7 . 5', one long line
+    (a new line starts before a number that a verdict follows, or after a verdict that a number follows)."""
     text = re.sub(r"<\s*(/?)\s*score\s*>", r"<\1score>", text, flags=re.I)
     text = re.sub(r"(<score>\s*\d+)\s*\.\s*(\d+)", r"\1.\2", text)
     text = re.sub(r"\s+(?=\d{1,2}\s*[.)]\s*(?:yes|no)\b)", "\n", text, flags=re.I)
+    text = re.sub(r"\b(yes|no)\s+(?=\d{1,2}\s*[.)])", "\\1\n", text, flags=re.I)  # after a reason-first line
     return re.sub(r"\s*(<score>)", r"\n\1", text)
 
 

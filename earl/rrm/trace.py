@@ -7,10 +7,14 @@
     <score>6.5</score>
 
 Each line: the point's number, `yes` or `no` (an uncertain point is answered `no`), a short reason.
+The reason may also come first, with the verdict closing the line (`2. row 1, column 2 holds nothing
+- no`): that is the order earl's own models are trained to write on ShapesEdit, because a verdict
+written after its reason is conditioned on what the model said it saw (the point of a reasoning
+verifier), while a verdict written first must be decided blind and the reason merely follows it.
 The score is in [0, 10] (decimals allowed); it may deduct more than the share of failed points
 (e.g. changes to things no point mentions, or an output nearly identical to the source, which
 scores 0). `parse_trace` accepts exactly this and small variations (markdown bullets or bold, a
-colon or dash after the verdict, "Yes"/"No"), and returns None for anything it would have to guess:
+colon or dash around the verdict, "Yes"/"No"), and returns None for anything it would have to guess:
 a missing, repeated or out-of-range point number, a missing or out-of-range score. A None is a
 failed judgement: masked out of training and counted, never a zero.
 """
@@ -20,7 +24,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_LINE = re.compile(r"^[\s>*-]*\**\s*(\d{1,2})\s*[.)]\s*\**\s*(yes|no)\b\**\s*[:\-–—,]?\s*(.*)$", re.I | re.M)
+_VERDICT_FIRST = re.compile(r"^[\s>*-]*\**\s*(\d{1,2})\s*[.)]\s*\**\s*(yes|no)\b\**\s*[:\-–—,]?\s*(.*)$", re.I)
+# the reason first, then a separator and the verdict ending the line
+_VERDICT_LAST = re.compile(r"^[\s>*-]*\**\s*(\d{1,2})\s*[.)]\s*(.*?)\s*(?:[:\-–—,=>→]+)\s*\**(yes|no)\**\s*\.?\s*$",
+                           re.I)
 _SCORE = re.compile(r"<score>\s*([-+]?\d+(?:\.\d+)?)\s*</score>", re.I)
 
 
@@ -36,9 +43,26 @@ class Verdicts:
         return 10.0 * sum(self.passed) / len(self.passed)
 
 
-def format_trace(passed: list[bool], reasons: list[str], score: float) -> str:
-    lines = [f"{i}. {'yes' if ok else 'no'} - {reason}" for i, (ok, reason) in enumerate(zip(passed, reasons), 1)]
+def format_trace(passed: list[bool], reasons: list[str], score: float, reason_first: bool = False) -> str:
+    """The contract's text; `reason_first` writes `k. reason - yes` instead of `k. yes - reason`."""
+    if reason_first:
+        lines = [f"{i}. {reason} - {'yes' if ok else 'no'}" for i, (ok, reason) in enumerate(zip(passed, reasons), 1)]
+    else:
+        lines = [f"{i}. {'yes' if ok else 'no'} - {reason}" for i, (ok, reason) in enumerate(zip(passed, reasons), 1)]
     return "\n".join(lines) + f"\n<score>{score:g}</score>"
+
+
+def _verdict_line(line: str) -> tuple[int, bool, str] | None:
+    """(point number, verdict, reason) of one line in either order, or None for any other line.
+    A line ending in a verdict is read reason-first, so a reason that starts with "no" ("no object
+    outside the expected cells - yes") is not mistaken for the verdict."""
+    m = _VERDICT_LAST.match(line)
+    if m and m.group(2).strip("* "):
+        return int(m.group(1)), m.group(3).lower() == "yes", m.group(2).strip().strip("*").strip()
+    m = _VERDICT_FIRST.match(line)
+    if m:
+        return int(m.group(1)), m.group(2).lower() == "yes", m.group(3).strip().strip("*").strip()
+    return None
 
 
 def parse_trace(text: str, n_points: int) -> Verdicts | None:
@@ -46,11 +70,13 @@ def parse_trace(text: str, n_points: int) -> Verdicts | None:
     if not isinstance(text, str):
         return None
     found: dict[int, tuple[bool, str]] = {}
-    for m in _LINE.finditer(text):
-        i = int(m.group(1))
+    for line in text.splitlines():
+        if (got := _verdict_line(line)) is None:
+            continue
+        i, ok, reason = got
         if not 1 <= i <= n_points or i in found:
             return None
-        found[i] = (m.group(2).lower() == "yes", m.group(3).strip().strip("*").strip())
+        found[i] = (ok, reason)
     scores = _SCORE.findall(text)
     if len(found) != n_points or len(scores) != 1:
         return None

@@ -6,7 +6,9 @@ the sample's 10 principles. The model is an earl editor over the same image toke
 the loop SFT uses (`train_lm`) on `judge prompt -> verdict text`.
 
 Evaluation on held-out samples: greedy verdicts are parsed (`parse_trace`); reported are the
-parse-failure rate, per-point accuracy against the oracle, and the mean absolute score error.
+parse-failure rate, per-point accuracy against the oracle, the share of the oracle's failing points
+that the model also fails (a model that answers "yes" everywhere gets the base rate of passing
+points as its accuracy, and 0 here), and the mean absolute score error.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class RRMDataSection:
     seed: int = 0
     eval_samples: int = 40  # held-out samples (another seed) judged greedily at each evaluation
     max_new_tokens: int = 200
+    # write each point's reason before its verdict (`k. reason - yes`), so the verdict is conditioned
+    # on what the model described; false gives the verdict-first order (`k. yes - reason`)
+    reason_first: bool = True
 
 
 @dataclass
@@ -54,7 +59,7 @@ class RRMRecipe:
 def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[dict]:
     from earl.rrm.coldstart import draw_examples
 
-    return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits)[1]
+    return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits, cfg.data.reason_first)[1]
 
 
 def _judge_corpus(examples: list[dict]) -> list[str]:
@@ -77,8 +82,13 @@ def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str,
     parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
     ok = [(v, e) for v, e in zip(parsed, examples) if v is not None]
     points = [a == b for v, e in ok for a, b in zip(v.passed, e["passed"])]
+    # most points pass (~85%), so answering "yes" everywhere already scores high point accuracy;
+    # the share of failing points caught says whether the model reads the image at all
+    failing = [not a for v, e in ok for a, b in zip(v.passed, e["passed"]) if not b]
+    nan = float("nan")
     return {"eval/parse_failed": 1 - len(ok) / max(1, len(examples)),
-            "eval/point_accuracy": sum(points) / len(points) if points else float("nan"),
+            "eval/point_accuracy": sum(points) / len(points) if points else nan,
+            "eval/failing_points_caught": sum(failing) / len(failing) if failing else nan,
             "eval/score_mae": sum(abs(v.score - e["score"]) for v, e in ok) / len(ok) if ok else float("nan")}
 
 

@@ -89,6 +89,17 @@ def test_trace_roundtrip_and_tolerated_variations():
     assert parse_trace(md, 3).passed == [True, False, True]
 
 
+def test_reason_first_lines_parse_and_a_reason_may_start_with_no():
+    text = format_trace([True, False, True], ["no object outside the expected cells", "row 1, column 2 holds nothing",
+                                              "clean shapes"], 4, reason_first=True)
+    assert text.splitlines()[0] == "1. no object outside the expected cells - yes"
+    v = parse_trace(text, 3)
+    assert v.passed == [True, False, True] and v.reasons[0] == "no object outside the expected cells"
+    # a verdict-first line is still read as one; orders may even mix within a reply
+    assert parse_trace("1. no - missing\n2. the circle is red: yes\n3. **yes**\n<score>5</score>", 3).passed == \
+        [False, True, True]
+
+
 @pytest.mark.parametrize("text", [
     "", "1. yes - a\n2. no - b\n<score>5</score>",          # a point missing
     "1. yes\n2. no\n3. yes\n3. no\n<score>5</score>",          # a point repeated

@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 
 from earl.config import load_config
@@ -17,8 +18,10 @@ from earl.shapes.edits import make_sample
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_traces_survive_a_word_level_tokenizer(vq_tokenizer):
-    """What the model is trained to write comes back through tokenize -> decode -> normalise -> parse."""
+@pytest.mark.parametrize("reason_first", [True, False])
+def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first):
+    """What the model is trained to write comes back through tokenize -> decode -> normalise -> parse,
+    in either order of verdict and reason."""
     from earl.text import build_word_tokenizer
     from earl.train.rrm import _judge_corpus
     from tokenizer import pil_to_tensor, tensor_to_pil
@@ -26,7 +29,9 @@ def test_traces_survive_a_word_level_tokenizer(vq_tokenizer):
     rng = random.Random(0)
     samples = [make_sample(rng, "simple", image_size=32) for _ in range(3)]
     ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
-                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)))
+                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), reason_first=reason_first)
+    first_line = ex[0]["trace"].splitlines()[0]
+    assert first_line.endswith((" - yes", " - no")) == reason_first, first_line
     tok = build_word_tokenizer(_judge_corpus(ex))
     ex[0]["trace"] = ex[0]["trace"].replace(f"<score>{ex[0]['score']:g}</score>", "<score>7.5</score>")
     for e in ex:
