@@ -9,6 +9,7 @@ crash mid-save leaves the previous checkpoint intact; `--resume` continues from 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -21,6 +22,8 @@ from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration
 
 from earl.errors import ConfigError
 from earl.io import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +66,27 @@ class RunSection:
             raise ValueError("steps, batch_size and grad_accum must be positive")
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: the CPU instructions without which bf16 matmuls are emulated."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+def effective_precision(requested: str) -> str:
+    """The precision a run really uses: bf16 as asked, except on a CPU without native bf16.
+
+    There autocast emulates bf16, and the backward pass crawls: on a 2-core AVX2 EPYC one step of
+    the shapes editor (batch 32 x 420 tokens) took 110 s under bf16 autocast against 7 s in fp32.
+    A recipe written for a GPU (or a bf16-capable CPU) then trains in fp32, with a warning.
+    """
+    on_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    if requested == "bf16" and on_cpu and not cpu_has_native_bf16():
+        log.warning("run.mixed_precision=bf16: this CPU has no native bf16 (AVX512-BF16/AMX), where autocast "
+                    "is many times slower than fp32; training in fp32 instead")
+        return "no"
+    return requested
+
+
 def make_accelerator(run: RunSection, out_dir: Path) -> Accelerator:
     plugin = None
     if run.deepspeed:
@@ -79,7 +103,7 @@ def make_accelerator(run: RunSection, out_dir: Path) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         gradient_accumulation_steps=run.grad_accum,
-        mixed_precision=run.mixed_precision,
+        mixed_precision=effective_precision(run.mixed_precision),
         deepspeed_plugin=plugin,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),

@@ -133,3 +133,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_editor):
         model(**batch).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(monkeypatch, tmp_path, caplog):
+    """Emulated bf16 autocast is ~15x slower than fp32 on such CPUs: the run says so and trains in fp32."""
+    from earl.train import common
+    from earl.train.common import RunSection, make_accelerator
+
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        acc = make_accelerator(RunSection(mixed_precision="bf16"), tmp_path)
+    assert acc.mixed_precision == "no" and "no native bf16" in caplog.text
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
+    assert make_accelerator(RunSection(mixed_precision="bf16"), tmp_path).mixed_precision == "bf16"
+    assert common.effective_precision("no") == "no"
