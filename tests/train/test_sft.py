@@ -108,7 +108,10 @@ def test_deepspeed_zero2_under_torchrun(tmp_path, tok_dir):
     assert (run / "model" / "editor.json").is_file()
 
 
-def test_bf16_mixed_precision_trains(tmp_path, tok_dir):
+def test_bf16_mixed_precision_trains(tmp_path, tok_dir, monkeypatch):
+    from earl.train import common
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)  # the bf16 path even where it is emulated
     cfg = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml",
                       tiny_overrides(tmp_path, tok_dir, **{"run.mixed_precision": "bf16", "run.steps": 3, "run.eval_every": 3}))
     final = train_sft(cfg, progress=False)
