@@ -98,6 +98,7 @@ class Example:
     input_ids: list[int]
     loss_mask: list[bool]  # True where the token is predicted (the completion)
     prompt_len: int
+    loss_weights: list[float] | None = None  # per-token weights of the loss (None: all 1)
 
 
 class EditLayout:
@@ -149,7 +150,8 @@ class EditLayout:
         return Example(input_ids=p + c, loss_mask=[False] * len(p) + [True] * len(c), prompt_len=len(p))
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        """Left-pad a batch. Returns input_ids, attention_mask, position_ids and labels (shifted by the model)."""
+        """Left-pad a batch. Returns input_ids, attention_mask, position_ids and labels (shifted by the model),
+        and loss_weights when an example carries them (`earl.train.common.lm_loss`)."""
         n = max(len(e.input_ids) for e in examples)
         B = len(examples)
         input_ids = torch.full((B, n), self.ids.pad, dtype=torch.long)
@@ -161,12 +163,19 @@ class EditLayout:
             input_ids[i, n - L :] = ids
             attention_mask[i, n - L :] = 1
             labels[i, n - L :] = torch.where(torch.tensor(e.loss_mask), ids, IGNORE_INDEX)
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "position_ids": positions_from_mask(attention_mask),
             "labels": labels,
         }
+        if any(e.loss_weights is not None for e in examples):
+            weights = torch.zeros((B, n))
+            for i, e in enumerate(examples):
+                L = len(e.input_ids)
+                weights[i, n - L :] = torch.tensor(e.loss_weights) if e.loss_weights is not None else 1.0
+            batch["loss_weights"] = weights
+        return batch
 
     def pad_prompts(self, prompts: list[list[int]]) -> dict[str, torch.Tensor]:
         """Left-pad prompts for generation (input_ids, attention_mask, position_ids)."""

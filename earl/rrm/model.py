@@ -38,10 +38,29 @@ def judge_prompt(layout, instruction: str, points: list[EvalPoint], source_codes
 
 
 def judge_example(layout, instruction: str, points: list[EvalPoint], source_codes, edited_codes,
-                  trace: str) -> Example:
+                  trace: str, passed: list[bool] | None = None, failing_point_weight: float = 1.0) -> Example:
+    """One training sequence: the judge prompt, then the trace (loss on the trace only).
+
+    With `passed` and `failing_point_weight` != 1, the tokens of each failing point's line (its
+    reason and verdict) weigh `failing_point_weight` in the loss: most points pass, so without it a
+    model can answer "yes" everywhere, copying what the question asks for as the reason, and still
+    fit most of the trace."""
     prompt = judge_prompt(layout, instruction, points, source_codes, edited_codes)
-    completion = [*layout.encode_text(trace), layout.ids.eos]
-    return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt))
+    if passed is None or failing_point_weight == 1.0:
+        completion = [*layout.encode_text(trace), layout.ids.eos]
+        return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt))
+    lines = trace.split("\n")
+    if len(lines) != len(passed) + 1:
+        raise ValueError(f"judge_example: the trace has {len(lines)} lines, expected {len(passed)} points + the score")
+    completion, weights = [], []
+    for line, ok in zip(lines, [*passed, True]):
+        ids = layout.encode_text(line)
+        completion += ids
+        weights += [1.0 if ok else failing_point_weight] * len(ids)
+    completion.append(layout.ids.eos)
+    weights.append(1.0)
+    return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt),
+                   [0.0] * len(prompt) + weights)
 
 
 def normalise_decoded(text: str) -> str:

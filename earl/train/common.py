@@ -250,6 +250,20 @@ def _forever(loader, start_epoch: int = 0):
         epoch += 1
 
 
+def lm_loss(model, batch: dict) -> torch.Tensor:
+    """Next-token cross-entropy over the labelled positions; with `loss_weights` in the batch, each
+    position's term is weighted and the sum divided by the labelled positions' total weight."""
+    if "loss_weights" not in batch:
+        return model(**batch).loss
+    batch = dict(batch)
+    weights, labels = batch.pop("loss_weights")[:, 1:], batch.pop("labels")[:, 1:]
+    logits = model(**batch).logits[:, :-1].float()
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=-100, reduction="none").view_as(labels)
+    weights = weights * (labels != -100)
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
 def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: bool, progress: bool,
              evaluate=None) -> dict:
     """The teacher-forced training loop that SFT and the reward model's SFT share.
@@ -283,7 +297,7 @@ def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: b
         for _ in range(cfg.run.grad_accum):
             batch = next(batches)
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = lm_loss(model, batch)
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients and cfg.optim.grad_clip > 0:

@@ -110,3 +110,37 @@ def test_rrm_sft_can_start_from_an_editor(tmp_path, tiny_editor):
     assert "judge" in vocab and all(w in vocab for w in tiny_editor.text_tokenizer.get_vocab())
     assert rrm.config.image_size == tiny_editor.config.image_size == 32
     assert rrm.backbone.config.hidden_size == tiny_editor.backbone.config.hidden_size
+
+
+def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_tokenizer):
+    """judge_example's weighted form has the same tokens, with the failing points' lines weighted;
+    lm_loss with unit weights is the model's own loss, and weights move it toward the weighted tokens."""
+    from earl.model import UnifiedEditor
+    from earl.rrm.model import judge_example
+    from earl.text import build_word_tokenizer
+    from earl.train.common import lm_loss
+    from earl.train.rrm import _judge_corpus
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    samples = [make_sample(random.Random(3), "simple", image_size=32)]
+    ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
+                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)))
+    e = next(x for x in ex if not all(x["passed"]))
+    ed = UnifiedEditor.build("shapes-test", vq_tokenizer, build_word_tokenizer(_judge_corpus(ex)), 32, seed=0)
+    args = (ed.layout, e["instruction"], e["points"], e["source_codes"], e["codes"], e["trace"])
+    plain, weighted = judge_example(*args), judge_example(*args, passed=e["passed"], failing_point_weight=5.0)
+    assert weighted.input_ids == plain.input_ids and weighted.loss_mask == plain.loss_mask
+    w = torch.tensor(weighted.loss_weights)
+    assert (w[: weighted.prompt_len] == 0).all() and set(w[weighted.prompt_len:].tolist()) == {1.0, 5.0}
+    # the weighted tokens are exactly the failing lines' words
+    ids = torch.tensor(weighted.input_ids)[w == 5.0].tolist()
+    failing = [ln for ln, ok in zip(e["trace"].split("\n"), e["passed"]) if not ok]
+    assert ids == [i for ln in failing for i in ed.layout.encode_text(ln)]
+
+    ed.backbone.eval()
+    unit = ed.layout.collate([plain, plain])
+    unit["loss_weights"] = (unit["labels"] != -100).float()
+    assert torch.allclose(lm_loss(ed.backbone, unit), ed.backbone(**ed.layout.collate([plain, plain])).loss, atol=1e-5)
+    batch = ed.layout.collate([weighted, plain])
+    assert "loss_weights" in batch and batch["loss_weights"][1].max() == 1.0
+    assert not torch.allclose(lm_loss(ed.backbone, batch), lm_loss(ed.backbone, unit))
