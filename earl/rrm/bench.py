@@ -74,6 +74,7 @@ def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float
                                       [e["source_codes"] for e in examples], [e["codes"] for e in examples],
                                       max_new_tokens=max_new_tokens)
             parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
+            score.points = point_breakdown(parsed, examples)
             return [None if v is None else v.score for v in parsed]
         from earl.train.gcpo import sample_traces
 
@@ -94,6 +95,49 @@ def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float
         return out
 
     return score
+
+
+def _same_words(a: str, b: str) -> bool:
+    """Reasons compared as words: a word-level tokenizer spaces out punctuation ('4 object ( s )')."""
+    import re
+
+    def words(t):
+        return re.findall(r"\w+", t.lower())
+
+    return words(a) == words(b)
+
+
+def point_breakdown(parsed, examples: list[dict]) -> dict:
+    """Per principle type, how a reward model's verdicts meet the oracle's: accuracy on the points the
+    oracle passes, the share of the points it fails that the model fails too, and on those failing
+    points how often the model's reason says what the oracle's does (what is really in the image).
+    A model that answers "yes" everywhere, copying the question into its reasons, scores 1 / 0 / ~0.
+    `parsed` are `Verdicts` (None for a failed parse), `examples` carry the oracle's passed and trace."""
+    from earl.rrm.trace import parse_trace
+
+    acc: dict[str, dict[str, int]] = {}
+    for v, e in zip(parsed, examples):
+        if v is None:
+            continue
+        oracle = parse_trace(e["trace"], len(e["points"]))
+        for i, (p, truth) in enumerate(zip(e["points"], e["passed"])):
+            c = acc.setdefault(p.category, {"passing": 0, "passing_right": 0, "failing": 0, "failing_caught": 0,
+                                            "failing_reason_right": 0})
+            if truth:
+                c["passing"] += 1
+                c["passing_right"] += v.passed[i]
+            else:
+                c["failing"] += 1
+                c["failing_caught"] += not v.passed[i]
+                c["failing_reason_right"] += oracle is not None and _same_words(v.reasons[i], oracle.reasons[i])
+
+    def share(a, b):
+        return a / b if b else None
+
+    return {cat: {"passing_points": c["passing"], "passing_accuracy": share(c["passing_right"], c["passing"]),
+                  "failing_points": c["failing"], "failing_caught": share(c["failing_caught"], c["failing"]),
+                  "failing_reason_right": share(c["failing_reason_right"], c["failing"])}
+            for cat, c in sorted(acc.items())}
 
 
 def verifier_scorer(verifier, to_request, batch_size: int = 32):
@@ -175,7 +219,9 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     results = {"pairs": len(pairs), "samples": samples, "seed": seed,
                "scorers": {"oracle": pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])}}
     for name, ed in editors.items():
-        results["scorers"][name] = pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens))
+        scorer = rrm_scorer(ed, max_new_tokens)
+        results["scorers"][name] = pairwise_accuracy(pairs, scorer)
+        results["scorers"][name]["points"] = getattr(scorer, "points", None)
         if avg_k > 1:
             results["scorers"][f"{name} Avg@{avg_k}"] = pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k))
     for name, m in scalar_models.items():
@@ -207,6 +253,19 @@ def format_table(results: dict) -> str:
         for k in cats:
             lines.append(f"| {k} | " + " | ".join(f"{r['per_category'][k]['accuracy']:.2f}" if k in r["per_category"]
                                                  else "n/a" for r in results["scorers"].values()) + " |")
+    with_points = {name: r["points"] for name, r in results["scorers"].items() if r.get("points")}
+    if with_points:
+        def pct(x):
+            return "n/a" if x is None else f"{x:.2f}"
+
+        lines += ["", "Verdicts per principle type (greedy): accuracy on the points the oracle passes; of those it "
+                  "fails, the share failed too, and the share whose reason matches the oracle's", "",
+                  "| model | principle type | passing points | accuracy | failing points | caught | reason right |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for name, cats in with_points.items():
+            for cat, c in cats.items():
+                lines.append(f"| {name} | {cat} | {c['passing_points']} | {pct(c['passing_accuracy'])} | "
+                             f"{c['failing_points']} | {pct(c['failing_caught'])} | {pct(c['failing_reason_right'])} |")
     kinds = sorted({k for r in results["scorers"].values() for k in r["per_rejected_kind"]})
     if not kinds:
         return "\n".join(lines)

@@ -199,6 +199,28 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
     assert untrained["failed"] == res["pairs"] and untrained["overall"]["accuracy"] == 0.0  # gibberish: all failed
     assert res["scorers"]["untrained Avg@2"]["failed"] == res["pairs"]
     assert "| oracle |" in capsys.readouterr().out
+    assert untrained["points"] == {}  # no verdict parsed, so none to break down
+
+
+def test_point_breakdown_by_hand():
+    """A yes-to-everything model that copies the question: passing points all right, failing ones all missed."""
+    from earl.rrm.bench import point_breakdown
+    from earl.rrm.principles import EvalPoint
+    from earl.rrm.trace import Verdicts
+
+    points = [EvalPoint("Is the circle red?", "instruction"), EvalPoint("Is the square kept?", "preservation"),
+              EvalPoint("Is the background blue?", "instruction")]
+    oracle = format_trace([True, True, False], ["the circle is red", "the square is kept", "the background is white"],
+                          6.7, reason_first=True)
+    ex = {"points": points, "passed": [True, True, False], "trace": oracle}
+    yes_man = Verdicts([True, True, True], ["the circle is red", "the square is kept", "the background is blue"], 10)
+    reader = Verdicts([True, False, False], ["the circle is red", "the square is gone", "The background is white."], 5)
+    got = point_breakdown([yes_man, reader, None], [ex, ex, ex])
+    assert got["preservation"] == {"passing_points": 2, "passing_accuracy": 0.5, "failing_points": 0,
+                                   "failing_caught": None, "failing_reason_right": None}
+    assert got["instruction"]["passing_points"] == 2 and got["instruction"]["passing_accuracy"] == 1.0
+    assert got["instruction"]["failing_points"] == 2
+    assert got["instruction"]["failing_caught"] == 0.5 and got["instruction"]["failing_reason_right"] == 0.5
 
 
 def test_llm_principles_through_a_judge_server(tmp_path):
