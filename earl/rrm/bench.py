@@ -13,7 +13,7 @@ On real pairs (`pair_file`, EditReward-Bench style jsonl, `earl.rrm.pairs.load_p
 scorer is a verifier reading the image files; NAME=DIR models become the `rrm` / `scalar` verifiers.
 
 Writes OUT/rewardbench.json and OUT/rewardbench.md (pairwise accuracy with 95% Wilson intervals,
-per edit category and per kind of the rejected candidate; failures counted, scored as wrong).
+per edit category and per kind of the rejected candidate; failures and ties counted, scored as wrong).
 """
 
 from __future__ import annotations
@@ -244,9 +244,9 @@ def format_table(results: dict) -> str:
     where = (f"held-out ShapesEdit preference pairs (seed {results['seed']}" if results.get("pair_file") is None
              else f"preference pairs from {results['pair_file']} ({results['excluded_same']} \"same\" excluded")
     lines = [f"Pairwise accuracy on {results['pairs']} {where}; a failed judgement counts as wrong)", "",
-             "| scorer | accuracy (95% CI) | failed |", "|---|---:|---:|"]
+             "| scorer | accuracy (95% CI) | failed | ties |", "|---|---:|---:|---:|"]
     for name, r in results["scorers"].items():
-        lines.append(f"| {name} | {cell(r['overall'])} | {r['failed']} |")
+        lines.append(f"| {name} | {cell(r['overall'])} | {r['failed']} | {r.get('ties', 'n/a')} |")
     cats = sorted({k for r in results["scorers"].values() for k in r["per_category"]})
     if len(cats) > 1:
         lines += ["", "| category | " + " | ".join(results["scorers"]) + " |", "|---|" + "---:|" * len(results["scorers"])]

@@ -77,15 +77,16 @@ def pairwise_accuracy(pairs: list[Pair], score: Callable[[list[dict]], list[floa
     unique = list({id(e): e for e in flat}.values())  # a candidate sits in several pairs: judge it once
     by_id = dict(zip((id(e) for e in unique), score(unique)))
     scores = [by_id[id(e)] for e in flat]
-    hits, failed = [], 0
+    hits, failed, ties = [], 0, 0
     for i, _ in enumerate(pairs):
         s_w, s_l = scores[2 * i], scores[2 * i + 1]
         if s_w is None or s_l is None:
             failed += 1
             hits.append(False)
         else:
+            ties += s_w == s_l  # counted wrong too: a scorer that cannot tell the two apart did not rank them
             hits.append(s_w > s_l)
-    out = {"overall": _summary(hits), "failed": failed,
+    out = {"overall": _summary(hits), "failed": failed, "ties": ties,
            "per_category": {}, "per_rejected_kind": {}}
     for key, name in (("per_category", lambda p: p.category), ("per_rejected_kind", lambda p: p.rejected.get("kind"))):
         groups: dict[str, list[bool]] = {}

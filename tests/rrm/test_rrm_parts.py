@@ -126,7 +126,7 @@ def test_pairwise_accuracy_by_hand():
     table = {id(pairs[0].preferred): 3.0, id(pairs[0].rejected): 1.0, id(pairs[1].preferred): 5.0,
              id(pairs[1].rejected): 5.0, id(pairs[2].preferred): None, id(pairs[2].rejected): 2.0}
     res = pairwise_accuracy(pairs, lambda exs: [table[id(e)] for e in exs])
-    assert res["overall"]["accuracy"] == pytest.approx(1 / 3) and res["failed"] == 1
+    assert res["overall"]["accuracy"] == pytest.approx(1 / 3) and res["failed"] == 1 and res["ties"] == 1
     assert res["per_category"]["add"]["accuracy"] == 0.5 and res["per_category"]["move"]["n"] == 1
     assert res["per_rejected_kind"]["drop"]["accuracy"] == 1.0
 
