@@ -243,7 +243,7 @@ def format_table(results: dict) -> str:
 
     where = (f"held-out ShapesEdit preference pairs (seed {results['seed']}" if results.get("pair_file") is None
              else f"preference pairs from {results['pair_file']} ({results['excluded_same']} \"same\" excluded")
-    lines = [f"Pairwise accuracy on {results['pairs']} {where}; a failed judgement counts as wrong)", "",
+    lines = [f"Pairwise accuracy on {results['pairs']} {where}; a failed judgement or a tie counts as wrong)", "",
              "| scorer | accuracy (95% CI) | failed | ties |", "|---|---:|---:|---:|"]
     for name, r in results["scorers"].items():
         lines.append(f"| {name} | {cell(r['overall'])} | {r['failed']} | {r.get('ties', 'n/a')} |")
