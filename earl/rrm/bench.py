@@ -64,7 +64,8 @@ def shapes_request(image_tokenizer, drawn, seed: int):
 def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float = 1.0, seed: int = 0,
                batch_size: int = 32):
     """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
-    of k sampled traces (those that parse; None only when none of the k parses)."""
+    of k sampled traces (those that parse; None only when none of the k parses). A greedy call also
+    leaves its verdicts' `point_breakdown` on the returned function, as `.points`."""
     from earl.rrm.model import generate_verdicts, judge_prompt, normalise_decoded
     from earl.rrm.trace import parse_trace
 

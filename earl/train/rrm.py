@@ -49,6 +49,11 @@ class RRMDataSection:
     # points that fail against those that pass. 1 weighs every token alike.
     failing_point_weight: float = 1.0
 
+    def __post_init__(self):
+        if not self.failing_point_weight > 0:
+            raise ValueError(f"data.failing_point_weight must be > 0 (1 weighs every token alike), "
+                             f"got {self.failing_point_weight}")
+
 
 @dataclass
 class RRMRecipe:
@@ -92,7 +97,7 @@ def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str,
     return {"eval/parse_failed": 1 - len(ok) / max(1, len(examples)),
             "eval/point_accuracy": sum(points) / len(points) if points else nan,
             "eval/failing_points_caught": sum(failing) / len(failing) if failing else nan,
-            "eval/score_mae": sum(abs(v.score - e["score"]) for v, e in ok) / len(ok) if ok else float("nan")}
+            "eval/score_mae": sum(abs(v.score - e["score"]) for v, e in ok) / len(ok) if ok else nan}
 
 
 def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -> dict:

@@ -144,3 +144,11 @@ def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_toke
     batch = ed.layout.collate([weighted, plain])
     assert "loss_weights" in batch and batch["loss_weights"][1].max() == 1.0
     assert not torch.allclose(lm_loss(ed.backbone, batch), lm_loss(ed.backbone, unit))
+
+
+def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
+    from earl.errors import ConfigError
+    from earl.train.rrm import RRMRecipe
+
+    with pytest.raises(ConfigError, match="failing_point_weight"):
+        load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.failing_point_weight=0"])
