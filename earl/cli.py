@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--samples", type=int, default=200, help="held-out samples (about 4 pairs each)")
     er.add_argument("--seed", type=int, default=987_654)
     er.add_argument("--image-tokenizer", default=None, help="with no --rrm: the tokenizer the oracle's images go through")
-    er.add_argument("--max-new-tokens", type=int, default=200)
+    er.add_argument("--max-new-tokens", type=int, default=320)
     er.add_argument("--avg-k", type=int, default=0, help="also score each --rrm by Avg@k self-consistency (k > 1)")
     er.set_defaults(func=_cmd_eval_rewardbench)
 

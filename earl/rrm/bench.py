@@ -61,7 +61,7 @@ def shapes_request(image_tokenizer, drawn, seed: int):
     return to_request
 
 
-def rrm_scorer(editor, max_new_tokens: int = 200, k: int = 1, temperature: float = 1.0, seed: int = 0,
+def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float = 1.0, seed: int = 0,
                batch_size: int = 32):
     """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
     of k sampled traces (those that parse; None only when none of the k parses). A greedy call also
@@ -201,7 +201,7 @@ def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | P
 
 
 def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 200, seed: int = 987_654,
-                    image_tokenizer_dir: str | None = None, max_new_tokens: int = 200,
+                    image_tokenizer_dir: str | None = None, max_new_tokens: int = 320,
                     scalars: dict[str, str] | None = None, avg_k: int = 0, verifiers: dict | None = None) -> dict:
     """`models`: reasoning reward models by name; `scalars`: scalar Bradley-Terry models by name;
     `verifiers`: any `earl.verify` verifiers by label, judging decoded images with the scene graphs."""

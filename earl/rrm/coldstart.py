@@ -13,6 +13,13 @@ Candidates per sample cover every kind of failure a point can catch:
 Each candidate goes through the image tokenizer (encode, decode) before it is judged, so the
 verdicts describe exactly the image the reward model will see.
 
+With `scan`, each trace first describes the edited image as the oracle parses it, the background
+and then every cell in reading order (`scene_scan`): `seen : background white ; r1c1 nothing ; r1c2 small
+pink triangle ; ...`. A small causal model can write that position by position (each cell's two-by-two
+block of codes comes next in a fixed order), and each point's reason then copies from text it wrote
+instead of locating a cell from the question's words, which the models without it never learned
+(docs/REWARD_MODELS.md).
+
 Score rule (the trace's final number): 10 x the share of passed points, minus 2 for every change
 to an object or cell that no point asks about (a hallucinated edit), 0 for an output that
 matches the source, clipped to [0, 10].
@@ -32,6 +39,28 @@ from earl.shapes.edits import cell_name
 from earl.shapes.scene import BACKGROUNDS, PALETTE, Scene
 
 UNMENTIONED_PENALTY = 2.0
+SCAN_PREFIX = "seen :"
+
+
+def scene_scan(scene: Scene) -> str:
+    """One line describing a (parsed) scene: the background, then every cell in reading order."""
+    cells = [f"r{r + 1}c{c + 1} {o.describe() if (o := scene.object_at(r, c)) else 'nothing'}"
+             for r in range(scene.grid) for c in range(scene.grid)]
+    return f"{SCAN_PREFIX} background {scene.background} ; " + " ; ".join(cells)
+
+
+def read_scan(text: str) -> dict[str, str] | None:
+    """The entries of the scan line in a (decoded) trace, {"background": "white", "r1c1": "nothing", ...},
+    or None when the text has no scan line. Entries are lower-cased, spaces normalised."""
+    line = next((ln for ln in text.splitlines() if ln.strip().lower().startswith(SCAN_PREFIX)), None)
+    if line is None:
+        return None
+    out = {}
+    for part in line.strip()[len(SCAN_PREFIX):].split(";"):
+        words = part.lower().split()
+        if words:
+            out.setdefault(words[0], " ".join(words[1:]))
+    return out
 
 
 @dataclass
@@ -131,9 +160,13 @@ def judge_candidate(points: list[EvalPoint], source: Scene, target: Scene, image
 
 
 def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image,
-                 reason_first: bool = True) -> tuple[str, list[bool], float]:
+                 reason_first: bool = True, scan: bool = False) -> tuple[str, list[bool], float]:
+    """The oracle's trace on a candidate image, its verdicts and score; `scan` opens it with `scene_scan`."""
+    from earl.shapes.oracle import parse_scene
+
     passed, reasons, score = judge_candidate(points, source, target, image)
-    return format_trace(passed, reasons, score, reason_first=reason_first), passed, score
+    preface = scene_scan(parse_scene(image, image_size=target.image_size, grid=target.grid).scene) if scan else None
+    return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface), passed, score
 
 
 def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
@@ -143,13 +176,14 @@ def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
     return max(range(len(traces)), key=lambda i: sum(a == b for a, b in zip(traces[i], reference)))
 
 
-def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = True) -> list[dict]:
+def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = True, scan: bool = False) -> list[dict]:
     """One judge example per candidate of each sample: principles, the source's and the candidate's codes,
     the oracle trace written on the candidate *as the tokenizer reconstructs it*, its verdicts and score.
 
     `encode(images) -> (B, h, w) codes`, `decode(codes) -> images` (the image tokenizer);
     `samples` have source_scene, target_scene and instruction (ShapesEdit `Sample`s). Traces write
-    each point's reason before its verdict unless `reason_first` is False (`earl.rrm.trace`).
+    each point's reason before its verdict unless `reason_first` is False (`earl.rrm.trace`), and
+    open with the oracle's cell-by-cell description of the candidate when `scan` is True.
     """
     from earl.shapes.render import render
 
@@ -161,14 +195,16 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
         codes = encode([render(s.source_scene)] + [c.image for c in cands])
         seen = decode(codes[1:])
         for cand, c, image in zip(cands, codes[1:], seen):
-            trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image, reason_first)
+            trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image, reason_first,
+                                                 scan)
             out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
                         "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score})
     return out
 
 
 def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
-                  splits=("simple", "complex"), reason_first: bool = True) -> tuple[list, list[dict]]:
+                  splits=("simple", "complex"), reason_first: bool = True,
+                  scan: bool = False) -> tuple[list, list[dict]]:
     """`n` ShapesEdit samples drawn with `seed` (split chosen uniformly per sample) and their judge
     examples through `image_tokenizer`; returns (samples, examples)."""
     import torch
@@ -187,4 +223,4 @@ def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
     def decode(codes):
         return tensor_to_pil(image_tokenizer.decode(codes))
 
-    return samples, make_examples(samples, encode, decode, seed=seed, reason_first=reason_first)
+    return samples, make_examples(samples, encode, decode, seed=seed, reason_first=reason_first, scan=scan)

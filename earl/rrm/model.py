@@ -50,10 +50,12 @@ def judge_example(layout, instruction: str, points: list[EvalPoint], source_code
         completion = [*layout.encode_text(trace), layout.ids.eos]
         return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt))
     lines = trace.split("\n")
-    if len(lines) != len(passed) + 1:
-        raise ValueError(f"judge_example: the trace has {len(lines)} lines, expected {len(passed)} points + the score")
+    preface = len(lines) - len(passed) - 1  # lines before the verdicts (a scan), weighted 1
+    if preface not in (0, 1):
+        raise ValueError(f"judge_example: the trace has {len(lines)} lines, expected {len(passed)} points + the score"
+                         " (+ one preface line)")
     completion, weights = [], []
-    for line, ok in zip(lines, [*passed, True]):
+    for line, ok in zip(lines, [True] * preface + [*passed, True]):
         ids = layout.encode_text(line)
         completion += ids
         weights += [1.0 if ok else failing_point_weight] * len(ids)
@@ -65,17 +67,19 @@ def judge_example(layout, instruction: str, points: list[EvalPoint], source_code
 
 def normalise_decoded(text: str) -> str:
     """Undo what a word-level tokenizer does to the contract: '< / score >', '7 . 5', one long line
-    (a new line starts before a number that a verdict follows, or after a verdict that a number follows)."""
+    (a new line starts before a number that a verdict follows, after a verdict that a number follows, and
+    after an opening scan line `seen : ...`, `earl.rrm.coldstart.scene_scan`)."""
     text = re.sub(r"<\s*(/?)\s*score\s*>", r"<\1score>", text, flags=re.I)
     text = re.sub(r"(<score>\s*\d+)\s*\.\s*(\d+)", r"\1.\2", text)
     text = re.sub(r"\s+(?=\d{1,2}\s*[.)]\s*(?:yes|no)\b)", "\n", text, flags=re.I)
     text = re.sub(r"\b(yes|no)\s+(?=\d{1,2}\s*[.)])", "\\1\n", text, flags=re.I)  # after a reason-first line
+    text = re.sub(r"^(\s*seen\s*:[^\n]*?)\s+(?=1\s*[.)])", "\\1\n", text, flags=re.I)  # after a scan line
     return re.sub(r"\s*(<score>)", r"\n\1", text)
 
 
 @torch.no_grad()
 def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoint]], source_codes, edited_codes,
-                      max_new_tokens: int = 200, batch_size: int = 16) -> list[str]:
+                      max_new_tokens: int = 320, batch_size: int = 16) -> list[str]:
     """Greedy verdict texts (normalised to the contract) for code grids of sources and edits."""
     texts = []
     layout = editor.layout
@@ -108,7 +112,7 @@ class RRMVerifier:
 
     name = "rrm"
 
-    def __init__(self, model_path: str | None = None, max_new_tokens: int = 200, batch_size: int = 16,
+    def __init__(self, model_path: str | None = None, max_new_tokens: int = 320, batch_size: int = 16,
                  device: str = "cpu", base_url: str | None = None, model: str | None = None,
                  vlm_path: str | None = None, concurrency: int = 16, retries: int = 2, timeout: float = 120.0,
                  principles_base_url: str | None = None, principles_model: str | None = None,

@@ -52,7 +52,7 @@ def _unpack(messages: list[dict]):
                         f"({e})") from None
 
 
-def rrm_engine(model_dir: str, max_new_tokens: int = 200, device: str = "cpu"):
+def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
     """A `JudgeServer` engine: list[ChatRequest] -> list[Completion], one batched generation per call."""
     from earl.model import UnifiedEditor
     from earl.rrm.model import generate_verdicts

@@ -17,6 +17,11 @@ scores 0). `parse_trace` accepts exactly this and small variations (markdown bul
 colon or dash around the verdict, "Yes"/"No"), and returns None for anything it would have to guess:
 a missing, repeated or out-of-range point number, a missing or out-of-range score. A None is a
 failed judgement: masked out of training and counted, never a zero.
+
+A trace may open with lines that are not verdicts (a `preface`): earl's ShapesEdit models can be
+trained to first describe the edited image cell by cell (`earl.rrm.coldstart.scene_scan`), so that
+each point's reason is copied from a description written position by position rather than looked
+up in the image from the question's wording. The parser skips such lines.
 """
 
 from __future__ import annotations
@@ -43,12 +48,18 @@ class Verdicts:
         return 10.0 * sum(self.passed) / len(self.passed)
 
 
-def format_trace(passed: list[bool], reasons: list[str], score: float, reason_first: bool = False) -> str:
-    """The contract's text; `reason_first` writes `k. reason - yes` instead of `k. yes - reason`."""
+def format_trace(passed: list[bool], reasons: list[str], score: float, reason_first: bool = False,
+                 preface: str | None = None) -> str:
+    """The contract's text; `reason_first` writes `k. reason - yes` instead of `k. yes - reason`;
+    `preface` (one line, no verdicts) comes first."""
     if reason_first:
         lines = [f"{i}. {reason} - {'yes' if ok else 'no'}" for i, (ok, reason) in enumerate(zip(passed, reasons), 1)]
     else:
         lines = [f"{i}. {'yes' if ok else 'no'} - {reason}" for i, (ok, reason) in enumerate(zip(passed, reasons), 1)]
+    if preface is not None:
+        if "\n" in preface or _verdict_line(preface) is not None:
+            raise ValueError(f"format_trace: the preface must be one line that is not a verdict, got {preface!r}")
+        lines.insert(0, preface)
     return "\n".join(lines) + f"\n<score>{score:g}</score>"
 
 

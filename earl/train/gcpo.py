@@ -47,7 +47,7 @@ class GCPOSection:
     traces: int = 4  # N traces per image
     pairs_per_step: int = 4
     temperature: float = 1.0
-    max_new_tokens: int = 200
+    max_new_tokens: int = 320
     clip_low: float = 0.2
     clip_high: float = 0.2
     beta: float = 0.0  # k3 KL to the frozen start; Edit-R1 uses none

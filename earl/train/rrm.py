@@ -8,7 +8,8 @@ the loop SFT uses (`train_lm`) on `judge prompt -> verdict text`.
 Evaluation on held-out samples: greedy verdicts are parsed (`parse_trace`); reported are the
 parse-failure rate, per-point accuracy against the oracle, the share of the oracle's failing points
 that the model also fails (a model that answers "yes" everywhere gets the base rate of passing
-points as its accuracy, and 0 here), and the mean absolute score error.
+points as its accuracy, and 0 here), the mean absolute score error, and for traces that open with
+a scan (`data.scan`) the share of its entries (background and cells) written as the oracle's.
 """
 
 from __future__ import annotations
@@ -41,13 +42,16 @@ class RRMDataSection:
     splits: list[str] = field(default_factory=lambda: ["simple", "complex"])
     seed: int = 0
     eval_samples: int = 40  # held-out samples (another seed) judged greedily at each evaluation
-    max_new_tokens: int = 200
+    max_new_tokens: int = 320
     # write each point's reason before its verdict (`k. reason - yes`), so the verdict is conditioned
     # on what the model described; false gives the verdict-first order (`k. yes - reason`)
     reason_first: bool = True
     # loss weight of the tokens of failing points' lines (reason and verdict); ~6 balances the ~15% of
     # points that fail against those that pass. 1 weighs every token alike.
     failing_point_weight: float = 1.0
+    # open each trace with the oracle's description of the edited image, background then every cell in
+    # reading order (`earl.rrm.coldstart.scene_scan`), so reasons copy from it; needs max_new_tokens ~320
+    scan: bool = False
 
     def __post_init__(self):
         if not self.failing_point_weight > 0:
@@ -67,7 +71,8 @@ class RRMRecipe:
 def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[dict]:
     from earl.rrm.coldstart import draw_examples
 
-    return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits, cfg.data.reason_first)[1]
+    return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits, cfg.data.reason_first,
+                         cfg.data.scan)[1]
 
 
 def _judge_corpus(examples: list[dict]) -> list[str]:
@@ -80,6 +85,7 @@ def _judge_corpus(examples: list[dict]) -> list[str]:
 
 def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str, float]:
     """Greedy verdicts on held-out examples against the oracle's: parse failures, point accuracy, score error."""
+    from earl.rrm.coldstart import read_scan
     from earl.rrm.model import generate_verdicts
     from earl.rrm.trace import parse_trace
 
@@ -94,7 +100,11 @@ def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str,
     # the share of failing points caught says whether the model reads the image at all
     failing = [not a for v, e in ok for a, b in zip(v.passed, e["passed"]) if not b]
     nan = float("nan")
-    return {"eval/parse_failed": 1 - len(ok) / max(1, len(examples)),
+    scans = [(read_scan(t), read_scan(e["trace"])) for t, e in zip(texts, examples)]
+    cells = [got is not None and got.get(k) == v for got, want in scans if want is not None
+             for k, v in want.items()]
+    scan_metrics = {"eval/scan_entries_right": sum(cells) / len(cells)} if cells else {}
+    return {**scan_metrics, "eval/parse_failed": 1 - len(ok) / max(1, len(examples)),
             "eval/point_accuracy": sum(points) / len(points) if points else nan,
             "eval/failing_points_caught": sum(failing) / len(failing) if failing else nan,
             "eval/score_mae": sum(abs(v.score - e["score"]) for v, e in ok) / len(ok) if ok else nan}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from earl.config import load_config
-from earl.rrm.coldstart import make_examples
+from earl.rrm.coldstart import make_examples, read_scan, scene_scan
 from earl.rrm.model import normalise_decoded
 from earl.rrm.trace import parse_trace
 from earl.shapes.edits import make_sample
@@ -18,10 +18,10 @@ from earl.shapes.edits import make_sample
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("reason_first", [True, False])
-def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first):
+@pytest.mark.parametrize("reason_first,scan", [(True, False), (False, False), (True, True), (False, True)])
+def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first, scan):
     """What the model is trained to write comes back through tokenize -> decode -> normalise -> parse,
-    in either order of verdict and reason."""
+    in either order of verdict and reason, with or without an opening scan of the image."""
     from earl.text import build_word_tokenizer
     from earl.train.rrm import _judge_corpus
     from tokenizer import pil_to_tensor, tensor_to_pil
@@ -29,8 +29,9 @@ def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first):
     rng = random.Random(0)
     samples = [make_sample(rng, "simple", image_size=32) for _ in range(3)]
     ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
-                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), reason_first=reason_first)
-    first_line = ex[0]["trace"].splitlines()[0]
+                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), reason_first=reason_first, scan=scan)
+    assert ex[0]["trace"].startswith("seen :") == scan
+    first_line = ex[0]["trace"].splitlines()[int(scan)]
     assert first_line.endswith((" - yes", " - no")) == reason_first, first_line
     tok = build_word_tokenizer(_judge_corpus(ex))
     ex[0]["trace"] = ex[0]["trace"].replace(f"<score>{ex[0]['score']:g}</score>", "<score>7.5</score>")
@@ -38,7 +39,26 @@ def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first):
         decoded = tok.decode(tok(e["trace"], add_special_tokens=False)["input_ids"])
         v = parse_trace(normalise_decoded(decoded), 10)
         assert v is not None and v.passed == e["passed"], decoded
+        assert read_scan(normalise_decoded(decoded)) == read_scan(e["trace"])
+        assert (read_scan(e["trace"]) is not None) == scan
     assert parse_trace(normalise_decoded(tok.decode(tok(ex[0]["trace"])["input_ids"])), 10).score == 7.5
+
+
+def test_the_scan_describes_every_cell_in_reading_order_as_the_oracle_sees_it():
+    from earl.rrm.trace import format_trace
+    from earl.shapes.scene import Scene, ShapeObject
+
+    scene = Scene("light gray", (ShapeObject("circle", "red", "small", 0, 1), ShapeObject("square", "green", "large", 3, 3)),
+                  image_size=64, grid=4)
+    scan = read_scan(scene_scan(scene))
+    assert list(scan) == ["background"] + [f"r{r}c{c}" for r in range(1, 5) for c in range(1, 5)]
+    assert scan["background"] == "light gray" and scan["r1c2"] == "small red circle" and scan["r4c4"] == "large green square"
+    assert sum(v == "nothing" for v in scan.values()) == 14
+    assert read_scan("1. yes - fine\n<score>3</score>") is None
+    trace = format_trace([True, False], ["a", "b"], 5.0, reason_first=True, preface=scene_scan(scene))
+    assert trace.splitlines()[0] == scene_scan(scene) and parse_trace(trace, 2).passed == [True, False]
+    with pytest.raises(ValueError, match="preface"):
+        format_trace([True], ["a"], 5.0, preface="1. yes - sneaky")
 
 
 def test_tiny_rrm_sft_learns_and_serves_as_a_verifier(tmp_path, vq_tokenizer):
@@ -112,7 +132,8 @@ def test_rrm_sft_can_start_from_an_editor(tmp_path, tiny_editor):
     assert rrm.backbone.config.hidden_size == tiny_editor.backbone.config.hidden_size
 
 
-def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_tokenizer):
+@pytest.mark.parametrize("scan", [False, True])
+def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_tokenizer, scan):
     """judge_example's weighted form has the same tokens, with the failing points' lines weighted;
     lm_loss with unit weights is the model's own loss, and weights move it toward the weighted tokens."""
     from earl.model import UnifiedEditor
@@ -124,7 +145,7 @@ def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_toke
 
     samples = [make_sample(random.Random(3), "simple", image_size=32)]
     ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
-                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)))
+                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), scan=scan)
     e = next(x for x in ex if not all(x["passed"]))
     ed = UnifiedEditor.build("shapes-test", vq_tokenizer, build_word_tokenizer(_judge_corpus(ex)), 32, seed=0)
     args = (ed.layout, e["instruction"], e["points"], e["source_codes"], e["codes"], e["trace"])
@@ -134,7 +155,7 @@ def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_toke
     assert (w[: weighted.prompt_len] == 0).all() and set(w[weighted.prompt_len:].tolist()) == {1.0, 5.0}
     # the weighted tokens are exactly the failing lines' words
     ids = torch.tensor(weighted.input_ids)[w == 5.0].tolist()
-    failing = [ln for ln, ok in zip(e["trace"].split("\n"), e["passed"]) if not ok]
+    failing = [ln for ln, ok in zip(e["trace"].split("\n")[int(scan):], e["passed"]) if not ok]
     assert ids == [i for ln in failing for i in ed.layout.encode_text(ln)]
 
     ed.backbone.eval()
@@ -152,3 +173,25 @@ def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
 
     with pytest.raises(ConfigError, match="failing_point_weight"):
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.failing_point_weight=0"])
+
+
+def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
+    """evaluate_rrm compares a generated scan with the oracle's entry by entry; a missing scan counts wrong."""
+    import earl.rrm.model as rrm_model
+    from earl.train.rrm import evaluate_rrm
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    samples = [make_sample(random.Random(4), "simple", image_size=32)]
+    ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
+                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), scan=True)[:2]
+    first, second = ex[0]["trace"].split("\n", 1), ex[1]["trace"].split("\n", 1)
+    wrong_cell = first[0].replace("r1c1 ", "r1c1 large ", 1)  # one of 17 entries misread
+    replies = [wrong_cell + "\n" + first[1], second[1]]  # the second reply has no scan at all
+    monkeypatch.setattr(rrm_model, "generate_verdicts", lambda *a, **k: replies)
+
+    class _Editor:
+        backbone = torch.nn.Linear(1, 1)
+
+    metrics = evaluate_rrm(_Editor(), ex, max_new_tokens=8)
+    assert metrics["eval/scan_entries_right"] == pytest.approx(16 / 34)
+    assert metrics["eval/parse_failed"] == 0.0 and metrics["eval/point_accuracy"] == 1.0
