@@ -14,6 +14,9 @@ scorer is a verifier reading the image files; NAME=DIR models become the `rrm` /
 
 Writes OUT/rewardbench.json and OUT/rewardbench.md (pairwise accuracy with 95% Wilson intervals,
 per edit category and per kind of the rejected candidate; failures and ties counted, scored as wrong).
+On ShapesEdit both are rewritten after every scorer, and a rerun into the same OUT with the same
+samples and seed reuses each model's result whose weights (sha256) and settings are unchanged, so
+adding a model to the comparison judges only that model.
 """
 
 from __future__ import annotations
@@ -217,24 +220,67 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     else:
         tok, size = VQTokenizer.from_pretrained(image_tokenizer_dir or "checkpoints/shapes-editor/image_tokenizer"), 64
     drawn, pairs = held_out_samples_and_pairs(tok, samples, seed, size)
+    out_dir = Path(out_dir)
+    earlier = _earlier_scorers(out_dir / "rewardbench.json", samples, seed, len(pairs))
     results = {"pairs": len(pairs), "samples": samples, "seed": seed,
                "scorers": {"oracle": pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])}}
-    for name, ed in editors.items():
+
+    def judged(name: str, source: dict | None, judge) -> None:
+        """The scorer's result: reused from the earlier run when its source is the same (never when
+        None), else computed; both files are rewritten after each one, so a stopped run keeps what it
+        finished."""
+        old = earlier.get(name)
+        reuse = source is not None and old is not None and old.get("source") == source
+        results["scorers"][name] = old if reuse else {**judge(), "source": source}
+        atomic_write_json(out_dir / "rewardbench.json", results)
+        atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
+
+    def rrm_greedy(ed):
         scorer = rrm_scorer(ed, max_new_tokens)
-        results["scorers"][name] = pairwise_accuracy(pairs, scorer)
-        results["scorers"][name]["points"] = getattr(scorer, "points", None)
+        return {**pairwise_accuracy(pairs, scorer), "points": getattr(scorer, "points", None)}
+
+    for name, ed in editors.items():
+        source = {"model": _weights_fingerprint(models[name]), "max_new_tokens": max_new_tokens}
+        judged(name, source, lambda ed=ed: rrm_greedy(ed))
         if avg_k > 1:
-            results["scorers"][f"{name} Avg@{avg_k}"] = pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k))
+            judged(f"{name} Avg@{avg_k}", {**source, "k": avg_k},
+                   lambda ed=ed: pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k)))
     for name, m in scalar_models.items():
-        results["scorers"][name] = pairwise_accuracy(pairs, scalar_scorer(m))
+        judged(name, {"model": _weights_fingerprint(scalars[name])},
+               lambda m=m: pairwise_accuracy(pairs, scalar_scorer(m)))
     if verifiers:
         to_request = shapes_request(tok, drawn, seed)
-        for name, v in verifiers.items():
-            results["scorers"][name] = pairwise_accuracy(pairs, verifier_scorer(v, to_request))
-    out_dir = Path(out_dir)
+        for name, v in verifiers.items():  # served models can change behind a URL: always judged again
+            judged(name, None, lambda v=v: pairwise_accuracy(pairs, verifier_scorer(v, to_request)))
     atomic_write_json(out_dir / "rewardbench.json", results)
     atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
     return results
+
+
+def _weights_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over a model directory's weight files (names and contents): a retrained model differs."""
+    import hashlib
+
+    from earl.checkpoint import sha256_file
+
+    d = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(d.rglob("*.safetensors")):
+        h.update(f.relative_to(d).as_posix().encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def _earlier_scorers(path: Path, samples: int, seed: int, n_pairs: int) -> dict:
+    """Scorer results of an earlier run on the same held-out pairs, by name ({} if none or unreadable)."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(old, dict) or (old.get("samples"), old.get("seed"), old.get("pairs")) != (samples, seed, n_pairs):
+        return {}
+    return {k: v for k, v in (old.get("scorers") or {}).items() if isinstance(v, dict)}
 
 
 def format_table(results: dict) -> str:

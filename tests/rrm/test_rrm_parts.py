@@ -198,6 +198,22 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
     assert oracle["failed"] == 0 and oracle["overall"]["n"] == res["pairs"] > 0
     assert untrained["failed"] == res["pairs"] and untrained["overall"]["accuracy"] == 0.0  # gibberish: all failed
     assert res["scorers"]["untrained Avg@2"]["failed"] == res["pairs"]
+
+    # a rerun into the same directory reuses every model result whose weights did not change, and
+    # judges again a model whose weights did (a flipped byte in its safetensors)
+    scorers = {"untrained": {**untrained, "failed": -1}, "untrained Avg@2": res["scorers"]["untrained Avg@2"]}
+    (tmp_path / "rb/rewardbench.json").write_text(json.dumps({**res, "scorers": scorers}))
+    assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
+                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8"]) == 0
+    again = json.loads((tmp_path / "rb/rewardbench.json").read_text())["scorers"]
+    assert again["untrained"]["failed"] == -1 and "untrained Avg@2" not in again  # reused; Avg@k not asked for
+    weights = next((tmp_path / "untrained").rglob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
+                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8"]) == 0
+    assert json.loads((tmp_path / "rb/rewardbench.json").read_text())["scorers"]["untrained"]["failed"] == res["pairs"]
     assert "| oracle |" in capsys.readouterr().out
     assert untrained["points"] == {}  # no verdict parsed, so none to break down
 
