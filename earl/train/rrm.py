@@ -9,7 +9,8 @@ Evaluation on held-out samples: greedy verdicts are parsed (`parse_trace`); repo
 parse-failure rate, per-point accuracy against the oracle, the share of the oracle's failing points
 that the model also fails (a model that answers "yes" everywhere gets the base rate of passing
 points as its accuracy, and 0 here), the mean absolute score error, and for traces that open with
-a scan (`data.scan`) the share of its entries (background and cells) written as the oracle's.
+a scan (`data.scan`) the share of its entries (background and cells) written as the oracle's, and
+of the entries that name an object.
 """
 
 from __future__ import annotations
@@ -101,9 +102,12 @@ def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str,
     failing = [not a for v, e in ok for a, b in zip(v.passed, e["passed"]) if not b]
     nan = float("nan")
     scans = [(read_scan(t), read_scan(e["trace"])) for t, e in zip(texts, examples)]
-    cells = [got is not None and got.get(k) == v for got, want in scans if want is not None
-             for k, v in want.items()]
-    scan_metrics = {"eval/scan_entries_right": sum(cells) / len(cells)} if cells else {}
+    cells = [(got is not None and got.get(k) == v, k != "background" and v != "nothing")
+             for got, want in scans if want is not None for k, v in want.items()]
+    # most cells are empty, so "nothing" everywhere already gets most entries right; the objects tell
+    objects = [ok for ok, is_object in cells if is_object]
+    scan_metrics = {"eval/scan_entries_right": sum(ok for ok, _ in cells) / len(cells),
+                    "eval/scan_objects_right": sum(objects) / len(objects) if objects else nan} if cells else {}
     return {**scan_metrics, "eval/parse_failed": 1 - len(ok) / max(1, len(examples)),
             "eval/point_accuracy": sum(points) / len(points) if points else nan,
             "eval/failing_points_caught": sum(failing) / len(failing) if failing else nan,

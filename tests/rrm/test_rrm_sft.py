@@ -194,4 +194,8 @@ def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
 
     metrics = evaluate_rrm(_Editor(), ex, max_new_tokens=8)
     assert metrics["eval/scan_entries_right"] == pytest.approx(16 / 34)
+    scans = [read_scan(e["trace"]) for e in ex]
+    n0, n1 = (sum(v != "nothing" for k, v in sc.items() if k != "background") for sc in scans)
+    right = n0 - (scans[0]["r1c1"] != "nothing")  # the misread cell counts among the objects if it holds one
+    assert metrics["eval/scan_objects_right"] == pytest.approx(right / (n0 + n1))
     assert metrics["eval/parse_failed"] == 0.0 and metrics["eval/point_accuracy"] == 1.0
