@@ -28,6 +28,7 @@ matches the source, clipped to [0, 10].
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,25 @@ def scene_scan(scene: Scene) -> str:
     cells = [f"r{r + 1}c{c + 1} {o.describe() if (o := scene.object_at(r, c)) else 'nothing'}"
              for r in range(scene.grid) for c in range(scene.grid)]
     return f"{SCAN_PREFIX} background {scene.background} ; " + " ; ".join(cells)
+
+
+_CELL_REASON = re.compile(r"^\s*row (\d+)\s*,\s*column (\d+) holds (?:an? )?(.+?)\s*$", re.I)
+_BACKGROUND_REASON = re.compile(rf"^\s*the background is ({'|'.join(map(re.escape, BACKGROUNDS))})\s*$", re.I)
+
+
+def scan_form(reason: str) -> str:
+    """A reason in the scan's own words: "row 2, column 1 holds a small red circle" -> "r2c1 small red
+    circle", "the background is white" -> "background white"; any other reason unchanged.
+
+    Quoted this way (`data.quote_scan`), a cell point's reason repeats a scan entry token for token,
+    so writing it is a copy of what followed the same cell token earlier (what attention heads do
+    most easily) rather than a lookup from "row 2, column 1" to "r2c1". Also the form in which
+    reasons of either style are compared (`earl.rrm.bench`)."""
+    if m := _CELL_REASON.match(reason):
+        return f"r{m.group(1)}c{m.group(2)} {m.group(3)}"
+    if m := _BACKGROUND_REASON.match(reason):
+        return f"background {m.group(1)}"
+    return reason
 
 
 def read_scan(text: str) -> dict[str, str] | None:
@@ -160,11 +180,17 @@ def judge_candidate(points: list[EvalPoint], source: Scene, target: Scene, image
 
 
 def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image,
-                 reason_first: bool = True, scan: bool = False) -> tuple[str, list[bool], float]:
-    """The oracle's trace on a candidate image, its verdicts and score; `scan` opens it with `scene_scan`."""
+                 reason_first: bool = True, scan: bool = False,
+                 quote_scan: bool = False) -> tuple[str, list[bool], float]:
+    """The oracle's trace on a candidate image, its verdicts and score; `scan` opens it with `scene_scan`,
+    and `quote_scan` writes the reasons in the scan's words (`scan_form`)."""
     from earl.shapes.oracle import parse_scene
 
+    if quote_scan and not scan:
+        raise ValueError("quote_scan needs scan: the reasons quote the scan's entries")
     passed, reasons, score = judge_candidate(points, source, target, image)
+    if quote_scan:
+        reasons = [scan_form(r) for r in reasons]
     preface = scene_scan(parse_scene(image, image_size=target.image_size, grid=target.grid).scene) if scan else None
     return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface), passed, score
 
@@ -176,14 +202,16 @@ def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
     return max(range(len(traces)), key=lambda i: sum(a == b for a, b in zip(traces[i], reference)))
 
 
-def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = True, scan: bool = False) -> list[dict]:
+def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = True, scan: bool = False,
+                  quote_scan: bool = False) -> list[dict]:
     """One judge example per candidate of each sample: principles, the source's and the candidate's codes,
     the oracle trace written on the candidate *as the tokenizer reconstructs it*, its verdicts and score.
 
     `encode(images) -> (B, h, w) codes`, `decode(codes) -> images` (the image tokenizer);
     `samples` have source_scene, target_scene and instruction (ShapesEdit `Sample`s). Traces write
     each point's reason before its verdict unless `reason_first` is False (`earl.rrm.trace`), and
-    open with the oracle's cell-by-cell description of the candidate when `scan` is True.
+    open with the oracle's cell-by-cell description of the candidate when `scan` is True, with reasons
+    in the scan's words when `quote_scan` is True.
     """
     from earl.shapes.render import render
 
@@ -196,7 +224,7 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
         seen = decode(codes[1:])
         for cand, c, image in zip(cands, codes[1:], seen):
             trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image, reason_first,
-                                                 scan)
+                                                 scan, quote_scan)
             out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
                         "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score})
     return out
@@ -204,7 +232,7 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
 
 def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
                   splits=("simple", "complex"), reason_first: bool = True,
-                  scan: bool = False) -> tuple[list, list[dict]]:
+                  scan: bool = False, quote_scan: bool = False) -> tuple[list, list[dict]]:
     """`n` ShapesEdit samples drawn with `seed` (split chosen uniformly per sample) and their judge
     examples through `image_tokenizer`; returns (samples, examples)."""
     import torch
@@ -223,4 +251,5 @@ def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
     def decode(codes):
         return tensor_to_pil(image_tokenizer.decode(codes))
 
-    return samples, make_examples(samples, encode, decode, seed=seed, reason_first=reason_first, scan=scan)
+    return samples, make_examples(samples, encode, decode, seed=seed, reason_first=reason_first, scan=scan,
+                                    quote_scan=quote_scan)

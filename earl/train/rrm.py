@@ -53,11 +53,16 @@ class RRMDataSection:
     # open each trace with the oracle's description of the edited image, background then every cell in
     # reading order (`earl.rrm.coldstart.scene_scan`), so reasons copy from it; needs max_new_tokens ~320
     scan: bool = False
+    # with scan: reasons in the scan's words ("r2c1 small red circle", `earl.rrm.coldstart.scan_form`),
+    # so each is a copy of a scan entry rather than a lookup from "row 2, column 1"
+    quote_scan: bool = False
 
     def __post_init__(self):
         if not self.failing_point_weight > 0:
             raise ValueError(f"data.failing_point_weight must be > 0 (1 weighs every token alike), "
                              f"got {self.failing_point_weight}")
+        if self.quote_scan and not self.scan:
+            raise ValueError("data.quote_scan needs data.scan: true (the reasons quote the scan's entries)")
 
 
 @dataclass
@@ -73,7 +78,7 @@ def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[d
     from earl.rrm.coldstart import draw_examples
 
     return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits, cfg.data.reason_first,
-                         cfg.data.scan)[1]
+                         cfg.data.scan, cfg.data.quote_scan)[1]
 
 
 def _judge_corpus(examples: list[dict]) -> list[str]:

@@ -18,8 +18,10 @@ from earl.shapes.edits import make_sample
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("reason_first,scan", [(True, False), (False, False), (True, True), (False, True)])
-def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first, scan):
+@pytest.mark.parametrize("reason_first,scan,quote_scan", [(True, False, False), (False, False, False),
+                                                           (True, True, False), (False, True, False),
+                                                           (True, True, True)])
+def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first, scan, quote_scan):
     """What the model is trained to write comes back through tokenize -> decode -> normalise -> parse,
     in either order of verdict and reason, with or without an opening scan of the image."""
     from earl.text import build_word_tokenizer
@@ -29,7 +31,8 @@ def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first, scan)
     rng = random.Random(0)
     samples = [make_sample(rng, "simple", image_size=32) for _ in range(3)]
     ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
-                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), reason_first=reason_first, scan=scan)
+                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), reason_first=reason_first, scan=scan,
+                       quote_scan=quote_scan)
     assert ex[0]["trace"].startswith("seen :") == scan
     first_line = ex[0]["trace"].splitlines()[int(scan)]
     assert first_line.endswith((" - yes", " - no")) == reason_first, first_line
@@ -59,6 +62,37 @@ def test_the_scan_describes_every_cell_in_reading_order_as_the_oracle_sees_it():
     assert trace.splitlines()[0] == scene_scan(scene) and parse_trace(trace, 2).passed == [True, False]
     with pytest.raises(ValueError, match="preface"):
         format_trace([True], ["a"], 5.0, preface="1. yes - sneaky")
+
+
+def test_quoted_reasons_repeat_the_scan_entries_word_for_word(vq_tokenizer):
+    """With quote_scan every cell and background reason is the scan's entry for that cell, as written
+    in the scan, and scan_form maps the prose reasons (also as a word tokenizer spaces them) onto them."""
+    from earl.rrm.coldstart import scan_form
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    assert scan_form("row 2, column 1 holds a small red circle") == "r2c1 small red circle"
+    assert scan_form("row 4 , column 3 holds nothing") == "r4c3 nothing"
+    assert scan_form("the background is light gray") == "background light gray"
+    assert scan_form("no stray colours") == "no stray colours"
+    assert scan_form("the background is uneven") == "the background is uneven"  # a quality reason, not a colour
+    samples = [make_sample(random.Random(k), "complex", image_size=32) for k in range(3)]
+    kw = dict(encode=lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
+              decode=lambda c: tensor_to_pil(vq_tokenizer.decode(c)), scan=True)
+    prose, quoted = make_examples(samples, **kw), make_examples(samples, **kw, quote_scan=True)
+    n_quoted = 0
+    for p, q in zip(prose, quoted):
+        assert p["passed"] == q["passed"] and p["score"] == q["score"]
+        scan = read_scan(q["trace"])
+        for line_p, line_q in zip(p["trace"].splitlines()[1:-1], q["trace"].splitlines()[1:-1]):
+            reason_p, reason_q = line_p.split(". ", 1)[1].rsplit(" - ", 1)[0], line_q.split(". ", 1)[1].rsplit(" - ", 1)[0]
+            assert scan_form(reason_p) == reason_q
+            key, _, rest = reason_q.partition(" ")
+            if key in scan:
+                assert scan[key] == rest, (reason_q, scan)
+                n_quoted += 1
+    assert n_quoted > len(quoted)  # most candidates have several cell or background points
+    with pytest.raises(ValueError, match="quote_scan needs scan"):
+        make_examples(samples[:1], **{**kw, "scan": False}, quote_scan=True)
 
 
 def test_tiny_rrm_sft_learns_and_serves_as_a_verifier(tmp_path, vq_tokenizer):
@@ -173,6 +207,8 @@ def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
 
     with pytest.raises(ConfigError, match="failing_point_weight"):
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.failing_point_weight=0"])
+    with pytest.raises(ConfigError, match="quote_scan"):
+        load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.quote_scan=true"])
 
 
 def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
