@@ -51,7 +51,7 @@ def scene_scan(scene: Scene) -> str:
 
 
 _CELL_REASON = re.compile(r"^\s*row (\d+)\s*,\s*column (\d+) holds (?:an? )?(.+?)\s*$", re.I)
-_BACKGROUND_REASON = re.compile(rf"^\s*the background is ({'|'.join(map(re.escape, BACKGROUNDS))})\s*$", re.I)
+_BACKGROUND_REASON = re.compile(rf"^\s*the background is ({'|'.join(map(re.escape, BACKGROUNDS))})\s*\.?\s*$", re.I)
 
 
 def scan_form(reason: str) -> str:
