@@ -2,7 +2,7 @@
 # The reward-model comparison on ShapesEdit (Edit-R1), as measured in docs/REWARD_MODELS.md: the
 # cold-start SFT of the reasoning reward model from the trained editor (plain, and with failing
 # points weighted 6x in the loss, with traces that open with a cell-by-cell scan of the edited image,
-# and with that scan quoted in the reasons), GCPO from the plain one, the scalar Bradley-Terry
+# and with that scan quoted in the reasons), GCPO from the plain one and the scan one, the scalar Bradley-Terry
 # baseline from the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and
 # a per-principle-type breakdown of the verdicts. About 4 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. Add `--avg-k 4` to the benchmark for Avg@4 self-consistency, and
@@ -18,7 +18,10 @@ set -euo pipefail
     run.steps=500 run.eval_every=250 run.save_every=500
 [ -f runs/rrm_gcpo/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
     run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_scan/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_scan init_from=runs/rrm_sft_scan/model run.steps=40 run.eval_every=40 run.save_every=40 --resume
 earl eval rewardbench --samples 100 --rrm rrm_sft=runs/rrm_sft_editor/model \
     --rrm rrm_sft_weighted=runs/rrm_sft_editor_weighted/model --rrm rrm_gcpo=runs/rrm_gcpo/model \
     --rrm rrm_sft_scan=runs/rrm_sft_scan/model --rrm rrm_sft_quoted=runs/rrm_sft_quoted/model \
+    --rrm rrm_gcpo_scan=runs/rrm_gcpo_scan/model \
     --scalar scalar=runs/rm_scalar_editor/model --out runs/rewardbench
