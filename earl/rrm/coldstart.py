@@ -31,7 +31,6 @@ import random
 import re
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from earl.rrm.principles import EvalPoint, shapes_points, verify_point
@@ -162,20 +161,15 @@ def _reason(point: EvalPoint, found: Scene, parsed, ok: bool) -> str:
     return "checked"
 
 
-def judge_candidate(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image,
-                    source_image: Image.Image | None = None) -> tuple[list[bool], list[str], float]:
-    """The oracle's verdicts on one (tokenizer-reconstructed) candidate image, their reasons, and the score."""
-    from earl.shapes.oracle import parse_scene
-
-    parsed = parse_scene(image, image_size=target.image_size, grid=target.grid)
+def judge_parsed(points: list[EvalPoint], source: Scene, target: Scene, parsed) -> tuple[list[bool], list[str], float]:
+    """The oracle's verdicts on one (tokenizer-reconstructed) candidate image, as `parse_scene` read it,
+    their reasons, and the score."""
     passed = [verify_point(p, source, target, parsed) for p in points]
     reasons = [_reason(p, parsed.scene, parsed, ok) for p, ok in zip(points, passed)]
     score = 10.0 * sum(passed) / len(passed) - UNMENTIONED_PENALTY * _unmentioned_changes(points, source, target,
                                                                                            parsed.scene)
     if parsed.scene == source and source != target:
         score = 0.0  # nothing was done
-    if source_image is not None and np.array_equal(np.asarray(image), np.asarray(source_image)):
-        score = 0.0
     return passed, reasons, round(min(10.0, max(0.0, score)), 1)
 
 
@@ -188,10 +182,11 @@ def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: I
 
     if quote_scan and not scan:
         raise ValueError("quote_scan needs scan: the reasons quote the scan's entries")
-    passed, reasons, score = judge_candidate(points, source, target, image)
+    parsed = parse_scene(image, image_size=target.image_size, grid=target.grid)
+    passed, reasons, score = judge_parsed(points, source, target, parsed)
     if quote_scan:
         reasons = [scan_form(r) for r in reasons]
-    preface = scene_scan(parse_scene(image, image_size=target.image_size, grid=target.grid).scene) if scan else None
+    preface = scene_scan(parsed.scene) if scan else None
     return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface), passed, score
 
 
