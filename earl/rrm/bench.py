@@ -202,8 +202,7 @@ def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | P
     for name, v in verifiers.items():
         results["scorers"][name] = pairwise_accuracy(pairs, verifier_scorer(v, image_file_request, batch_size))
     out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "rewardbench.json", results)
-    atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
+    _write_results(out_dir, results)
     return results
 
 
@@ -236,8 +235,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
         old = earlier.get(name)
         reuse = source is not None and old is not None and old.get("source") == source
         results["scorers"][name] = old if reuse else {**judge(), "source": source}
-        atomic_write_json(out_dir / "rewardbench.json", results)
-        atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
+        _write_results(out_dir, results)
 
     def rrm_greedy(ed):
         scorer = rrm_scorer(ed, max_new_tokens)
@@ -256,9 +254,13 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
         to_request = shapes_request(tok, drawn, seed)
         for name, v in verifiers.items():  # served models can change behind a URL: always judged again
             judged(name, None, lambda v=v: pairwise_accuracy(pairs, verifier_scorer(v, to_request)))
+    _write_results(out_dir, results)
+    return results
+
+
+def _write_results(out_dir: Path, results: dict) -> None:
     atomic_write_json(out_dir / "rewardbench.json", results)
     atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
-    return results
 
 
 def _weights_fingerprint(model_dir: str | Path) -> str:
@@ -276,11 +278,12 @@ def _weights_fingerprint(model_dir: str | Path) -> str:
 
 def _earlier_scorers(path: Path, samples: int, seed: int, n_pairs: int) -> dict:
     """Scorer results of an earlier run on the same held-out pairs, by name ({} if none or unreadable)."""
-    import json
+    from earl.errors import DataError
+    from earl.io import read_json
 
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
+        old = read_json(path)
+    except (DataError, OSError):
         return {}
     if not isinstance(old, dict) or (old.get("samples"), old.get("seed"), old.get("pairs")) != (samples, seed, n_pairs):
         return {}
