@@ -103,14 +103,14 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
 
 def _same_words(a: str, b: str) -> bool:
     """Reasons compared as words, each in the scan's form (`scan_form`: "row 2, column 1 holds a
-    red circle" and "r2c1 red circle" agree): a word-level tokenizer spaces out punctuation
+    red circle" and "r2c1 red circle" agree) and without an `, expected ...` tail (`observed_part`): a word-level tokenizer spaces out punctuation
     ('4 object ( s )')."""
     import re
 
-    from earl.rrm.coldstart import scan_form
+    from earl.rrm.coldstart import observed_part, scan_form
 
     def words(t):
-        return re.findall(r"\w+", scan_form(t).lower())
+        return re.findall(r"\w+", scan_form(observed_part(t)).lower())
 
     return words(a) == words(b)
 

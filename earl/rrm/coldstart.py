@@ -20,6 +20,12 @@ block of codes comes next in a fixed order), and each point's reason then copies
 instead of locating a cell from the question's words, which the models without it never learned
 (docs/REWARD_MODELS.md).
 
+With `expect` as well, each point whose check names what should be there states it after what
+was seen: `3. r1c2 nothing , expected small red circle - no`. The quoted models copied the question's
+expectation into their reasons instead of the scan's entry (85% of points pass, so the two
+mostly agree); with both written side by side, the verdict is a comparison of two adjacent
+phrases, and the observation has a place of its own that only the scan can fill.
+
 Score rule (the trace's final number): 10 x the share of passed points, minus 2 for every change
 to an object or cell that no point asks about (a hallucinated edit), 0 for an output that
 matches the source, clipped to [0, 10].
@@ -66,6 +72,36 @@ def scan_form(reason: str) -> str:
     if m := _BACKGROUND_REASON.match(reason):
         return f"background {m.group(1)}"
     return reason
+
+
+EXPECT_SEPARATOR = " , expected "
+
+
+def expectation(point: EvalPoint) -> str | None:
+    """What a point's check says should be seen, in the scan's words ("small red circle", "nothing",
+    "not white", "3"), or None for checks with no single expected content (extra objects, quality)."""
+    from earl.shapes.scene import ShapeObject
+
+    c = point.check
+    kind = c.get("kind")
+    if kind == "background":
+        return c["value"]
+    if kind == "background_not":
+        return f"not {c['value']}"
+    if kind == "empty":
+        return "nothing"
+    if kind == "object":
+        return ShapeObject(**c["value"]).describe()
+    if kind == "not_object":
+        return f"not {ShapeObject(**c['value']).describe()}"
+    if kind in ("attribute", "count"):
+        return str(c["value"])
+    return None
+
+
+def observed_part(reason: str) -> str:
+    """A reason without its `, expected ...` tail (`expect` traces): what the model says it saw."""
+    return re.split(r"\s*,\s*expected\b", reason, maxsplit=1, flags=re.I)[0]
 
 
 def read_scan(text: str) -> dict[str, str] | None:
@@ -175,17 +211,22 @@ def judge_parsed(points: list[EvalPoint], source: Scene, target: Scene, parsed) 
 
 def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image,
                  reason_first: bool = True, scan: bool = False,
-                 quote_scan: bool = False) -> tuple[str, list[bool], float]:
+                 quote_scan: bool = False, expect: bool = False) -> tuple[str, list[bool], float]:
     """The oracle's trace on a candidate image, its verdicts and score; `scan` opens it with `scene_scan`,
-    and `quote_scan` writes the reasons in the scan's words (`scan_form`)."""
+    `quote_scan` writes the reasons in the scan's words (`scan_form`), and `expect` follows each
+    with what its point expects (`expectation`)."""
     from earl.shapes.oracle import parse_scene
 
     if quote_scan and not scan:
         raise ValueError("quote_scan needs scan: the reasons quote the scan's entries")
+    if expect and not quote_scan:
+        raise ValueError("expect needs quote_scan: the expectation is written in the scan's words")
     parsed = parse_scene(image, image_size=target.image_size, grid=target.grid)
     passed, reasons, score = judge_parsed(points, source, target, parsed)
     if quote_scan:
         reasons = [scan_form(r) for r in reasons]
+    if expect:
+        reasons = [r if (e := expectation(p)) is None else f"{r}{EXPECT_SEPARATOR}{e}" for p, r in zip(points, reasons)]
     preface = scene_scan(parsed.scene) if scan else None
     return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface), passed, score
 
@@ -198,7 +239,7 @@ def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
 
 
 def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = True, scan: bool = False,
-                  quote_scan: bool = False) -> list[dict]:
+                  quote_scan: bool = False, expect: bool = False) -> list[dict]:
     """One judge example per candidate of each sample: principles, the source's and the candidate's codes,
     the oracle trace written on the candidate *as the tokenizer reconstructs it*, its verdicts and score.
 
@@ -206,7 +247,8 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
     `samples` have source_scene, target_scene and instruction (ShapesEdit `Sample`s). Traces write
     each point's reason before its verdict unless `reason_first` is False (`earl.rrm.trace`), and
     open with the oracle's cell-by-cell description of the candidate when `scan` is True, with reasons
-    in the scan's words when `quote_scan` is True.
+    in the scan's words when `quote_scan` is True, each followed by its point's expectation when
+    `expect` is True.
     """
     from earl.shapes.render import render
 
@@ -219,7 +261,7 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
         seen = decode(codes[1:])
         for cand, c, image in zip(cands, codes[1:], seen):
             trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image, reason_first,
-                                                 scan, quote_scan)
+                                                 scan, quote_scan, expect)
             out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
                         "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score})
     return out
@@ -227,7 +269,7 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
 
 def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
                   splits=("simple", "complex"), reason_first: bool = True,
-                  scan: bool = False, quote_scan: bool = False) -> tuple[list, list[dict]]:
+                  scan: bool = False, quote_scan: bool = False, expect: bool = False) -> tuple[list, list[dict]]:
     """`n` ShapesEdit samples drawn with `seed` (split chosen uniformly per sample) and their judge
     examples through `image_tokenizer`; returns (samples, examples)."""
     import torch
@@ -247,4 +289,4 @@ def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
         return tensor_to_pil(image_tokenizer.decode(codes))
 
     return samples, make_examples(samples, encode, decode, seed=seed, reason_first=reason_first, scan=scan,
-                                    quote_scan=quote_scan)
+                                    quote_scan=quote_scan, expect=expect)

@@ -56,6 +56,9 @@ class RRMDataSection:
     # with scan: reasons in the scan's words ("r2c1 small red circle", `earl.rrm.coldstart.scan_form`),
     # so each is a copy of a scan entry rather than a lookup from "row 2, column 1"
     quote_scan: bool = False
+    # with quote_scan: each reason followed by what its point expects ("r1c2 nothing , expected small
+    # red circle - no", `earl.rrm.coldstart.expectation`), so the verdict compares two adjacent phrases
+    expect: bool = False
 
     def __post_init__(self):
         if not self.failing_point_weight > 0:
@@ -63,6 +66,8 @@ class RRMDataSection:
                              f"got {self.failing_point_weight}")
         if self.quote_scan and not self.scan:
             raise ValueError("data.quote_scan needs data.scan: true (the reasons quote the scan's entries)")
+        if self.expect and not self.quote_scan:
+            raise ValueError("data.expect needs data.quote_scan: true (the expectation is written in the scan's words)")
 
 
 @dataclass
@@ -78,7 +83,7 @@ def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[d
     from earl.rrm.coldstart import draw_examples
 
     return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits, cfg.data.reason_first,
-                         cfg.data.scan, cfg.data.quote_scan)[1]
+                         cfg.data.scan, cfg.data.quote_scan, cfg.data.expect)[1]
 
 
 def _judge_corpus(examples: list[dict]) -> list[str]:

@@ -18,10 +18,10 @@ from earl.shapes.edits import make_sample
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("reason_first,scan,quote_scan", [(True, False, False), (False, False, False),
-                                                           (True, True, False), (False, True, False),
-                                                           (True, True, True)])
-def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first, scan, quote_scan):
+@pytest.mark.parametrize("reason_first,scan,quote_scan,expect", [(True, False, False, False), (False, False, False, False),
+                                                                  (True, True, False, False), (False, True, False, False),
+                                                                  (True, True, True, False), (True, True, True, True)])
+def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first, scan, quote_scan, expect):
     """What the model is trained to write comes back through tokenize -> decode -> normalise -> parse,
     in either order of verdict and reason, with or without an opening scan of the image."""
     from earl.text import build_word_tokenizer
@@ -32,8 +32,9 @@ def test_traces_survive_a_word_level_tokenizer(vq_tokenizer, reason_first, scan,
     samples = [make_sample(rng, "simple", image_size=32) for _ in range(3)]
     ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
                        lambda c: tensor_to_pil(vq_tokenizer.decode(c)), reason_first=reason_first, scan=scan,
-                       quote_scan=quote_scan)
+                       quote_scan=quote_scan, expect=expect)
     assert ex[0]["trace"].startswith("seen :") == scan
+    assert (" , expected " in ex[0]["trace"]) == expect
     first_line = ex[0]["trace"].splitlines()[int(scan)]
     assert first_line.endswith((" - yes", " - no")) == reason_first, first_line
     tok = build_word_tokenizer(_judge_corpus(ex))
@@ -93,6 +94,46 @@ def test_quoted_reasons_repeat_the_scan_entries_word_for_word(vq_tokenizer):
     assert n_quoted > len(quoted)  # most candidates have several cell or background points
     with pytest.raises(ValueError, match="quote_scan needs scan"):
         make_examples(samples[:1], **{**kw, "scan": False}, quote_scan=True)
+
+
+def test_expect_traces_put_each_verdict_beside_the_two_phrases_it_compares(vq_tokenizer):
+    """With expect, a cell or background point's line reads `<scan entry> , expected <what the point
+    wants>`, and its verdict is what comparing those two phrases gives: equal for object, empty and
+    background checks, different for the `not` checks, the word present for attribute and count
+    checks. Verdicts, scores and the observed part are those of the quoted trace without it."""
+    from earl.rrm.bench import _same_words
+    from earl.rrm.coldstart import EXPECT_SEPARATOR, observed_part
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    samples = [make_sample(random.Random(k), "complex", image_size=32) for k in range(4)]
+    kw = dict(encode=lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
+              decode=lambda c: tensor_to_pil(vq_tokenizer.decode(c)), scan=True, quote_scan=True)
+    quoted, expect = make_examples(samples, **kw), make_examples(samples, **kw, expect=True)
+    by_kind, n_failing = {}, 0
+    for q, e in zip(quoted, expect):
+        assert q["passed"] == e["passed"] and q["score"] == e["score"]
+        scan = read_scan(e["trace"])
+        for point, ok, line_q, line_e in zip(e["points"], e["passed"], q["trace"].splitlines()[1:-1],
+                                             e["trace"].splitlines()[1:-1]):
+            reason_q, reason_e = (ln.split(". ", 1)[1].rsplit(" - ", 1)[0] for ln in (line_q, line_e))
+            assert observed_part(reason_e) == reason_q and _same_words(reason_e, reason_q)
+            kind = point.check["kind"]
+            if kind in ("no_extra", "quality"):
+                assert EXPECT_SEPARATOR not in reason_e
+                continue
+            seen, want = reason_e.split(EXPECT_SEPARATOR)
+            key, _, entry = seen.partition(" ")
+            if kind in ("object", "empty", "background"):
+                assert scan[key] == entry and ok == (entry == want), line_e
+            elif kind in ("not_object", "background_not"):
+                assert want.startswith("not ") and ok == (entry != want[4:]), line_e
+            else:  # attribute, count: the wanted word among those seen
+                assert ok == (want in seen.split()), line_e
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            n_failing += not ok
+    assert {"object", "empty", "attribute"} <= set(by_kind) and n_failing > 10, (by_kind, n_failing)
+    with pytest.raises(ValueError, match="expect needs quote_scan"):
+        make_examples(samples[:1], **{**kw, "quote_scan": False}, expect=True)
 
 
 def test_tiny_rrm_sft_learns_and_serves_as_a_verifier(tmp_path, vq_tokenizer):
@@ -209,6 +250,8 @@ def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.failing_point_weight=0"])
     with pytest.raises(ConfigError, match="quote_scan"):
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.quote_scan=true"])
+    with pytest.raises(ConfigError, match="data.expect needs data.quote_scan"):
+        load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.scan=true", "data.expect=true"])
 
 
 def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
