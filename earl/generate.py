@@ -37,6 +37,9 @@ class SamplingConfig:
     top_k: int = 0  # keep the k most likely codes; 0 = off
     top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
     max_think_tokens: int = 96  # budget for the reasoning text of chain-of-thought models
+    # on a GPU with Triton, draw image codes with one fused kernel (CFG, temperature, top-k, draw and
+    # log-prob: `earl.kernels.sampling`); same distribution, Triton's random stream. Not with top_p < 1.
+    fused_step: bool = True
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -95,6 +98,51 @@ def sample_from(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     else:
         tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+_fused_reported: set[str] = set()
+
+
+def _use_fused_step(device: torch.device, cfg: SamplingConfig) -> bool:
+    """Whether image codes are drawn by `earl.kernels.sampling.cfg_sample`: on CUDA with Triton, when
+    asked and without top-p. Says once why not when it was asked on a GPU."""
+    if not cfg.fused_step or device.type != "cuda":
+        return False
+    why = "top_p < 1 needs a sort" if cfg.top_p < 1.0 else None
+    if why is None:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            why = "triton is not installed"
+    if why is not None and why not in _fused_reported:
+        _fused_reported.add(why)
+        log.info("fused sampling step off (%s): PyTorch sampling", why)
+    return why is None
+
+
+def _image_code_sampler(device, cfg: SamplingConfig, n: int, code_range: tuple[int, int], generator):
+    """A function (R, V) full-vocabulary logits -> (codes (n,), log-probs (n,)) for the image codes,
+    CFG rows included: the fused kernel where `_use_fused_step`, else the PyTorch steps."""
+    img_start, img_stop = code_range
+    if _use_fused_step(device, cfg):
+        from earl.kernels.sampling import cfg_sample
+
+        base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
+                                 device=generator.device if generator is not None else "cpu"))
+        calls = iter(range(2**31))
+
+        def fused(logits):
+            return cfg_sample(logits, n, img_start, img_stop, cfg.guidance_scale, cfg.temperature, cfg.top_k,
+                              seed=(base + next(calls) * 7919) % (2**31 - 1))
+        return fused
+
+    def unfused(logits):
+        logits = logits[:, img_start:img_stop]  # (R, K) image slice only
+        if cfg.uses_cfg:
+            cond, uncond = logits[:n].float(), logits[n:].float()
+            logits = uncond + cfg.guidance_scale * (cond - uncond)
+        return sample_from(process_logits(logits, cfg), cfg, generator)
+    return unfused
 
 
 # ---- the cache-carrying decoder -------------------------------------------------------------
@@ -247,13 +295,10 @@ def sample_edits(
 
     codes = torch.empty((N, h, w), dtype=torch.long, device=device)
     eol = torch.full((R, 1), v.eol, dtype=torch.long, device=device)
+    sample_codes = _image_code_sampler(device, cfg, N, (img_start, img_stop), generator)
     for r in range(h):
         for c in range(w):
-            logits = dec.logits[:, img_start:img_stop]  # (R, K) image slice only
-            if cfg.uses_cfg:
-                cond, uncond = logits[:N].float(), logits[N:].float()
-                logits = uncond + cfg.guidance_scale * (cond - uncond)
-            tok, lp = sample_from(process_logits(logits, cfg), cfg, generator)  # (N,), (N,)
+            tok, lp = sample_codes(dec.logits)  # (N,), (N,)
             codes[:, r, c] = tok
             ids = (tok + img_start)[:, None]
             pieces.append((ids, lp[:, None], torch.ones_like(ids, dtype=torch.bool)))
