@@ -100,9 +100,10 @@ def build_bench_model(size: str, image_size: int, seed: int = 0, device: str = "
 # ---- the two samplers, each returning (N, T) completions that start with the image header --------
 def run_earl(backbone, layout: EditLayout, instructions: list[str], sources: torch.Tensor,
              guidance_scale: float, generator: torch.Generator | None, temperature: float = 1.0,
-             static: bool = False) -> torch.Tensor:
-    """`static`: preallocated cache, and the decode step captured as a CUDA graph on a GPU."""
-    cfg = SamplingConfig(guidance_scale=guidance_scale, temperature=temperature)
+             static: bool = False, fused_step: bool = True) -> torch.Tensor:
+    """`static`: preallocated cache, and the decode step captured as a CUDA graph on a GPU;
+    `fused_step`: the Triton sampling step on a GPU (`earl.kernels.sampling`)."""
+    cfg = SamplingConfig(guidance_scale=guidance_scale, temperature=temperature, fused_step=fused_step)
     return sample_edits(backbone, layout, instructions, sources, cfg, generator=generator,
                         compile_decode=static).completions
 
@@ -220,9 +221,12 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
         "transformers_cfg": lambda: run_transformers(backbone, layout, instructions, sources, guidance_scale, seed),
         "earl_nocfg": lambda: run_earl(backbone, layout, instructions, sources, 1.0, gen()),
     }
+    if device.type == "cuda":  # the fused sampling step's baseline: the same static run, PyTorch sampling
+        calls["earl_cfg_static_unfused"] = lambda: run_earl(backbone, layout, instructions, sources, guidance_scale,
+                                                            gen(), static=True, fused_step=False)
     row = {"batch_size": B}
     times, n_checked = _timed_round_robin(calls, lambda out: len(parse_grids(layout, out, h, w)), repeats)
-    for name in METHODS:
+    for name in calls:
         sec = statistics.median(times[name])
         row[name] = {"seconds": sec, "seconds_all": times[name], "tokens_per_s": B * h * w / sec,
                      "ms_per_image": 1000 * sec / B, "well_formed": n_checked[name] == [B] * (repeats + 1)}
@@ -312,6 +316,10 @@ def format_table(result: dict) -> str:
                       f"{f['ms_per_decode_step']:.2f} ms; earl CFG static per code (prefill included): "
                       + ", ".join(f"batch {r['batch_size']} {r['earl_cfg_static']['ms_per_decode_step']:.2f} ms"
                                   for r in result["results"])]
+    if all("earl_cfg_static_unfused" in r for r in result["results"]):
+        lines += ["", "fused sampling step (earl CFG static, PyTorch sampling / fused): "
+                  + ", ".join(f"batch {r['batch_size']} {r['earl_cfg_static_unfused']['seconds'] / r['earl_cfg_static']['seconds']:.2f}x"
+                              for r in result["results"])]
     m = result["machine"]
     busy = m["cpu_busy_before"]
     where = f"{m['gpu']} ({c['dtype']}, attention {c['attention']}); host " if "gpu" in m else ""
