@@ -87,6 +87,19 @@ def _cmd_train(args) -> None:
     print(getattr(mod, fmt)(report) if fmt else json.dumps(report, indent=2))
 
 
+def _cmd_eval_rrm(args) -> None:
+    from earl.config import load_config
+    from earl.io import atomic_write_json
+    from earl.train.rrm import RRMRecipe, evaluate_saved_rrm
+
+    cfg = load_config(RRMRecipe, args.recipe, args.overrides)
+    metrics = {"model": args.model, "recipe": args.recipe, "overrides": args.overrides,
+               **evaluate_saved_rrm(cfg, args.model)}
+    if args.out:
+        atomic_write_json(args.out, metrics)
+    print(json.dumps(metrics, indent=2))
+
+
 def _cmd_edit(args) -> None:
     from earl.pipeline import EditPipeline
 
@@ -396,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     _benchmark_args(ei)
     ei.set_defaults(func=_cmd_eval_benchmark)
 
+    erm = ev.add_parser("rrm", help="re-run a reward-model recipe's held-out evaluation on a saved model")
+    erm.add_argument("recipe", help="the recipe it was trained with, e.g. recipes/shapes/rrm_sft_scan.yaml")
+    erm.add_argument("overrides", nargs="*", help="the same key.sub=value overrides as in training")
+    erm.add_argument("--model", required=True, help="the model directory (OUT_DIR/model)")
+    erm.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    erm.set_defaults(func=_cmd_eval_rrm)
     er = ev.add_parser("rewardbench", help="pairwise accuracy of reward models on held-out ShapesEdit preferences")
     er.add_argument("--rrm", action="append", help="NAME=DIR of a reasoning reward model (repeatable)")
     er.add_argument("--scalar", action="append", help="NAME=DIR of a scalar Bradley-Terry reward model (repeatable)")

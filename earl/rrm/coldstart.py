@@ -104,6 +104,27 @@ def observed_part(reason: str) -> str:
     return re.split(r"\s*,\s*expected\b", reason, maxsplit=1, flags=re.I)[0]
 
 
+def phrase_verdict(kind: str, reason: str) -> bool | None:
+    """The verdict an `expect` reason implies by comparing its two phrases, or None for a reason
+    without an expectation: equal entries for object, empty and background checks
+    ("r4c2 nothing , expected small green circle" -> False), different ones for `not` checks, the
+    wanted word among those seen for attribute and count checks."""
+    m = re.match(r"^(.*?)\s*,\s*expected\s+(.*)$", reason.strip().lower())
+    if m is None:
+        return None
+    seen, wanted = m.groups()
+    words = re.findall(r"\w+", seen)
+    want = re.findall(r"\w+", wanted)
+    if kind in ("object", "empty", "background", "not_object", "background_not"):
+        entry = words[1:] if words[:1] == ["background"] or (words and re.fullmatch(r"r\d+c\d+", words[0])) else words
+        if kind in ("not_object", "background_not"):
+            return want[:1] == ["not"] and entry != want[1:]
+        return entry == want
+    if kind in ("attribute", "count"):
+        return len(want) == 1 and want[0] in words
+    return None
+
+
 def read_scan(text: str) -> dict[str, str] | None:
     """The entries of the scan line in a (decoded) trace, {"background": "white", "r1c1": "nothing", ...},
     or None when the text has no scan line. Entries are lower-cased, spaces normalised."""

@@ -118,10 +118,63 @@ def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str,
     objects = [ok for ok, is_object in cells if is_object]
     scan_metrics = {"eval/scan_entries_right": sum(ok for ok, _ in cells) / len(cells),
                     "eval/scan_objects_right": sum(objects) / len(objects) if objects else nan} if cells else {}
-    return {**scan_metrics, "eval/parse_failed": 1 - len(ok) / max(1, len(examples)),
+    return {**scan_metrics, **expect_diagnostics(parsed, examples), "eval/parse_failed": 1 - len(ok) / max(1, len(examples)),
             "eval/point_accuracy": sum(points) / len(points) if points else nan,
             "eval/failing_points_caught": sum(failing) / len(failing) if failing else nan,
             "eval/score_mae": sum(abs(v.score - e["score"]) for v, e in ok) / len(ok) if ok else nan}
+
+
+def expect_diagnostics(parsed, examples: list[dict]) -> dict[str, float]:
+    """Where an `expect` model goes wrong, on the points whose oracle reason carries an expectation
+    (`data.expect`; empty for other traces), each share over the parsed traces:
+    - `eval/expect_wanted_right`: the expectation written as the oracle's (copied from the question);
+    - `eval/expect_observed_right` (and `_failing`, on failing points only): what it says it saw is
+      the oracle's observation (copied from its scan, or read from the image);
+    - `eval/expect_verdict_follows_phrases`: its verdict is what comparing its own two phrases gives
+      (`phrase_verdict`), right or wrong: whether the comparison step is learned."""
+    import re
+
+    from earl.rrm.coldstart import observed_part, phrase_verdict
+    from earl.rrm.trace import parse_trace
+
+    def words(t):
+        return re.findall(r"\w+", t.lower())
+
+    wanted, observed, observed_failing, follows = [], [], [], []
+    for v, e in zip(parsed, examples):
+        oracle = parse_trace(e["trace"], len(e["points"]))
+        if v is None or oracle is None:
+            continue
+        for i, point in enumerate(e["points"]):
+            kind = point.check.get("kind")
+            if phrase_verdict(kind, oracle.reasons[i]) is None:
+                continue
+            got, want = v.reasons[i], oracle.reasons[i]
+            wanted.append(words(got[len(observed_part(got)):]) == words(want[len(observed_part(want)):]))
+            observed.append(words(observed_part(got)) == words(observed_part(want)))
+            if not oracle.passed[i]:
+                observed_failing.append(observed[-1])
+            follows.append(phrase_verdict(kind, got) == v.passed[i])
+
+    def share(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    return {"eval/expect_wanted_right": share(wanted), "eval/expect_observed_right": share(observed),
+            "eval/expect_observed_right_failing": share(observed_failing),
+            "eval/expect_verdict_follows_phrases": share(follows)} if wanted else {}
+
+
+def evaluate_saved_rrm(cfg: RRMRecipe, model_dir: str) -> dict[str, float]:
+    """The recipe's held-out evaluation (`data.eval_samples` of seed `data.seed + 1_000_003`) re-run on
+    a reward model saved by `train_rrm_sft`, e.g. to add a metric to a finished run."""
+    from earl.model import UnifiedEditor
+
+    if not (Path(model_dir) / "editor.json").is_file():
+        raise ConfigError(f"{model_dir}: not a model written by `earl train rrm-sft` (no editor.json)")
+    editor = UnifiedEditor.from_pretrained(model_dir)
+    cfg.model.image_size = editor.config.image_size
+    held_out = build_examples(cfg, editor.image_tokenizer, cfg.data.eval_samples, cfg.data.seed + 1_000_003)
+    return evaluate_rrm(editor, held_out, cfg.data.max_new_tokens)
 
 
 def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -> dict:

@@ -152,6 +152,19 @@ def test_tiny_rrm_sft_learns_and_serves_as_a_verifier(tmp_path, vq_tokenizer):
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert losses[-1] < 0.6 * losses[0], losses
     assert 0.0 <= final["eval/parse_failed"] <= 1.0
+    # `earl eval rrm`: the recipe's held-out evaluation re-run on the saved model gives the same figures
+    from earl.cli import main
+    from earl.errors import ConfigError
+    from earl.train.rrm import evaluate_saved_rrm
+
+    assert main(["eval", "rrm", str(ROOT / "recipes/shapes/rrm_sft.yaml"), *[f"{k}={v}" for k, v in over.items()],
+                 "--model", str(tmp_path / "rrm/model"), "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert "eval/point_accuracy" in final and "eval/point_accuracy" in again
+    assert {k: again[k] for k in final if k.startswith("eval/")} == pytest.approx(
+        {k: v for k, v in final.items() if k.startswith("eval/")}, nan_ok=True)
+    with pytest.raises(ConfigError, match="no editor.json"):
+        evaluate_saved_rrm(cfg, str(tmp_path))
     # the trained model as the `rrm` verifier: every edit gets a parsed score in [0, 1] or an explicit failure
     s = make_sample(random.Random(5), "simple", image_size=32)
     req = EditRequest(render(s.source_scene), s.instruction, render(s.target_scene),
@@ -278,3 +291,42 @@ def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
     right = n0 - (scans[0]["r1c1"] != "nothing")  # the misread cell counts among the objects if it holds one
     assert metrics["eval/scan_objects_right"] == pytest.approx(right / (n0 + n1))
     assert metrics["eval/parse_failed"] == 0.0 and metrics["eval/point_accuracy"] == 1.0
+
+
+def test_expect_diagnostics_tell_a_copied_observation_from_a_skipped_comparison(vq_tokenizer):
+    """On oracle traces every share is 1. A model that writes the expectation as what it saw (and so
+    passes everything) copies the wanted phrase and follows its phrases, but observes no failing point
+    right; one that observes right but answers yes everywhere does not follow its phrases."""
+    import re
+
+    from earl.rrm.coldstart import phrase_verdict
+    from earl.train.rrm import expect_diagnostics
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    samples = [make_sample(random.Random(k), "complex", image_size=32) for k in range(3)]
+    ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
+                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), scan=True, quote_scan=True, expect=True)
+    oracle = [parse_trace(e["trace"], 10) for e in ex]
+    for v, e in zip(oracle, ex):  # phrase_verdict reproduces the oracle's verdicts from its own phrases
+        for p, ok, reason in zip(e["points"], v.passed, v.reasons):
+            assert phrase_verdict(p.check["kind"], reason) in (None, ok)
+    perfect = expect_diagnostics(oracle, ex)
+    assert set(perfect.values()) == {1.0}
+
+    def copy_expectation(line):
+        m = re.match(r"^(\d+)\. (r\d+c\d+|background) (.*?) , expected (?!not )(.*) - (yes|no)$", line)
+        return f"{m[1]}. {m[2]} {m[4]} , expected {m[4]} - yes" if m else line
+
+    def say_yes(line):
+        return re.sub(r" - no$", " - yes", line)
+
+    def replies(fix):
+        return [parse_trace("\n".join(fix(ln) for ln in e["trace"].splitlines()), 10) for e in ex]
+
+    copying = expect_diagnostics(replies(copy_expectation), ex)
+    assert copying["eval/expect_wanted_right"] == 1.0 and copying["eval/expect_verdict_follows_phrases"] > 0.9
+    # right only where the point passes and names a whole object (an attribute point's copy is one word)
+    assert copying["eval/expect_observed_right_failing"] < min(0.5, copying["eval/expect_observed_right"])
+    yes_man = expect_diagnostics(replies(say_yes), ex)
+    assert yes_man["eval/expect_observed_right"] == 1.0 and yes_man["eval/expect_verdict_follows_phrases"] < 1.0
+    assert expect_diagnostics(oracle, [{**e, "trace": e["trace"].replace(" , expected", " ; wanted")} for e in ex]) == {}
