@@ -2,7 +2,8 @@
 # The reward-model comparison on ShapesEdit (Edit-R1), as measured in docs/REWARD_MODELS.md: the
 # cold-start SFT of the reasoning reward model from the trained editor (plain, and with failing
 # points weighted 6x in the loss, with traces that open with a cell-by-cell scan of the edited image,
-# and with that scan quoted in the reasons), GCPO from the plain one and the scan one, the scalar Bradley-Terry
+# with that scan quoted in the reasons, and with each quoted reason followed by what its point expects,
+# plain and with failing points weighted 3x), GCPO from the plain one and the scan one, the scalar Bradley-Terry
 # baseline from the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and
 # a per-principle-type breakdown of the verdicts. About 4 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. Add `--avg-k 4` to the benchmark for Avg@4 self-consistency, and
@@ -14,6 +15,10 @@ set -euo pipefail
 [ -f runs/rrm_sft_scan/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_scan.yaml --resume
 [ -f runs/rrm_sft_quoted/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_scan.yaml \
     out_dir=runs/rrm_sft_quoted data.quote_scan=true --resume
+[ -f runs/rrm_sft_expect/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_scan.yaml \
+    out_dir=runs/rrm_sft_expect data.quote_scan=true data.expect=true --resume
+[ -f runs/rrm_sft_expect_w3/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_scan.yaml \
+    out_dir=runs/rrm_sft_expect_w3 data.quote_scan=true data.expect=true data.failing_point_weight=3 --resume
 [ -f runs/rm_scalar_editor/model/scalar_head.safetensors ] || earl train rm-scalar recipes/shapes/rm_scalar_from_editor.yaml \
     run.steps=500 run.eval_every=250 run.save_every=500
 [ -f runs/rrm_gcpo/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
