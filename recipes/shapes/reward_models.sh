@@ -3,9 +3,9 @@
 # cold-start SFT of the reasoning reward model from the trained editor (plain, and with failing
 # points weighted 6x in the loss, with traces that open with a cell-by-cell scan of the edited image,
 # with that scan quoted in the reasons, and with each quoted reason followed by what its point expects,
-# plain and with failing points weighted 3x), GCPO from the plain one and the scan one, the scalar Bradley-Terry
+# plain and with failing points weighted 3x), GCPO from the plain one, the scan one and the weighted expect one, the scalar Bradley-Terry
 # baseline from the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and
-# a per-principle-type breakdown of the verdicts. About 4 h on 2 CPU cores. Every step resumes or is
+# a per-principle-type breakdown of the verdicts. About 7 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. Add `--avg-k 4` to the benchmark for Avg@4 self-consistency, and
 # `earl study recipes/shapes/study_rewards.yaml` for editor GRPO with each reward (not run yet).
 set -euo pipefail
@@ -25,8 +25,16 @@ set -euo pipefail
     run.steps=40 run.eval_every=40 run.save_every=40 --resume
 [ -f runs/rrm_gcpo_scan/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
     out_dir=runs/rrm_gcpo_scan init_from=runs/rrm_sft_scan/model run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_expect_w3/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_expect_w3 init_from=runs/rrm_sft_expect_w3/model run.steps=40 run.eval_every=40 run.save_every=40 --resume
+# where the expect models go wrong: expectation, observation, and whether the verdict follows them
+earl eval rrm recipes/shapes/rrm_sft_scan.yaml data.quote_scan=true data.expect=true \
+    --model runs/rrm_sft_expect/model --out runs/rrm_eval/expect.json
+earl eval rrm recipes/shapes/rrm_sft_scan.yaml data.quote_scan=true data.expect=true data.failing_point_weight=3 \
+    --model runs/rrm_sft_expect_w3/model --out runs/rrm_eval/expect_w3.json
 earl eval rewardbench --samples 100 --rrm rrm_sft=runs/rrm_sft_editor/model \
     --rrm rrm_sft_weighted=runs/rrm_sft_editor_weighted/model --rrm rrm_gcpo=runs/rrm_gcpo/model \
     --rrm rrm_sft_scan=runs/rrm_sft_scan/model --rrm rrm_sft_quoted=runs/rrm_sft_quoted/model \
-    --rrm rrm_gcpo_scan=runs/rrm_gcpo_scan/model \
+    --rrm rrm_gcpo_scan=runs/rrm_gcpo_scan/model --rrm rrm_sft_expect=runs/rrm_sft_expect/model \
+    --rrm rrm_sft_expect_w3=runs/rrm_sft_expect_w3/model --rrm rrm_gcpo_expect_w3=runs/rrm_gcpo_expect_w3/model \
     --scalar scalar=runs/rm_scalar_editor/model --out runs/rewardbench
