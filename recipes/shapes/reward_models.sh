@@ -6,7 +6,7 @@
 # plain and with failing points weighted 3x), GCPO from the plain one, the scan one and the weighted expect one, the scalar Bradley-Terry
 # baseline from the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and
 # a per-principle-type breakdown of the verdicts. About 7 h on 2 CPU cores. Every step resumes or is
-# skipped when its output exists. Add `--avg-k 4` to the benchmark for Avg@4 self-consistency, and
+# skipped when its output exists. The last command adds Avg@4 self-consistency for two models;
 # `earl study recipes/shapes/study_rewards.yaml` for editor GRPO with each reward (not run yet).
 set -euo pipefail
 [ -f runs/rrm_sft_editor/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_from_editor.yaml --resume
@@ -38,3 +38,6 @@ earl eval rewardbench --samples 100 --rrm rrm_sft=runs/rrm_sft_editor/model \
     --rrm rrm_gcpo_scan=runs/rrm_gcpo_scan/model --rrm rrm_sft_expect=runs/rrm_sft_expect/model \
     --rrm rrm_sft_expect_w3=runs/rrm_sft_expect_w3/model --rrm rrm_gcpo_expect_w3=runs/rrm_gcpo_expect_w3/model \
     --scalar scalar=runs/rm_scalar_editor/model --out runs/rewardbench
+# Avg@4 self-consistency of the weighted expect model and its GCPO run (10 min each)
+earl eval rewardbench --samples 100 --rrm rrm_sft_expect_w3=runs/rrm_sft_expect_w3/model \
+    --rrm rrm_gcpo_expect_w3=runs/rrm_gcpo_expect_w3/model --avg-k 4 --out runs/rewardbench_avg4
