@@ -6,7 +6,7 @@
 # plain and with failing points weighted 3x), GCPO from the plain one, the scan one and the weighted expect one, the scalar Bradley-Terry
 # baseline from the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and
 # a per-principle-type breakdown of the verdicts. About 7 h on 2 CPU cores. Every step resumes or is
-# skipped when its output exists. The last command adds Avg@4 self-consistency for two models;
+# skipped when its output exists. The last command adds Avg@4 self-consistency for two models; run
 # `earl study recipes/shapes/study_rewards.yaml` for editor GRPO with each reward (not run yet).
 set -euo pipefail
 [ -f runs/rrm_sft_editor/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_from_editor.yaml --resume
