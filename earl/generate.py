@@ -18,6 +18,7 @@ one with the instruction dropped. At s = 1 the unconditional rows are not comput
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 
@@ -129,7 +130,7 @@ def _image_code_sampler(device, cfg: SamplingConfig, n: int, code_range: tuple[i
 
         base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
                                  device=generator.device if generator is not None else "cpu"))
-        calls = iter(range(2**31))
+        calls = itertools.count()  # a distinct seed per step
 
         def fused(logits):
             return cfg_sample(logits, n, img_start, img_stop, cfg.guidance_scale, cfg.temperature, cfg.top_k,

@@ -99,9 +99,16 @@ def expectation(point: EvalPoint) -> str | None:
     return None
 
 
+def split_expectation(reason: str) -> tuple[str, str | None]:
+    """An `expect` reason's two phrases: (what was seen, what the point expects), or (reason, None)
+    when it has no `, expected ...` tail."""
+    m = re.match(r"^(.*?)\s*,\s*expected\b\s*(.*)$", reason.strip(), flags=re.I)
+    return (reason, None) if m is None else (m[1], m[2])
+
+
 def observed_part(reason: str) -> str:
     """A reason without its `, expected ...` tail (`expect` traces): what the model says it saw."""
-    return re.split(r"\s*,\s*expected\b", reason, maxsplit=1, flags=re.I)[0]
+    return split_expectation(reason)[0]
 
 
 def phrase_verdict(kind: str, reason: str) -> bool | None:
@@ -109,12 +116,11 @@ def phrase_verdict(kind: str, reason: str) -> bool | None:
     without an expectation: equal entries for object, empty and background checks
     ("r4c2 nothing , expected small green circle" -> False), different ones for `not` checks, the
     wanted word among those seen for attribute and count checks."""
-    m = re.match(r"^(.*?)\s*,\s*expected\s+(.*)$", reason.strip().lower())
-    if m is None:
+    seen, wanted = split_expectation(reason)
+    if not wanted:
         return None
-    seen, wanted = m.groups()
-    words = re.findall(r"\w+", seen)
-    want = re.findall(r"\w+", wanted)
+    words = re.findall(r"\w+", seen.lower())
+    want = re.findall(r"\w+", wanted.lower())
     if kind in ("object", "empty", "background", "not_object", "background_not"):
         entry = words[1:] if words[:1] == ["background"] or (words and re.fullmatch(r"r\d+c\d+", words[0])) else words
         if kind in ("not_object", "background_not"):

@@ -86,6 +86,12 @@ def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[d
                          cfg.data.scan, cfg.data.quote_scan, cfg.data.expect)[1]
 
 
+def build_held_out(cfg: RRMRecipe, image_tokenizer) -> list[dict]:
+    """The held-out judge examples every evaluation of a recipe uses: `data.eval_samples` samples of
+    another seed than the training data's."""
+    return build_examples(cfg, image_tokenizer, cfg.data.eval_samples, cfg.data.seed + 1_000_003)
+
+
 def _judge_corpus(examples: list[dict]) -> list[str]:
     """Every text a judge example contains: what the reward model's word vocabulary must cover."""
     from earl.rrm.model import points_text
@@ -134,7 +140,7 @@ def expect_diagnostics(parsed, examples: list[dict]) -> dict[str, float]:
       (`phrase_verdict`), right or wrong: whether the comparison step is learned."""
     import re
 
-    from earl.rrm.coldstart import observed_part, phrase_verdict
+    from earl.rrm.coldstart import phrase_verdict, split_expectation
     from earl.rrm.trace import parse_trace
 
     def words(t):
@@ -149,12 +155,13 @@ def expect_diagnostics(parsed, examples: list[dict]) -> dict[str, float]:
             kind = point.check.get("kind")
             if phrase_verdict(kind, oracle.reasons[i]) is None:
                 continue
-            got, want = v.reasons[i], oracle.reasons[i]
-            wanted.append(words(got[len(observed_part(got)):]) == words(want[len(observed_part(want)):]))
-            observed.append(words(observed_part(got)) == words(observed_part(want)))
+            (seen_got, wanted_got), (seen_want, wanted_want) = (split_expectation(r) for r in (v.reasons[i],
+                                                                                              oracle.reasons[i]))
+            wanted.append(wanted_got is not None and words(wanted_got) == words(wanted_want))
+            observed.append(words(seen_got) == words(seen_want))
             if not oracle.passed[i]:
                 observed_failing.append(observed[-1])
-            follows.append(phrase_verdict(kind, got) == v.passed[i])
+            follows.append(phrase_verdict(kind, v.reasons[i]) == v.passed[i])
 
     def share(xs):
         return sum(xs) / len(xs) if xs else float("nan")
@@ -165,15 +172,14 @@ def expect_diagnostics(parsed, examples: list[dict]) -> dict[str, float]:
 
 
 def evaluate_saved_rrm(cfg: RRMRecipe, model_dir: str) -> dict[str, float]:
-    """The recipe's held-out evaluation (`data.eval_samples` of seed `data.seed + 1_000_003`) re-run on
-    a reward model saved by `train_rrm_sft`, e.g. to add a metric to a finished run."""
+    """The recipe's held-out evaluation (`build_held_out`) re-run on a reward model saved by `train_rrm_sft`, e.g. to add a metric to a finished run."""
     from earl.model import UnifiedEditor
 
     if not (Path(model_dir) / "editor.json").is_file():
         raise ConfigError(f"{model_dir}: not a model written by `earl train rrm-sft` (no editor.json)")
     editor = UnifiedEditor.from_pretrained(model_dir)
     cfg.model.image_size = editor.config.image_size
-    held_out = build_examples(cfg, editor.image_tokenizer, cfg.data.eval_samples, cfg.data.seed + 1_000_003)
+    held_out = build_held_out(cfg, editor.image_tokenizer)
     return evaluate_rrm(editor, held_out, cfg.data.max_new_tokens)
 
 
@@ -198,7 +204,7 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     else:
         image_tokenizer = VQTokenizer.from_pretrained(cfg.model.image_tokenizer)
     train = build_examples(cfg, image_tokenizer, cfg.data.samples, cfg.data.seed)
-    held_out = build_examples(cfg, image_tokenizer, cfg.data.eval_samples, cfg.data.seed + 1_000_003)
+    held_out = build_held_out(cfg, image_tokenizer)
     corpus = _judge_corpus(train + held_out)
     if start is not None:
         editor = start.with_words(corpus)
