@@ -1,7 +1,8 @@
 """The recipe study: `earl study recipes/shapes/study.yaml`.
 
 Trains and evaluates several arms (SFT, SFT-CoT, SFT on more data, SFT -> GRPO, best-of-N
-sampling from an SFT model) over several seeds on ShapesEdit, with one shared image tokenizer,
+sampling from an SFT model, or a `given` editor from a directory, evaluated as is and a start for
+GRPO arms) over several seeds on ShapesEdit, with one shared image tokenizer,
 and reports each arm as mean +- 95% CI across seeds. Best-of-N draws N samples per prompt from
 the SFT model and keeps the one the RL verifier (the oracle) likes best: the control that tells
 a gain from sampling apart from a gain in the policy itself.
@@ -33,14 +34,15 @@ from earl.generate import SamplingConfig
 from earl.io import atomic_write_json, atomic_write_text, read_json
 from earl.stats import mean_ci
 
-ARM_KINDS = ("sft", "grpo", "best_of_n")
+ARM_KINDS = ("given", "sft", "grpo", "best_of_n")
 
 
 @dataclass
 class ArmSection:
     name: str  # a directory name and a table row, e.g. "sft_simple"
-    kind: str  # "sft" | "grpo" | "best_of_n"
+    kind: str  # "given" | "sft" | "grpo" | "best_of_n"
     recipe: str | None = None  # the stage's YAML (sft, grpo); best_of_n has none
+    model: str | None = None  # given: an editor directory (the same for every seed), never trained
     overrides: list[str] = field(default_factory=list)  # key=value, applied after the study's defaults
     start: str | None = None  # grpo and best_of_n: the arm whose model (same seed) they start from
     n: int = 8  # best_of_n: samples per prompt
@@ -49,10 +51,12 @@ class ArmSection:
     def __post_init__(self):
         if self.kind not in ARM_KINDS:
             raise ValueError(f"arm {self.name!r}: kind must be one of {', '.join(ARM_KINDS)}, got {self.kind!r}")
+        if (self.kind == "given") != (self.model is not None):
+            raise ValueError(f"arm {self.name!r}: `model` (an editor directory) is for, and needed by, a given arm")
         if self.kind in ("sft", "grpo") and not self.recipe:
             raise ValueError(f"arm {self.name!r}: a {self.kind} arm needs a recipe")
         if self.kind in ("grpo", "best_of_n") and not self.start:
-            raise ValueError(f"arm {self.name!r}: a {self.kind} arm needs `start` (an SFT arm's name)")
+            raise ValueError(f"arm {self.name!r}: a {self.kind} arm needs `start` (an SFT or given arm's name)")
         if self.kind == "best_of_n" and (self.n < 2 or self.temperature <= 0):
             raise ValueError(f"arm {self.name!r}: best_of_n needs n >= 2 and temperature > 0")
 
@@ -111,6 +115,15 @@ def run_dir(cfg: StudyRecipe, arm: str, seed: int) -> Path:
     return Path(cfg.out_dir) / arm / f"seed_{seed}"
 
 
+def model_dir(cfg: StudyRecipe, arm: ArmSection, seed: int) -> Path:
+    """Where an arm's editor for one seed lives: its training run's model/, or a given arm's directory."""
+    return Path(arm.model) if arm.kind == "given" else run_dir(cfg, arm.name, seed) / "model"
+
+
+def _arm(cfg: StudyRecipe, name: str) -> ArmSection:
+    return next(a for a in cfg.arms if a.name == name)
+
+
 def _trained(d: Path) -> bool:
     return (d / "final_metrics.json").is_file() and (d / "model" / "editor.json").is_file()
 
@@ -127,7 +140,7 @@ def arm_recipe(cfg: StudyRecipe, arm: ArmSection, seed: int):
                                       + [f"out_dir={out}", f"run.seed={seed}"])
     from earl.train.grpo import GRPORecipe, train_grpo
 
-    start = run_dir(cfg, arm.start, seed) / "model"
+    start = model_dir(cfg, _arm(cfg, arm.start), seed)
     return train_grpo, load_config(GRPORecipe, arm.recipe, [f"data.cache_dir={cfg.cache_dir}"] + cfg.grpo_overrides
                                    + arm.overrides + [f"out_dir={out}", f"run.seed={seed}", f"init_from={start}"])
 
@@ -135,6 +148,10 @@ def arm_recipe(cfg: StudyRecipe, arm: ArmSection, seed: int):
 def check_recipes(cfg: StudyRecipe) -> None:
     """Load every arm's stage recipe now, so a typo in the last arm fails before hours of training."""
     for arm in cfg.arms:
+        if arm.kind == "given":
+            if not (Path(arm.model) / "editor.json").is_file():
+                raise ConfigError(f"arm {arm.name!r}: model {arm.model} is not a saved editor (no editor.json)")
+            continue
         if arm.kind == "best_of_n":
             continue
         try:
@@ -162,8 +179,8 @@ def evaluate_arm(cfg: StudyRecipe, arm: ArmSection, seed: int, set_name: str, pr
     from earl.evaluate import generate_in_batches, oracle_scores
     from earl.model import UnifiedEditor
 
-    model_arm = arm.start if arm.kind == "best_of_n" else arm.name
-    editor = UnifiedEditor.from_pretrained(run_dir(cfg, model_arm, seed) / "model")
+    model_arm = _arm(cfg, arm.start) if arm.kind == "best_of_n" else arm
+    editor = UnifiedEditor.from_pretrained(model_dir(cfg, model_arm, seed))
     data = _eval_set(cfg, cfg.eval_sets[set_name], editor)
     n = 1
     sampling = cfg.eval_sampling
@@ -202,7 +219,7 @@ def run_study(cfg: StudyRecipe, progress: bool = True) -> dict:
     stages = [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]  # seed-major: seed 0 of every arm first
     for arm, seed in tqdm(stages, desc="study", disable=not progress):
         d = run_dir(cfg, arm.name, seed)
-        if arm.kind != "best_of_n" and not _trained(d):
+        if arm.kind in ("sft", "grpo") and not _trained(d):
             t0 = time.time()
             train_arm(cfg, arm, seed, progress)
             times.record(f"{arm.name}/seed_{seed}/train", time.time() - t0)
@@ -268,7 +285,8 @@ def grpo_diagnostics(cfg: StudyRecipe, window: int = 10) -> dict:
     out = {}
     keys = {"reward": "reward/mean", "zero_var_groups": "reward/zero_variance_groups",
             "entropy": "policy/entropy_mc", "rollout_s": "time/rollout_s", "reward_s": "time/reward_s",
-            "update_s": "time/update_s", "image_tokens_per_s": "rollout/image_tokens_per_s"}
+            "update_s": "time/update_s", "image_tokens_per_s": "rollout/image_tokens_per_s",
+            "oracle_overall": "monitor/oracle_overall", "pair_agreement": "monitor/pair_agreement"}
     for arm in (a for a in cfg.arms if a.kind == "grpo"):
         per_seed = []
         for seed in cfg.seeds:
@@ -337,7 +355,7 @@ def format_report(cfg: StudyRecipe, results: dict) -> str:
     kinds = {a.name: a for a in cfg.arms}
     for name, row in results["arms"].items():
         a = kinds[name]
-        kind = a.kind + (f" (start: {a.start})" if a.start else "")
+        kind = a.kind + (f" (start: {a.start})" if a.start else "") + (f" (`{a.model}`)" if a.model else "")
         cells = " | ".join(f"{_fmt(row[s]['success'])} | {_fmt(row[s]['overall'], pct=False)}" for s in sets)
         per_seed = "; ".join(s + ": " + ", ".join(f"{v * 100:.1f}" for v in row[s]["success"]["per_seed"])
                              for s in sets)
@@ -355,10 +373,14 @@ def format_report(cfg: StudyRecipe, results: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(_fmt(diff[s]) for s in sets) + " |")
     diag = results.get("grpo_diagnostics") or {}
     if diag:
-        lines += ["", "GRPO diagnostics (means over seeds; first / last 10 steps of training):", "",
-                  "| arm | rollout reward | groups with zero reward variance (of prompts/step) | sampled-code "
-                  "entropy (nats) | held-out success, first / last eval | skipped updates | step time: rollout / "
-                  "reward / update (s) | rollout image tokens/s |", "|---|---|---|---|---|---:|---|---:|"]
+        lines += ["", "GRPO diagnostics (means over seeds; first / last 10 steps of training). The rollout reward is "
+                  "the arm's own verifier's; the oracle's verdict on the same rollouts (overall, 0-10) and the share of "
+                  "oracle-ordered pairs in a group that the reward orders alike are logged when the verifier is not "
+                  "the oracle: a reward that rises while the oracle's verdict does not is being hacked.", "",
+                  "| arm | rollout reward | oracle on rollouts (0-10) | pair agreement with oracle | groups with zero "
+                  "reward variance (of prompts/step) | sampled-code entropy (nats) | held-out success, first / last "
+                  "eval | skipped updates | step time: rollout / reward / update (s) | rollout image tokens/s |",
+                  "|---|---|---|---|---|---|---|---:|---|---:|"]
         for name, d in diag.items():
             def pair(k, fmt="{:.3f}", d=d):
                 return f"{fmt.format(d[k + '_first'])} / {fmt.format(d[k + '_last'])}" if k + "_first" in d else "n/a"
@@ -366,7 +388,8 @@ def format_report(cfg: StudyRecipe, results: dict) -> str:
             ev = (f"{d['eval_success_first']:.3f} / {d['eval_success_last']:.3f}" if "eval_success_first" in d
                   else "n/a")
             times = " / ".join(f"{d.get(k + '_s_mean', float('nan')):.2f}" for k in ("rollout", "reward", "update"))
-            lines.append(f"| {name} | {pair('reward')} | {pair('zero_var_groups', '{:.1f}')} | {pair('entropy')} | "
+            lines.append(f"| {name} | {pair('reward')} | {pair('oracle_overall', '{:.2f}')} | "
+                         f"{pair('pair_agreement', '{:.2f}')} | {pair('zero_var_groups', '{:.1f}')} | {pair('entropy')} | "
                          f"{ev} | {d['skipped_updates']:.0%} | {times} | {d.get('image_tokens_per_s_mean', 0):.0f} |")
     for s in sets:
         cats = list(next(iter(results["arms"].values()))[s]["per_category"])
@@ -403,12 +426,15 @@ def plot_curves(cfg: StudyRecipe, path: Path) -> None:
             ev = [(r["step"], r["eval/success"]) for r in rows if "eval/success" in r]
             if ev:
                 (ax_g if arm.kind == "grpo" else ax_s).plot(*zip(*ev), marker="o", color=color, alpha=0.8, label=label)
-            rew = [(r["step"], r["reward/mean"]) for r in rows if math.isfinite(r.get("reward/mean", math.nan))]
-            if rew:
-                k = max(1, len(rew) // 20)
-                smooth = [sum(v for _, v in rew[t - k + 1 : t + 1]) / k for t in range(k - 1, len(rew))]
-                ax_r.plot([s for s, _ in rew][k - 1 :], smooth, color=color, alpha=0.8, label=label)
-    ax_r.set(title="GRPO: rollout reward (oracle, moving avg)", xlabel="GRPO step", ylabel="reward (0-1)")
+            for key, scale, style in (("reward/mean", 1.0, "-"), ("monitor/oracle_overall", 0.1, "--")):
+                rew = [(r["step"], r[key] * scale) for r in rows if math.isfinite(r.get(key, math.nan))]
+                if rew:
+                    k = max(1, len(rew) // 20)
+                    smooth = [sum(v for _, v in rew[t - k + 1 : t + 1]) / k for t in range(k - 1, len(rew))]
+                    ax_r.plot([s for s, _ in rew][k - 1 :], smooth, style, color=color, alpha=0.8,
+                              label=label if style == "-" else None)
+    ax_r.set(title="GRPO: own reward (solid), oracle on the same rollouts (dashed)", xlabel="GRPO step",
+             ylabel="reward / oracle overall (0-1), moving avg")
     ax_g.set(title="GRPO: held-out success (greedy)", xlabel="GRPO step", ylabel="success")
     ax_s.set(title="SFT: held-out success (greedy)", xlabel="SFT step", ylabel="success")
     for ax in (ax_r, ax_g, ax_s):

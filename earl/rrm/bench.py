@@ -69,7 +69,7 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
     """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
     of k sampled traces (those that parse; None only when none of the k parses). A greedy call also
     leaves its verdicts' `point_breakdown` on the returned function, as `.points`."""
-    from earl.rrm.model import generate_verdicts, judge_prompt, normalise_decoded
+    from earl.rrm.model import generate_verdicts, sample_verdicts
     from earl.rrm.trace import parse_trace
 
     def score(examples: list[dict]) -> list[float | None]:
@@ -80,22 +80,14 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
             parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
             score.points = point_breakdown(parsed, examples)
             return [None if v is None else v.score for v in parsed]
-        from earl.train.gcpo import sample_traces
-
-        layout, tok = editor.layout, editor.text_tokenizer
         g = torch.Generator(device=editor.device).manual_seed(seed)
-        per_call = max(1, batch_size // k)  # k sampled rows per example, about batch_size rows per call
+        texts = sample_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
+                                [e["source_codes"] for e in examples], [e["codes"] for e in examples], k,
+                                temperature, max_new_tokens, batch_size, g)
         out = []
-        for s in range(0, len(examples), per_call):
-            chunk = examples[s : s + per_call]
-            prompts = [judge_prompt(layout, e["instruction"], e["points"], e["source_codes"], e["codes"]) for e in chunk]
-            comps = sample_traces(editor.backbone, prompts, k, temperature, max_new_tokens, layout.ids.eos,
-                                  layout.ids.pad, g)
-            for j, e in enumerate(chunk):
-                vals = [parse_trace(normalise_decoded(tok.decode(c, skip_special_tokens=True)), len(e["points"]))
-                        for c in comps[j * k : (j + 1) * k]]
-                vals = [v.score for v in vals if v is not None]
-                out.append(sum(vals) / len(vals) if vals else None)
+        for group, e in zip(texts, examples):
+            vals = [v.score for v in (parse_trace(t, len(e["points"])) for t in group) if v is not None]
+            out.append(sum(vals) / len(vals) if vals else None)
         return out
 
     return score

@@ -95,6 +95,27 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
     return texts
 
 
+def sample_verdicts(editor, instructions: list[str], points: list[list[EvalPoint]], source_codes, edited_codes,
+                    k: int, temperature: float = 1.0, max_new_tokens: int = 320, batch_size: int = 32,
+                    generator: torch.Generator | None = None) -> list[list[str]]:
+    """k sampled verdict texts per edit (normalised to the contract), for Avg@k self-consistency;
+    about `batch_size` sampled rows per call."""
+    from earl.train.gcpo import sample_traces
+
+    layout, tok = editor.layout, editor.text_tokenizer
+    per_call = max(1, batch_size // k)
+    out = []
+    for s in range(0, len(instructions), per_call):
+        prompts = [judge_prompt(layout, ins, pts, a.cpu(), b.cpu()) for ins, pts, a, b in
+                   zip(instructions[s : s + per_call], points[s : s + per_call],
+                       source_codes[s : s + per_call], edited_codes[s : s + per_call])]
+        comps = sample_traces(editor.backbone, prompts, k, temperature, max_new_tokens, layout.ids.eos,
+                              layout.ids.pad, generator)
+        texts = [normalise_decoded(tok.decode(c, skip_special_tokens=True)) for c in comps]
+        out += [texts[j * k : (j + 1) * k] for j in range(len(prompts))]
+    return out
+
+
 class RRMVerifier:
     """Rewards from a reasoning reward model, one of three ways:
 
@@ -108,11 +129,16 @@ class RRMVerifier:
     when that is a chat model), cached per (source image, instruction) under `principle_cache`, so
     every candidate of a prompt is judged against the same 10 points. A request whose principles
     cannot be had fails (counted), like a reply that does not parse.
+
+    `samples` = k > 1 gives Avg@k self-consistency (earl's model only): the reward is the mean score of
+    the k sampled traces that parse, which breaks the ties a greedy verdict leaves between candidates;
+    the edit fails only when none of the k parses.
     """
 
     name = "rrm"
 
     def __init__(self, model_path: str | None = None, max_new_tokens: int = 320, batch_size: int = 16,
+                 samples: int = 1, temperature: float = 1.0, seed: int = 0,
                  device: str = "cpu", base_url: str | None = None, model: str | None = None,
                  vlm_path: str | None = None, concurrency: int = 16, retries: int = 2, timeout: float = 120.0,
                  principles_base_url: str | None = None, principles_model: str | None = None,
@@ -124,7 +150,15 @@ class RRMVerifier:
         if sum(x is not None for x in (model_path, base_url, vlm_path)) != 1:
             raise ConfigError("rrm verifier: give exactly one of model_path (earl's model, in process), base_url "
                               "(a server) or vlm_path (a transformers image-text-to-text model, in process)")
+        if samples < 1 or (samples > 1 and temperature <= 0):
+            raise ConfigError(f"rrm verifier: samples must be >= 1 and temperature > 0 when sampling, got samples="
+                              f"{samples}, temperature={temperature}")
+        if samples > 1 and model_path is None:
+            raise ConfigError("rrm verifier: samples > 1 (Avg@k) is built for earl's own model (model_path); a "
+                              "server or a transformers VLM is judged greedily")
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.samples, self.temperature = samples, temperature
+        self.generator = torch.Generator().manual_seed(seed)  # one stream for the verifier's life: calls differ
         self.editor = self.backend = None
         if model_path is not None:
             from earl.model import UnifiedEditor
@@ -159,13 +193,18 @@ class RRMVerifier:
         return llm_points(self.principles_backend, req.source, req.instruction, self.principle_cache,
                           retries=self.retries)
 
-    def judge(self, instructions, points, source_images, edited_images) -> list[str]:
+    def judge(self, instructions, points, source_images, edited_images) -> list[list[str]]:
+        """`samples` verdict texts per edit (one when greedy)."""
         if self.backend is not None:
-            return self._judge_http(instructions, points, source_images, edited_images)
+            return [[t] for t in self._judge_http(instructions, points, source_images, edited_images)]
         ed = self.editor
         src = ed.encode_images([ed.preprocess(im)[0] for im in source_images])
         out_codes = ed.encode_images([ed.preprocess(im)[0] for im in edited_images])
-        return generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens, self.batch_size)
+        if self.samples == 1:
+            return [[t] for t in generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,
+                                                   self.batch_size)]
+        return sample_verdicts(ed, instructions, points, src, out_codes, self.samples, self.temperature,
+                               self.max_new_tokens, self.batch_size * self.samples, self.generator)
 
     def _judge_http(self, instructions, points, source_images, edited_images) -> list[str]:
         import asyncio
@@ -204,12 +243,18 @@ class RRMVerifier:
             if pts is None:
                 out.append(RewardResult.failure("no principles: the decomposition failed on every try"))
                 continue
-            text = texts[i]
-            v = parse_trace(text, len(pts))
-            if v is None:
-                out.append(RewardResult.failure("unparseable verdicts", raw=text))
+            parsed = [(t, v) for t in texts[i] if (v := parse_trace(t, len(pts))) is not None]
+            if not parsed:
+                out.append(RewardResult.failure("unparseable verdicts" + (f" (all {len(texts[i])} samples)"
+                                                                          if len(texts[i]) > 1 else ""),
+                                                raw=texts[i][0]))
                 continue
-            out.append(RewardResult(reward=v.score / 10.0, scores={"score": v.score, "point_average": v.point_average},
+            text, v = parsed[0]  # the first parsed trace stands for the edit's principles and raw reply
+            score = sum(pv.score for _, pv in parsed) / len(parsed)
+            scores = {"score": score, "point_average": sum(pv.point_average for _, pv in parsed) / len(parsed)}
+            if len(texts[i]) > 1:
+                scores["parsed_samples"] = float(len(parsed))
+            out.append(RewardResult(reward=score / 10.0, scores=scores,
                                     principles=[{"question": p.question, "category": p.category, "passed": ok,
                                                  "reason": why} for p, ok, why in zip(pts, v.passed, v.reasons)],
                                     raw=text))

@@ -60,6 +60,9 @@ class GRPOSection:
     filter_zero_variance: bool = False  # drop groups whose rewards are all equal
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0))
     sample_grid_every: int = 50  # write a PNG of sampled edits and rewards every N steps (0 = off)
+    # log the ShapesEdit oracle's verdict on every rollout beside a learned verifier's reward (monitor/*):
+    # a reward that rises while the oracle's does not is being hacked. Off where prompts carry no scenes.
+    monitor_oracle: bool = True
 
     def __post_init__(self):
         if self.loss not in LOSS_AGGREGATIONS:
@@ -125,8 +128,8 @@ def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRP
     return rollout_from_generation(instructions, stack_grids(sources), concat_outputs(outs), editor.layout)
 
 
-def score_rollout(editor, verifier, data: EncodedEdits, prompt_idx: list[int], rollout: Rollout, G: int):
-    """Rewards (P, G), valid mask (P, G), per-sample results and edited images."""
+def rollout_requests(editor, data: EncodedEdits, prompt_idx: list[int], rollout: Rollout, G: int):
+    """The rollout as verifier requests (prompt-major), with the decoded edits and sources."""
     from earl.evaluate import decode_grids
     from earl.verify.base import EditRequest
 
@@ -137,10 +140,55 @@ def score_rollout(editor, verifier, data: EncodedEdits, prompt_idx: list[int], r
                         meta={"id": data.ids[i], "source_scene": data.source_scenes[i],
                               "target_scene": data.target_scenes[i]})
             for r, i in enumerate(rows)]
-    results = verifier.score(reqs)
+    return reqs, edited, sources
+
+
+def rewards_of(results, G: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (P, G) and the valid mask (P, G) of verifier results; a failed result is masked, never zeroed."""
     valid = torch.tensor([not r.failed and r.reward is not None and math.isfinite(r.reward) for r in results])
     rewards = torch.tensor([r.reward if v else 0.0 for r, v in zip(results, valid.tolist())], dtype=torch.float32)
-    return rewards.view(-1, G), valid.view(-1, G), results, edited, sources
+    return rewards.view(-1, G), valid.view(-1, G)
+
+
+def score_rollout(editor, verifier, data: EncodedEdits, prompt_idx: list[int], rollout: Rollout, G: int):
+    """Rewards (P, G), valid mask (P, G), per-sample results, edited images, sources and the requests."""
+    reqs, edited, sources = rollout_requests(editor, data, prompt_idx, rollout, G)
+    results = verifier.score(reqs)
+    rewards, valid = rewards_of(results, G)
+    return rewards, valid, results, edited, sources, reqs
+
+
+def oracle_monitor(reqs, rewards: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """How a learned verifier's rewards on one rollout compare with the exact oracle's verdicts on it.
+
+    monitor/oracle_overall and monitor/oracle_success: the oracle's mean verdict on the rollout (what the
+    policy really achieved, whatever rewarded it); monitor/reward_oracle_corr: Pearson correlation of the
+    two over valid samples; monitor/pair_agreement: of the pairs inside a group that the oracle tells
+    apart, the share the verifier orders the same way (a tie counts as wrong) - the reward benchmark's
+    pairwise accuracy, measured on exactly the samples the policy is being trained on."""
+    from earl.verify.oracle import OracleVerifier
+
+    verdicts = OracleVerifier("overall").score(reqs)
+    if any(v.failed for v in verdicts):
+        return {}
+    oracle = torch.tensor([v.scores["overall"] for v in verdicts]).view_as(rewards)
+    success = torch.tensor([v.scores["success"] for v in verdicts])
+    out = {"monitor/oracle_overall": float(oracle.mean()), "monitor/oracle_success": float(success.mean())}
+    r, o = rewards[valid], oracle[valid]
+    if len(r) > 2 and float(r.std()) > 0 and float(o.std()) > 0:
+        out["monitor/reward_oracle_corr"] = float(torch.corrcoef(torch.stack([r, o]))[0, 1])
+    agree = total = 0
+    for g in range(rewards.shape[0]):
+        idx = valid[g].nonzero()[:, 0].tolist()
+        for a in idx:
+            for b in idx:
+                if oracle[g, a] > oracle[g, b]:
+                    total += 1
+                    agree += bool(rewards[g, a] > rewards[g, b])
+    if total:
+        out["monitor/pair_agreement"] = agree / total
+        out["monitor/oracle_pairs"] = float(total)
+    return out
 
 
 def load_prompts(accelerator, sources: list[str], editor, tok_dir: Path, cache: Path, image_size: int) -> EncodedEdits:
@@ -184,6 +232,7 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
         from earl.verify.base import build_verifier
 
         verifier = build_verifier(cfg.verifier.name, **cfg.verifier.options)
+    monitored = cfg.grpo.monitor_oracle and getattr(verifier, "name", None) != "oracle"
     cache = Path(cfg.data.cache_dir)
     tok_dir = Path(cfg.init_from) / "image_tokenizer"
     data = load_prompts(accelerator, cfg.data.train, editor, tok_dir, cache, cfg.data.image_size)
@@ -220,8 +269,11 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
         t0 = time.time()
         rollout = collect_rollout(editor, data, prompt_idx, cfg.grpo, order)
         t1 = time.time()
-        rewards, valid, results, edited, sources = score_rollout(editor, verifier, data, prompt_idx, rollout, G)
+        rewards, valid, results, edited, sources, reqs = score_rollout(editor, verifier, data, prompt_idx, rollout, G)
         t2 = time.time()
+        monitor = {}
+        if monitored and all(r.meta["source_scene"] and r.meta["target_scene"] for r in reqs):
+            monitor = oracle_monitor(reqs, rewards, valid)
         if cfg.grpo.filter_zero_variance:
             valid = valid & ~zero_variance_groups(rewards, valid)[:, None]
         adv = group_advantages(rewards, valid, scale_std=cfg.grpo.scale_std).flatten()  # (P*G,)
@@ -245,6 +297,7 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
             "update/skipped": float(not update_stats),
             **{f"update/{k}": v for k, v in update_stats.items()},
             **_subscores(results),
+            **monitor,
         }
         log.log(step, metrics)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")

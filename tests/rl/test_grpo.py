@@ -122,3 +122,41 @@ def test_grpo_with_the_oracle_on_two_cpu_processes(tmp_path, start):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world size 2" in proc.stdout + proc.stderr
     assert (tmp_path / "run/checkpoints/step_0000002/trainer_state.json").is_file()
+
+
+def test_oracle_monitor_by_hand(monkeypatch):
+    """The hacking monitor: the oracle's mean verdict on the rollout, its correlation with the learned reward
+    over valid samples, and the share of oracle-ordered pairs inside each group the reward orders alike
+    (ties wrong, masked samples left out)."""
+    from earl.train import grpo
+    from earl.verify.oracle import OracleVerifier
+
+    overall = [2.0, 5.0, 8.0, 4.0, 4.0, 1.0]
+    success = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    monkeypatch.setattr(OracleVerifier, "score", lambda self, reqs: [
+        RewardResult(reward=o / 10, scores={"overall": o, "success": s}) for o, s in zip(overall, success)])
+    rewards = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.3, 0.3]])
+    valid = torch.tensor([[True, True, True], [False, True, True]])
+    m = grpo.oracle_monitor([None] * 6, rewards, valid)
+    assert m["monitor/oracle_overall"] == pytest.approx(4.0) and m["monitor/oracle_success"] == pytest.approx(1 / 6)
+    # group 0: 5>2 agreed, 8>2 agreed, 8>5 reversed; group 1 (first sample masked): 4>1 tied -> 2 of 4
+    assert m["monitor/pair_agreement"] == pytest.approx(0.5) and m["monitor/oracle_pairs"] == 4.0
+    expected = np.corrcoef([0.1, 0.9, 0.5, 0.3, 0.3], [2.0, 5.0, 8.0, 4.0, 1.0])[0, 1]
+    assert m["monitor/reward_oracle_corr"] == pytest.approx(expected, abs=1e-6)
+    monkeypatch.setattr(OracleVerifier, "score", lambda self, reqs: [RewardResult.failure("no scene")] * 6)
+    assert grpo.oracle_monitor([None] * 6, rewards, valid) == {}
+
+
+def test_a_learned_reward_is_logged_beside_the_oracles_verdict(tmp_path, start):
+    """With a verifier other than the oracle, every step logs the oracle's verdict on the same rollout; a
+    reward that ties everything agrees on no oracle-ordered pair. `monitor_oracle: false` turns it off."""
+    cfg = load_config(GRPORecipe, ROOT / "recipes/shapes/grpo.yaml", overrides(tmp_path, start, **{"run.steps": 2}))
+    train_grpo(cfg, progress=False, verifier=Zero())
+    lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= x["monitor/oracle_overall"] <= 10.0 for x in lines)
+    assert all(x.get("monitor/pair_agreement", 0.0) == 0.0 for x in lines)
+    cfg = load_config(GRPORecipe, ROOT / "recipes/shapes/grpo.yaml",
+                      overrides(tmp_path, start, **{"run.steps": 1, "out_dir": str(tmp_path / "off"),
+                                                    "grpo.monitor_oracle": "false"}))
+    train_grpo(cfg, progress=False, verifier=Zero())
+    assert "monitor/oracle_overall" not in (tmp_path / "off/metrics.jsonl").read_text()

@@ -329,3 +329,41 @@ def test_expect_diagnostics_tell_a_copied_observation_from_a_skipped_comparison(
     yes_man = expect_diagnostics(replies(say_yes), ex)
     assert yes_man["eval/expect_observed_right"] == 1.0 and yes_man["eval/expect_verdict_follows_phrases"] < 1.0
     assert expect_diagnostics(oracle, [{**e, "trace": e["trace"].replace(" , expected", " ; wanted")} for e in ex]) == {}
+
+
+def test_rrm_verifier_avg_at_k_averages_the_parsed_samples_and_fails_only_when_none_parse(tmp_path, tiny_editor,
+                                                                                       monkeypatch):
+    """samples=k: the reward is the mean score of the traces that parse; an edit fails only when none does;
+    the real sampling path returns k texts per edit, reproducibly for one seed; bad options are refused."""
+    from earl.errors import ConfigError
+    from earl.rrm.trace import format_trace
+    from earl.shapes.render import render
+    from earl.verify.base import EditRequest, build_verifier
+
+    tiny_editor.save_pretrained(tmp_path / "rrm")
+    reqs = []
+    for k in range(2):
+        s = make_sample(random.Random(k), "simple", image_size=32)
+        reqs.append(EditRequest(render(s.source_scene), s.instruction, render(s.target_scene),
+                                {"id": str(k), "source_scene": json.dumps(s.source_scene.to_dict()),
+                                 "target_scene": json.dumps(s.target_scene.to_dict())}))
+    v = build_verifier("rrm", model_path=str(tmp_path / "rrm"), max_new_tokens=6, samples=3, seed=1)
+    texts = v.judge([r.instruction for r in reqs], [v.points_for(r) for r in reqs], [r.source for r in reqs],
+                    [r.edited for r in reqs])
+    assert [len(t) for t in texts] == [3, 3]
+    again = build_verifier("rrm", model_path=str(tmp_path / "rrm"), max_new_tokens=6, samples=3, seed=1)
+    assert again.judge([r.instruction for r in reqs], [again.points_for(r) for r in reqs], [r.source for r in reqs],
+                       [r.edited for r in reqs]) == texts
+
+    def trace(score, n_yes):
+        return format_trace([i < n_yes for i in range(10)], ["r"] * 10, score)
+
+    monkeypatch.setattr(v, "judge", lambda *a: [[trace(8.0, 8), "garbage", trace(5.0, 4)], ["no", "score", "here"]])
+    good, bad = v.score(reqs)
+    assert good.reward == pytest.approx(0.65) and good.scores["parsed_samples"] == 2.0
+    assert good.scores["point_average"] == pytest.approx(6.0) and len(good.principles) == 10
+    assert bad.failed and bad.reward is None and "all 3 samples" in bad.error
+    with pytest.raises(ConfigError, match="samples must be >= 1"):
+        build_verifier("rrm", model_path=str(tmp_path / "rrm"), samples=0)
+    with pytest.raises(ConfigError, match="earl's own model"):
+        build_verifier("rrm", base_url="http://127.0.0.1:9", samples=4)

@@ -110,3 +110,35 @@ def test_a_bad_arm_override_fails_before_any_training(tmp_path, tok_dir):
     with pytest.raises(ConfigError, match="arm 's'.*run.stepz"):
         run_study(cfg, progress=False)
     assert not (tmp_path / "study" / "s").exists()
+
+
+def test_a_given_editor_is_evaluated_as_is_and_starts_grpo_arms_whose_learned_rewards_are_monitored(
+        tmp_path, tok_dir, tiny_editor):
+    """A `given` arm trains nothing and starts GRPO arms from its directory; an arm rewarded by a learned
+    verifier (here an untrained reward model) logs the oracle's verdict on its rollouts, which the
+    diagnostics report; a given arm whose directory holds no editor stops the study before any work."""
+    tiny_editor.save_pretrained(tmp_path / "editor")
+    arms = f"""
+  - {{name: start, kind: given, model: {tmp_path / "editor"}}}
+  - {{name: rl, kind: grpo, recipe: {ROOT}/recipes/shapes/grpo.yaml, start: start}}
+  - name: rl_rrm
+    kind: grpo
+    recipe: {ROOT}/recipes/shapes/grpo.yaml
+    start: start
+    overrides: [verifier.name=rrm, "verifier.options={{model_path: {tmp_path / "editor"}, max_new_tokens: 4}}"]
+"""
+    cfg = load_config(StudyRecipe, tiny_study(tmp_path, tok_dir, arms))
+    results = run_study(cfg, progress=False)
+    out = tmp_path / "study"
+    assert not (out / "start/seed_0/model").exists() and (out / "start/seed_1/eval_simple.json").is_file()
+    assert json.loads((out / "rl_rrm/seed_0/recipe.json").read_text())["init_from"] == str(tmp_path / "editor")
+    assert "oracle_overall_first" in results["grpo_diagnostics"]["rl_rrm"]
+    assert "oracle_overall_first" not in results["grpo_diagnostics"]["rl"]  # the oracle's own arm: no monitor
+    assert "oracle on rollouts" in (out / "report.md").read_text()
+    (tmp_path / "b").mkdir()
+    missing = arms.replace(str(tmp_path / "editor"), str(tmp_path / "nothing"), 1)
+    bad = load_config(StudyRecipe, tiny_study(tmp_path / "b", tok_dir, missing))
+    with pytest.raises(ConfigError, match="arm 'start'.*not a saved editor"):
+        run_study(bad, progress=False)
+    with pytest.raises(ConfigError, match="`model`"):
+        load_config(StudyRecipe, tiny_study(tmp_path / "b", tok_dir, "\n  - {name: s, kind: given}\n"))
