@@ -32,7 +32,7 @@ from earl.config import load_config, to_dict
 from earl.errors import ConfigError
 from earl.generate import SamplingConfig
 from earl.io import atomic_write_json, atomic_write_text, read_json
-from earl.stats import mean_ci
+from earl.stats import mean_ci, wilson_ci
 
 ARM_KINDS = ("given", "sft", "grpo", "best_of_n")
 
@@ -248,16 +248,32 @@ def _seed_ci(values: list[float], bounds: tuple[float, float]) -> dict:
             "per_seed": values}
 
 
+def _prompt_ci(rows: list[dict], key: str, bounds: tuple[float, float]) -> dict:
+    """One seed: the 95% interval across test prompts (Wilson for success, t for the 0-10 overall)."""
+    values = [float(r[key]) for r in rows]
+    lo, hi = (wilson_ci(int(sum(values)), len(values)) if key == "success"
+              else mean_ci(values, bounds=bounds))
+    return {"mean": sum(values) / len(values), "ci": [lo, hi], "per_seed": [sum(values) / len(values)],
+            "across": "prompts"}
+
+
 def aggregate(cfg: StudyRecipe) -> dict:
-    """Mean +- 95% t-interval across seeds, per arm and test set, overall and per category."""
+    """Mean +- 95% t-interval across seeds, per arm and test set, overall and per category. With one seed
+    there is no spread across seeds: the intervals are then across test prompts (`"across": "prompts"`),
+    and paired differences are per prompt (both arms answered the same prompts)."""
     table: dict = {}
+    one_seed = len(cfg.seeds) == 1
     for arm in cfg.arms:
         table[arm.name] = {}
         for set_name in cfg.eval_sets:
             runs = [read_json(run_dir(cfg, arm.name, s) / f"eval_{set_name}.json")["samples"] for s in cfg.seeds]
-            entry = {"success": _seed_ci([_mean(r, "success") for r in runs], (0.0, 1.0)),
-                     "overall": _seed_ci([_mean(r, "overall") for r in runs], (0.0, 10.0)),
-                     "n_per_seed": len(runs[0])}
+            if one_seed:
+                entry = {"success": _prompt_ci(runs[0], "success", (0.0, 1.0)),
+                         "overall": _prompt_ci(runs[0], "overall", (0.0, 10.0)), "n_per_seed": len(runs[0])}
+            else:
+                entry = {"success": _seed_ci([_mean(r, "success") for r in runs], (0.0, 1.0)),
+                         "overall": _seed_ci([_mean(r, "overall") for r in runs], (0.0, 10.0)),
+                         "n_per_seed": len(runs[0])}
             if runs[0] and "mean_of_n" in runs[0][0]:
                 entry["mean_of_n_success"] = _seed_ci(
                     [sum(x["mean_of_n"]["success"] for x in r) / len(r) for r in runs], (0.0, 1.0))
@@ -271,11 +287,25 @@ def aggregate(cfg: StudyRecipe) -> dict:
             table[arm.name][set_name] = entry
     paired = {}
     for arm, base in cfg.compare:
+        if one_seed:
+            paired[f"{arm} - {base}"] = {s: _paired_per_prompt(cfg, arm, base, s) for s in cfg.eval_sets}
+            continue
         paired[f"{arm} - {base}"] = {
             s: _seed_ci([a - b for a, b in zip(table[arm][s]["success"]["per_seed"],
                                                 table[base][s]["success"]["per_seed"])], (-1.0, 1.0))
             for s in cfg.eval_sets}
     return {"seeds": cfg.seeds, "arms": table, "paired_differences": paired, "grpo_diagnostics": grpo_diagnostics(cfg)}
+
+
+def _paired_per_prompt(cfg: StudyRecipe, arm: str, base: str, set_name: str) -> dict:
+    """Success of `arm` minus `base` prompt by prompt (one seed), mean and 95% t-interval across prompts."""
+    seed = cfg.seeds[0]
+    a, b = (read_json(run_dir(cfg, name, seed) / f"eval_{set_name}.json")["samples"] for name in (arm, base))
+    if [x["id"] for x in a] != [x["id"] for x in b]:
+        raise ConfigError(f"compare [{arm}, {base}]: their {set_name} evaluations are on different prompts")
+    diffs = [float(x["success"]) - float(y["success"]) for x, y in zip(a, b)]
+    lo, hi = mean_ci(diffs, bounds=(-1.0, 1.0))
+    return {"mean": sum(diffs) / len(diffs), "ci": [lo, hi], "per_seed": [sum(diffs) / len(diffs)], "across": "prompts"}
 
 
 def grpo_diagnostics(cfg: StudyRecipe, window: int = 10) -> dict:
@@ -346,7 +376,9 @@ def _fmt(x: dict, pct: bool = True) -> str:
 def format_report(cfg: StudyRecipe, results: dict) -> str:
     sets = list(cfg.eval_sets)
     m = results["machine"]
-    lines = [f"Seeds {cfg.seeds}; each cell: mean over seeds [95% t-interval across seeds], in %. "
+    spread = ("one seed; each cell: the mean [95% interval across the test prompts: Wilson for success, t for "
+              "overall], in %" if len(cfg.seeds) == 1 else "each cell: mean over seeds [95% t-interval across seeds], in %")
+    lines = [f"Seeds {cfg.seeds}; {spread}. "
              f"Test sets: " + ", ".join(f"{k} = `{v}`" for k, v in cfg.eval_sets.items()) + ".",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
              f"finished {m['date']}; total stage time {results['total_time_s'] / 60:.1f} min.", "",
@@ -367,7 +399,8 @@ def format_report(cfg: StudyRecipe, results: dict) -> str:
                       "verifier's choice (mean success of the draws): "
                       + ", ".join(f"{s} {_fmt(row[s]['mean_of_n_success'])}" for s in sets) + "."]
     if results["paired_differences"]:
-        lines += ["", "Paired differences in success (per seed, same seed's start), percentage points:", "",
+        unit = "per prompt, same seed" if len(cfg.seeds) == 1 else "per seed, same seed's start"
+        lines += ["", f"Paired differences in success ({unit}), percentage points:", "",
                   "| comparison | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
         for name, diff in results["paired_differences"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(diff[s]) for s in sets) + " |")

@@ -12,7 +12,7 @@ from earl.study import StudyRecipe, run_study
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_study(tmp: Path, tok_dir: Path, arms: str | None = None) -> Path:
+def tiny_study(tmp: Path, tok_dir: Path, arms: str | None = None, seeds: str = "[0, 1]") -> Path:
     sft = ("[model.size=shapes-test, model.image_size=32, 'data.train=[shapes:simple:train:48:0]', "
            "data.eval=shapes:simple:test:8, data.oracle_eval_samples=4, run.steps=4, run.batch_size=8, "
            "run.eval_every=4, run.save_every=2, run.log_every=1, optim.warmup_steps=1]")
@@ -28,7 +28,7 @@ def tiny_study(tmp: Path, tok_dir: Path, arms: str | None = None) -> Path:
 """
     f = tmp / "study.yaml"
     f.write_text(f"""out_dir: {tmp / "study"}
-seeds: [0, 1]
+seeds: {seeds}
 image_tokenizer: {tok_dir}
 cache_dir: {tmp / "cache"}
 eval_sets: {{simple: "shapes:simple:test:6", complex: "shapes:complex:test:6"}}
@@ -142,3 +142,33 @@ def test_a_given_editor_is_evaluated_as_is_and_starts_grpo_arms_whose_learned_re
         run_study(bad, progress=False)
     with pytest.raises(ConfigError, match="`model`"):
         load_config(StudyRecipe, tiny_study(tmp_path / "b", tok_dir, "\n  - {name: s, kind: given}\n"))
+
+
+def test_one_seed_reports_intervals_across_prompts_and_paired_differences_per_prompt(tmp_path, tok_dir):
+    """With one seed there is no spread across seeds: success gets a Wilson interval over the test prompts
+    and a comparison is the per-prompt difference of the two arms on the same prompts."""
+    from earl.stats import mean_ci, wilson_ci
+    from earl.study import aggregate, format_report, machine_description
+
+    arms = f"""
+  - {{name: a, kind: sft, recipe: {ROOT}/recipes/shapes/sft.yaml}}
+  - {{name: b, kind: sft, recipe: {ROOT}/recipes/shapes/sft.yaml}}
+"""
+    f = tiny_study(tmp_path, tok_dir, arms, seeds="[3]")
+    f.write_text(f.read_text().replace("compare: []", "compare: [[a, b]]"))
+    cfg = load_config(StudyRecipe, f)
+    succ = {"a": [1, 1, 0, 1, 0, 1], "b": [0, 1, 0, 0, 0, 1]}
+    for arm, row in succ.items():
+        for set_name in ("simple", "complex"):
+            path = tmp_path / "study" / arm / "seed_3" / f"eval_{set_name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"samples": [{"id": str(i), "category": "add", "success": bool(x),
+                                                     "overall": 7.0 * x + 1.0} for i, x in enumerate(row)]}))
+    res = aggregate(cfg)
+    a = res["arms"]["a"]["simple"]["success"]
+    assert a["mean"] == pytest.approx(4 / 6) and a["ci"] == pytest.approx(list(wilson_ci(4, 6)))
+    d = res["paired_differences"]["a - b"]["complex"]
+    assert d["mean"] == pytest.approx(2 / 6) and d["ci"] == pytest.approx(list(mean_ci([1, 0, 0, 1, 0, 0], bounds=(-1, 1))))
+    res["machine"], res["total_time_s"] = machine_description(), 0.0
+    report = format_report(cfg, res)
+    assert "interval across the test prompts" in report and "per prompt, same seed" in report
