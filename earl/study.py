@@ -437,8 +437,8 @@ def format_report(cfg: StudyRecipe, results: dict) -> str:
 
 
 def plot_curves(cfg: StudyRecipe, path: Path) -> None:
-    """Three panels: GRPO rollout reward (moving average), held-out oracle success during GRPO, and
-    during SFT; one colour per arm, one line per seed."""
+    """GRPO rollout reward (moving average; dashed: the oracle on the same rollouts, where logged), held-out
+    oracle success during GRPO, and during SFT when the study trains any; one colour per arm, one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -446,9 +446,11 @@ def plot_curves(cfg: StudyRecipe, path: Path) -> None:
 
     from earl.io import atomic_path
 
-    fig, (ax_r, ax_g, ax_s) = plt.subplots(1, 3, figsize=(15, 4))
+    has_sft = any(a.kind == "sft" for a in cfg.arms)  # a study of given editors has no SFT curves to draw
+    fig, axes = plt.subplots(1, 3 if has_sft else 2, figsize=(15 if has_sft else 10, 4))
+    ax_r, ax_g, ax_s = (*axes, None) if not has_sft else axes
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, arm in enumerate(a for a in cfg.arms if a.kind != "best_of_n"):
+    for i, arm in enumerate(a for a in cfg.arms if a.kind in ("sft", "grpo")):
         color = colors[i % len(colors)]
         for j, seed in enumerate(cfg.seeds):
             log = run_dir(cfg, arm.name, seed) / "metrics.jsonl"
@@ -469,8 +471,9 @@ def plot_curves(cfg: StudyRecipe, path: Path) -> None:
     ax_r.set(title="GRPO: own reward (solid), oracle on the same rollouts (dashed)", xlabel="GRPO step",
              ylabel="reward / oracle overall (0-1), moving avg")
     ax_g.set(title="GRPO: held-out success (greedy)", xlabel="GRPO step", ylabel="success")
-    ax_s.set(title="SFT: held-out success (greedy)", xlabel="SFT step", ylabel="success")
-    for ax in (ax_r, ax_g, ax_s):
+    if ax_s is not None:
+        ax_s.set(title="SFT: held-out success (greedy)", xlabel="SFT step", ylabel="success")
+    for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

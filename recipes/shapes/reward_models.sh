@@ -6,8 +6,9 @@
 # plain and with failing points weighted 3x), GCPO from the plain one, the scan one and the weighted expect one, the scalar Bradley-Terry
 # baseline from the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and
 # a per-principle-type breakdown of the verdicts. About 7 h on 2 CPU cores. Every step resumes or is
-# skipped when its output exists. The last command adds Avg@4 self-consistency for two models; run
-# `earl study recipes/shapes/study_rewards.yaml` for editor GRPO with each reward (not run yet).
+# skipped when its output exists. The Avg@4 command adds self-consistency for two models; the last
+# one runs editor GRPO with each reward (oracle, the weighted expect model at Avg@4, scalar) from the
+# bundled editor, judged by the oracle (57 min; recipes/shapes/study_rewards.yaml is the 3-seed form).
 set -euo pipefail
 [ -f runs/rrm_sft_editor/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_from_editor.yaml --resume
 [ -f runs/rrm_sft_editor_weighted/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_from_editor.yaml \
@@ -41,3 +42,5 @@ earl eval rewardbench --samples 100 --rrm rrm_sft=runs/rrm_sft_editor/model \
 # Avg@4 self-consistency of the weighted expect model and its GCPO run (10 min each)
 earl eval rewardbench --samples 100 --rrm rrm_sft_expect_w3=runs/rrm_sft_expect_w3/model \
     --rrm rrm_gcpo_expect_w3=runs/rrm_gcpo_expect_w3/model --avg-k 4 --out runs/rewardbench_avg4
+# closing the loop: editor GRPO with each reward, one seed (docs/RESULTS.md)
+earl study recipes/shapes/study_rewards_quick.yaml
