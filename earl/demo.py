@@ -2,7 +2,7 @@
 
     1. edit a few sample images with the bundled checkpoint (if this checkout has one)
     2. generate ShapesEdit data (simple split: a training set and the fixed test set)
-    3. train the VQ image tokenizer (recipes/shapes/tokenizer.yaml, 40% of the steps) and print its report
+    3. train the VQ image tokenizer (recipes/shapes/tokenizer.yaml, a fifth of its steps) and print its report
     4. SFT a tiny editor on the codes (recipes/shapes/sft.yaml, 200 of its steps)
     5. evaluate it with the oracle: table with 95% CIs, image grid (source | target | output)
 
@@ -57,8 +57,8 @@ def run_demo(out: Path, fast: bool = False) -> dict:
     _stage("3/5 VQ tokenizer")
     tok_recipe = RECIPES / ("tokenizer_tiny.yaml" if fast else "tokenizer.yaml")
     tok_overrides = [f"out_dir={out / 'tokenizer'}"]
-    if not fast:  # 40% of the recipe's steps (its last third decoder-only, as in the recipe)
-        tok_overrides += ["train.steps=2400", "train.decoder_only_steps=800"]
+    if not fast:  # a fifth of the recipe's steps (its last third decoder-only, as in the recipe)
+        tok_overrides += ["train.steps=1200", "train.decoder_only_steps=400"]
     tok_cfg = load_config(TokenizerRecipe, tok_recipe, tok_overrides)
     tok_dir = out / "tokenizer" / "tokenizer"
     report = train_tokenizer(tok_cfg, resume=True)
