@@ -3,7 +3,7 @@
     1. edit a few sample images with the bundled checkpoint (if this checkout has one)
     2. generate ShapesEdit data (simple split: a training set and the fixed test set)
     3. train the VQ image tokenizer (recipes/shapes/tokenizer.yaml, a fifth of its steps) and print its report
-    4. SFT a tiny editor on the codes (recipes/shapes/sft.yaml, 200 of its steps)
+    4. SFT a tiny editor on the codes (recipes/shapes/sft.yaml, 140 of its steps)
     5. evaluate it with the oracle: table with 95% CIs, image grid (source | target | output)
 
 The sizes keep it inside the 15-minute budget of the quickstart on a 2-core CPU (README gives
@@ -72,7 +72,7 @@ def run_demo(out: Path, fast: bool = False) -> dict:
                      f"data.cache_dir={out / 'cache'}", "data.oracle_eval_samples=32"]
         overrides += (["model.size=shapes-test", "run.steps=40", "run.eval_every=40", "run.save_every=40",
                        "optim.warmup_steps=5"] if fast else
-                      ["run.steps=200", "run.eval_every=200", "run.save_every=100", "optim.warmup_steps=20"])
+                      ["run.steps=140", "run.eval_every=140", "run.save_every=70", "optim.warmup_steps=15"])
         train_sft(load_config(SFTRecipe, RECIPES / "sft.yaml", overrides), resume=True)
 
     _stage("5/5 evaluation with the oracle")
