@@ -169,7 +169,7 @@ def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
     editor = types.SimpleNamespace(layout=types.SimpleNamespace(ids=types.SimpleNamespace(eos=0, pad=0)),
                                    text_tokenizer=types.SimpleNamespace(decode=lambda ids, **kw: str(ids[0])),
                                    device="cpu", backbone=None)
-    examples = [{"instruction": str(i), "points": [], "source_codes": None, "codes": None} for i in range(5)]
+    examples = [{"instruction": str(i), "points": [], "source_codes": torch.zeros(2, 2), "codes": torch.zeros(2, 2)} for i in range(5)]
     scores = rrm_scorer(editor, k=3, batch_size=6)(examples)
     assert calls == [2, 2, 1]
     assert scores == [1.0, 10.5, 21.0, 31.0, 41.0]

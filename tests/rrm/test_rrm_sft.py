@@ -18,6 +18,17 @@ from earl.shapes.edits import make_sample
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def shapes_request(seed: int, edit_id: str):
+    """A simple ShapesEdit sample as a verifier request whose edited image is the exact target."""
+    from earl.shapes.render import render
+    from earl.verify.base import EditRequest
+
+    s = make_sample(random.Random(seed), "simple", image_size=32)
+    return EditRequest(render(s.source_scene), s.instruction, render(s.target_scene),
+                       {"id": edit_id, "source_scene": json.dumps(s.source_scene.to_dict()),
+                        "target_scene": json.dumps(s.target_scene.to_dict())})
+
+
 @pytest.mark.parametrize("reason_first,scan,quote_scan,expect", [(True, False, False, False), (False, False, False, False),
                                                                   (True, True, False, False), (False, True, False, False),
                                                                   (True, True, True, False), (True, True, True, True)])
@@ -137,9 +148,8 @@ def test_expect_traces_put_each_verdict_beside_the_two_phrases_it_compares(vq_to
 
 
 def test_tiny_rrm_sft_learns_and_serves_as_a_verifier(tmp_path, vq_tokenizer):
-    from earl.shapes.render import render
     from earl.train.rrm import RRMRecipe, train_rrm_sft
-    from earl.verify.base import EditRequest, build_verifier
+    from earl.verify.base import build_verifier
 
     vq_tokenizer.save_pretrained(tmp_path / "tok")
     over = {"out_dir": tmp_path / "rrm", "model.size": "shapes-test", "model.image_tokenizer": tmp_path / "tok",
@@ -165,10 +175,7 @@ def test_tiny_rrm_sft_learns_and_serves_as_a_verifier(tmp_path, vq_tokenizer):
     with pytest.raises(ConfigError, match="no editor.json"):
         evaluate_saved_rrm(cfg, str(tmp_path))
     # the trained model as the `rrm` verifier: every edit gets a parsed score in [0, 1] or an explicit failure
-    s = make_sample(random.Random(5), "simple", image_size=32)
-    req = EditRequest(render(s.source_scene), s.instruction, render(s.target_scene),
-                      {"id": "x", "source_scene": json.dumps(s.source_scene.to_dict()),
-                       "target_scene": json.dumps(s.target_scene.to_dict())})
+    req = shapes_request(5, "x")
     v = build_verifier("rrm", model_path=str(tmp_path / "rrm/model"), max_new_tokens=40)
     (res,) = v.score([req])
     assert (res.failed and res.reward is None and res.error) or (0.0 <= res.reward <= 1.0 and len(res.principles) == 10)
@@ -179,17 +186,11 @@ def test_rrm_over_http_matches_in_process(tmp_path, tiny_editor):
     """`earl serve judge` serving a reward-model directory: the client's verdict texts equal the in-process ones."""
     from earl.rrm.serving import is_rrm_dir, rrm_engine
     from earl.serve.judge import JudgeServer
-    from earl.shapes.render import render
-    from earl.verify.base import EditRequest, build_verifier
+    from earl.verify.base import build_verifier
 
     tiny_editor.save_pretrained(tmp_path / "rrm")
     assert is_rrm_dir(tmp_path / "rrm")
-    reqs = []
-    for k in range(3):
-        s = make_sample(random.Random(k), "simple", image_size=32)
-        reqs.append(EditRequest(render(s.source_scene), s.instruction, render(s.target_scene),
-                                {"id": str(k), "source_scene": json.dumps(s.source_scene.to_dict()),
-                                 "target_scene": json.dumps(s.target_scene.to_dict())}))
+    reqs = [shapes_request(k, str(k)) for k in range(3)]
     local = build_verifier("rrm", model_path=str(tmp_path / "rrm"), max_new_tokens=12).score(reqs)
     server = JudgeServer(("127.0.0.1", 0), rrm_engine(str(tmp_path / "rrm"), max_new_tokens=12), model_name="rrm",
                          max_batch=4).start()
@@ -337,16 +338,10 @@ def test_rrm_verifier_avg_at_k_averages_the_parsed_samples_and_fails_only_when_n
     the real sampling path returns k texts per edit, reproducibly for one seed; bad options are refused."""
     from earl.errors import ConfigError
     from earl.rrm.trace import format_trace
-    from earl.shapes.render import render
-    from earl.verify.base import EditRequest, build_verifier
+    from earl.verify.base import build_verifier
 
     tiny_editor.save_pretrained(tmp_path / "rrm")
-    reqs = []
-    for k in range(2):
-        s = make_sample(random.Random(k), "simple", image_size=32)
-        reqs.append(EditRequest(render(s.source_scene), s.instruction, render(s.target_scene),
-                                {"id": str(k), "source_scene": json.dumps(s.source_scene.to_dict()),
-                                 "target_scene": json.dumps(s.target_scene.to_dict())}))
+    reqs = [shapes_request(k, str(k)) for k in range(2)]
     v = build_verifier("rrm", model_path=str(tmp_path / "rrm"), max_new_tokens=6, samples=3, seed=1)
     texts = v.judge([r.instruction for r in reqs], [v.points_for(r) for r in reqs], [r.source for r in reqs],
                     [r.edited for r in reqs])
