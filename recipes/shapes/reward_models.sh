@@ -44,3 +44,5 @@ earl eval rewardbench --samples 100 --rrm rrm_sft_expect_w3=runs/rrm_sft_expect_
     --rrm rrm_gcpo_expect_w3=runs/rrm_gcpo_expect_w3/model --avg-k 4 --out runs/rewardbench_avg4
 # closing the loop: editor GRPO with each reward, one seed (docs/RESULTS.md)
 earl study recipes/shapes/study_rewards_quick.yaml
+# the scalar reward with Edit-R1's KL anchor (0.04) and ten times that (36 min)
+earl study recipes/shapes/study_rewards_kl.yaml
