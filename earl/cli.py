@@ -152,8 +152,8 @@ def _cmd_eval_rewardbench(args) -> None:
         name, options = parse_verifier_spec(spec)
         verifiers[label] = build_verifier(name, **options)
     if args.pairs:
-        if args.avg_k > 1:
-            raise EarlError("--avg-k applies to ShapesEdit's held-out pairs, not to --pairs files")
+        if args.avg_k > 1 or args.expected_score:
+            raise EarlError("--avg-k and --expected-score apply to ShapesEdit's held-out pairs, not to --pairs files")
         verifiers = {**{n: build_verifier("rrm", model_path=d, max_new_tokens=args.max_new_tokens)
                         for n, d in rrms.items()},
                      **{n: build_verifier("scalar", model_path=d) for n, d in scalars.items()}, **verifiers}
@@ -163,7 +163,8 @@ def _cmd_eval_rewardbench(args) -> None:
     else:
         res = run_rewardbench(rrms, args.out, samples=args.samples, seed=args.seed,
                               image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens,
-                              avg_k=args.avg_k, scalars=scalars, verifiers=verifiers)
+                              avg_k=args.avg_k, scalars=scalars, verifiers=verifiers,
+                              expected_score=args.expected_score)
     print(format_table(res))
 
 
@@ -430,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--image-tokenizer", default=None, help="with no --rrm: the tokenizer the oracle's images go through")
     er.add_argument("--max-new-tokens", type=int, default=320)
     er.add_argument("--avg-k", type=int, default=0, help="also score each --rrm by Avg@k self-consistency (k > 1)")
+    er.add_argument("--expected-score", action="store_true",
+                    help="also score each --rrm greedily with the score read as an expectation (E[score])")
     er.set_defaults(func=_cmd_eval_rewardbench)
 
     ck = sub.add_parser("checkpoint", help="bundled checkpoints").add_subparsers(dest="what", required=True)

@@ -38,31 +38,65 @@ def judge_prompt(layout, instruction: str, points: list[EvalPoint], source_codes
 
 
 def judge_example(layout, instruction: str, points: list[EvalPoint], source_codes, edited_codes,
-                  trace: str, passed: list[bool] | None = None, failing_point_weight: float = 1.0) -> Example:
+                  trace: str, passed: list[bool] | None = None, failing_point_weight: float = 1.0,
+                  failing_observation_weight: float = 1.0, scan_weight: float = 1.0) -> Example:
     """One training sequence: the judge prompt, then the trace (loss on the trace only).
 
-    With `passed` and `failing_point_weight` != 1, the tokens of each failing point's line (its
-    reason and verdict) weigh `failing_point_weight` in the loss: most points pass, so without it a
-    model can answer "yes" everywhere, copying what the question asks for as the reason, and still
-    fit most of the trace."""
+    Optional loss weights, for models that learn a shortcut instead of reading the image (most
+    points pass, so a model can answer "yes" everywhere, copying what the question asks for as the
+    reason, and still fit most of the trace); each multiplies a token's weight, so they combine:
+    - `failing_point_weight`: every token of a failing point's line (reason and verdict);
+    - `failing_observation_weight`: only the observation of a failing point's reason-first line (in
+      `3. r1c2 nothing , expected small red circle - no`, the words `r1c2 nothing`): the part that
+      must be read from the image or copied from the scan, without pushing the verdicts towards "no";
+    - `scan_weight`: the opening scan line, if the trace has one.
+    `passed` is needed by the first two."""
     prompt = judge_prompt(layout, instruction, points, source_codes, edited_codes)
-    if passed is None or failing_point_weight == 1.0:
+    lines = trace.split("\n")
+    if passed is None:
+        passed = [True] * (len(lines) - 1 - (1 if lines[0].lstrip().lower().startswith("seen") else 0))
+    if failing_point_weight == failing_observation_weight == scan_weight == 1.0:
         completion = [*layout.encode_text(trace), layout.ids.eos]
         return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt))
-    lines = trace.split("\n")
-    preface = len(lines) - len(passed) - 1  # lines before the verdicts (a scan), weighted 1
+    preface = len(lines) - len(passed) - 1  # lines before the verdicts (a scan)
     if preface not in (0, 1):
         raise ValueError(f"judge_example: the trace has {len(lines)} lines, expected {len(passed)} points + the score"
                          " (+ one preface line)")
     completion, weights = [], []
-    for line, ok in zip(lines, [True] * preface + [*passed, True]):
-        ids = layout.encode_text(line)
-        completion += ids
-        weights += [1.0 if ok else failing_point_weight] * len(ids)
+    for i, line in enumerate(lines):
+        point = i - preface
+        failing = 0 <= point < len(passed) and not passed[point]
+        if i < preface:
+            pieces = [(line, scan_weight)]
+        elif failing and failing_observation_weight != 1.0:
+            pieces = [(text, failing_point_weight * (failing_observation_weight if observed else 1.0))
+                      for text, observed in _observation_pieces(line)]
+        else:
+            pieces = [(line, failing_point_weight if failing else 1.0)]
+        line_ids = []
+        for text, weight in pieces:
+            ids = layout.encode_text(text) if text else []
+            line_ids += ids
+            weights += [weight] * len(ids)
+        if line_ids != layout.encode_text(line):
+            raise ValueError(f"judge_example: the line {line!r} does not tokenize as the sum of its parts")
+        completion += line_ids
     completion.append(layout.ids.eos)
     weights.append(1.0)
     return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt),
                    [0.0] * len(prompt) + weights)
+
+
+_REASON_FIRST_LINE = re.compile(r"^(\s*\d+\s*[.)]\s*)(.*?)((?:\s*,\s*expected\b.*?)?\s*-\s*(?:yes|no)\s*)$", re.I)
+
+
+def _observation_pieces(line: str) -> list[tuple[str, bool]]:
+    """A reason-first verdict line cut into (text, is_observation) pieces: the number, what was seen,
+    then the expectation (if any) and the verdict."""
+    m = _REASON_FIRST_LINE.match(line)
+    if m is None:
+        raise ValueError(f"failing_observation_weight needs reason-first lines (`k. reason - yes`), got {line!r}")
+    return [(m.group(1).strip(), False), (m.group(2).strip(), True), (m.group(3).strip(), False)]
 
 
 def normalise_decoded(text: str) -> str:
@@ -79,20 +113,49 @@ def normalise_decoded(text: str) -> str:
 
 @torch.no_grad()
 def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoint]], source_codes, edited_codes,
-                      max_new_tokens: int = 320, batch_size: int = 16) -> list[str]:
-    """Greedy verdict texts (normalised to the contract) for code grids of sources and edits."""
-    texts = []
+                      max_new_tokens: int = 320, batch_size: int = 16, expected_score: bool = False):
+    """Greedy verdict texts (normalised to the contract) for code grids of sources and edits.
+
+    With `expected_score`, returns (texts, expectations): each trace's score read as the expectation
+    of the integer the model writes after `<score>` (`score_expectation`), None where it wrote none."""
+    texts, expectations = [], []
     layout = editor.layout
     for s in range(0, len(instructions), batch_size):
         seqs = [judge_prompt(layout, ins, pts, a.cpu(), b.cpu()) for ins, pts, a, b in
                 zip(instructions[s : s + batch_size], points[s : s + batch_size],
                     source_codes[s : s + batch_size], edited_codes[s : s + batch_size])]
         batch = {k: v.to(editor.device) for k, v in layout.pad_prompts(seqs).items()}
-        gen = editor.backbone.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None,
-                                       eos_token_id=layout.ids.eos, pad_token_id=layout.ids.pad)
-        new = gen[:, batch["input_ids"].shape[1]:]
+        out = editor.backbone.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None,
+                                       eos_token_id=layout.ids.eos, pad_token_id=layout.ids.pad,
+                                       output_logits=expected_score, return_dict_in_generate=True)
+        new = out.sequences[:, batch["input_ids"].shape[1]:]
         texts += [normalise_decoded(t) for t in editor.text_tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return texts
+        if expected_score:
+            expectations += score_expectation(layout, new, torch.stack(out.logits, dim=1))
+    return (texts, expectations) if expected_score else texts
+
+
+def score_expectation(layout, new_ids: torch.Tensor, step_logits: torch.Tensor) -> list[float | None]:
+    """Each row's score as the model's expectation rather than its greedy choice: at the step after
+    the last `<score>` it wrote, the softmax over the words 0-10 (renormalised to them), averaged with
+    their values. A decimal part it then writes is ignored.
+
+    Why: a small reward model gives many candidates the same greedy score (10 for nearly everything),
+    and a tie says nothing about which edit is better; how sure it is of that 10 does, without the
+    cost of sampling k traces (Avg@k). `new_ids` (B, T) are the generated ids and `step_logits`
+    (B, T, V) the logits each was chosen from."""
+    opening = layout.encode_text("<score>")
+    numbers = torch.tensor([layout.encode_text(str(n))[0] for n in range(11)], device=step_logits.device)
+    values = torch.arange(11, dtype=torch.float32, device=step_logits.device)
+    out: list[float | None] = []
+    for ids, logits in zip(new_ids.tolist(), step_logits):
+        at = [t + len(opening) for t in range(len(ids) - len(opening) + 1) if ids[t : t + len(opening)] == opening]
+        if not at or at[-1] >= len(ids):
+            out.append(None)
+            continue
+        p = torch.softmax(logits[at[-1]].float()[numbers], dim=-1)
+        out.append(float((p * values).sum()))
+    return out
 
 
 def sample_verdicts(editor, instructions: list[str], points: list[list[EvalPoint]], source_codes, edited_codes,

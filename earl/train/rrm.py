@@ -50,6 +50,13 @@ class RRMDataSection:
     # loss weight of the tokens of failing points' lines (reason and verdict); ~6 balances the ~15% of
     # points that fail against those that pass. 1 weighs every token alike.
     failing_point_weight: float = 1.0
+    # loss weight of only the observation in failing points' reason-first lines (`r1c2 nothing` in
+    # `3. r1c2 nothing , expected small red circle - no`): the words that must come from the image or
+    # the scan, not the question; unlike failing_point_weight it leaves the verdicts' weights alone.
+    # Multiplies failing_point_weight where both are set.
+    failing_observation_weight: float = 1.0
+    # loss weight of the opening scan line (data.scan)
+    scan_weight: float = 1.0
     # open each trace with the oracle's description of the edited image, background then every cell in
     # reading order (`earl.rrm.coldstart.scene_scan`), so reasons copy from it; needs max_new_tokens ~320
     scan: bool = False
@@ -61,9 +68,13 @@ class RRMDataSection:
     expect: bool = False
 
     def __post_init__(self):
-        if not self.failing_point_weight > 0:
-            raise ValueError(f"data.failing_point_weight must be > 0 (1 weighs every token alike), "
-                             f"got {self.failing_point_weight}")
+        for name in ("failing_point_weight", "failing_observation_weight", "scan_weight"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"data.{name} must be > 0 (1 weighs every token alike), got {getattr(self, name)}")
+        if self.failing_observation_weight != 1.0 and not self.reason_first:
+            raise ValueError("data.failing_observation_weight needs data.reason_first: true (`k. reason - yes` lines)")
+        if self.scan_weight != 1.0 and not self.scan:
+            raise ValueError("data.scan_weight needs data.scan: true (there is no scan line to weigh)")
         if self.quote_scan and not self.scan:
             raise ValueError("data.quote_scan needs data.scan: true (the reasons quote the scan's entries)")
         if self.expect and not self.quote_scan:
@@ -215,7 +226,8 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
                                      cfg.model.image_size, seed=cfg.run.seed)
     layout = editor.layout
     seqs = [judge_example(layout, e["instruction"], e["points"], e["source_codes"], e["codes"], e["trace"],
-                          e["passed"], cfg.data.failing_point_weight) for e in train]
+                          e["passed"], cfg.data.failing_point_weight, cfg.data.failing_observation_weight,
+                          cfg.data.scan_weight) for e in train]
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         atomic_write_json(out / "recipe.json", to_dict(cfg))

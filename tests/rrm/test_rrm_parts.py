@@ -175,6 +175,37 @@ def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
     assert scores == [1.0, 10.5, 21.0, 31.0, 41.0]
 
 
+def test_expected_score_reads_the_softmax_over_0_to_10_after_the_last_score_tag():
+    """E[score]: at the step after `<score>`, the probabilities of the words 0-10 (renormalised)
+    weighted by their values; None where the trace wrote no score; the greedy choice is irrelevant."""
+    import types
+
+    from earl.rrm.model import score_expectation
+    from earl.text import build_word_tokenizer
+
+    tok = build_word_tokenizer(["1. r1c1 nothing - yes", "<score>7</score>"])
+    layout = types.SimpleNamespace(encode_text=lambda t: tok(t, add_special_tokens=False)["input_ids"])
+    enc = layout.encode_text
+    rows = [enc("1. yes <score> 7 </score>"), enc("1. yes <score> 10"), enc("1. yes yes yes")]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    logits = torch.randn(len(rows), width, len(tok))
+    # row 0: after `<score>`, p(7) = 0.5, p(9) = 0.25, p(2) = 0.25 among the numbers; mass elsewhere ignored
+    at = len(enc("1. yes <score>"))
+    logits[0, at] = -1e9
+    for n, logp in ((7, math.log(0.5)), (9, math.log(0.25)), (2, math.log(0.25))):
+        logits[0, at, enc(str(n))[0]] = logp
+    logits[0, at, enc("yes")[0]] = 5.0
+    # row 1: all mass on 10 and 0 equally
+    logits[1, at] = -1e9
+    logits[1, at, enc("10")[0]] = logits[1, at, enc("0")[0]] = 0.0
+    got = score_expectation(layout, ids, logits)
+    assert got[0] == pytest.approx(0.5 * 7 + 0.25 * 9 + 0.25 * 2)
+    assert got[1] == pytest.approx(5.0)
+    assert got[2] is None  # no score written
+    assert score_expectation(layout, torch.tensor([enc("1. <score>")]), torch.zeros(1, 3, len(tok))) == [None]
+
+
 def test_simulated_annotators_follow_bradley_terry():
     from earl.rrm.pairs import make_pairs
 
@@ -192,12 +223,13 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
 
     tiny_editor.save_pretrained(tmp_path / "untrained")
     assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
-                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2"]) == 0
+                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2", "--expected-score"]) == 0
     res = json.loads((tmp_path / "rb/rewardbench.json").read_text())
     oracle, untrained = res["scorers"]["oracle"], res["scorers"]["untrained"]
     assert oracle["failed"] == 0 and oracle["overall"]["n"] == res["pairs"] > 0
     assert untrained["failed"] == res["pairs"] and untrained["overall"]["accuracy"] == 0.0  # gibberish: all failed
     assert res["scorers"]["untrained Avg@2"]["failed"] == res["pairs"]
+    assert res["scorers"]["untrained E[score]"]["failed"] == res["pairs"]
 
     # a rerun into the same directory reuses every model result whose weights did not change, and
     # judges again a model whose weights did (a flipped byte in its safetensors)
@@ -207,6 +239,7 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
                  "--out", str(tmp_path / "rb"), "--max-new-tokens", "8"]) == 0
     again = json.loads((tmp_path / "rb/rewardbench.json").read_text())["scorers"]
     assert again["untrained"]["failed"] == -1 and "untrained Avg@2" not in again  # reused; Avg@k not asked for
+    assert "untrained E[score]" not in again
     weights = next((tmp_path / "untrained").rglob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1

@@ -255,6 +255,40 @@ def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_toke
     assert not torch.allclose(lm_loss(ed.backbone, batch), lm_loss(ed.backbone, unit))
 
 
+def test_failing_observation_weight_marks_only_what_failing_points_saw(vq_tokenizer):
+    """With expect traces, failing_observation_weight weighs the observed words of failing lines
+    (`r1c2 nothing` in `3. r1c2 nothing , expected ... - no`) and nothing else; scan_weight the scan
+    line; the tokens stay those of the unweighted example."""
+    from earl.model import UnifiedEditor
+    from earl.rrm.coldstart import observed_part
+    from earl.rrm.model import judge_example
+    from earl.text import build_word_tokenizer
+    from earl.train.rrm import _judge_corpus
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    samples = [make_sample(random.Random(s), "simple", image_size=32) for s in range(4)]
+    ex = make_examples(samples, lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
+                       lambda c: tensor_to_pil(vq_tokenizer.decode(c)), scan=True, quote_scan=True, expect=True)
+    e = next(x for x in ex if sum(not p for p in x["passed"]) >= 2)
+    ed = UnifiedEditor.build("shapes-test", vq_tokenizer, build_word_tokenizer(_judge_corpus(ex)), 32, seed=0)
+    args = (ed.layout, e["instruction"], e["points"], e["source_codes"], e["codes"], e["trace"], e["passed"])
+    plain = judge_example(*args[:6])
+    weighted = judge_example(*args, failing_observation_weight=4.0, scan_weight=2.0)
+    assert weighted.input_ids == plain.input_ids and weighted.loss_mask == plain.loss_mask
+    w = torch.tensor(weighted.loss_weights)
+    ids = torch.tensor(weighted.input_ids)
+    lines = e["trace"].split("\n")
+    assert ids[w == 2.0].tolist() == ed.layout.encode_text(lines[0])
+    failing = [ln for ln, ok in zip(lines[1:], e["passed"]) if not ok]
+    seen = [observed_part(ln.split(".", 1)[1].rsplit(" - ", 1)[0]) for ln in failing]
+    assert ids[w == 4.0].tolist() == [i for s in seen for i in ed.layout.encode_text(s)]
+    assert all(s and ", expected" not in s for s in seen)
+    # combined with the whole-line weight, the observation gets the product
+    both = torch.tensor(judge_example(*args, failing_point_weight=3.0, failing_observation_weight=4.0).loss_weights)
+    assert set(both[weighted.prompt_len:].tolist()) == {1.0, 3.0, 12.0}
+    assert ((both == 12.0) == (w == 4.0)).all()
+
+
 def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
     from earl.errors import ConfigError
     from earl.train.rrm import RRMRecipe
@@ -263,6 +297,10 @@ def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.failing_point_weight=0"])
     with pytest.raises(ConfigError, match="quote_scan"):
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.quote_scan=true"])
+    with pytest.raises(ConfigError, match="failing_observation_weight"):
+        load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.failing_observation_weight=-1"])
+    with pytest.raises(ConfigError, match="scan_weight needs data.scan"):
+        load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.scan_weight=3"])
     with pytest.raises(ConfigError, match="data.expect needs data.quote_scan"):
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.scan=true", "data.expect=true"])
 
