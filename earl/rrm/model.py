@@ -196,6 +196,10 @@ class RRMVerifier:
     `samples` = k > 1 gives Avg@k self-consistency (earl's model only): the reward is the mean score of
     the k sampled traces that parse, which breaks the ties a greedy verdict leaves between candidates;
     the edit fails only when none of the k parses.
+
+    `expected_score` (earl's model, greedy): the reward is the greedy trace's score read as the
+    expectation of the integer after `<score>` (`score_expectation`): it breaks the same ties at the
+    cost of one greedy trace, not k sampled ones. The trace must still parse.
     """
 
     name = "rrm"
@@ -205,7 +209,7 @@ class RRMVerifier:
                  device: str = "cpu", base_url: str | None = None, model: str | None = None,
                  vlm_path: str | None = None, concurrency: int = 16, retries: int = 2, timeout: float = 120.0,
                  principles_base_url: str | None = None, principles_model: str | None = None,
-                 principle_cache: str | None = "runs/principles"):
+                 principle_cache: str | None = "runs/principles", expected_score: bool = False):
         from earl.errors import ConfigError
         from earl.rrm.principles import PrincipleCache
         from earl.verify.chat import build_chat_backend
@@ -219,8 +223,11 @@ class RRMVerifier:
         if samples > 1 and model_path is None:
             raise ConfigError("rrm verifier: samples > 1 (Avg@k) is built for earl's own model (model_path); a "
                               "server or a transformers VLM is judged greedily")
+        if expected_score and (model_path is None or samples > 1):
+            raise ConfigError("rrm verifier: expected_score reads the logits of earl's own model (model_path) on a "
+                              "greedy trace; it does not combine with a server, a transformers VLM or samples > 1")
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.samples, self.temperature = samples, temperature
+        self.samples, self.temperature, self.expected_score = samples, temperature, expected_score
         self.generator = torch.Generator().manual_seed(seed)  # one stream for the verifier's life: calls differ
         self.editor = self.backend = None
         if model_path is not None:
@@ -258,16 +265,24 @@ class RRMVerifier:
 
     def judge(self, instructions, points, source_images, edited_images) -> list[list[str]]:
         """`samples` verdict texts per edit (one when greedy)."""
+        return self._judge(instructions, points, source_images, edited_images)[0]
+
+    def _judge(self, instructions, points, source_images, edited_images):
+        """(verdict texts per edit, each greedy trace's E[score] or None when not `expected_score`)."""
         if self.backend is not None:
-            return [[t] for t in self._judge_http(instructions, points, source_images, edited_images)]
+            return [[t] for t in self._judge_http(instructions, points, source_images, edited_images)], None
         ed = self.editor
         src = ed.encode_images([ed.preprocess(im)[0] for im in source_images])
         out_codes = ed.encode_images([ed.preprocess(im)[0] for im in edited_images])
+        if self.expected_score:
+            texts, expectations = generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,
+                                                    self.batch_size, expected_score=True)
+            return [[t] for t in texts], expectations
         if self.samples == 1:
             return [[t] for t in generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,
-                                                   self.batch_size)]
+                                                   self.batch_size)], None
         return sample_verdicts(ed, instructions, points, src, out_codes, self.samples, self.temperature,
-                               self.max_new_tokens, self.batch_size * self.samples, self.generator)
+                               self.max_new_tokens, self.batch_size * self.samples, self.generator), None
 
     def _judge_http(self, instructions, points, source_images, edited_images) -> list[str]:
         import asyncio
@@ -299,8 +314,10 @@ class RRMVerifier:
 
         points = [self.points_for(r) for r in requests]
         ok = [i for i, p in enumerate(points) if p is not None]
-        texts = dict(zip(ok, self.judge([requests[i].instruction for i in ok], [points[i] for i in ok],
-                                        [requests[i].source for i in ok], [requests[i].edited for i in ok])))
+        judged, expectations = self._judge([requests[i].instruction for i in ok], [points[i] for i in ok],
+                                           [requests[i].source for i in ok], [requests[i].edited for i in ok])
+        texts = dict(zip(ok, judged))
+        expected = dict(zip(ok, expectations)) if expectations is not None else {}
         out = []
         for i, pts in enumerate(points):
             if pts is None:
@@ -315,6 +332,9 @@ class RRMVerifier:
             text, v = parsed[0]  # the first parsed trace stands for the edit's principles and raw reply
             score = sum(pv.score for _, pv in parsed) / len(parsed)
             scores = {"score": score, "point_average": sum(pv.point_average for _, pv in parsed) / len(parsed)}
+            if expected.get(i) is not None:
+                scores["written_score"], score = score, expected[i]
+                scores["score"] = score
             if len(texts[i]) > 1:
                 scores["parsed_samples"] = float(len(parsed))
             out.append(RewardResult(reward=score / 10.0, scores=scores,

@@ -20,6 +20,9 @@ set -euo pipefail
     out_dir=runs/rrm_sft_expect data.quote_scan=true data.expect=true --resume
 [ -f runs/rrm_sft_expect_w3/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_scan.yaml \
     out_dir=runs/rrm_sft_expect_w3 data.quote_scan=true data.expect=true data.failing_point_weight=3 --resume
+[ -f runs/rrm_sft_obs4_scan3/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_scan.yaml \
+    out_dir=runs/rrm_sft_obs4_scan3 data.quote_scan=true data.expect=true data.failing_observation_weight=4 \
+    data.scan_weight=3 --resume
 [ -f runs/rm_scalar_editor/model/scalar_head.safetensors ] || earl train rm-scalar recipes/shapes/rm_scalar_from_editor.yaml \
     run.steps=500 run.eval_every=250 run.save_every=500
 [ -f runs/rrm_gcpo/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \

@@ -391,7 +391,8 @@ def test_rrm_verifier_avg_at_k_averages_the_parsed_samples_and_fails_only_when_n
     def trace(score, n_yes):
         return format_trace([i < n_yes for i in range(10)], ["r"] * 10, score)
 
-    monkeypatch.setattr(v, "judge", lambda *a: [[trace(8.0, 8), "garbage", trace(5.0, 4)], ["no", "score", "here"]])
+    monkeypatch.setattr(v, "_judge", lambda *a: ([[trace(8.0, 8), "garbage", trace(5.0, 4)], ["no", "score", "here"]],
+                                                 None))
     good, bad = v.score(reqs)
     assert good.reward == pytest.approx(0.65) and good.scores["parsed_samples"] == 2.0
     assert good.scores["point_average"] == pytest.approx(6.0) and len(good.principles) == 10
@@ -400,3 +401,27 @@ def test_rrm_verifier_avg_at_k_averages_the_parsed_samples_and_fails_only_when_n
         build_verifier("rrm", model_path=str(tmp_path / "rrm"), samples=0)
     with pytest.raises(ConfigError, match="earl's own model"):
         build_verifier("rrm", base_url="http://127.0.0.1:9", samples=4)
+
+
+def test_rrm_verifier_expected_score_rewards_the_expectation_of_a_parsed_greedy_trace(tmp_path, tiny_editor,
+                                                                                     monkeypatch):
+    """expected_score: the reward is E[score] of the greedy trace (the written score kept beside it),
+    a trace that does not parse still fails, and the option is refused where it cannot be read."""
+    from earl.errors import ConfigError
+    from earl.rrm.trace import format_trace
+    from earl.verify.base import build_verifier
+
+    tiny_editor.save_pretrained(tmp_path / "rrm")
+    reqs = [shapes_request(k, str(k)) for k in range(2)]
+    v = build_verifier("rrm", model_path=str(tmp_path / "rrm"), max_new_tokens=6, expected_score=True)
+    texts, expectations = v._judge([r.instruction for r in reqs], [v.points_for(r) for r in reqs],
+                                   [r.source for r in reqs], [r.edited for r in reqs])
+    assert [len(t) for t in texts] == [1, 1] and expectations == [None, None]  # 6 untrained tokens: no score
+    trace = format_trace([i < 8 for i in range(10)], ["r"] * 10, 8.0)
+    monkeypatch.setattr(v, "_judge", lambda *a: ([[trace], ["garbage"]], [6.5, 3.0]))
+    good, bad = v.score(reqs)
+    assert good.reward == pytest.approx(0.65) and good.scores["written_score"] == 8.0
+    assert bad.failed and bad.reward is None
+    for bad_options in (dict(base_url="http://127.0.0.1:9"), dict(model_path=str(tmp_path / "rrm"), samples=4)):
+        with pytest.raises(ConfigError, match="expected_score"):
+            build_verifier("rrm", expected_score=True, **bad_options)
