@@ -3,7 +3,7 @@
 # cold-start SFT of the reasoning reward model from the trained editor (plain, and with failing
 # points weighted 6x in the loss, with traces that open with a cell-by-cell scan of the edited image,
 # with that scan quoted in the reasons, and with each quoted reason followed by what its point expects,
-# plain and with failing points weighted 3x), GCPO from the plain one, the scan one and the weighted expect one, the scalar Bradley-Terry
+# plain, with failing points weighted 3x, and with only their observations weighted 4x and the scan 3x), GCPO from the plain one, the scan one and the weighted expect one, the scalar Bradley-Terry
 # baseline from the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and
 # a per-principle-type breakdown of the verdicts. About 7 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. The Avg@4 command adds self-consistency for two models; the last
@@ -45,6 +45,9 @@ earl eval rewardbench --samples 100 --rrm rrm_sft=runs/rrm_sft_editor/model \
 # Avg@4 self-consistency of the weighted expect model and its GCPO run (10 min each)
 earl eval rewardbench --samples 100 --rrm rrm_sft_expect_w3=runs/rrm_sft_expect_w3/model \
     --rrm rrm_gcpo_expect_w3=runs/rrm_gcpo_expect_w3/model --avg-k 4 --out runs/rewardbench_avg4
+# observations of failing lines 4x and the scan 3x, against the scalar model, greedy, Avg@4 and E[score]
+earl eval rewardbench --samples 100 --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
+    --scalar scalar=runs/rm_scalar_editor/model --expected-score --avg-k 4 --out runs/rewardbench_obs
 # closing the loop: editor GRPO with each reward, one seed (docs/RESULTS.md)
 earl study recipes/shapes/study_rewards_quick.yaml
 # the scalar reward with Edit-R1's KL anchor (0.04) and ten times that (36 min)
