@@ -52,33 +52,30 @@ def judge_example(layout, instruction: str, points: list[EvalPoint], source_code
     - `scan_weight`: the opening scan line, if the trace has one.
     `passed` is needed by the first two."""
     prompt = judge_prompt(layout, instruction, points, source_codes, edited_codes)
-    lines = trace.split("\n")
-    if passed is None:
-        passed = [True] * (len(lines) - 1 - (1 if lines[0].lstrip().lower().startswith("seen") else 0))
     if failing_point_weight == failing_observation_weight == scan_weight == 1.0:
         completion = [*layout.encode_text(trace), layout.ids.eos]
         return Example(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt))
-    preface = len(lines) - len(passed) - 1  # lines before the verdicts (a scan)
+    lines = trace.split("\n")
+    preface = len(lines) - len(points) - 1  # lines before the verdicts (a scan)
     if preface not in (0, 1):
-        raise ValueError(f"judge_example: the trace has {len(lines)} lines, expected {len(passed)} points + the score"
+        raise ValueError(f"judge_example: the trace has {len(lines)} lines, expected {len(points)} points + the score"
                          " (+ one preface line)")
+    failing = [False] * preface + [not ok for ok in (passed or [True] * len(points))] + [False]
     completion, weights = [], []
-    for i, line in enumerate(lines):
-        point = i - preface
-        failing = 0 <= point < len(passed) and not passed[point]
+    for i, (line, fails) in enumerate(zip(lines, failing)):
         if i < preface:
             pieces = [(line, scan_weight)]
-        elif failing and failing_observation_weight != 1.0:
+        elif fails and failing_observation_weight != 1.0:
             pieces = [(text, failing_point_weight * (failing_observation_weight if observed else 1.0))
                       for text, observed in _observation_pieces(line)]
         else:
-            pieces = [(line, failing_point_weight if failing else 1.0)]
+            pieces = [(line, failing_point_weight if fails else 1.0)]
         line_ids = []
         for text, weight in pieces:
-            ids = layout.encode_text(text) if text else []
+            ids = layout.encode_text(text) if text.strip() else []
             line_ids += ids
             weights += [weight] * len(ids)
-        if line_ids != layout.encode_text(line):
+        if len(pieces) > 1 and line_ids != layout.encode_text(line):
             raise ValueError(f"judge_example: the line {line!r} does not tokenize as the sum of its parts")
         completion += line_ids
     completion.append(layout.ids.eos)
@@ -87,16 +84,19 @@ def judge_example(layout, instruction: str, points: list[EvalPoint], source_code
                    [0.0] * len(prompt) + weights)
 
 
-_REASON_FIRST_LINE = re.compile(r"^(\s*\d+\s*[.)]\s*)(.*?)((?:\s*,\s*expected\b.*?)?\s*-\s*(?:yes|no)\s*)$", re.I)
-
-
 def _observation_pieces(line: str) -> list[tuple[str, bool]]:
-    """A reason-first verdict line cut into (text, is_observation) pieces: the number, what was seen,
-    then the expectation (if any) and the verdict."""
-    m = _REASON_FIRST_LINE.match(line)
-    if m is None:
+    """A reason-first verdict line cut into (text, is_observation) pieces: the number, what was seen
+    (the reason without its `, expected ...` tail, `earl.rrm.coldstart.observed_part`), then the
+    expectation (if any) and the verdict."""
+    from earl.rrm.coldstart import observed_part
+    from earl.rrm.trace import reason_span
+
+    span = reason_span(line)
+    if span is None:
         raise ValueError(f"failing_observation_weight needs reason-first lines (`k. reason - yes`), got {line!r}")
-    return [(m.group(1).strip(), False), (m.group(2).strip(), True), (m.group(3).strip(), False)]
+    start, end = span
+    seen = observed_part(line[start:end])
+    return [(line[:start], False), (seen, True), (line[start + len(seen):], False)]
 
 
 def normalise_decoded(text: str) -> str:

@@ -76,6 +76,13 @@ def _verdict_line(line: str) -> tuple[int, bool, str] | None:
     return None
 
 
+def reason_span(line: str) -> tuple[int, int] | None:
+    """Where the reason lies in a reason-first line (`k. reason - yes`), read by the same grammar as
+    `parse_trace`; None for any other line."""
+    m = _VERDICT_LAST.match(line)
+    return m.span(2) if m and m.group(2).strip("* ") else None
+
+
 def parse_trace(text: str, n_points: int) -> Verdicts | None:
     """The verdicts and score of a reply about `n_points` points, or None if it does not follow the contract."""
     if not isinstance(text, str):
