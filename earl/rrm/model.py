@@ -135,6 +135,25 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
     return (texts, expectations) if expected_score else texts
 
 
+def score_words(layout) -> list[int]:
+    """The token ids of the words 0, 1, ..., 10: the integer part a verdict's score can take."""
+    return [layout.encode_text(str(n))[0] for n in range(11)]
+
+
+def score_position(layout, ids: list[int]) -> int | None:
+    """Index in `ids` of the word after the last `<score>` (where the integer part is chosen), or
+    None when the trace wrote no `<score>` or stopped right after it."""
+    opening = layout.encode_text("<score>")
+    at = [t + len(opening) for t in range(len(ids) - len(opening) + 1) if ids[t : t + len(opening)] == opening]
+    return at[-1] if at and at[-1] < len(ids) else None
+
+
+def expectation_over_score_words(number_logits: torch.Tensor) -> float:
+    """Σ n · p(n) with p the softmax over the logits of the words 0-10 (renormalised to them)."""
+    p = torch.softmax(number_logits.float(), dim=-1)
+    return float((p * torch.arange(11, dtype=torch.float32, device=p.device)).sum())
+
+
 def score_expectation(layout, new_ids: torch.Tensor, step_logits: torch.Tensor) -> list[float | None]:
     """Each row's score as the model's expectation rather than its greedy choice: at the step after
     the last `<score>` it wrote, the softmax over the words 0-10 (renormalised to them), averaged with
@@ -144,18 +163,24 @@ def score_expectation(layout, new_ids: torch.Tensor, step_logits: torch.Tensor) 
     and a tie says nothing about which edit is better; how sure it is of that 10 does, without the
     cost of sampling k traces (Avg@k). `new_ids` (B, T) are the generated ids and `step_logits`
     (B, T, V) the logits each was chosen from."""
-    opening = layout.encode_text("<score>")
-    numbers = torch.tensor([layout.encode_text(str(n))[0] for n in range(11)], device=step_logits.device)
-    values = torch.arange(11, dtype=torch.float32, device=step_logits.device)
+    numbers = torch.tensor(score_words(layout), device=step_logits.device)
     out: list[float | None] = []
     for ids, logits in zip(new_ids.tolist(), step_logits):
-        at = [t + len(opening) for t in range(len(ids) - len(opening) + 1) if ids[t : t + len(opening)] == opening]
-        if not at or at[-1] >= len(ids):
-            out.append(None)
-            continue
-        p = torch.softmax(logits[at[-1]].float()[numbers], dim=-1)
-        out.append(float((p * values).sum()))
+        at = score_position(layout, ids)
+        out.append(None if at is None else expectation_over_score_words(logits[at][numbers]))
     return out
+
+
+def trace_score(layout, tokenizer, ids: list[int], n_points: int,
+                watched: torch.Tensor | None = None) -> float | None:
+    """τ of one sampled trace's token ids: None unless it parses (`parse_trace`, `n_points` verdicts);
+    the score it wrote, or with `watched` (the logits of the words 0-10 at each of its steps,
+    `earl.train.gcpo.sample_traces_watching`) the expectation at the word after its last `<score>`."""
+    v = parse_trace(normalise_decoded(tokenizer.decode(ids, skip_special_tokens=True)), n_points)
+    if v is None or watched is None:
+        return None if v is None else v.score
+    at = score_position(layout, ids)
+    return None if at is None else expectation_over_score_words(watched[at])
 
 
 def sample_verdicts(editor, instructions: list[str], points: list[list[EvalPoint]], source_codes, edited_codes,

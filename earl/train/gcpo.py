@@ -3,7 +3,10 @@
 One step (Edit-R1's Group Contrastive Policy Optimisation):
 
     sample      N verdict traces for each image of P preference pairs (temperature sampling of text)
-    parse       each trace's final score τ; an unparseable trace is invalid (no reward, no loss)
+    parse       each trace's final score τ; an unparseable trace is invalid (no reward, no loss).
+                `gcpo.score: expected` (not in the paper) reads τ as the expectation of the integer
+                after the trace's `<score>` instead of the one it wrote: fewer ties between traces,
+                and the same readout as `earl eval rewardbench --expected-score`
     reward      r^w_j = share of the other image's traces it ranks correctly (`earl.rl.gcpo`)
     advantage   mean-centred within each image's N traces, no std division
     update      per-token PPO-clipped surrogate over the trace tokens, averaged over tokens and
@@ -51,10 +54,15 @@ class GCPOSection:
     clip_low: float = 0.2
     clip_high: float = 0.2
     beta: float = 0.0  # k3 KL to the frozen start; Edit-R1 uses none
+    # τ of a trace: "written" (Edit-R1: the score it wrote) or "expected" (earl's extension: the
+    # expectation of the integer after its `<score>`, `earl.rrm.model.score_expectation`; fewer ties)
+    score: str = "written"
 
     def __post_init__(self):
         if self.traces < 2 or self.temperature <= 0:
             raise ValueError("GCPO needs traces >= 2 and temperature > 0")
+        if self.score not in ("written", "expected"):
+            raise ValueError(f"gcpo.score: {self.score!r} is not one of 'written', 'expected'")
 
 
 @dataclass
@@ -93,6 +101,16 @@ def _sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int
 def sample_traces(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int, eos: int,
                   pad: int, generator: torch.Generator | None = None) -> list[list[int]]:
     """n sampled completions per prompt (prompt-major), each ending at eos or the token budget."""
+    return sample_traces_watching(model, prompts, n, temperature, max_new_tokens, eos, pad, generator)[0]
+
+
+def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
+                           eos: int, pad: int, generator: torch.Generator | None = None,
+                           watch: list[int] | None = None) -> tuple[list[list[int]], list[torch.Tensor] | None]:
+    """`sample_traces`, and with `watch` also each completion's raw logits (before the temperature) of
+    the `watch` tokens at every step it sampled: one (len(completion), len(watch)) CPU tensor per row.
+    Why: a score read as an expectation (`gcpo.score: expected`) needs the distribution the score
+    word was drawn from, and keeping only a few columns costs nothing next to the forward pass."""
     from earl.layout import positions_from_mask
 
     rows = [p for p in prompts for _ in range(n)]
@@ -104,6 +122,8 @@ def sample_traces(model, prompts: list[list[int]], n: int, temperature: float, m
         ids[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), 1
     ids, mask = ids.to(device), mask.to(device)
     out = [[] for _ in rows]
+    seen: list[list[torch.Tensor]] = [[] for _ in rows]
+    cols = torch.tensor(watch, device=device) if watch is not None else None
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
     past = None
     cur_ids, cur_pos = ids, positions_from_mask(mask.cpu()).to(device)
@@ -112,36 +132,46 @@ def sample_traces(model, prompts: list[list[int]], n: int, temperature: float, m
             res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past,
                         use_cache=True, logits_to_keep=1)
             past = res.past_key_values
-            probs = torch.softmax(res.logits[:, -1].float() / temperature, -1)
+            logits = res.logits[:, -1].float()
+            probs = torch.softmax(logits / temperature, -1)
             nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            kept = logits[:, cols].cpu() if cols is not None else None
             for i in torch.nonzero(~done)[:, 0].tolist():
                 out[i].append(int(nxt[i]))
+                if kept is not None:
+                    seen[i].append(kept[i])
             done |= nxt == eos
             if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             cur_pos = cur_pos[:, -1:] + 1
             cur_ids = nxt[:, None]
-    return out
+    if watch is None:
+        return out, None
+    return out, [torch.stack(s) if s else torch.zeros((0, len(watch))) for s in seen]
 
 
 def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]],
-              parse: Callable[[list[int], int], float | None], g: GCPOSection, eos: int, pad: int,
-              generator: torch.Generator | None = None, sampler=None) -> tuple[torch.Tensor | None, dict]:
+              parse: Callable[..., float | None], g: GCPOSection, eos: int, pad: int,
+              generator: torch.Generator | None = None, sampler=None,
+              watch: list[int] | None = None) -> tuple[torch.Tensor | None, dict]:
     """Sample, score, and build the GCPO loss for P pairs; returns (loss or None without signal, stats).
 
-    `parse(completion_ids, pair_index) -> score or None`. `model` computes the differentiable
-    log-probs (the accelerate-wrapped module in training); `sampler` (default `model`) samples.
+    `parse(completion_ids, pair_index) -> score or None`; with `watch` (token ids),
+    `parse(completion_ids, pair_index, watched_logits)`, the logits of those tokens at each sampled
+    step (`sample_traces_watching`). `model` computes the differentiable log-probs (the
+    accelerate-wrapped module in training); `sampler` (default `model`) samples.
     """
     P, N = len(prompts_w), g.traces
     sampler = sampler if sampler is not None else model
     sampler.eval()
-    comps = sample_traces(sampler, prompts_w + prompts_l, N, g.temperature, g.max_new_tokens, eos, pad, generator)
+    comps, watched = sample_traces_watching(sampler, prompts_w + prompts_l, N, g.temperature, g.max_new_tokens,
+                                            eos, pad, generator, watch)
     tau = torch.zeros(2 * P * N)
     valid = torch.zeros(2 * P * N, dtype=torch.bool)
     for r, c in enumerate(comps):
-        s = parse(c, (r // N) % P)
+        s = parse(c, (r // N) % P) if watched is None else parse(c, (r // N) % P, watched[r])
         if s is not None:
             tau[r], valid[r] = s, True
     tau, valid = tau.view(2, P, N), valid.view(2, P, N)
@@ -180,9 +210,8 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
 
     from earl.model import UnifiedEditor
     from earl.rrm.bench import held_out_pairs, rrm_scorer
-    from earl.rrm.model import judge_prompt, normalise_decoded
+    from earl.rrm.model import judge_prompt, score_words, trace_score
     from earl.rrm.pairs import pairwise_accuracy
-    from earl.rrm.trace import parse_trace
 
     out = Path(cfg.out_dir)
     if not Path(cfg.init_from).is_dir():
@@ -211,6 +240,8 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         step = ckpts.load(accelerator, last)["step"]
     log = MetricLog(accelerator, out, "rrm_gcpo", to_dict(cfg))
 
+    watch = score_words(layout) if cfg.gcpo.score == "expected" else None
+
     def prompt(e):
         return judge_prompt(layout, e["instruction"], e["points"], e["source_codes"], e["codes"])
 
@@ -221,14 +252,13 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         batch = rng.sample(pairs, min(cfg.gcpo.pairs_per_step, len(pairs)))
         n_points = [len(p.preferred["points"]) for p in batch]
 
-        def parse(ids, k, n_points=n_points):
-            v = parse_trace(normalise_decoded(tok.decode(ids, skip_special_tokens=True)), n_points[k])
-            return None if v is None else v.score
+        def parse(ids, k, watched=None, n_points=n_points):
+            return trace_score(layout, tok, ids, n_points[k], watched)
 
         gen = torch.Generator(device=editor.device).manual_seed(cfg.run.seed * 104729 + step)
         loss, stats = gcpo_step(model, ref, [prompt(p.preferred) for p in batch],
                                 [prompt(p.rejected) for p in batch], parse, cfg.gcpo, layout.ids.eos,
-                                layout.ids.pad, gen, sampler=accelerator.unwrap_model(model))
+                                layout.ids.pad, gen, sampler=accelerator.unwrap_model(model), watch=watch)
         if loss is not None:
             accelerator.backward(loss)
             if cfg.optim.grad_clip > 0:
@@ -242,7 +272,8 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         log.log(step, metrics)
         if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
             editor.backbone = accelerator.unwrap_model(model)
-            res = pairwise_accuracy(evals, rrm_scorer(editor, cfg.gcpo.max_new_tokens))
+            res = pairwise_accuracy(evals, rrm_scorer(editor, cfg.gcpo.max_new_tokens,
+                                                      expected_score=cfg.gcpo.score == "expected"))
             ev = {"eval/pairwise_accuracy": res["overall"]["accuracy"], "eval/failed": float(res["failed"])}
             log.log(step, ev)
             metrics.update(ev)

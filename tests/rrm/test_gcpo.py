@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,7 +60,69 @@ def test_no_parseable_trace_no_update():
     assert loss is None and stats["gcpo/valid"] == 0.0
 
 
-def test_rrm_gcpo_trainer_runs_and_saves(tmp_path, tiny_editor):
+def test_watched_logits_are_the_logits_each_word_was_sampled_from():
+    """`sample_traces_watching` keeps, per sampled step, the raw logits of the watched tokens: the
+    same numbers a full forward over prompt + completion gives at those positions."""
+    from earl.train.gcpo import sample_traces_watching
+
+    model = tiny_lm().eval()
+    watch = list(range(D0, D0 + 10))
+    comps, watched = sample_traces_watching(model, [[BOS, A], [BOS, B, A]], 3, 1.0, 4, EOS, PAD,
+                                            torch.Generator().manual_seed(0), watch)
+    assert len(comps) == len(watched) == 6
+    for r, (c, w) in enumerate(zip(comps, watched)):
+        prompt = [[BOS, A], [BOS, B, A]][r // 3]
+        assert w.shape == (len(c), 10)
+        with torch.no_grad():
+            full = model(input_ids=torch.tensor([prompt + c])).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(c)]
+        torch.testing.assert_close(w, full[:, watch], rtol=1e-4, atol=1e-4)
+
+
+def test_with_watch_the_parser_gets_each_traces_watched_logits():
+    """τ from the watched logits: here the first step's logit of digit 0, the same for every trace of a
+    prompt, so the pairs' order is that of the two prompts' logits (and all-win pairs give no loss)."""
+    model = tiny_lm()
+    with torch.no_grad():
+        first = {t: float(model(input_ids=torch.tensor([[BOS, t]])).logits[0, -1, D0]) for t in (A, B)}
+
+    def from_logit(ids, k, watched):
+        assert watched.shape == (len(ids), 2)
+        return float(watched[0, 0])
+
+    loss, stats = gcpo_step(model, None, [[BOS, A]], [[BOS, B]], from_logit, GCPOSection(traces=3, max_new_tokens=2),
+                            EOS, PAD, torch.Generator().manual_seed(0), watch=[D0, D0 + 1])
+    assert stats["gcpo/valid"] == 1.0
+    assert stats["gcpo/pair_correct"] == float(first[A] > first[B])
+    assert loss is None and stats["gcpo/nonzero_adv"] == 0.0
+
+
+def test_trace_score_reads_the_written_or_the_expected_score():
+    """A sampled trace's τ: None unless it parses; the written 7, or with watched logits the
+    expectation over the words 0-10 at the step after `<score>`."""
+    import types
+
+    from earl.rrm.model import score_words, trace_score
+    from earl.text import build_word_tokenizer
+
+    tok = build_word_tokenizer(["1. yes - ok 2. no - gone <score>7</score>"])
+    layout = types.SimpleNamespace(encode_text=lambda t: tok(t, add_special_tokens=False)["input_ids"])
+    ids = layout.encode_text("1. yes - ok 2. no - gone <score> 7 </score>")
+    watched = torch.full((len(ids), 11), -1e9)
+    at = len(layout.encode_text("1. yes - ok 2. no - gone <score>"))
+    watched[at, 4] = watched[at, 8] = 0.0  # half 4, half 8
+    assert trace_score(layout, tok, ids, 2) == 7.0
+    assert trace_score(layout, tok, ids, 2, watched) == pytest.approx(6.0)
+    assert trace_score(layout, tok, ids, 3, watched) is None  # three points asked, two answered
+    assert len(score_words(layout)) == 11 and score_words(layout)[7] == ids[at]
+
+
+def test_gcpo_score_must_be_written_or_expected():
+    with pytest.raises(ValueError, match="gcpo.score"):
+        GCPOSection(score="mean")
+
+
+@pytest.mark.parametrize("score", ["written", "expected"])
+def test_rrm_gcpo_trainer_runs_and_saves(tmp_path, tiny_editor, score):
     from earl.config import load_config
     from earl.train.gcpo import GCPORecipe, train_rrm_gcpo
 
@@ -67,7 +130,7 @@ def test_rrm_gcpo_trainer_runs_and_saves(tmp_path, tiny_editor):
     root = Path(__file__).resolve().parents[2]
     over = {"out_dir": tmp_path / "run", "init_from": tmp_path / "rrm", "data.samples": 2, "data.eval_samples": 1,
             "gcpo.traces": 2, "gcpo.pairs_per_step": 1, "gcpo.max_new_tokens": 4, "run.steps": 2,
-            "run.eval_every": 2, "run.save_every": 2}
+            "run.eval_every": 2, "run.save_every": 2, "gcpo.score": score}
     final = train_rrm_gcpo(load_config(GCPORecipe, root / "recipes/shapes/rrm_gcpo.yaml",
                                        [f"{k}={v}" for k, v in over.items()]), progress=False)
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
