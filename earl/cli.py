@@ -152,8 +152,9 @@ def _cmd_eval_rewardbench(args) -> None:
         name, options = parse_verifier_spec(spec)
         verifiers[label] = build_verifier(name, **options)
     if args.pairs:
-        if args.avg_k > 1 or args.expected_score:
-            raise EarlError("--avg-k and --expected-score apply to ShapesEdit's held-out pairs, not to --pairs files")
+        if args.avg_k > 1 or args.expected_score or args.expected_points:
+            raise EarlError("--avg-k, --expected-score and --expected-points apply to ShapesEdit's held-out pairs, "
+                            "not to --pairs files")
         verifiers = {**{n: build_verifier("rrm", model_path=d, max_new_tokens=args.max_new_tokens)
                         for n, d in rrms.items()},
                      **{n: build_verifier("scalar", model_path=d) for n, d in scalars.items()}, **verifiers}
@@ -164,7 +165,7 @@ def _cmd_eval_rewardbench(args) -> None:
         res = run_rewardbench(rrms, args.out, samples=args.samples, seed=args.seed,
                               image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens,
                               avg_k=args.avg_k, scalars=scalars, verifiers=verifiers,
-                              expected_score=args.expected_score)
+                              expected_score=args.expected_score, expected_points=args.expected_points)
     print(format_table(res))
 
 
@@ -433,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--avg-k", type=int, default=0, help="also score each --rrm by Avg@k self-consistency (k > 1)")
     er.add_argument("--expected-score", action="store_true",
                     help="also score each --rrm greedily with the score read as an expectation (E[score])")
+    er.add_argument("--expected-points", action="store_true",
+                    help="also score each --rrm greedily as 10 x the mean P(yes) of its verdicts (E[points])")
     er.set_defaults(func=_cmd_eval_rewardbench)
 
     ck = sub.add_parser("checkpoint", help="bundled checkpoints").add_subparsers(dest="what", required=True)

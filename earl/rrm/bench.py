@@ -5,7 +5,8 @@ uses) judged by
 - `oracle`: the exact cold-start score (the ceiling, below 100% only because annotators are noisy);
 - each reasoning reward model given as NAME=DIR (greedy verdicts, the parsed score), and with
   `avg_k` also Avg@k self-consistency (the mean score of k sampled traces), with `expected_score`
-  also the greedy trace's score read as an expectation (E[score], which breaks greedy ties);
+  also the greedy trace's score read as an expectation (E[score], which breaks greedy ties), and
+  with `expected_points` as 10 x the mean P(yes) of its verdict words (E[points]);
 - each scalar Bradley–Terry model (`earl.rrm.scalar`, the holistic baseline);
 - each verifier given as LABEL=NAME[,option=value...] (`earl.verify`: e.g. a zero-shot VIEScore
   judge behind an OpenAI-compatible server), fed the decoded images and the scene graphs.
@@ -66,28 +67,29 @@ def shapes_request(image_tokenizer, drawn, seed: int):
 
 
 def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float = 1.0, seed: int = 0,
-               batch_size: int = 32, expected_score: bool = False):
+               batch_size: int = 32, readout: str = "written"):
     """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
     of k sampled traces (those that parse; None only when none of the k parses). A greedy call also
-    leaves its verdicts' `point_breakdown` on the returned function, as `.points`. `expected_score`
-    (greedy only) reads each parsed trace's score as the expectation of the integer after `<score>`
-    (`earl.rrm.model.score_expectation`) instead of the one written."""
+    leaves its verdicts' `point_breakdown` on the returned function, as `.points`. `readout` (greedy
+    only, `earl.rrm.model.generate_verdicts`): "written" the score each trace wrote; "expected_score"
+    the expectation of the integer after its `<score>`; "expected_points" 10 x the mean P(yes) of its
+    verdict words. A trace that does not parse fails whatever the readout."""
     from earl.rrm.model import generate_verdicts, sample_verdicts
     from earl.rrm.trace import parse_trace
 
-    if expected_score and k != 1:
-        raise ValueError("rrm_scorer: expected_score reads a greedy trace; it does not combine with Avg@k")
+    if readout != "written" and k != 1:
+        raise ValueError(f"rrm_scorer: the {readout} readout reads a greedy trace; it does not combine with Avg@k")
 
     def score(examples: list[dict]) -> list[float | None]:
         if k == 1:
             got = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
                                     [e["source_codes"] for e in examples], [e["codes"] for e in examples],
-                                    max_new_tokens=max_new_tokens, expected_score=expected_score)
-            texts, expectations = got if expected_score else (got, None)
+                                    max_new_tokens=max_new_tokens, readout=readout)
+            texts, values = got if readout != "written" else (got, None)
             parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
             score.points = point_breakdown(parsed, examples)
-            if expected_score:
-                return [None if v is None else x for v, x in zip(parsed, expectations)]
+            if values is not None:
+                return [None if v is None else x for v, x in zip(parsed, values)]
             return [None if v is None else v.score for v in parsed]
         g = torch.Generator(device=editor.device).manual_seed(seed)
         texts = sample_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
@@ -210,10 +212,11 @@ def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | P
 def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 200, seed: int = 987_654,
                     image_tokenizer_dir: str | None = None, max_new_tokens: int = 320,
                     scalars: dict[str, str] | None = None, avg_k: int = 0, verifiers: dict | None = None,
-                    expected_score: bool = False) -> dict:
+                    expected_score: bool = False, expected_points: bool = False) -> dict:
     """`models`: reasoning reward models by name; `scalars`: scalar Bradley-Terry models by name;
     `verifiers`: any `earl.verify` verifiers by label, judging decoded images with the scene graphs.
-    `avg_k` > 1 and `expected_score` add each reasoning model's Avg@k and E[score] readouts."""
+    `avg_k` > 1, `expected_score` and `expected_points` add each reasoning model's Avg@k, E[score]
+    and E[points] readouts."""
     from earl.model import UnifiedEditor
     from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
     from tokenizer.vq import VQTokenizer
@@ -250,9 +253,11 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
         if avg_k > 1:
             judged(f"{name} Avg@{avg_k}", {**source, "k": avg_k},
                    lambda ed=ed: pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k)))
-        if expected_score:
-            judged(f"{name} E[score]", {**source, "readout": "expected_score"},
-                   lambda ed=ed: pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, expected_score=True)))
+        for label, readout, wanted in (("E[score]", "expected_score", expected_score),
+                                       ("E[points]", "expected_points", expected_points)):
+            if wanted:
+                judged(f"{name} {label}", {**source, "readout": readout},
+                       lambda ed=ed, r=readout: pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, readout=r)))
     for name, m in scalar_models.items():
         judged(name, {"model": _weights_fingerprint(scalars[name])},
                lambda m=m: pairwise_accuracy(pairs, scalar_scorer(m)))

@@ -111,15 +111,23 @@ def normalise_decoded(text: str) -> str:
     return re.sub(r"\s*(<score>)", r"\n\1", text)
 
 
+READOUTS = ("written", "expected_score", "expected_points")
+
+
 @torch.no_grad()
 def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoint]], source_codes, edited_codes,
-                      max_new_tokens: int = 320, batch_size: int = 16, expected_score: bool = False):
+                      max_new_tokens: int = 320, batch_size: int = 16, readout: str = "written"):
     """Greedy verdict texts (normalised to the contract) for code grids of sources and edits.
 
-    With `expected_score`, returns (texts, expectations): each trace's score read as the expectation
-    of the integer the model writes after `<score>` (`score_expectation`), None where it wrote none."""
-    texts, expectations = [], []
+    With a `readout` other than "written", returns (texts, values), a value per trace read from the
+    logits its words were chosen from (None where it cannot be read): "expected_score" the
+    expectation of the integer after `<score>` (`score_expectation`), "expected_points" 10 x the
+    mean P(yes) of its verdict words (`point_expectation`)."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout {readout!r} is not one of {', '.join(READOUTS)}")
+    texts, values = [], []
     layout = editor.layout
+    logits_needed = readout != "written"
     for s in range(0, len(instructions), batch_size):
         seqs = [judge_prompt(layout, ins, pts, a.cpu(), b.cpu()) for ins, pts, a, b in
                 zip(instructions[s : s + batch_size], points[s : s + batch_size],
@@ -127,12 +135,62 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
         batch = {k: v.to(editor.device) for k, v in layout.pad_prompts(seqs).items()}
         out = editor.backbone.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None,
                                        eos_token_id=layout.ids.eos, pad_token_id=layout.ids.pad,
-                                       output_logits=expected_score, return_dict_in_generate=True)
+                                       output_logits=logits_needed, return_dict_in_generate=True)
         new = out.sequences[:, batch["input_ids"].shape[1]:]
         texts += [normalise_decoded(t) for t in editor.text_tokenizer.batch_decode(new, skip_special_tokens=True)]
-        if expected_score:
-            expectations += score_expectation(layout, new, torch.stack(out.logits, dim=1))
-    return (texts, expectations) if expected_score else texts
+        if readout == "expected_score":
+            values += score_expectation(layout, new, torch.stack(out.logits, dim=1))
+        elif readout == "expected_points":
+            values += point_expectation(layout, new, torch.stack(out.logits, dim=1),
+                                        [len(p) for p in points[s : s + batch_size]])
+    return (texts, values) if logits_needed else texts
+
+
+def _verdict_words(layout) -> dict:
+    """Token ids the verdict positions are found by (encoded once per call, not once per trace)."""
+    return {"yes_no": {layout.encode_text("yes")[0], layout.encode_text("no")[0]},
+            "opening": layout.encode_text("<score>"),
+            "marks": {layout.encode_text(".")[0], layout.encode_text(")")[0]},
+            "numbers": {layout.encode_text(str(n))[0] for n in range(1, 100)}}
+
+
+def verdict_positions(layout, ids: list[int], words: dict | None = None) -> list[int]:
+    """Indices in `ids` of the verdict words. A trace is in one of the contract's two orders: the
+    verdict closes each point's line (a `yes`/`no` right before the next `k.` or `<score>`: earl's
+    reason-first traces) or opens it (right after `k.`); whichever reading finds more verdicts is the
+    trace's order. So a reason that starts with "no" (`8. no stray colours - yes`) or ends with one
+    is not taken for a verdict."""
+    w = words or _verdict_words(layout)
+
+    def numbered(t):  # a point number `k .` starts at t
+        return 0 <= t and t + 1 < len(ids) and ids[t] in w["numbers"] and ids[t + 1] in w["marks"]
+
+    score = w["opening"]
+    verdicts = [t for t, tok in enumerate(ids) if tok in w["yes_no"]]
+    closing = [t for t in verdicts if numbered(t + 1) or ids[t + 1 : t + 1 + len(score)] == score]
+    opening = [t for t in verdicts if numbered(t - 2)]
+    return closing if len(closing) >= len(opening) else opening
+
+
+def point_expectation(layout, new_ids: torch.Tensor, step_logits: torch.Tensor,
+                      n_points: list[int]) -> list[float | None]:
+    """Each row's score as 10 x the mean over its verdicts of P(yes), the softmax over the words
+    yes/no at each verdict word (`verdict_positions`); None unless it wrote exactly `n_points[i]`.
+
+    Why: E[score] reads only the last number the model writes; this reads how sure it is of each
+    point it checked, which is where a reasoning verifier's evidence is. It ignores deductions beyond
+    the points (a near-copy of the source scoring 0), which only the written score carries."""
+    yes, no = layout.encode_text("yes")[0], layout.encode_text("no")[0]
+    words = _verdict_words(layout)
+    out: list[float | None] = []
+    for ids, logits, n in zip(new_ids.tolist(), step_logits, n_points):
+        at = verdict_positions(layout, ids, words)
+        if len(at) != n or n == 0:
+            out.append(None)
+            continue
+        pair = logits[at][:, [yes, no]].float()
+        out.append(float(10.0 * torch.softmax(pair, dim=-1)[:, 0].mean()))
+    return out
 
 
 def score_words(layout) -> list[int]:
@@ -301,7 +359,7 @@ class RRMVerifier:
         out_codes = ed.encode_images([ed.preprocess(im)[0] for im in edited_images])
         if self.expected_score:
             texts, expectations = generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,
-                                                    self.batch_size, expected_score=True)
+                                                    self.batch_size, readout="expected_score")
             return [[t] for t in texts], expectations
         if self.samples == 1:
             return [[t] for t in generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,

@@ -273,7 +273,8 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
             editor.backbone = accelerator.unwrap_model(model)
             res = pairwise_accuracy(evals, rrm_scorer(editor, cfg.gcpo.max_new_tokens,
-                                                      expected_score=cfg.gcpo.score == "expected"))
+                                                      readout="expected_score" if cfg.gcpo.score == "expected"
+                                                      else "written"))
             ev = {"eval/pairwise_accuracy": res["overall"]["accuracy"], "eval/failed": float(res["failed"])}
             log.log(step, ev)
             metrics.update(ev)

@@ -206,6 +206,38 @@ def test_expected_score_reads_the_softmax_over_0_to_10_after_the_last_score_tag(
     assert score_expectation(layout, torch.tensor([enc("1. <score>")]), torch.zeros(1, 3, len(tok))) == [None]
 
 
+def test_expected_points_reads_p_yes_at_each_verdict_word_and_only_there():
+    """E[points]: 10 x the mean over the verdict words of softmax(yes, no); a `no` inside a reason
+    (at its start or in it) is not a verdict, in either order of the contract; a trace with another
+    number of verdicts than points gives None."""
+    import types
+
+    from earl.rrm.model import point_expectation, verdict_positions
+    from earl.text import build_word_tokenizer
+
+    tok = build_word_tokenizer(["seen : r1c1 circle 1. r1c1 circle , expected no square - yes 2. no stray colours - no",
+                                "3) x - no 1. yes - no square kept <score>7</score>"])
+    layout = types.SimpleNamespace(encode_text=lambda t: tok(t, add_special_tokens=False)["input_ids"])
+    enc = layout.encode_text
+    reason_first = ("seen : r1c1 circle 1. r1c1 circle , expected no square - yes 2. no stray colours - no "
+                    "3) x - no <score> 7 </score>")
+    verdict_first = "1. yes - no square kept 2. no - x 3) no - no square <score> 7 </score>"
+    ids = enc(reason_first)
+    at = verdict_positions(layout, ids)
+    assert at[0] == len(enc("seen : r1c1 circle 1. r1c1 circle , expected no square -"))
+    assert at[1] == len(enc("seen : r1c1 circle 1. r1c1 circle , expected no square - yes 2. no stray colours -"))
+    logits = torch.randn(1, len(ids), len(tok))
+    p_yes = [0.9, 0.2, 0.5]
+    for t, p in zip(at, p_yes):
+        logits[0, t, enc("yes")[0]], logits[0, t, enc("no")[0]] = math.log(p), math.log(1 - p)
+    got = point_expectation(layout, torch.tensor([ids]), logits, [3])
+    assert got[0] == pytest.approx(10 * sum(p_yes) / 3)
+    assert point_expectation(layout, torch.tensor([ids]), logits, [4]) == [None]
+    first = enc(verdict_first)
+    assert verdict_positions(layout, first) == [len(enc("1.")), len(enc("1. yes - no square kept 2.")),
+                                                len(enc("1. yes - no square kept 2. no - x 3)"))]
+
+
 def test_simulated_annotators_follow_bradley_terry():
     from earl.rrm.pairs import make_pairs
 
@@ -223,13 +255,15 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
 
     tiny_editor.save_pretrained(tmp_path / "untrained")
     assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
-                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2", "--expected-score"]) == 0
+                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2", "--expected-score",
+                 "--expected-points"]) == 0
     res = json.loads((tmp_path / "rb/rewardbench.json").read_text())
     oracle, untrained = res["scorers"]["oracle"], res["scorers"]["untrained"]
     assert oracle["failed"] == 0 and oracle["overall"]["n"] == res["pairs"] > 0
     assert untrained["failed"] == res["pairs"] and untrained["overall"]["accuracy"] == 0.0  # gibberish: all failed
     assert res["scorers"]["untrained Avg@2"]["failed"] == res["pairs"]
     assert res["scorers"]["untrained E[score]"]["failed"] == res["pairs"]
+    assert res["scorers"]["untrained E[points]"]["failed"] == res["pairs"]
 
     # a rerun into the same directory reuses every model result whose weights did not change, and
     # judges again a model whose weights did (a flipped byte in its safetensors)
