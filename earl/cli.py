@@ -160,12 +160,13 @@ def _cmd_eval_rewardbench(args) -> None:
                      **{n: build_verifier("scalar", model_path=d) for n, d in scalars.items()}, **verifiers}
         if not verifiers:
             raise EarlError("--pairs needs at least one scorer: --rrm, --scalar or --verifier")
-        res = run_pair_file_bench(args.pairs, verifiers, args.out)
+        res = run_pair_file_bench(args.pairs, verifiers, args.out, baselines=args.baseline)
     else:
         res = run_rewardbench(rrms, args.out, samples=args.samples, seed=args.seed,
                               image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens,
                               avg_k=args.avg_k, scalars=scalars, verifiers=verifiers,
-                              expected_score=args.expected_score, expected_points=args.expected_points)
+                              expected_score=args.expected_score, expected_points=args.expected_points,
+                              baselines=args.baseline)
     print(format_table(res))
 
 
@@ -436,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also score each --rrm greedily with the score read as an expectation (E[score])")
     er.add_argument("--expected-points", action="store_true",
                     help="also score each --rrm greedily as 10 x the mean P(yes) of its verdicts (E[points])")
+    er.add_argument("--baseline", action="append", default=None, metavar="SCORER",
+                    help="compare every scorer with this one pair by pair, e.g. 'rrm_sft E[score]' (repeatable; "
+                         "default: the --scalar models)")
     er.set_defaults(func=_cmd_eval_rewardbench)
 
     ck = sub.add_parser("checkpoint", help="bundled checkpoints").add_subparsers(dest="what", required=True)

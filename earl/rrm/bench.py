@@ -71,10 +71,9 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
     """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
     of k sampled traces (those that parse; None only when none of the k parses). A greedy call also
     leaves its verdicts' `point_breakdown` on the returned function, as `.points`. `readout` (greedy
-    only, `earl.rrm.model.generate_verdicts`): "written" the score each trace wrote; "expected_score"
-    the expectation of the integer after its `<score>`; "expected_points" 10 x the mean P(yes) of its
-    verdict words. A trace that does not parse fails whatever the readout."""
-    from earl.rrm.model import generate_verdicts, sample_verdicts
+    only, `greedy_readouts`): "written" the score each trace wrote; "expected_score" the expectation
+    of the integer after its `<score>`; "expected_points" 10 x the mean P(yes) of its verdict words."""
+    from earl.rrm.model import sample_verdicts
     from earl.rrm.trace import parse_trace
 
     if readout != "written" and k != 1:
@@ -82,15 +81,8 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
 
     def score(examples: list[dict]) -> list[float | None]:
         if k == 1:
-            got = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
-                                    [e["source_codes"] for e in examples], [e["codes"] for e in examples],
-                                    max_new_tokens=max_new_tokens, readout=readout)
-            texts, values = got if readout != "written" else (got, None)
-            parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
-            score.points = point_breakdown(parsed, examples)
-            if values is not None:
-                return [None if v is None else x for v, x in zip(parsed, values)]
-            return [None if v is None else v.score for v in parsed]
+            values, score.points = greedy_readouts(editor, examples, max_new_tokens, (readout,))
+            return values[readout]
         g = torch.Generator(device=editor.device).manual_seed(seed)
         texts = sample_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
                                 [e["source_codes"] for e in examples], [e["codes"] for e in examples], k,
@@ -102,6 +94,25 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
         return out
 
     return score
+
+
+def greedy_readouts(editor, examples: list[dict], max_new_tokens: int,
+                    readouts: tuple[str, ...]) -> tuple[dict[str, list[float | None]], dict]:
+    """One greedy verdict per example, read every way in `readouts` ("written", "expected_score",
+    "expected_points"; `earl.rrm.model.generate_verdicts`), and its verdicts' `point_breakdown`.
+    A trace that does not parse fails (None) whatever the readout."""
+    from earl.rrm.model import generate_verdicts
+    from earl.rrm.trace import parse_trace
+
+    from_logits = tuple(r for r in readouts if r != "written")
+    got = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
+                            [e["source_codes"] for e in examples], [e["codes"] for e in examples],
+                            max_new_tokens=max_new_tokens, readouts=from_logits)
+    texts, values = got if from_logits else (got, {})
+    parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
+    values["written"] = [None if v is None else v.score for v in parsed]
+    out = {r: [None if v is None else x for v, x in zip(parsed, values[r])] for r in readouts}
+    return out, point_breakdown(parsed, examples)
 
 
 def _same_words(a: str, b: str) -> bool:
@@ -196,12 +207,19 @@ def parse_verifier_spec(spec: str) -> tuple[str, dict]:
     return name, options
 
 
-def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | Path, batch_size: int = 32) -> dict:
-    """Pairwise accuracy of verifiers on real preference pairs from a jsonl file."""
+def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | Path, batch_size: int = 32,
+                        baselines: list[str] | None = None) -> dict:
+    """Pairwise accuracy of verifiers on real preference pairs from a jsonl file; each is also
+    compared pair by pair with each of `baselines` (verifier labels)."""
+    from earl.errors import ConfigError
     from earl.rrm.pairs import load_pair_file
 
+    missing = [b for b in baselines or [] if b not in verifiers]
+    if missing:
+        raise ConfigError(f"--baseline {', '.join(missing)}: no such scorer (scorers: {', '.join(verifiers)})")
     pairs, same = load_pair_file(pair_file)
-    results = {"pairs": len(pairs), "excluded_same": same, "pair_file": str(pair_file), "seed": None, "scorers": {}}
+    results = {"pairs": len(pairs), "excluded_same": same, "pair_file": str(pair_file), "seed": None,
+               "baselines": list(baselines or []), "scorers": {}}
     for name, v in verifiers.items():
         results["scorers"][name] = pairwise_accuracy(pairs, verifier_scorer(v, image_file_request, batch_size))
     out_dir = Path(out_dir)
@@ -212,15 +230,26 @@ def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | P
 def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 200, seed: int = 987_654,
                     image_tokenizer_dir: str | None = None, max_new_tokens: int = 320,
                     scalars: dict[str, str] | None = None, avg_k: int = 0, verifiers: dict | None = None,
-                    expected_score: bool = False, expected_points: bool = False) -> dict:
+                    expected_score: bool = False, expected_points: bool = False,
+                    baselines: list[str] | None = None) -> dict:
     """`models`: reasoning reward models by name; `scalars`: scalar Bradley-Terry models by name;
     `verifiers`: any `earl.verify` verifiers by label, judging decoded images with the scene graphs.
     `avg_k` > 1, `expected_score` and `expected_points` add each reasoning model's Avg@k, E[score]
-    and E[points] readouts."""
+    and E[points] readouts. Every scorer is also compared, pair by pair, with each of `baselines`
+    (scorer names; default: the scalar models)."""
+    from earl.errors import ConfigError
     from earl.model import UnifiedEditor
     from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
     from tokenizer.vq import VQTokenizer
 
+    readouts = ("written", *(["expected_score"] if expected_score else []),
+                *(["expected_points"] if expected_points else []))
+    labels = {"written": "", "expected_score": " E[score]", "expected_points": " E[points]"}
+    names = ["oracle", *(m + labels[r] for m in models for r in readouts),
+             *([f"{m} Avg@{avg_k}" for m in models] if avg_k > 1 else []), *(scalars or {}), *(verifiers or {})]
+    missing = [b for b in baselines or [] if b not in names]
+    if missing:
+        raise ConfigError(f"--baseline {', '.join(missing)}: no such scorer in this run (scorers: {', '.join(names)})")
     editors = {name: UnifiedEditor.from_pretrained(d) for name, d in models.items()}
     scalar_models = {name: ScalarRewardModel.load(d) for name, d in (scalars or {}).items()}
     if editors or scalar_models:
@@ -232,6 +261,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     out_dir = Path(out_dir)
     earlier = _earlier_scorers(out_dir / "rewardbench.json", samples, seed, len(pairs))
     results = {"pairs": len(pairs), "samples": samples, "seed": seed,
+               "baselines": list(baselines if baselines is not None else (scalars or {})),
                "scorers": {"oracle": pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])}}
 
     def judged(name: str, source: dict | None, judge) -> None:
@@ -243,21 +273,25 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
         results["scorers"][name] = old if reuse else {**judge(), "source": source}
         _write_results(out_dir, results)
 
-    def rrm_greedy(ed):
-        scorer = rrm_scorer(ed, max_new_tokens)
-        return {**pairwise_accuracy(pairs, scorer), "points": getattr(scorer, "points", None)}
-
     for name, ed in editors.items():
         source = {"model": _weights_fingerprint(models[name]), "max_new_tokens": max_new_tokens}
-        judged(name, source, lambda ed=ed: rrm_greedy(ed))
+        greedy: dict = {}  # every greedy readout of this model comes from one generation
+
+        def read(examples, readout, ed=ed, greedy=greedy):
+            if greedy.get("examples") != [id(e) for e in examples]:
+                greedy["values"], greedy["points"] = greedy_readouts(ed, examples, max_new_tokens, readouts)
+                greedy["examples"] = [id(e) for e in examples]
+            return greedy["values"][readout]
+
+        for readout in readouts:
+            extra = {} if readout == "written" else {"readout": readout}
+            judged(name + labels[readout], {**source, **extra},
+                   lambda r=readout, read=read, greedy=greedy: {
+                       **pairwise_accuracy(pairs, lambda ex: read(ex, r)),
+                       **({"points": greedy["points"]} if r == "written" else {})})
         if avg_k > 1:
             judged(f"{name} Avg@{avg_k}", {**source, "k": avg_k},
                    lambda ed=ed: pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k)))
-        for label, readout, wanted in (("E[score]", "expected_score", expected_score),
-                                       ("E[points]", "expected_points", expected_points)):
-            if wanted:
-                judged(f"{name} {label}", {**source, "readout": readout},
-                       lambda ed=ed, r=readout: pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, readout=r)))
     for name, m in scalar_models.items():
         judged(name, {"model": _weights_fingerprint(scalars[name])},
                lambda m=m: pairwise_accuracy(pairs, scalar_scorer(m)))
@@ -301,6 +335,26 @@ def _earlier_scorers(path: Path, samples: int, seed: int, n_pairs: int) -> dict:
     return {k: v for k, v in (old.get("scorers") or {}).items() if isinstance(v, dict)}
 
 
+def _paired_lines(results: dict) -> list[str]:
+    """Each scorer minus each baseline on the same pairs (`paired_difference`); scorers judged before
+    per-pair outcomes were kept are left out."""
+    from earl.rrm.pairs import paired_difference
+
+    scorers = results["scorers"]
+    rows = []
+    for base in results.get("baselines", []):
+        if "hits" not in scorers.get(base, {}):
+            continue
+        for name, r in scorers.items():
+            if name != base and len(r.get("hits", [])) == len(scorers[base]["hits"]):
+                d = paired_difference(r["hits"], scorers[base]["hits"])
+                rows.append(f"| {name} - {base} | {d['difference']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}) |")
+    if not rows:
+        return []
+    return ["", "Paired differences in accuracy (the same pairs; mean per-pair difference, 95% t interval):", "",
+            "| comparison | difference (95% CI) |", "|---|---:|", *rows]
+
+
 def format_table(results: dict) -> str:
     def cell(s):
         lo, hi = s["ci"]
@@ -312,6 +366,7 @@ def format_table(results: dict) -> str:
              "| scorer | accuracy (95% CI) | failed | ties |", "|---|---:|---:|---:|"]
     for name, r in results["scorers"].items():
         lines.append(f"| {name} | {cell(r['overall'])} | {r['failed']} | {r.get('ties', 'n/a')} |")
+    lines += _paired_lines(results)
     cats = sorted({k for r in results["scorers"].values() for k in r["per_category"]})
     if len(cats) > 1:
         lines += ["", "| category | " + " | ".join(results["scorers"]) + " |", "|---|" + "---:|" * len(results["scorers"])]

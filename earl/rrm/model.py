@@ -116,18 +116,18 @@ READOUTS = ("written", "expected_score", "expected_points")
 
 @torch.no_grad()
 def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoint]], source_codes, edited_codes,
-                      max_new_tokens: int = 320, batch_size: int = 16, readout: str = "written"):
+                      max_new_tokens: int = 320, batch_size: int = 16, readouts: tuple[str, ...] = ()):
     """Greedy verdict texts (normalised to the contract) for code grids of sources and edits.
 
-    With a `readout` other than "written", returns (texts, values), a value per trace read from the
-    logits its words were chosen from (None where it cannot be read): "expected_score" the
-    expectation of the integer after `<score>` (`score_expectation`), "expected_points" 10 x the
-    mean P(yes) of its verdict words (`point_expectation`)."""
-    if readout not in READOUTS:
-        raise ValueError(f"readout {readout!r} is not one of {', '.join(READOUTS)}")
-    texts, values = [], []
+    With `readouts`, returns (texts, {readout: values}), a value per trace read from the logits its
+    words were chosen from (None where it cannot be read), all from the one generation:
+    "expected_score" the expectation of the integer after `<score>` (`score_expectation`),
+    "expected_points" 10 x the mean P(yes) of its verdict words (`point_expectation`)."""
+    unknown = set(readouts) - set(READOUTS[1:])
+    if unknown:
+        raise ValueError(f"readouts {sorted(unknown)}: expected some of {', '.join(READOUTS[1:])}")
+    texts, values = [], {r: [] for r in readouts}
     layout = editor.layout
-    logits_needed = readout != "written"
     for s in range(0, len(instructions), batch_size):
         seqs = [judge_prompt(layout, ins, pts, a.cpu(), b.cpu()) for ins, pts, a, b in
                 zip(instructions[s : s + batch_size], points[s : s + batch_size],
@@ -135,15 +135,15 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
         batch = {k: v.to(editor.device) for k, v in layout.pad_prompts(seqs).items()}
         out = editor.backbone.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None,
                                        eos_token_id=layout.ids.eos, pad_token_id=layout.ids.pad,
-                                       output_logits=logits_needed, return_dict_in_generate=True)
+                                       output_logits=bool(readouts), return_dict_in_generate=True)
         new = out.sequences[:, batch["input_ids"].shape[1]:]
         texts += [normalise_decoded(t) for t in editor.text_tokenizer.batch_decode(new, skip_special_tokens=True)]
-        if readout == "expected_score":
-            values += score_expectation(layout, new, torch.stack(out.logits, dim=1))
-        elif readout == "expected_points":
-            values += point_expectation(layout, new, torch.stack(out.logits, dim=1),
-                                        [len(p) for p in points[s : s + batch_size]])
-    return (texts, values) if logits_needed else texts
+        if "expected_score" in values:
+            values["expected_score"] += score_expectation(layout, new, torch.stack(out.logits, dim=1))
+        if "expected_points" in values:
+            values["expected_points"] += point_expectation(layout, new, torch.stack(out.logits, dim=1),
+                                                           [len(p) for p in points[s : s + batch_size]])
+    return (texts, values) if readouts else texts
 
 
 def _verdict_words(layout) -> dict:
@@ -358,8 +358,9 @@ class RRMVerifier:
         src = ed.encode_images([ed.preprocess(im)[0] for im in source_images])
         out_codes = ed.encode_images([ed.preprocess(im)[0] for im in edited_images])
         if self.expected_score:
-            texts, expectations = generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,
-                                                    self.batch_size, readout="expected_score")
+            texts, values = generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,
+                                              self.batch_size, readouts=("expected_score",))
+            expectations = values["expected_score"]
             return [[t] for t in texts], expectations
         if self.samples == 1:
             return [[t] for t in generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,

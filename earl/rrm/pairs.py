@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earl.errors import DataError
-from earl.stats import wilson_ci
+from earl.stats import mean_ci, wilson_ci
 
 
 @dataclass
@@ -70,6 +70,17 @@ def _summary(hits: list[bool]) -> dict:
     return {"n": n, "accuracy": k / n if n else float("nan"), "ci": [lo, hi]}
 
 
+def paired_difference(hits_a: list[int], hits_b: list[int]) -> dict:
+    """Accuracy of scorer a minus scorer b on the same pairs: the mean of the per-pair differences
+    with a 95% t interval. Why: two scorers judged on the same pairs share the pairs' difficulty, so
+    the paired interval is far narrower than the gap between two separate accuracy intervals."""
+    if len(hits_a) != len(hits_b) or not hits_a:
+        raise ValueError(f"paired_difference: {len(hits_a)} and {len(hits_b)} pairs; expected the same pairs")
+    d = [a - b for a, b in zip(hits_a, hits_b)]
+    lo, hi = mean_ci(d, bounds=(-1.0, 1.0))
+    return {"n": len(d), "difference": sum(d) / len(d), "ci": [lo, hi]}
+
+
 def pairwise_accuracy(pairs: list[Pair], score: Callable[[list[dict]], list[float | None]]) -> dict:
     """`score(examples) -> scores` (None = failed) for the candidates; accuracy overall, per category,
     per kind of the rejected candidate (which failure the scorer had to notice)."""
@@ -87,7 +98,7 @@ def pairwise_accuracy(pairs: list[Pair], score: Callable[[list[dict]], list[floa
             ties += s_w == s_l  # counted wrong too: a scorer that cannot tell the two apart did not rank them
             hits.append(s_w > s_l)
     out = {"overall": _summary(hits), "failed": failed, "ties": ties,
-           "per_category": {}, "per_rejected_kind": {}}
+           "per_category": {}, "per_rejected_kind": {}, "hits": [int(h) for h in hits]}
     for key, name in (("per_category", lambda p: p.category), ("per_rejected_kind", lambda p: p.rejected.get("kind"))):
         groups: dict[str, list[bool]] = {}
         for p, h in zip(pairs, hits):

@@ -250,14 +250,28 @@ def test_simulated_annotators_follow_bradley_terry():
     assert make_pairs(same, ["c"], rng) == []  # equal scores: "same", excluded
 
 
-def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsys):
+def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsys, monkeypatch):
+    import earl.rrm.bench as bench
     from earl.cli import main
 
+    generations = []
+    real = bench.greedy_readouts
+    monkeypatch.setattr(bench, "greedy_readouts", lambda *a, **k: generations.append(a[3]) or real(*a, **k))
     tiny_editor.save_pretrained(tmp_path / "untrained")
     assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
                  "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2", "--expected-score",
-                 "--expected-points"]) == 0
+                 "--expected-points", "--baseline", "untrained"]) == 0
+    # the three greedy readouts of a model come from one generation
+    assert generations == [("written", "expected_score", "expected_points")]
     res = json.loads((tmp_path / "rb/rewardbench.json").read_text())
+    assert res["baselines"] == ["untrained"] and len(res["scorers"]["oracle"]["hits"]) == res["pairs"]
+    md = (tmp_path / "rb/rewardbench.md").read_text()
+    oracle_gain = res["scorers"]["oracle"]["overall"]["accuracy"]  # the untrained model gets none right
+    assert f"| oracle - untrained | {oracle_gain:+.3f} (" in md and "| untrained E[points] - untrained | +0.000" in md
+    assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
+                 "--out", str(tmp_path / "rb2"), "--baseline", "scalar"]) == 2
+    assert "--baseline scalar: no such scorer" in capsys.readouterr().err
+    assert not (tmp_path / "rb2").exists()
     oracle, untrained = res["scorers"]["oracle"], res["scorers"]["untrained"]
     assert oracle["failed"] == 0 and oracle["overall"]["n"] == res["pairs"] > 0
     assert untrained["failed"] == res["pairs"] and untrained["overall"]["accuracy"] == 0.0  # gibberish: all failed
@@ -283,6 +297,18 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
     assert json.loads((tmp_path / "rb/rewardbench.json").read_text())["scorers"]["untrained"]["failed"] == res["pairs"]
     assert "| oracle |" in capsys.readouterr().out
     assert untrained["points"] == {}  # no verdict parsed, so none to break down
+
+
+def test_paired_difference_by_hand():
+    from earl.rrm.pairs import paired_difference
+    from earl.stats import t_quantile
+
+    d = paired_difference([1, 1, 0, 1, 0], [0, 1, 0, 0, 1])  # per pair: +1, 0, 0, +1, -1
+    half = t_quantile(0.975, 4) * math.sqrt(sum((x - 0.2) ** 2 for x in (1, 0, 0, 1, -1)) / 4) / math.sqrt(5)
+    assert d["n"] == 5 and d["difference"] == pytest.approx(0.2)
+    assert d["ci"] == pytest.approx([0.2 - half, min(1.0, 0.2 + half)])
+    with pytest.raises(ValueError, match="same pairs"):
+        paired_difference([1, 0], [1])
 
 
 def test_point_breakdown_by_hand():
