@@ -2,13 +2,15 @@
 # The reward-model comparison on ShapesEdit (Edit-R1), as measured in docs/REWARD_MODELS.md: the
 # cold-start SFT of the reasoning reward model from the trained editor (plain, and with failing
 # points weighted 6x in the loss, with traces that open with a cell-by-cell scan of the edited image,
-# with that scan quoted in the reasons, and with each quoted reason followed by what its point expects,
-# plain, with failing points weighted 3x, and with only their observations weighted 4x and the scan 3x), GCPO from the plain one, the scan one and the weighted expect one, the scalar Bradley-Terry
-# baseline from the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and
-# a per-principle-type breakdown of the verdicts. About 7 h on 2 CPU cores. Every step resumes or is
+# with that scan quoted in the reasons, and with each quoted reason followed by what its point expects:
+# plain, with failing points weighted 3x, and with only their observations weighted 4x and the scan 3x),
+# GCPO from the plain one, the scan one, the weighted expect one and the observation-weighted one (twice:
+# each trace scored by the score it wrote, and by its E[score]), the scalar Bradley-Terry baseline from
+# the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and a
+# per-principle-type breakdown of the verdicts. About 9 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. The Avg@4 command adds self-consistency for two models; the last
-# one runs editor GRPO with each reward (oracle, the weighted expect model at Avg@4, scalar) from the
-# bundled editor, judged by the oracle (57 min; recipes/shapes/study_rewards.yaml is the 3-seed form).
+# two run editor GRPO with each reward from the bundled editor, judged by the oracle
+# (57 and 50 min; recipes/shapes/study_rewards.yaml is the 3-seed form of the first).
 set -euo pipefail
 [ -f runs/rrm_sft_editor/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_from_editor.yaml --resume
 [ -f runs/rrm_sft_editor_weighted/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_from_editor.yaml \
@@ -31,6 +33,11 @@ set -euo pipefail
     out_dir=runs/rrm_gcpo_scan init_from=runs/rrm_sft_scan/model run.steps=40 run.eval_every=40 run.save_every=40 --resume
 [ -f runs/rrm_gcpo_expect_w3/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
     out_dir=runs/rrm_gcpo_expect_w3 init_from=runs/rrm_sft_expect_w3/model run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_obs4_scan3/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_obs4_scan3 init_from=runs/rrm_sft_obs4_scan3/model run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_obs4_scan3_expected/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_obs4_scan3_expected init_from=runs/rrm_sft_obs4_scan3/model gcpo.score=expected \
+    run.steps=40 run.eval_every=40 run.save_every=40 --resume
 # where the expect models go wrong: expectation, observation, and whether the verdict follows them
 earl eval rrm recipes/shapes/rrm_sft_scan.yaml data.quote_scan=true data.expect=true \
     --model runs/rrm_sft_expect/model --out runs/rrm_eval/expect.json
@@ -48,7 +55,16 @@ earl eval rewardbench --samples 100 --rrm rrm_sft_expect_w3=runs/rrm_sft_expect_
 # observations of failing lines 4x and the scan 3x, against the scalar model, greedy, Avg@4 and E[score]
 earl eval rewardbench --samples 100 --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --avg-k 4 --out runs/rewardbench_obs
+# the observation-weighted model before and after GCPO, each readout of one greedy trace, compared pair by pair
+# with the scalar model and with the cold start's E[score] and E[points] (12 min)
+earl eval rewardbench --samples 100 --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
+    --rrm rrm_gcpo_obs4_scan3=runs/rrm_gcpo_obs4_scan3/model \
+    --rrm rrm_gcpo_obs4_scan3_expected=runs/rrm_gcpo_obs4_scan3_expected/model \
+    --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
+    --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_paired
 # closing the loop: editor GRPO with each reward, one seed (docs/RESULTS.md)
 earl study recipes/shapes/study_rewards_quick.yaml
+# the E[score]-GCPO model's E[score] against its written score as the editor's reward
+earl study recipes/shapes/study_rewards_expected.yaml
 # the scalar reward with Edit-R1's KL anchor (0.04) and ten times that (36 min)
 earl study recipes/shapes/study_rewards_kl.yaml
