@@ -62,6 +62,12 @@ earl eval rewardbench --samples 100 --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_s
     --rrm rrm_gcpo_obs4_scan3_expected=runs/rrm_gcpo_obs4_scan3_expected/model \
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
     --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_paired
+# the same on three times the held-out samples (1200 pairs, 22 min): 400 pairs cannot resolve these gaps
+earl eval rewardbench --samples 300 --rrm rrm_gcpo_obs4_scan3=runs/rrm_gcpo_obs4_scan3/model \
+    --rrm rrm_gcpo_obs4_scan3_expected=runs/rrm_gcpo_obs4_scan3_expected/model \
+    --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
+    --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
+    --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_paired_300
 # closing the loop: editor GRPO with each reward, one seed (docs/RESULTS.md)
 earl study recipes/shapes/study_rewards_quick.yaml
 # the E[score]-GCPO model's E[score] against its written score as the editor's reward
