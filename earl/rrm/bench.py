@@ -207,16 +207,22 @@ def parse_verifier_spec(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+def _check_baselines(baselines: list[str] | None, names: list[str]) -> None:
+    """Refuse, before any model loads, a baseline that is not one of this run's scorers."""
+    from earl.errors import ConfigError
+
+    missing = [b for b in baselines or [] if b not in names]
+    if missing:
+        raise ConfigError(f"--baseline {', '.join(missing)}: no such scorer in this run (scorers: {', '.join(names)})")
+
+
 def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | Path, batch_size: int = 32,
                         baselines: list[str] | None = None) -> dict:
     """Pairwise accuracy of verifiers on real preference pairs from a jsonl file; each is also
     compared pair by pair with each of `baselines` (verifier labels)."""
-    from earl.errors import ConfigError
     from earl.rrm.pairs import load_pair_file
 
-    missing = [b for b in baselines or [] if b not in verifiers]
-    if missing:
-        raise ConfigError(f"--baseline {', '.join(missing)}: no such scorer (scorers: {', '.join(verifiers)})")
+    _check_baselines(baselines, list(verifiers))
     pairs, same = load_pair_file(pair_file)
     results = {"pairs": len(pairs), "excluded_same": same, "pair_file": str(pair_file), "seed": None,
                "baselines": list(baselines or []), "scorers": {}}
@@ -237,7 +243,6 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     `avg_k` > 1, `expected_score` and `expected_points` add each reasoning model's Avg@k, E[score]
     and E[points] readouts. Every scorer is also compared, pair by pair, with each of `baselines`
     (scorer names; default: the scalar models)."""
-    from earl.errors import ConfigError
     from earl.model import UnifiedEditor
     from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
     from tokenizer.vq import VQTokenizer
@@ -247,9 +252,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     labels = {"written": "", "expected_score": " E[score]", "expected_points": " E[points]"}
     names = ["oracle", *(m + labels[r] for m in models for r in readouts),
              *([f"{m} Avg@{avg_k}" for m in models] if avg_k > 1 else []), *(scalars or {}), *(verifiers or {})]
-    missing = [b for b in baselines or [] if b not in names]
-    if missing:
-        raise ConfigError(f"--baseline {', '.join(missing)}: no such scorer in this run (scorers: {', '.join(names)})")
+    _check_baselines(baselines, names)
     editors = {name: UnifiedEditor.from_pretrained(d) for name, d in models.items()}
     scalar_models = {name: ScalarRewardModel.load(d) for name, d in (scalars or {}).items()}
     if editors or scalar_models:

@@ -111,7 +111,7 @@ def normalise_decoded(text: str) -> str:
     return re.sub(r"\s*(<score>)", r"\n\1", text)
 
 
-READOUTS = ("written", "expected_score", "expected_points")
+LOGIT_READOUTS = ("expected_score", "expected_points")  # read from the logits, beside the written score
 
 
 @torch.no_grad()
@@ -123,9 +123,9 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
     words were chosen from (None where it cannot be read), all from the one generation:
     "expected_score" the expectation of the integer after `<score>` (`score_expectation`),
     "expected_points" 10 x the mean P(yes) of its verdict words (`point_expectation`)."""
-    unknown = set(readouts) - set(READOUTS[1:])
+    unknown = set(readouts) - set(LOGIT_READOUTS)
     if unknown:
-        raise ValueError(f"readouts {sorted(unknown)}: expected some of {', '.join(READOUTS[1:])}")
+        raise ValueError(f"readouts {sorted(unknown)}: expected some of {', '.join(LOGIT_READOUTS)}")
     texts, values = [], {r: [] for r in readouts}
     layout = editor.layout
     for s in range(0, len(instructions), batch_size):
@@ -138,17 +138,19 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
                                        output_logits=bool(readouts), return_dict_in_generate=True)
         new = out.sequences[:, batch["input_ids"].shape[1]:]
         texts += [normalise_decoded(t) for t in editor.text_tokenizer.batch_decode(new, skip_special_tokens=True)]
+        step_logits = torch.stack(out.logits, dim=1) if readouts else None  # (B, T, V): stacked once
         if "expected_score" in values:
-            values["expected_score"] += score_expectation(layout, new, torch.stack(out.logits, dim=1))
+            values["expected_score"] += score_expectation(layout, new, step_logits)
         if "expected_points" in values:
-            values["expected_points"] += point_expectation(layout, new, torch.stack(out.logits, dim=1),
+            values["expected_points"] += point_expectation(layout, new, step_logits,
                                                            [len(p) for p in points[s : s + batch_size]])
     return (texts, values) if readouts else texts
 
 
 def _verdict_words(layout) -> dict:
     """Token ids the verdict positions are found by (encoded once per call, not once per trace)."""
-    return {"yes_no": {layout.encode_text("yes")[0], layout.encode_text("no")[0]},
+    yes, no = layout.encode_text("yes")[0], layout.encode_text("no")[0]
+    return {"yes": yes, "no": no, "yes_no": {yes, no},
             "opening": layout.encode_text("<score>"),
             "marks": {layout.encode_text(".")[0], layout.encode_text(")")[0]},
             "numbers": {layout.encode_text(str(n))[0] for n in range(1, 100)}}
@@ -180,7 +182,6 @@ def point_expectation(layout, new_ids: torch.Tensor, step_logits: torch.Tensor,
     Why: E[score] reads only the last number the model writes; this reads how sure it is of each
     point it checked, which is where a reasoning verifier's evidence is. It ignores deductions beyond
     the points (a near-copy of the source scoring 0), which only the written score carries."""
-    yes, no = layout.encode_text("yes")[0], layout.encode_text("no")[0]
     words = _verdict_words(layout)
     out: list[float | None] = []
     for ids, logits, n in zip(new_ids.tolist(), step_logits, n_points):
@@ -188,7 +189,7 @@ def point_expectation(layout, new_ids: torch.Tensor, step_logits: torch.Tensor,
         if len(at) != n or n == 0:
             out.append(None)
             continue
-        pair = logits[at][:, [yes, no]].float()
+        pair = logits[at][:, [words["yes"], words["no"]]].float()
         out.append(float(10.0 * torch.softmax(pair, dim=-1)[:, 0].mean()))
     return out
 
