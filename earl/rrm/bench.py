@@ -272,7 +272,8 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
         None), else computed; both files are rewritten after each one, so a stopped run keeps what it
         finished."""
         old = earlier.get(name)
-        reuse = source is not None and old is not None and old.get("source") == source
+        # a result from before per-pair outcomes were kept cannot be compared pair by pair: judge it again
+        reuse = source is not None and old is not None and old.get("source") == source and "hits" in old
         results["scorers"][name] = old if reuse else {**judge(), "source": source}
         _write_results(out_dir, results)
 
@@ -339,17 +340,15 @@ def _earlier_scorers(path: Path, samples: int, seed: int, n_pairs: int) -> dict:
 
 
 def _paired_lines(results: dict) -> list[str]:
-    """Each scorer minus each baseline on the same pairs (`paired_difference`); scorers judged before
-    per-pair outcomes were kept are left out."""
+    """Each scorer minus each baseline on the same pairs (`paired_difference`). Every scorer has its
+    per-pair outcomes: a result from before they were kept is judged again, never reused."""
     from earl.rrm.pairs import paired_difference
 
     scorers = results["scorers"]
     rows = []
     for base in results.get("baselines", []):
-        if "hits" not in scorers.get(base, {}):
-            continue
         for name, r in scorers.items():
-            if name != base and len(r.get("hits", [])) == len(scorers[base]["hits"]):
+            if name != base:
                 d = paired_difference(r["hits"], scorers[base]["hits"])
                 rows.append(f"| {name} - {base} | {d['difference']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}) |")
     if not rows:

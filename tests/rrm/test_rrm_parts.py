@@ -287,6 +287,13 @@ def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsy
                  "--out", str(tmp_path / "rb"), "--max-new-tokens", "8"]) == 0
     again = json.loads((tmp_path / "rb/rewardbench.json").read_text())["scorers"]
     assert again["untrained"]["failed"] == -1 and "untrained Avg@2" not in again  # reused; Avg@k not asked for
+    # a result written before per-pair outcomes were kept is judged again, so it can be compared
+    old = {k: v for k, v in again["untrained"].items() if k != "hits"}
+    (tmp_path / "rb/rewardbench.json").write_text(json.dumps({**res, "scorers": {"untrained": old}}))
+    assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
+                 "--out", str(tmp_path / "rb"), "--max-new-tokens", "8"]) == 0
+    rejudged = json.loads((tmp_path / "rb/rewardbench.json").read_text())["scorers"]["untrained"]
+    assert rejudged["failed"] == res["pairs"] and len(rejudged["hits"]) == res["pairs"]
     assert "untrained E[score]" not in again
     weights = next((tmp_path / "untrained").rglob("*.safetensors"))
     data = bytearray(weights.read_bytes())
