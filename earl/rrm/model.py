@@ -183,15 +183,20 @@ def point_expectation(layout, new_ids: torch.Tensor, step_logits: torch.Tensor,
     point it checked, which is where a reasoning verifier's evidence is. It ignores deductions beyond
     the points (a near-copy of the source scoring 0), which only the written score carries."""
     words = _verdict_words(layout)
-    out: list[float | None] = []
-    for ids, logits, n in zip(new_ids.tolist(), step_logits, n_points):
-        at = verdict_positions(layout, ids, words)
-        if len(at) != n or n == 0:
-            out.append(None)
-            continue
-        pair = logits[at][:, [words["yes"], words["no"]]].float()
-        out.append(float(10.0 * torch.softmax(pair, dim=-1)[:, 0].mean()))
-    return out
+    yes_no = [words["yes"], words["no"]]
+    return [points_from_yes_no(layout, ids, logits[:, yes_no], n, words)
+            for ids, logits, n in zip(new_ids.tolist(), step_logits, n_points)]
+
+
+def points_from_yes_no(layout, ids: list[int], yes_no_logits: torch.Tensor, n_points: int,
+                       words: dict | None = None) -> float | None:
+    """E[points] of one trace from the logits of the words (yes, no) at each of its steps, a
+    (len(ids), 2) tensor: 10 x the mean P(yes) at its verdict words; None unless it wrote exactly
+    `n_points` verdicts. Shared by the benchmark's readout and GCPO's `score: points`."""
+    at = verdict_positions(layout, ids, words)
+    if len(at) != n_points or n_points == 0:
+        return None
+    return float(10.0 * torch.softmax(yes_no_logits[at].float(), dim=-1)[:, 0].mean())
 
 
 def score_words(layout) -> list[int]:
@@ -230,14 +235,36 @@ def score_expectation(layout, new_ids: torch.Tensor, step_logits: torch.Tensor) 
     return out
 
 
+TRACE_SCORES = ("written", "expected", "points")  # GCPO's τ of a sampled trace (`gcpo.score`)
+
+
+def watched_words(layout, score: str) -> list[int] | None:
+    """The token ids whose logits the GCPO sampler keeps at every step for τ read as `score`
+    (`earl.train.gcpo.sample_traces_watching`): the words 0-10 for "expected", yes/no for "points",
+    none for "written"."""
+    if score == "expected":
+        return score_words(layout)
+    if score == "points":
+        words = _verdict_words(layout)
+        return [words["yes"], words["no"]]
+    return None
+
+
 def trace_score(layout, tokenizer, ids: list[int], n_points: int,
-                watched: torch.Tensor | None = None) -> float | None:
-    """τ of one sampled trace's token ids: None unless it parses (`parse_trace`, `n_points` verdicts);
-    the score it wrote, or with `watched` (the logits of the words 0-10 at each of its steps,
-    `earl.train.gcpo.sample_traces_watching`) the expectation at the word after its last `<score>`."""
+                watched: torch.Tensor | None = None, score: str = "written") -> float | None:
+    """τ of one sampled trace's token ids: None unless it parses (`parse_trace`, `n_points` verdicts).
+    `score` "written": the score it wrote; with `watched` (the logits of `watched_words(layout, score)`
+    at each of its steps), "expected": the expectation at the word after its last `<score>`
+    (E[score]), "points": 10 x the mean P(yes) at its verdict words (E[points])."""
+    if score not in TRACE_SCORES:
+        raise ValueError(f"trace_score: score {score!r} is not one of {', '.join(TRACE_SCORES)}")
+    if score != "written" and watched is None:
+        raise ValueError(f"trace_score: the {score} score reads the watched logits; none were given")
     v = parse_trace(normalise_decoded(tokenizer.decode(ids, skip_special_tokens=True)), n_points)
-    if v is None or watched is None:
+    if v is None or score == "written":
         return None if v is None else v.score
+    if score == "points":
+        return points_from_yes_no(layout, ids, watched, n_points)
     at = score_position(layout, ids)
     return None if at is None else expectation_over_score_words(watched[at])
 

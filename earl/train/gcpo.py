@@ -6,7 +6,8 @@ One step (Edit-R1's Group Contrastive Policy Optimisation):
     parse       each trace's final score τ; an unparseable trace is invalid (no reward, no loss).
                 `gcpo.score: expected` (not in the paper) reads τ as the expectation of the integer
                 after the trace's `<score>` instead of the one it wrote: fewer ties between traces,
-                and the same readout as `earl eval rewardbench --expected-score`
+                and the same readout as `earl eval rewardbench --expected-score`; `gcpo.score:
+                points` as 10 x the mean P(yes) at its verdict words (`--expected-points`)
     reward      r^w_j = share of the other image's traces it ranks correctly (`earl.rl.gcpo`)
     advantage   mean-centred within each image's N traces, no std division
     update      per-token PPO-clipped surrogate over the trace tokens, averaged over tokens and
@@ -54,15 +55,18 @@ class GCPOSection:
     clip_low: float = 0.2
     clip_high: float = 0.2
     beta: float = 0.0  # k3 KL to the frozen start; Edit-R1 uses none
-    # τ of a trace: "written" (Edit-R1: the score it wrote) or "expected" (earl's extension: the
-    # expectation of the integer after its `<score>`, `earl.rrm.model.score_expectation`; fewer ties)
+    # τ of a trace: "written" (Edit-R1: the score it wrote); earl's extensions, read from the sampler's
+    # logits: "expected" (the expectation of the integer after its `<score>`; fewer ties) or "points"
+    # (10 x the mean P(yes) at its verdict words; the benchmark's E[points]). `earl.rrm.model.trace_score`
     score: str = "written"
 
     def __post_init__(self):
         if self.traces < 2 or self.temperature <= 0:
             raise ValueError("GCPO needs traces >= 2 and temperature > 0")
-        if self.score not in ("written", "expected"):
-            raise ValueError(f"gcpo.score: {self.score!r} is not one of 'written', 'expected'")
+        from earl.rrm.model import TRACE_SCORES
+
+        if self.score not in TRACE_SCORES:
+            raise ValueError(f"gcpo.score: {self.score!r} is not one of {', '.join(TRACE_SCORES)}")
 
 
 @dataclass
@@ -210,7 +214,7 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
 
     from earl.model import UnifiedEditor
     from earl.rrm.bench import held_out_pairs, rrm_scorer
-    from earl.rrm.model import judge_prompt, score_words, trace_score
+    from earl.rrm.model import judge_prompt, trace_score, watched_words
     from earl.rrm.pairs import pairwise_accuracy
 
     out = Path(cfg.out_dir)
@@ -240,7 +244,8 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         step = ckpts.load(accelerator, last)["step"]
     log = MetricLog(accelerator, out, "rrm_gcpo", to_dict(cfg))
 
-    watch = score_words(layout) if cfg.gcpo.score == "expected" else None
+    watch = watched_words(layout, cfg.gcpo.score)
+    readout = {"written": "written", "expected": "expected_score", "points": "expected_points"}[cfg.gcpo.score]
 
     def prompt(e):
         return judge_prompt(layout, e["instruction"], e["points"], e["source_codes"], e["codes"])
@@ -253,7 +258,7 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         n_points = [len(p.preferred["points"]) for p in batch]
 
         def parse(ids, k, watched=None, n_points=n_points):
-            return trace_score(layout, tok, ids, n_points[k], watched)
+            return trace_score(layout, tok, ids, n_points[k], watched, cfg.gcpo.score)
 
         gen = torch.Generator(device=editor.device).manual_seed(cfg.run.seed * 104729 + step)
         loss, stats = gcpo_step(model, ref, [prompt(p.preferred) for p in batch],
@@ -272,9 +277,7 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         log.log(step, metrics)
         if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
             editor.backbone = accelerator.unwrap_model(model)
-            res = pairwise_accuracy(evals, rrm_scorer(editor, cfg.gcpo.max_new_tokens,
-                                                      readout="expected_score" if cfg.gcpo.score == "expected"
-                                                      else "written"))
+            res = pairwise_accuracy(evals, rrm_scorer(editor, cfg.gcpo.max_new_tokens, readout=readout))
             ev = {"eval/pairwise_accuracy": res["overall"]["accuracy"], "eval/failed": float(res["failed"])}
             log.log(step, ev)
             metrics.update(ev)

@@ -96,12 +96,14 @@ def test_with_watch_the_parser_gets_each_traces_watched_logits():
     assert loss is None and stats["gcpo/nonzero_adv"] == 0.0
 
 
-def test_trace_score_reads_the_written_or_the_expected_score():
+def test_trace_score_reads_the_written_the_expected_score_or_the_points():
     """A sampled trace's τ: None unless it parses; the written 7, or with watched logits the
-    expectation over the words 0-10 at the step after `<score>`."""
+    expectation over the words 0-10 at the step after `<score>`, or 10 x the mean P(yes) at its
+    verdict words (not at the other words, whose logits here would say otherwise)."""
+    import math
     import types
 
-    from earl.rrm.model import score_words, trace_score
+    from earl.rrm.model import score_words, trace_score, watched_words
     from earl.text import build_word_tokenizer
 
     tok = build_word_tokenizer(["1. yes - ok 2. no - gone <score>7</score>"])
@@ -111,17 +113,30 @@ def test_trace_score_reads_the_written_or_the_expected_score():
     at = len(layout.encode_text("1. yes - ok 2. no - gone <score>"))
     watched[at, 4] = watched[at, 8] = 0.0  # half 4, half 8
     assert trace_score(layout, tok, ids, 2) == 7.0
-    assert trace_score(layout, tok, ids, 2, watched) == pytest.approx(6.0)
-    assert trace_score(layout, tok, ids, 3, watched) is None  # three points asked, two answered
+    assert trace_score(layout, tok, ids, 2, watched) == 7.0  # the written score unless told otherwise
+    assert trace_score(layout, tok, ids, 2, watched, "expected") == pytest.approx(6.0)
+    assert trace_score(layout, tok, ids, 3, watched, "expected") is None  # three points asked, two answered
     assert len(score_words(layout)) == 11 and score_words(layout)[7] == ids[at]
+    assert watched_words(layout, "expected") == score_words(layout) and watched_words(layout, "written") is None
+
+    yes, no = watched_words(layout, "points")
+    assert (yes, no) == (ids[2], ids[7])  # `1 . yes - ok 2 . no`
+    yes_no = torch.zeros((len(ids), 2))
+    yes_no[:, 0] = 50.0  # sure of "yes" everywhere but at the verdicts
+    yes_no[2] = torch.tensor([math.log(3.0), 0.0])  # P(yes) 0.75 at the first verdict
+    yes_no[7] = torch.tensor([0.0, math.log(3.0)])  # 0.25 at the second
+    assert trace_score(layout, tok, ids, 2, yes_no, "points") == pytest.approx(5.0)
+    assert trace_score(layout, tok, ids, 3, yes_no, "points") is None
+    with pytest.raises(ValueError, match="watched logits"):
+        trace_score(layout, tok, ids, 2, None, "points")
 
 
-def test_gcpo_score_must_be_written_or_expected():
+def test_gcpo_score_must_be_written_expected_or_points():
     with pytest.raises(ValueError, match="gcpo.score"):
         GCPOSection(score="mean")
 
 
-@pytest.mark.parametrize("score", ["written", "expected"])
+@pytest.mark.parametrize("score", ["written", "expected", "points"])
 def test_rrm_gcpo_trainer_runs_and_saves(tmp_path, tiny_editor, score):
     from earl.config import load_config
     from earl.train.gcpo import GCPORecipe, train_rrm_gcpo
