@@ -310,7 +310,10 @@ class RRMVerifier:
 
     `expected_score` (earl's model, greedy): the reward is the greedy trace's score read as the
     expectation of the integer after `<score>` (`score_expectation`): it breaks the same ties at the
-    cost of one greedy trace, not k sampled ones. The trace must still parse.
+    cost of one greedy trace, not k sampled ones. The trace must still parse. `expected_points`: the
+    same with E[points], 10 x the mean P(yes) at its verdict words (`point_expectation`), which ranks
+    pairs better than E[score] on ShapesEdit (docs/REWARD_MODELS.md) but ignores deductions beyond the
+    points.
     """
 
     name = "rrm"
@@ -320,7 +323,8 @@ class RRMVerifier:
                  device: str = "cpu", base_url: str | None = None, model: str | None = None,
                  vlm_path: str | None = None, concurrency: int = 16, retries: int = 2, timeout: float = 120.0,
                  principles_base_url: str | None = None, principles_model: str | None = None,
-                 principle_cache: str | None = "runs/principles", expected_score: bool = False):
+                 principle_cache: str | None = "runs/principles", expected_score: bool = False,
+                 expected_points: bool = False):
         from earl.errors import ConfigError
         from earl.rrm.principles import PrincipleCache
         from earl.verify.chat import build_chat_backend
@@ -334,11 +338,14 @@ class RRMVerifier:
         if samples > 1 and model_path is None:
             raise ConfigError("rrm verifier: samples > 1 (Avg@k) is built for earl's own model (model_path); a "
                               "server or a transformers VLM is judged greedily")
-        if expected_score and (model_path is None or samples > 1):
-            raise ConfigError("rrm verifier: expected_score reads the logits of earl's own model (model_path) on a "
+        if expected_score and expected_points:
+            raise ConfigError("rrm verifier: give at most one of expected_score and expected_points (one readout)")
+        readout = "expected_score" if expected_score else "expected_points" if expected_points else None
+        if readout and (model_path is None or samples > 1):
+            raise ConfigError(f"rrm verifier: {readout} reads the logits of earl's own model (model_path) on a "
                               "greedy trace; it does not combine with a server, a transformers VLM or samples > 1")
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.samples, self.temperature, self.expected_score = samples, temperature, expected_score
+        self.samples, self.temperature, self.readout = samples, temperature, readout
         self.generator = torch.Generator().manual_seed(seed)  # one stream for the verifier's life: calls differ
         self.editor = self.backend = None
         if model_path is not None:
@@ -379,17 +386,16 @@ class RRMVerifier:
         return self._judge(instructions, points, source_images, edited_images)[0]
 
     def _judge(self, instructions, points, source_images, edited_images):
-        """(verdict texts per edit, each greedy trace's E[score] or None when not `expected_score`)."""
+        """(verdict texts per edit, each greedy trace's E[score] or E[points], or None without a readout)."""
         if self.backend is not None:
             return [[t] for t in self._judge_http(instructions, points, source_images, edited_images)], None
         ed = self.editor
         src = ed.encode_images([ed.preprocess(im)[0] for im in source_images])
         out_codes = ed.encode_images([ed.preprocess(im)[0] for im in edited_images])
-        if self.expected_score:
+        if self.readout:
             texts, values = generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,
-                                              self.batch_size, readouts=("expected_score",))
-            expectations = values["expected_score"]
-            return [[t] for t in texts], expectations
+                                              self.batch_size, readouts=(self.readout,))
+            return [[t] for t in texts], values[self.readout]
         if self.samples == 1:
             return [[t] for t in generate_verdicts(ed, instructions, points, src, out_codes, self.max_new_tokens,
                                                    self.batch_size)], None
@@ -442,9 +448,12 @@ class RRMVerifier:
                                                 raw=texts[i][0]))
                 continue
             text, v = parsed[0]  # the first parsed trace stands for the edit's principles and raw reply
+            if self.readout and expected.get(i) is None:  # parsed, yet the readout's words are not where expected
+                out.append(RewardResult.failure(f"{self.readout}: not readable from the trace's logits", raw=text))
+                continue
             score = sum(pv.score for _, pv in parsed) / len(parsed)
             scores = {"score": score, "point_average": sum(pv.point_average for _, pv in parsed) / len(parsed)}
-            if expected.get(i) is not None:
+            if self.readout:
                 scores["written_score"], score = score, expected[i]
                 scores["score"] = score
             if len(texts[i]) > 1:

@@ -423,5 +423,33 @@ def test_rrm_verifier_expected_score_rewards_the_expectation_of_a_parsed_greedy_
     assert good.reward == pytest.approx(0.65) and good.scores["written_score"] == 8.0
     assert bad.failed and bad.reward is None
     for bad_options in (dict(base_url="http://127.0.0.1:9"), dict(model_path=str(tmp_path / "rrm"), samples=4)):
-        with pytest.raises(ConfigError, match="expected_score"):
-            build_verifier("rrm", expected_score=True, **bad_options)
+        for readout in ("expected_score", "expected_points"):
+            with pytest.raises(ConfigError, match=readout):
+                build_verifier("rrm", **{readout: True}, **bad_options)
+    with pytest.raises(ConfigError, match="at most one"):
+        build_verifier("rrm", model_path=str(tmp_path / "rrm"), expected_score=True, expected_points=True)
+
+
+def test_rrm_verifier_expected_points_rewards_the_mean_p_yes_of_the_greedy_verdicts(tmp_path, tiny_editor,
+                                                                                    monkeypatch):
+    """expected_points: the verifier asks generate_verdicts for the E[points] readout and rewards it / 10;
+    a trace that parses but whose readout cannot be read fails rather than falling back to another scale."""
+    from earl.rrm import model as rrm_model
+    from earl.rrm.trace import format_trace
+    from earl.verify.base import build_verifier
+
+    tiny_editor.save_pretrained(tmp_path / "rrm")
+    reqs = [shapes_request(k, str(k)) for k in range(2)]
+    v = build_verifier("rrm", model_path=str(tmp_path / "rrm"), max_new_tokens=6, expected_points=True)
+    asked = []
+    trace = format_trace([i < 8 for i in range(10)], ["r"] * 10, 8.0)
+
+    def fake_generate(editor, instructions, *args, readouts=()):
+        asked.append(readouts)
+        return [trace] * len(instructions), {r: [7.25, None] for r in readouts}
+
+    monkeypatch.setattr(rrm_model, "generate_verdicts", fake_generate)
+    good, none_read = v.score(reqs)
+    assert asked == [("expected_points",)]
+    assert good.reward == pytest.approx(0.725) and good.scores["written_score"] == 8.0
+    assert none_read.failed and "expected_points" in none_read.error  # parsed, but not readable: a failure
