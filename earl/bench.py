@@ -51,7 +51,7 @@ INSTRUCTIONS = [
     "remove the small triangle",
     "move the large blue square one cell to the left and make it red",
 ]
-METHODS = ("earl_cfg", "earl_cfg_static", "transformers_cfg", "earl_nocfg")
+METHODS = ("earl_cfg", "earl_cfg_hf", "earl_cfg_static", "transformers_cfg", "earl_nocfg")
 
 # Emu3-8B's backbone shape (Emu3-Gen/Chat config): random weights stand in for the checkpoint, which
 # timing does not need. Its VQ codebook has 32,768 codes at x8 downsampling; the rest of the
@@ -100,12 +100,13 @@ def build_bench_model(size: str, image_size: int, seed: int = 0, device: str = "
 # ---- the two samplers, each returning (N, T) completions that start with the image header --------
 def run_earl(backbone, layout: EditLayout, instructions: list[str], sources: torch.Tensor,
              guidance_scale: float, generator: torch.Generator | None, temperature: float = 1.0,
-             static: bool = False, fused_step: bool = True) -> torch.Tensor:
+             static: bool = False, fused_step: bool = True, lean: bool | None = None) -> torch.Tensor:
     """`static`: preallocated cache, and the decode step captured as a CUDA graph on a GPU;
-    `fused_step`: the Triton sampling step on a GPU (`earl.kernels.sampling`)."""
+    `fused_step`: the Triton sampling step on a GPU (`earl.kernels.sampling`); `lean`: the decoder
+    choice of `sample_edits` (None: `earl.lean` on a CPU, False: the Hugging Face forward)."""
     cfg = SamplingConfig(guidance_scale=guidance_scale, temperature=temperature, fused_step=fused_step)
     return sample_edits(backbone, layout, instructions, sources, cfg, generator=generator,
-                        compile_decode=static).completions
+                        compile_decode=static, lean=lean).completions
 
 
 def grid_constraint(layout: EditLayout, prompt_len: int, h: int, w: int):
@@ -217,6 +218,7 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
 
     calls = {
         "earl_cfg": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen()),
+        "earl_cfg_hf": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen(), lean=False),
         "earl_cfg_static": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen(), static=True),
         "transformers_cfg": lambda: run_transformers(backbone, layout, instructions, sources, guidance_scale, seed),
         "earl_nocfg": lambda: run_earl(backbone, layout, instructions, sources, 1.0, gen()),
@@ -233,6 +235,7 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
         row[name]["ms_per_decode_step"] = 1000 * sec / (h * w)  # earl: one forward per code (prefill included)
     row["speedup_cfg"] = row["earl_cfg"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     row["speedup_cfg_static"] = row["earl_cfg_static"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
+    row["speedup_cfg_hf"] = row["earl_cfg_hf"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     return row
 
 
@@ -301,14 +304,17 @@ def format_table(result: dict) -> str:
     lines = [f"{c['size']}, {c['image_size']} px ({c['grid'][0]}x{c['grid'][1]} codes), guidance {c['guidance_scale']}, "
              f"median of {c['repeats']}",
              "",
-             "| batch | earl CFG tok/s | earl CFG static tok/s | transformers CFG tok/s | earl / transformers "
-             "| static / transformers | earl CFG ms/img | transformers CFG ms/img | earl no-CFG tok/s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| batch | earl CFG tok/s | earl CFG, HF forward tok/s | earl CFG static tok/s | transformers CFG tok/s "
+             "| earl / transformers | HF forward / transformers | static / transformers | earl CFG ms/img "
+             "| transformers CFG ms/img | earl no-CFG tok/s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["results"]:
-        e, st, t, n = r["earl_cfg"], r["earl_cfg_static"], r["transformers_cfg"], r["earl_nocfg"]
-        lines.append(f"| {r['batch_size']} | {e['tokens_per_s']:.0f} | {st['tokens_per_s']:.0f} | {t['tokens_per_s']:.0f} "
-                     f"| {r['speedup_cfg']:.2f}x | {r['speedup_cfg_static']:.2f}x | {e['ms_per_image']:.1f} "
-                     f"| {t['ms_per_image']:.1f} | {n['tokens_per_s']:.0f} |")
+        e, hf, st, t, n = (r[k] for k in ("earl_cfg", "earl_cfg_hf", "earl_cfg_static", "transformers_cfg",
+                                          "earl_nocfg"))
+        lines.append(f"| {r['batch_size']} | {e['tokens_per_s']:.0f} | {hf['tokens_per_s']:.0f} | {st['tokens_per_s']:.0f} "
+                     f"| {t['tokens_per_s']:.0f} | {r['speedup_cfg']:.2f}x | {r['speedup_cfg_hf']:.2f}x "
+                     f"| {r['speedup_cfg_static']:.2f}x | {e['ms_per_image']:.1f} | {t['ms_per_image']:.1f} "
+                     f"| {n['tokens_per_s']:.0f} |")
     f = result.get("floor", {})
     if f.get("ms_per_decode_step") is not None:
         lines += ["", f"decode-step floor: {f['weight_bytes'] / 1e9:.2f} GB of weights at "

@@ -27,6 +27,7 @@ from transformers import DynamicCache, StaticCache
 
 from earl.errors import EarlError
 from earl.layout import EditLayout, positions_from_mask
+from earl.lean import LeanLlama, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,58 @@ class _StaticDecoder(_Decoder):
         return self.logits
 
 
+class _LeanDecoder(_Decoder):
+    """The same decoder over `earl.lean.LeanLlama`: fused weights, a preallocated KV cache and mask.
+
+    The CPU path: there a small model's step is per-op work, which this forward mostly removes (same
+    logits as the Hugging Face forward up to float rounding; `tests/core/test_lean.py`).
+    """
+
+    def __init__(self, backbone, batch: dict[str, torch.Tensor], capacity: int):
+        R, P = batch["input_ids"].shape
+        self.net = LeanLlama(backbone, R, P + capacity)
+        self.mask = torch.zeros(R, P + capacity, dtype=torch.long, device=batch["input_ids"].device)
+        self.mask[:, :P] = batch["attention_mask"]
+        self.next_pos = batch["position_ids"][:, -1] + 1
+        self.logits = self.net.forward(batch["input_ids"], batch["position_ids"], self.mask[:, :P])
+
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        R, n = ids.shape
+        t0 = self.net.length
+        keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
+        self.mask[:, t0 : t0 + n] = keep[:, None]
+        pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
+        self.next_pos = self.next_pos + n * keep
+        self.logits = self.net.forward(ids, pos, self.mask[:, : t0 + n])
+        return self.logits
+
+
+_lean_reported: set[str] = set()
+
+
+def _use_lean(backbone, device: torch.device, lean: bool | None) -> bool:
+    """`lean=None` (auto): the lean forward on a CPU when it reproduces the backbone, said once when not.
+    `lean=True` insists (an error names why it cannot), `lean=False` keeps the Hugging Face forward."""
+    if lean is False:
+        return False
+    why = unsupported_reason(backbone)
+    if lean and why is not None:
+        raise EarlError(f"lean decoding asked for, but {why}")
+    if lean:
+        return True
+    if device.type != "cpu":
+        return False
+    if why is not None and why not in _lean_reported:
+        _lean_reported.add(why)
+        log.info("lean CPU decoder off (%s): the Hugging Face forward decodes", why)
+    return why is None
+
+
+def decoding_capacity(layout: EditLayout, h: int, w: int, cfg: SamplingConfig, think: bool) -> int:
+    """Tokens a generation can feed after its prompt: [<think> text </think>] header, h rows of w codes + <eol>."""
+    return (cfg.max_think_tokens + 1 if think else 0) + len(layout.header(h, w)) + h * (w + 1)
+
+
 # ---- the sampler ----------------------------------------------------------------------------
 @torch.no_grad()
 def sample_edits(
@@ -253,12 +306,15 @@ def sample_edits(
     generator: torch.Generator | None = None,
     static_cache: bool = False,
     compile_decode: bool = False,
+    lean: bool | None = None,
 ) -> GenerationOutput:
     """Sample one edit per (instruction, source grid). Repeat inputs for several samples per prompt.
 
-    `static_cache`: preallocate the KV cache and mask for the whole generation (`_StaticDecoder`);
-    `compile_decode` (implies it): capture the one-token decode forward as a CUDA graph on a GPU.
-    Same tokens as the default growing cache, up to float rounding.
+    The decoder: by default (`lean=None`) `earl.lean` on a CPU where it reproduces the backbone, else
+    the Hugging Face forward with a growing cache; `lean=False` forces the latter.
+    `static_cache`: the Hugging Face forward over a KV cache and mask preallocated for the whole
+    generation (`_StaticDecoder`); `compile_decode` (implies it): its one-token decode forward
+    captured as a CUDA graph on a GPU. All give the same tokens up to float rounding.
     """
     if len(instructions) != source_codes.shape[0]:
         raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
@@ -274,9 +330,11 @@ def sample_edits(
     if cfg.uses_cfg:
         prompts += [layout.prompt(None, src) for src in source_codes.cpu()]
     batch = {k: t.to(device) for k, t in layout.pad_prompts(prompts).items()}
+    capacity = decoding_capacity(layout, h, w, cfg, think)
     if static_cache or compile_decode:
-        capacity = (cfg.max_think_tokens + 1 if think else 0) + len(layout.header(h, w)) + h * (w + 1)
         dec = _StaticDecoder(backbone, batch, capacity, compile_step=compile_decode)
+    elif _use_lean(backbone, device, lean):
+        dec = _LeanDecoder(backbone, batch, capacity)
     else:
         dec = _Decoder(backbone, batch)
     R = batch["input_ids"].shape[0]
