@@ -289,6 +289,38 @@ def _use_lean(backbone, device: torch.device, lean: bool | None) -> bool:
     return why is None
 
 
+def open_decoder(backbone, batch: dict[str, torch.Tensor], capacity: int, lean: bool | None = None) -> _Decoder:
+    """A cache-carrying decoder over a left-padded batch (`EditLayout.pad_prompts`'s keys): `.logits`
+    (R, V) at the last position, `.feed(ids (R, n), active)` appends up to `capacity` tokens in all.
+    `earl.lean` where `_use_lean` picks it, else the Hugging Face forward with a growing cache.
+    For generation loops beside `sample_edits` (the reward model's traces)."""
+    if _use_lean(backbone, batch["input_ids"].device, lean):
+        return _LeanDecoder(backbone, batch, capacity)
+    return _Decoder(backbone, batch)
+
+
+@torch.no_grad()
+def greedy_text(backbone, batch: dict[str, torch.Tensor], max_new_tokens: int, eos: int, pad: int,
+                lean: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy continuation of a left-padded batch, written as `generate(do_sample=False)` writes it:
+    (B, T) new ids, `pad` after a row's `eos`, T the steps until every row ended or the budget; and the
+    raw (B, T, V) logits each id was chosen from (what `output_logits=True` returns)."""
+    dec = open_decoder(backbone, batch, max_new_tokens, lean)
+    B = batch["input_ids"].shape[0]
+    done = torch.zeros(B, dtype=torch.bool, device=batch["input_ids"].device)
+    ids, logits = [], []
+    for step in range(max_new_tokens):
+        step_logits = dec.logits.float()
+        nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), step_logits.argmax(-1))
+        ids.append(nxt)
+        logits.append(step_logits)
+        done = done | (nxt == eos)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        dec.feed(nxt[:, None])
+    return torch.stack(ids, dim=1), torch.stack(logits, dim=1)
+
+
 def decoding_capacity(layout: EditLayout, h: int, w: int, cfg: SamplingConfig, think: bool) -> int:
     """Tokens a generation can feed after its prompt: [<think> text </think>] header, h rows of w codes + <eol>."""
     return (cfg.max_think_tokens + 1 if think else 0) + len(layout.header(h, w)) + h * (w + 1)
@@ -333,10 +365,8 @@ def sample_edits(
     capacity = decoding_capacity(layout, h, w, cfg, think)
     if static_cache or compile_decode:
         dec = _StaticDecoder(backbone, batch, capacity, compile_step=compile_decode)
-    elif _use_lean(backbone, device, lean):
-        dec = _LeanDecoder(backbone, batch, capacity)
     else:
-        dec = _Decoder(backbone, batch)
+        dec = open_decoder(backbone, batch, capacity, lean)
     R = batch["input_ids"].shape[0]
 
     pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, logprobs, sampled) chunks (N, n)

@@ -11,6 +11,7 @@ FORBIDDEN = {
     "earl.layout": ["earl.model", "earl.generate", "earl.train", "earl.cli"],
     "earl.shapes": ["earl.model", "earl.generate", "earl.train", "earl.cli", "torch"],
     "earl.generate": ["earl.train", "earl.cli"],
+    "earl.lean": ["earl.model", "earl.generate", "earl.train", "earl.cli"],
     "earl.model": ["earl.train", "earl.cli", "earl.generate"],
     "earl.train": ["earl.cli"],
     "earl.verify": ["earl.model", "earl.generate", "earl.train", "earl.cli", "earl.serve"],

@@ -22,6 +22,7 @@ import re
 
 import torch
 
+from earl.generate import greedy_text
 from earl.layout import Example
 from earl.rrm.principles import EvalPoint
 from earl.rrm.trace import parse_trace
@@ -133,12 +134,8 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
                 zip(instructions[s : s + batch_size], points[s : s + batch_size],
                     source_codes[s : s + batch_size], edited_codes[s : s + batch_size])]
         batch = {k: v.to(editor.device) for k, v in layout.pad_prompts(seqs).items()}
-        out = editor.backbone.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, top_k=None,
-                                       eos_token_id=layout.ids.eos, pad_token_id=layout.ids.pad,
-                                       output_logits=bool(readouts), return_dict_in_generate=True)
-        new = out.sequences[:, batch["input_ids"].shape[1]:]
+        new, step_logits = greedy_text(editor.backbone, batch, max_new_tokens, layout.ids.eos, layout.ids.pad)
         texts += [normalise_decoded(t) for t in editor.text_tokenizer.batch_decode(new, skip_special_tokens=True)]
-        step_logits = torch.stack(out.logits, dim=1) if readouts else None  # (B, T, V): stacked once
         if "expected_score" in values:
             values["expected_score"] += score_expectation(layout, new, step_logits)
         if "expected_points" in values:

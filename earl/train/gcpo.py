@@ -30,7 +30,9 @@ import torch
 
 from earl.config import to_dict
 from earl.errors import ConfigError
+from earl.generate import open_decoder
 from earl.io import atomic_write_json
+from earl.layout import positions_from_mask
 from earl.rl.gcpo import pair_advantages
 from earl.rl.losses import policy_loss
 from earl.rrm.pairs import PairData
@@ -115,8 +117,6 @@ def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature:
     the `watch` tokens at every step it sampled: one (len(completion), len(watch)) CPU tensor per row.
     Why: a score read as an expectation (`gcpo.score: expected`) needs the distribution the score
     word was drawn from, and keeping only a few columns costs nothing next to the forward pass."""
-    from earl.layout import positions_from_mask
-
     rows = [p for p in prompts for _ in range(n)]
     L = max(len(p) for p in rows)
     device = next(model.parameters()).device
@@ -129,14 +129,11 @@ def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature:
     seen: list[list[torch.Tensor]] = [[] for _ in rows]
     cols = torch.tensor(watch, device=device) if watch is not None else None
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    past = None
-    cur_ids, cur_pos = ids, positions_from_mask(mask.cpu()).to(device)
     with torch.no_grad():
-        for _ in range(max_new_tokens):
-            res = model(input_ids=cur_ids, attention_mask=mask, position_ids=cur_pos, past_key_values=past,
-                        use_cache=True, logits_to_keep=1)
-            past = res.past_key_values
-            logits = res.logits[:, -1].float()
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask.cpu()).to(device)}
+        dec = open_decoder(model, batch, max_new_tokens)  # earl.lean on a CPU
+        for step in range(max_new_tokens):
+            logits = dec.logits.float()
             probs = torch.softmax(logits / temperature, -1)
             nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -146,11 +143,9 @@ def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature:
                 if kept is not None:
                     seen[i].append(kept[i])
             done |= nxt == eos
-            if bool(done.all()):
+            if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            cur_pos = cur_pos[:, -1:] + 1
-            cur_ids = nxt[:, None]
+            dec.feed(nxt[:, None])
     if watch is None:
         return out, None
     return out, [torch.stack(s) if s else torch.zeros((0, len(watch))) for s in seen]

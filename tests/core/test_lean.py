@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from earl.errors import EarlError
-from earl.generate import SamplingConfig, _Decoder, _LeanDecoder, sample_edits
+from earl.generate import SamplingConfig, _Decoder, _LeanDecoder, greedy_text, sample_edits
 from earl.lean import LeanLlama, unsupported_reason
 
 INSTRUCTIONS = ["make the red circle blue", "change the square to green", "remove the small triangle"]
@@ -137,3 +137,40 @@ def test_a_wrapper_that_changes_the_forward_is_not_bypassed():
     model = Biased(_tiny_llama().config).eval()
     assert "own forward" in unsupported_reason(model)
     assert "own forward" in unsupported_reason(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_greedy_text_writes_what_hf_generate_writes(lean):
+    """The reward model's verdicts used `generate(do_sample=False, output_logits=True)`: same ids (pad
+    after eos, stop when every row ended) and the same raw logits per step. The eos is an id that some
+    rows write and others never do, so both the padding and the budget are exercised."""
+    model = _tiny_llama()
+    batch = _padded_batch([6, 9, 4, 9, 7], model.config.vocab_size, seed=2)
+    free = model.generate(**batch, max_new_tokens=24, do_sample=False, top_k=None, pad_token_id=0)
+    written = [set(row.tolist()) for row in free[:, batch["input_ids"].shape[1]:]]
+    eos = next(t for t in sorted(set.union(*written)) if 0 < sum(t in w for w in written) < len(written))
+    pad = 0
+    ref = model.generate(**batch, max_new_tokens=24, do_sample=False, top_k=None, eos_token_id=eos,
+                         pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
+    new, logits = greedy_text(model, batch, 24, eos, pad, lean=lean)
+    ended = (new == eos).any(-1)
+    assert ended.any() and not ended.all()  # the case is not trivial
+    assert torch.equal(new, ref.sequences[:, batch["input_ids"].shape[1]:])
+    torch.testing.assert_close(logits, torch.stack(ref.logits, dim=1), atol=1e-5, rtol=1e-5)
+
+
+def test_gcpo_traces_are_the_same_on_the_lean_and_hf_forward(monkeypatch):
+    """The GCPO sampler decodes through `open_decoder`: same seed, same traces and watched logits."""
+    import earl.generate as generate
+    from earl.train.gcpo import sample_traces_watching
+
+    model = _tiny_llama()
+    prompts = [[3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
+    runs = []
+    for lean in (None, False):
+        monkeypatch.setattr(generate, "_use_lean", lambda b, d, _lean, force=lean: force is None)
+        runs.append(sample_traces_watching(model, prompts, 3, 1.0, 12, eos=2, pad=0,
+                                           generator=torch.Generator().manual_seed(0), watch=[3, 4]))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
