@@ -5,7 +5,8 @@ with classifier-free guidance, and both must return well-formed grids (checked w
 `layout.parse_image` on every output, outside the timed region) so the comparison is of equal work:
 
     earl          sample_edits: cond + uncond rows in one batched forward per step, sampling on
-                  the image-id slice, a row's last code and its <eol> fed in one forward
+                  the image-id slice, a row's last code and its <eol> fed in one forward; on a
+                  CPU its forward is `earl.lean` (also timed with the Hugging Face forward)
     transformers  backbone.generate(do_sample=True, guidance_scale=s, negative_prompt_ids=...,
                   prefix_allowed_tokens_fn=grid): what a transformers user writes. Its CFG is
                   `UnbatchedClassifierFreeGuidanceLogitsProcessor`, which runs the unconditional
@@ -23,6 +24,10 @@ Notes on transformers 5.x, read from `transformers/generation/`:
   (`<bos>` + source image) has the same length, so no padding arises and positions are exact.
 - the CFG processor's first call runs the unconditional prompt without `logits_to_keep`, i.e. it
   computes full-vocabulary logits at every prompt position; that cost is part of its design.
+
+On a CPU the run also times the matrix products of earl's generation alone (`matmul_floor_call`):
+what no implementation of the same model in the same dtype can avoid, so transformers' time over it
+bounds the ratio any of them could reach here.
 
 Throughput = sampled image codes per second (h*w per image), end to end per call (prompt
 building, prefill and decoding; parsing the output is checked outside the timer), median of
@@ -107,6 +112,47 @@ def run_earl(backbone, layout: EditLayout, instructions: list[str], sources: tor
     cfg = SamplingConfig(guidance_scale=guidance_scale, temperature=temperature, fused_step=fused_step)
     return sample_edits(backbone, layout, instructions, sources, cfg, generator=generator,
                         compile_decode=static, lean=lean).completions
+
+
+def feed_sizes(layout: EditLayout, h: int, w: int) -> list[int]:
+    """Tokens per forward after the prefill in `sample_edits` (no thinking): the header at once, then a
+    code per forward, a row's last code with its <eol>, and nothing after the last code."""
+    return [len(layout.header(h, w))] + [2 if c == w - 1 else 1 for r in range(h) for c in range(w)][:-1]
+
+
+def matmul_floor_call(backbone, layout: EditLayout, instructions: list[str], sources: torch.Tensor, cfg_rows: bool):
+    """A call doing only the matrix products of one earl CFG generation, at the shapes `earl.lean` runs
+    them (q|k|v and gate|up fused; every layer; the lm_head at the last position), on random inputs.
+
+    Why: at small sizes a CPU spends most of a forward outside its matmuls, and this is the part no
+    faster implementation of the same model in the same dtype removes; transformers' time over it
+    bounds the ratio any such implementation could reach against transformers here."""
+    import torch.nn.functional as F
+
+    from earl.lean import LeanLlama
+
+    h, w = sources.shape[1:]
+    prompts = [layout.prompt(i, s) for i, s in zip(instructions, sources)]
+    if cfg_rows:
+        prompts += [layout.prompt(None, s) for s in sources]
+    R, P = layout.pad_prompts(prompts)["input_ids"].shape
+    net = LeanLlama(backbone, R, 1)
+    d, f = backbone.config.hidden_size, net.layers[0]["down"].shape[1]
+    sizes = [P] + feed_sizes(layout, h, w)
+    g = torch.Generator(device=net.device).manual_seed(0)
+    inputs = {n: [torch.randn(R * n, k, generator=g, device=net.device, dtype=net.dtype)  # made outside the timer
+                  for k in (d, net.n_heads * net.head_dim, f)] for n in set(sizes)}
+
+    def products():
+        for n in sizes:
+            x, att, act = inputs[n]
+            for lw in net.layers:
+                F.linear(x, lw["qkv"])
+                F.linear(att, lw["o"])
+                F.linear(x, lw["gate_up"])
+                F.linear(act, lw["down"])
+            F.linear(x[:R], net.lm_head)
+    return products
 
 
 def grid_constraint(layout: EditLayout, prompt_len: int, h: int, w: int):
@@ -223,12 +269,18 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
         "transformers_cfg": lambda: run_transformers(backbone, layout, instructions, sources, guidance_scale, seed),
         "earl_nocfg": lambda: run_earl(backbone, layout, instructions, sources, 1.0, gen()),
     }
+    if device.type == "cpu":
+        calls["matmul_floor"] = matmul_floor_call(backbone, layout, instructions, sources, cfg_rows=True)
     if device.type == "cuda":  # the fused sampling step's baseline: the same static run, PyTorch sampling
         calls["earl_cfg_static_unfused"] = lambda: run_earl(backbone, layout, instructions, sources, guidance_scale,
                                                             gen(), static=True, fused_step=False)
     row = {"batch_size": B}
-    times, n_checked = _timed_round_robin(calls, lambda out: len(parse_grids(layout, out, h, w)), repeats)
-    for name in calls:
+    times, n_checked = _timed_round_robin(
+        calls, lambda out: None if out is None else len(parse_grids(layout, out, h, w)), repeats)
+    if "matmul_floor" in calls:
+        sec = statistics.median(times.pop("matmul_floor"))
+        row["matmul_floor"] = {"seconds": sec, "ms_per_image": 1000 * sec / B}
+    for name in times:
         sec = statistics.median(times[name])
         row[name] = {"seconds": sec, "seconds_all": times[name], "tokens_per_s": B * h * w / sec,
                      "ms_per_image": 1000 * sec / B, "well_formed": n_checked[name] == [B] * (repeats + 1)}
@@ -236,6 +288,8 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
     row["speedup_cfg"] = row["earl_cfg"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     row["speedup_cfg_static"] = row["earl_cfg_static"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     row["speedup_cfg_hf"] = row["earl_cfg_hf"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
+    if "matmul_floor" in row:  # the most any implementation of these matmuls could reach against transformers
+        row["ceiling_vs_transformers"] = row["transformers_cfg"]["seconds"] / row["matmul_floor"]["seconds"]
     return row
 
 
@@ -315,6 +369,11 @@ def format_table(result: dict) -> str:
                      f"| {t['tokens_per_s']:.0f} | {r['speedup_cfg']:.2f}x | {r['speedup_cfg_hf']:.2f}x "
                      f"| {r['speedup_cfg_static']:.2f}x | {e['ms_per_image']:.1f} | {t['ms_per_image']:.1f} "
                      f"| {n['tokens_per_s']:.0f} |")
+    if all("matmul_floor" in r for r in result["results"]):
+        lines += ["", "matmul floor (the matrix products of earl's CFG generation alone, timed in the same rounds): "
+                  + ", ".join(f"batch {r['batch_size']} {r['matmul_floor']['ms_per_image']:.1f} ms/img, earl at "
+                              f"{r['earl_cfg']['seconds'] / r['matmul_floor']['seconds']:.2f}x it, transformers / "
+                              f"floor = {r['ceiling_vs_transformers']:.2f}x" for r in result["results"])]
     f = result.get("floor", {})
     if f.get("ms_per_decode_step") is not None:
         lines += ["", f"decode-step floor: {f['weight_bytes'] / 1e9:.2f} GB of weights at "
@@ -335,4 +394,74 @@ def format_table(result: dict) -> str:
     if busy is not None and busy > 0.1:
         lines.append("warning: other processes were using the CPU; small-op timings degrade badly under contention "
                      "(torch threads wait for descheduled peers), re-run on an idle machine")
+    return "\n".join(lines)
+
+
+# ---- reward-model text: greedy verdicts and GCPO's sampled traces --------------------------------
+TEXT_METHODS = ("generate_greedy", "lean_greedy", "hf_sampler", "lean_sampler")
+
+
+def bench_text(size: str = "shapes-tiny", batch_size: int = 16, prompt_len: int = 300, new_tokens: int = 320,
+               prompts: int = 4, traces: int = 8, repeats: int = 3, seed: int = 0,
+               num_threads: int | None = None) -> dict:
+    """Seconds for the reward model's two text loops on a random-weight backbone, on a CPU:
+    `batch_size` greedy verdicts with `transformers.generate(output_logits=True)` (earl before
+    2026-12-01) and with `earl.generate.greedy_text`; GCPO's sampler (`prompts` x `traces` rows at
+    temperature 1) over the Hugging Face forward and over `earl.lean`. Same seed, so each pair must
+    write the same tokens; `same_output` records whether it did (float rounding may flip a near-tie)."""
+    from earl.generate import greedy_text
+    from earl.train.gcpo import sample_traces_watching
+
+    if repeats < 1 or min(batch_size, prompt_len, new_tokens, prompts, traces) < 1:
+        raise EarlError("repeats, batch_size, prompt_len, new_tokens, prompts and traces must all be >= 1")
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    backbone, layout, _ = build_bench_model(size, 64, seed)
+    V, eos, pad = backbone.config.vocab_size, layout.ids.eos, layout.ids.pad
+    ids = torch.randint(layout.vocab.image_offset, V, (batch_size, prompt_len), generator=torch.Generator().manual_seed(seed))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "position_ids": torch.arange(prompt_len)[None].expand(batch_size, -1)}
+    rows = [ids[i % batch_size].tolist() for i in range(prompts)]
+
+    def hf_greedy():
+        out = backbone.generate(**batch, max_new_tokens=new_tokens, do_sample=False, top_k=None, eos_token_id=eos,
+                                pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
+        return out.sequences[:, prompt_len:]
+
+    def sampler(lean):
+        return lambda: sample_traces_watching(backbone, rows, traces, 1.0, new_tokens, eos, pad,
+                                              torch.Generator().manual_seed(seed), lean=lean)[0]
+
+    calls = {"generate_greedy": hf_greedy, "lean_greedy": lambda: greedy_text(backbone, batch, new_tokens, eos, pad)[0],
+             "hf_sampler": sampler(False), "lean_sampler": sampler(True)}
+    busy = cpu_busy_fraction()
+    times, kept = _timed_round_robin(calls, lambda out: out, repeats)
+    outputs = {name: outs[-1] for name, outs in kept.items()}
+    n_tokens = {"generate_greedy": outputs["generate_greedy"].numel(),  # rows x steps (pad after eos included)
+                "hf_sampler": sum(len(t) for t in outputs["hf_sampler"])}
+    n_tokens["lean_greedy"], n_tokens["lean_sampler"] = n_tokens["generate_greedy"], n_tokens["hf_sampler"]
+    res = {name: {"seconds": statistics.median(times[name]), "seconds_all": times[name], "tokens": n_tokens[name]}
+           for name in calls}
+    return {"config": {"size": size, "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
+                       "prompts": prompts, "traces": traces, "repeats": repeats, "seed": seed},
+            "machine": {**machine_info(), "cpu_busy_before": busy}, "results": res,
+            "same_output": {"greedy": torch.equal(outputs["generate_greedy"], outputs["lean_greedy"]),
+                            "sampler": outputs["hf_sampler"] == outputs["lean_sampler"]},
+            "speedup": {"greedy": res["generate_greedy"]["seconds"] / res["lean_greedy"]["seconds"],
+                        "sampler": res["hf_sampler"]["seconds"] / res["lean_sampler"]["seconds"]}}
+
+
+def format_text_table(result: dict) -> str:
+    c, r, m = result["config"], result["results"], result["machine"]
+    busy = m["cpu_busy_before"]
+    lines = [f"{c['size']}, random weights, {c['prompt_len']}-token prompts, up to {c['new_tokens']} new tokens, "
+             f"median of {c['repeats']}", "",
+             "| loop | rows | Hugging Face s | earl.lean s | speedup | same tokens |", "|---|---:|---:|---:|---:|---|",
+             f"| greedy verdicts | {c['batch_size']} | {r['generate_greedy']['seconds']:.2f} (generate) "
+             f"| {r['lean_greedy']['seconds']:.2f} | {result['speedup']['greedy']:.2f}x | {result['same_output']['greedy']} |",
+             f"| GCPO sampler | {c['prompts'] * c['traces']} | {r['hf_sampler']['seconds']:.2f} "
+             f"| {r['lean_sampler']['seconds']:.2f} | {result['speedup']['sampler']:.2f}x "
+             f"| {result['same_output']['sampler']} |", "",
+             f"{m['cpu']}, {m['cpu_count']} cores, {m['torch_threads']} torch threads; CPU busy before the run: "
+             + ("n/a" if busy is None else f"{100 * busy:.0f}%")]
     return "\n".join(lines)

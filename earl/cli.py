@@ -286,6 +286,19 @@ def _cmd_bench_generate(args) -> None:
         print(f"results written to {args.out}")
 
 
+def _cmd_bench_text(args) -> None:
+    from earl.bench import bench_text, format_text_table
+    from earl.io import atomic_write_json
+
+    res = bench_text(size=args.size, batch_size=args.batch_size, prompt_len=args.prompt_len,
+                     new_tokens=args.new_tokens, prompts=args.prompts, traces=args.traces, repeats=args.repeats,
+                     seed=args.seed, num_threads=args.threads)
+    print(format_text_table(res))
+    if args.out:
+        atomic_write_json(args.out, res)
+        print(f"results written to {args.out}")
+
+
 def _cmd_bench_attention(args) -> None:
     import os
 
@@ -482,6 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--attention", default="sdpa", choices=["sdpa", "earl_triton"])
     bg.add_argument("--out", default=None, help="write the results as JSON here")
     bg.set_defaults(func=_cmd_bench_generate)
+
+    bt = bench.add_parser("text", help="the reward model's text loops (greedy verdicts, GCPO's sampler): "
+                                       "Hugging Face forward vs earl.lean, on a CPU")
+    bt.add_argument("--size", default="shapes-tiny", help="named backbone size")
+    bt.add_argument("--batch-size", type=int, default=16, help="greedy verdicts per call")
+    bt.add_argument("--prompt-len", type=int, default=300)
+    bt.add_argument("--new-tokens", type=int, default=320, help="budget per trace (the rrm recipes' 320)")
+    bt.add_argument("--prompts", type=int, default=4, help="GCPO: images per call")
+    bt.add_argument("--traces", type=int, default=8, help="GCPO: traces per image")
+    bt.add_argument("--repeats", type=int, default=3)
+    bt.add_argument("--threads", type=int, default=2)
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--out", default=None, help="write the results as JSON here")
+    bt.set_defaults(func=_cmd_bench_text)
 
     ba = bench.add_parser("attention", help="Triton attention kernels vs SDPA: decode bandwidth, prefill TFLOP/s (GPU)")
     ba.add_argument("--batch-sizes", default="1,16")

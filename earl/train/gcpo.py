@@ -112,11 +112,13 @@ def sample_traces(model, prompts: list[list[int]], n: int, temperature: float, m
 
 def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
                            eos: int, pad: int, generator: torch.Generator | None = None,
-                           watch: list[int] | None = None) -> tuple[list[list[int]], list[torch.Tensor] | None]:
+                           watch: list[int] | None = None,
+                           lean: bool | None = None) -> tuple[list[list[int]], list[torch.Tensor] | None]:
     """`sample_traces`, and with `watch` also each completion's raw logits (before the temperature) of
     the `watch` tokens at every step it sampled: one (len(completion), len(watch)) CPU tensor per row.
     Why: a score read as an expectation (`gcpo.score: expected`) needs the distribution the score
-    word was drawn from, and keeping only a few columns costs nothing next to the forward pass."""
+    word was drawn from, and keeping only a few columns costs nothing next to the forward pass.
+    `lean`: the decoder choice of `earl.generate.open_decoder` (None: `earl.lean` on a CPU)."""
     rows = [p for p in prompts for _ in range(n)]
     L = max(len(p) for p in rows)
     device = next(model.parameters()).device
@@ -131,7 +133,7 @@ def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature:
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
     with torch.no_grad():
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask.cpu()).to(device)}
-        dec = open_decoder(model, batch, max_new_tokens)  # earl.lean on a CPU
+        dec = open_decoder(model, batch, max_new_tokens, lean)
         for step in range(max_new_tokens):
             logits = dec.logits.float()
             probs = torch.softmax(logits / temperature, -1)

@@ -159,18 +159,14 @@ def test_greedy_text_writes_what_hf_generate_writes(lean):
     torch.testing.assert_close(logits, torch.stack(ref.logits, dim=1), atol=1e-5, rtol=1e-5)
 
 
-def test_gcpo_traces_are_the_same_on_the_lean_and_hf_forward(monkeypatch):
+def test_gcpo_traces_are_the_same_on_the_lean_and_hf_forward():
     """The GCPO sampler decodes through `open_decoder`: same seed, same traces and watched logits."""
-    import earl.generate as generate
     from earl.train.gcpo import sample_traces_watching
 
     model = _tiny_llama()
     prompts = [[3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
-    runs = []
-    for lean in (None, False):
-        monkeypatch.setattr(generate, "_use_lean", lambda b, d, _lean, force=lean: force is None)
-        runs.append(sample_traces_watching(model, prompts, 3, 1.0, 12, eos=2, pad=0,
-                                           generator=torch.Generator().manual_seed(0), watch=[3, 4]))
+    runs = [sample_traces_watching(model, prompts, 3, 1.0, 12, eos=2, pad=0, generator=torch.Generator().manual_seed(0),
+                                   watch=[3, 4], lean=lean) for lean in (True, False)]
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
