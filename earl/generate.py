@@ -271,9 +271,13 @@ class _LeanDecoder(_Decoder):
 _lean_reported: set[str] = set()
 
 
+LEAN_AUTO_MAX_PARAMS = 1_000_000_000  # the lean forward copies the layer weights once per generation
+
+
 def _use_lean(backbone, device: torch.device, lean: bool | None) -> bool:
-    """`lean=None` (auto): the lean forward on a CPU when it reproduces the backbone, said once when not.
-    `lean=True` insists (an error names why it cannot), `lean=False` keeps the Hugging Face forward."""
+    """`lean=None` (auto): the lean forward on a CPU, for a backbone it reproduces and small enough that
+    a second copy of its weights is cheap; said once when it does not reproduce it. `lean=True`
+    insists (an error names why it cannot), `lean=False` keeps the Hugging Face forward."""
     if lean is False:
         return False
     why = unsupported_reason(backbone)
@@ -281,7 +285,7 @@ def _use_lean(backbone, device: torch.device, lean: bool | None) -> bool:
         raise EarlError(f"lean decoding asked for, but {why}")
     if lean:
         return True
-    if device.type != "cpu":
+    if device.type != "cpu" or sum(p.numel() for p in backbone.parameters()) > LEAN_AUTO_MAX_PARAMS:
         return False
     if why is not None and why not in _lean_reported:
         _lean_reported.add(why)

@@ -62,8 +62,9 @@ def unsupported_reason(backbone) -> str | None:
     if backbone.training and (getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0:
         return "attention dropout in training mode"
     rope = getattr(body, "rotary_emb", None)
-    if rope is None or getattr(rope, "rope_type", "default") == "dynamic":
-        return "no position-only rotary embedding (.model.rotary_emb)"
+    rope_type = str(getattr(rope, "rope_type", "default"))
+    if rope is None or "dynamic" in rope_type or rope_type == "longrope":  # these rescale with the length
+        return f"no position-only rotary embedding (.model.rotary_emb, type {rope_type!r})"
     for i, layer in enumerate(body.layers):
         for part in _LAYER_PARTS:
             mod = _get(layer, part)
@@ -95,7 +96,9 @@ class LeanLlama:
     """The backbone's weights (q|k|v and gate|up fused) and a KV cache for `rows` x `capacity` tokens.
 
     Build one per generation: the fused weights are copies of the parameters at construction time,
-    so a policy updated between rollouts is read afresh by the next generation.
+    so a policy updated between rollouts is read afresh by the next generation (and they cost as
+    much memory again as the layers; `earl.generate` picks this path by itself only for small
+    models). Forward hooks registered on the backbone's modules do not run here.
     """
 
     def __init__(self, backbone, rows: int, capacity: int):
