@@ -38,6 +38,9 @@ set -euo pipefail
 [ -f runs/rrm_gcpo_obs4_scan3_expected/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
     out_dir=runs/rrm_gcpo_obs4_scan3_expected init_from=runs/rrm_sft_obs4_scan3/model gcpo.score=expected \
     run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_obs4_scan3_expected_120/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_obs4_scan3_expected_120 init_from=runs/rrm_sft_obs4_scan3/model gcpo.score=expected \
+    run.steps=120 run.eval_every=40 run.save_every=40 --resume
 # where the expect models go wrong: expectation, observation, and whether the verdict follows them
 earl eval rrm recipes/shapes/rrm_sft_scan.yaml data.quote_scan=true data.expect=true \
     --model runs/rrm_sft_expect/model --out runs/rrm_eval/expect.json
@@ -68,9 +71,16 @@ earl eval rewardbench --samples 300 --rrm rrm_gcpo_obs4_scan3=runs/rrm_gcpo_obs4
     --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
     --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_paired_300
+# three times the GCPO (120 steps, τ = E[score]) against its cold start and the scalar model, 1200 pairs
+earl eval rewardbench --samples 300 --rrm rrm_gcpo_120=runs/rrm_gcpo_obs4_scan3_expected_120/model \
+    --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
+    --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
+    --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_gcpo120
 # closing the loop: editor GRPO with each reward, one seed (docs/RESULTS.md)
 earl study recipes/shapes/study_rewards_quick.yaml
 # the E[score]-GCPO model's E[score] against its written score as the editor's reward
 earl study recipes/shapes/study_rewards_expected.yaml
+# the 120-step GCPO model's E[points] and E[score] as the editor's reward
+earl study recipes/shapes/study_rewards_gcpo120.yaml
 # the scalar reward with Edit-R1's KL anchor (0.04) and ten times that (36 min)
 earl study recipes/shapes/study_rewards_kl.yaml
