@@ -193,13 +193,17 @@ def _edit_fn(args):
 
 
 def _cmd_eval_benchmark(args) -> None:
-    from earl.benchmarks import gedit, imgedit
+    from earl.benchmarks import gedit, imgedit, imgedit_uge
     from earl.benchmarks.runner import JudgeOptions, run_benchmark
 
     if args.what == "gedit":
         bench = gedit
         items = gedit.load_gedit(args.data, language=args.language)
         specs = gedit.judge_specs(gedit.load_prompts(args.prompts))
+    elif args.what == "imgedit-uge":
+        bench = imgedit_uge
+        items = imgedit_uge.load_uge(args.edits, args.images)
+        specs = imgedit_uge.judge_specs(imgedit_uge.load_prompt(args.prompt))
     else:
         bench = imgedit
         items = imgedit.load_imgedit(args.edits, args.images)
@@ -424,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     ei.add_argument("--prompts", required=True, help="the benchmark's prompts.json")
     _benchmark_args(ei)
     ei.set_defaults(func=_cmd_eval_benchmark)
+
+    eu = ev.add_parser("imgedit-uge", help="ImgEdit-Bench's UGE (Hard) suite: edit, judge, the official mean")
+    eu.add_argument("--edits", required=True, help="UGE_edit.json ({key: {id, prompt}})")
+    eu.add_argument("--images", required=True, help="root of the source images (each `id` is a path under it)")
+    eu.add_argument("--prompt", required=True, help="a text file holding the UGE judge prompt (the prompt string "
+                                                    "of the official Benchmark/UGE/UGE_bench.py)")
+    _benchmark_args(eu)
+    eu.set_defaults(func=_cmd_eval_benchmark)
 
     erm = ev.add_parser("rrm", help="re-run a reward-model recipe's held-out evaluation on a saved model")
     erm.add_argument("recipe", help="the recipe it was trained with, e.g. recipes/shapes/rrm_sft_scan.yaml")

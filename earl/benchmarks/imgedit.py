@@ -14,8 +14,8 @@ the means, never a guessed score; a missing output image is counted as missing.
 
 The benchmark is read from its published files: `basic_edit.json` ({key: {id, prompt, edit_type}})
 and the source images under a root directory where each `id` is a relative path
-(`Benchmark/singleturn` in the `sysuyy/ImgEdit` release). The UGE ("Hard") suite is not scored here:
-its judging prompt is not part of the files the runner reads.
+(`Benchmark/singleturn` in the `sysuyy/ImgEdit` release). The UGE ("Hard") suite is scored by
+`earl.benchmarks.imgedit_uge`, which shares the loader and the message.
 """
 
 from __future__ import annotations
@@ -38,30 +38,43 @@ _CRITERION = re.compile(r"^\s*([^:\n]+?):\s*A number from 1 to 5\.?\s*$", re.M)
 _NUM = r"(\d+(?:\.\d+)?)"
 
 
-def load_imgedit(edits_json: str | Path, images_root: str | Path) -> list[BenchItem]:
+def load_imgedit(edits_json: str | Path, images_root: str | Path, suite: str = "basic") -> list[BenchItem]:
+    """The suite's items: `basic_edit.json` ({key: {id, prompt, edit_type}}) or, with `suite="uge"`,
+    `UGE_edit.json` ({key: {id, prompt}}; every item in the one group "uge")."""
     edits_json, images_root = Path(edits_json), Path(images_root)
+    fields = ("id", "prompt", "edit_type") if suite == "basic" else ("id", "prompt")
+    if suite not in ("basic", "uge"):
+        raise DataError(f"ImgEdit suite {suite!r}: expected 'basic' or 'uge'")
     if not edits_json.is_file():
-        raise DataError(f"{edits_json}: ImgEdit edits file not found (expected basic_edit.json)")
+        raise DataError(f"{edits_json}: ImgEdit edits file not found (expected "
+                        f"{'basic_edit.json' if suite == 'basic' else 'UGE_edit.json'})")
     try:
         raw = json.loads(edits_json.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{edits_json}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
-        raise DataError(f"{edits_json}: expected an object {{key: {{id, prompt, edit_type}}}}")
+        raise DataError(f"{edits_json}: expected an object {{key: {{{', '.join(fields)}}}}}")
     items, absent = [], []
     for key, rec in raw.items():
-        if not isinstance(rec, dict) or not all(k in rec for k in ("id", "prompt", "edit_type")):
-            raise DataError(f"{edits_json}: entry {key!r} must have id, prompt and edit_type")
+        if not isinstance(rec, dict) or not all(k in rec for k in fields):
+            raise DataError(f"{edits_json}: entry {key!r} must have {', '.join(fields)}")
         path = images_root / rec["id"]
         if not path.is_file():
             absent.append(rec["id"])
-        items.append(BenchItem(key=str(key), group=rec["edit_type"], instruction=rec["prompt"],
+        items.append(BenchItem(key=str(key), group=rec.get("edit_type", "uge"), instruction=rec["prompt"],
                                source=lambda p=path: load_image(p, what=f"ImgEdit source {p}"),
                                meta={"id": rec["id"]}))
     if absent:
         raise DataError(f"{images_root}: {len(absent)} source image(s) not found, e.g. {absent[:3]} (expected the "
                         "benchmark's images under this root, each at its `id` path)")
     return items
+
+
+def edit_messages(prompt: str, item: BenchItem, edited: Image.Image) -> list[dict]:
+    """The official message: [judge prompt with the instruction, original image, edited image]."""
+    return [{"role": "user", "content": [{"type": "text", "text": prompt.replace("<edit_prompt>", item.instruction)},
+                                         {"type": "image", "image": item.source().convert("RGB")},
+                                         {"type": "image", "image": edited.convert("RGB")}]}]
 
 
 def load_prompts(prompts_json: str | Path) -> dict[str, str]:
@@ -101,10 +114,7 @@ def judge_specs(prompts: dict[str, str]) -> list[JudgeSpec]:
     def messages(item: BenchItem, edited: Image.Image) -> list[dict]:
         if item.group not in prompts:
             raise DataError(f"no ImgEdit judge prompt for edit type {item.group!r}")
-        text = prompts[item.group].replace("<edit_prompt>", item.instruction)
-        return [{"role": "user", "content": [{"type": "text", "text": text},
-                                             {"type": "image", "image": item.source().convert("RGB")},
-                                             {"type": "image", "image": edited.convert("RGB")}]}]
+        return edit_messages(prompts[item.group], item, edited)
 
     return [JudgeSpec("judge", messages, lambda item, text: parse_reply(text, criteria(prompts[item.group])))]
 

@@ -273,3 +273,66 @@ def test_cli_runs_an_earl_editor_through_imgedit(tmp_path, server, tiny_editor, 
     assert main(["eval", "imgedit", "--edits", str(tmp_path / "nope.json"), "--images", str(images), "--prompts",
                  str(SHARED / "imgedit/prompts.json"), "--out", str(tmp_path / "o2"), "--no-judge"]) == 2
     assert "nope.json: ImgEdit edits file not found" in capsys.readouterr().err
+
+
+# ---- ImgEdit-Bench UGE ------------------------------------------------------------------------
+# The official UGE prompt lives in the official script, so users save it to a file; the tests write
+# a prompt of their own in the same form (an <edit_prompt> placeholder, [text, original, edited]).
+UGE_PROMPT = "Judge this edit from 1 to 5 and end with a line 'Score: n'.\nInstruction: <edit_prompt>.\n"
+
+
+def write_uge(root: Path) -> tuple[Path, Path, Path]:
+    edits = {"1": {"id": "000001.jpg", "prompt": "Remove the lemon and add a cherry (one)."},
+             "2": {"id": "000002.jpg", "prompt": "Make the left door red (two)."},
+             "3": {"id": "000003.jpg", "prompt": "Swap the two cups (three)."},
+             "4": {"id": "000004.jpg", "prompt": "Turn the sign into a clock (four)."}}
+    (root / "images").mkdir(parents=True)
+    for rec in edits.values():
+        Image.new("RGB", (40, 30), (90, 90, 200)).save(root / "images" / rec["id"])
+    (root / "UGE_edit.json").write_text(json.dumps(edits))
+    (root / "uge_prompt.txt").write_text(UGE_PROMPT)
+    return root / "UGE_edit.json", root / "images", root / "uge_prompt.txt"
+
+
+def test_imgedit_uge_scores_like_the_official_script(tmp_path, server):
+    from earl.benchmarks import imgedit_uge
+
+    edits, images, prompt_file = write_uge(tmp_path / "uge")
+    items = imgedit_uge.load_uge(edits, images)
+    judge = ScriptedJudge({
+        "(one)": "Brief reasoning: clean removal, cherry added.\nScore: 4",
+        "(two)": "Brief reasoning: red: but a little\nAdherence: 5\nNaturalness: 4",  # 3 parts at ': ': not a score
+        "(three)": "Brief reasoning: the cups are swapped, 3/5 overall",  # no score line: a counted failure
+        "(four)": "Brief reasoning: no clock.\nScore: 7"})  # outside 1-5: earl's one deviation, a failure
+    out = tmp_path / "out"
+    res = run_benchmark(imgedit_uge, items, imgedit_uge.judge_specs(imgedit_uge.load_prompt(prompt_file)), out,
+                        edit=edit_by_word, backend=server(judge), opts=OPTS, progress=False)
+    req = next(r for r in judge.requests if "(one)" in text_of(r))
+    assert text_of(req) == UGE_PROMPT.replace("<edit_prompt>", "Remove the lemon and add a cherry (one).")
+    assert len(images_of(req)) == 2
+    # sample = round(mean of its score lines, 2); suite = round(mean of samples, 2)
+    assert [s["score"] for s in res["samples"]] == [4.0, 4.5, None, None]
+    assert res["overall"] == {"score": round((4.0 + 4.5) / 2, 2), "n": 4, "judged": 2, "failed": 2, "missing": 0}
+    assert "| 4.25 |" in (out / "results.md").read_text() and "failed 2" in (out / "results.md").read_text()
+    assert (out / "results.csv").read_text().splitlines()[1].startswith("UGE,4,2,2,0,4.25")
+
+
+def test_imgedit_uge_reads_the_published_edit_list_and_names_bad_inputs(tmp_path, capsys):
+    from earl.benchmarks import imgedit_uge
+    from earl.cli import main
+
+    published = json.loads((SHARED / "imgedit/uge_edit.json").read_text())
+    (tmp_path / "img").mkdir()
+    for rec in published.values():
+        Image.new("RGB", (8, 8)).save(tmp_path / "img" / rec["id"])
+    items = imgedit_uge.load_uge(SHARED / "imgedit/uge_edit.json", tmp_path / "img")
+    assert len(items) == 47 and {it.group for it in items} == {"uge"}
+    assert imgedit_uge.parse_reply("Score: 4.5") is None  # the official reader takes digits only
+    assert imgedit_uge.parse_reply("Score:4") is None and imgedit_uge.parse_reply("") is None
+    edits, images, prompt_file = write_uge(tmp_path / "uge")
+    prompt_file.write_text("Judge this edit.")
+    with pytest.raises(DataError, match="<edit_prompt> placeholder"):
+        imgedit_uge.load_prompt(prompt_file)
+    assert main(["eval", "imgedit-uge", "--edits", str(edits), "--images", str(images), "--prompt",
+                 str(tmp_path / "none.txt"), "--out", str(tmp_path / "o"), "--no-judge", "--no-generate"]) == 2
+    assert "none.txt: UGE judge prompt not found" in capsys.readouterr().err

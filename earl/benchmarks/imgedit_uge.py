@@ -1,0 +1,94 @@
+"""ImgEdit-Bench's UGE ("Hard") suite: 47 edits, one 1-5 judgement each, the suite's mean.
+
+Scoring follows the official scripts (PKU-YuanGroup/ImgEdit `Benchmark/UGE/`): one judge call per
+sample, [prompt with `<edit_prompt>` replaced by the instruction, original, edited]; every reply line
+of the form `Name: n` (split at ": " into exactly two parts, n all digits) is a score; a sample's
+score is the mean of its scores rounded to 2 decimals; the suite's score is the mean of the sample
+scores, rounded to 2 decimals.
+
+The judge prompt lives inside the official evaluation script, not in a data file, so the user saves
+it to a text file and gives its path (the benchmark's own text is never copied into earl). As for
+the Basic suite, a reply with no score line is a counted failure, not a skipped row; one deviation
+from the official script, said next to the numbers: a reply with a score outside 1-5 is a failure
+too (the official script would average it in).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from earl.benchmarks.imgedit import edit_messages, load_imgedit
+from earl.benchmarks.runner import BenchItem, JudgeSpec, image_path, load_judgements
+from earl.errors import DataError
+
+NAME = "ImgEdit-Bench UGE"
+
+
+def load_uge(edits_json: str | Path, images_root: str | Path) -> list[BenchItem]:
+    return load_imgedit(edits_json, images_root, suite="uge")
+
+
+def load_prompt(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: UGE judge prompt not found (save the prompt string of the official "
+                        "Benchmark/UGE/UGE_bench.py to this file)")
+    text = path.read_text(encoding="utf-8")
+    if "<edit_prompt>" not in text:
+        raise DataError(f"{path}: the UGE judge prompt needs the <edit_prompt> placeholder")
+    return text
+
+
+def parse_reply(text: str) -> list[float] | None:
+    """The reply's scores, as the official script reads them, or None (no score, or one outside 1-5)."""
+    if not isinstance(text, str):
+        return None
+    scores = []
+    for line in text.splitlines():
+        parts = line.strip().split(": ")
+        if len(parts) == 2 and parts[1].isdigit():
+            scores.append(float(parts[1]))
+    if not scores or not all(1 <= v <= 5 for v in scores):
+        return None
+    return scores
+
+
+def judge_specs(prompt: str) -> list[JudgeSpec]:
+    return [JudgeSpec("judge", lambda item, edited: edit_messages(prompt, item, edited),
+                      lambda item, text: parse_reply(text))]
+
+
+def score(items: list[BenchItem], out_dir: Path) -> dict:
+    stored = load_judgements(out_dir, ("judge",), items)
+    rows = []
+    for it in items:
+        j = stored[it.key]["judge"]
+        if not image_path(out_dir, it).is_file():
+            status, value = "missing", None
+        elif j is None:
+            status, value = "not judged", None
+        elif j["value"] is None:
+            status, value = "failed", None
+        else:
+            status, value = "ok", round(sum(j["value"]) / len(j["value"]), 2)
+        rows.append({"key": it.key, "status": status, "scores": j["value"] if j else None, "score": value})
+    ok = [r["score"] for r in rows if r["score"] is not None]
+    overall = {"score": round(sum(ok) / len(ok), 2) if ok else None, "n": len(rows), "judged": len(ok),
+               "failed": sum(r["status"] == "failed" for r in rows),
+               "missing": sum(r["status"] == "missing" for r in rows)}
+    return {"benchmark": NAME, "overall": overall, "samples": rows}
+
+
+def format_table(result: dict) -> str:
+    o = result["overall"]
+    value = "n/a" if o["score"] is None else f"{o['score']:.2f}"
+    return "\n".join([
+        f"{NAME} (1-5; replies without a score, or with one outside 1-5, are excluded and counted, never guessed)",
+        "", "| UGE |", "|---:|", f"| {value} |", "",
+        f"judged {o['judged']}/{o['n']}, failed {o['failed']}, missing images {o['missing']}"])
+
+
+def csv_rows(result: dict) -> tuple[list[str], list[list]]:
+    o = result["overall"]
+    return ["suite", "n", "judged", "failed", "missing", "score"], [["UGE", o["n"], o["judged"], o["failed"],
+                                                                    o["missing"], o["score"]]]
