@@ -119,7 +119,9 @@ def judge_specs(prompts: dict[str, str]) -> list[JudgeSpec]:
     return [JudgeSpec("judge", messages, lambda item, text: parse_reply(text, criteria(prompts[item.group])))]
 
 
-def score(items: list[BenchItem], out_dir: Path) -> dict:
+def sample_rows(items: list[BenchItem], out_dir: Path) -> list[dict]:
+    """Each item's status (ok, failed, missing image, not judged) and score: the mean of its judge's
+    scores rounded to 2 decimals, as the official scripts of both suites compute it."""
     stored = load_judgements(out_dir, ("judge",), items)
     rows = []
     for it in items:
@@ -131,9 +133,14 @@ def score(items: list[BenchItem], out_dir: Path) -> dict:
         elif j["value"] is None:
             status, value = "failed", None
         else:
-            status, value = "ok", round(sum(j["value"]) / 3, 2)
+            status, value = "ok", round(sum(j["value"]) / len(j["value"]), 2)
         rows.append({"key": it.key, "type": it.group, "status": status, "scores": j["value"] if j else None,
                      "score": value})
+    return rows
+
+
+def score(items: list[BenchItem], out_dir: Path) -> dict:
+    rows = sample_rows(items, out_dir)
     types = [t for t in TYPES if any(r["type"] == t for r in rows)]
     types += sorted({r["type"] for r in rows} - set(types))
     per_type = {}

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from earl.benchmarks.imgedit import edit_messages, load_imgedit
-from earl.benchmarks.runner import BenchItem, JudgeSpec, image_path, load_judgements
+from earl.benchmarks.imgedit import edit_messages, load_imgedit, sample_rows
+from earl.benchmarks.runner import BenchItem, JudgeSpec
 from earl.errors import DataError
 
 NAME = "ImgEdit-Bench UGE"
@@ -59,19 +59,7 @@ def judge_specs(prompt: str) -> list[JudgeSpec]:
 
 
 def score(items: list[BenchItem], out_dir: Path) -> dict:
-    stored = load_judgements(out_dir, ("judge",), items)
-    rows = []
-    for it in items:
-        j = stored[it.key]["judge"]
-        if not image_path(out_dir, it).is_file():
-            status, value = "missing", None
-        elif j is None:
-            status, value = "not judged", None
-        elif j["value"] is None:
-            status, value = "failed", None
-        else:
-            status, value = "ok", round(sum(j["value"]) / len(j["value"]), 2)
-        rows.append({"key": it.key, "status": status, "scores": j["value"] if j else None, "score": value})
+    rows = sample_rows(items, out_dir)
     ok = [r["score"] for r in rows if r["score"] is not None]
     overall = {"score": round(sum(ok) / len(ok), 2) if ok else None, "n": len(rows), "judged": len(ok),
                "failed": sum(r["status"] == "failed" for r in rows),
