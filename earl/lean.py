@@ -49,6 +49,8 @@ def unsupported_reason(backbone) -> str | None:
     forward = getattr(type(backbone), "forward", None)
     if not getattr(forward, "__module__", "").startswith("transformers.") or not hasattr(backbone, "config"):
         return f"{type(backbone).__name__} is not a transformers model with its own forward"
+    if any(hasattr(p, "ds_id") for p in backbone.parameters()):  # gathered by hooks this forward would skip
+        return "its parameters are partitioned by DeepSpeed ZeRO-3"
     cfg = backbone.config
     body = getattr(backbone, "model", None)
     if body is None or not hasattr(body, "layers") or not hasattr(body, "embed_tokens"):

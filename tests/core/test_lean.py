@@ -80,6 +80,9 @@ def test_backbones_it_cannot_reproduce_are_refused_and_generation_falls_back(tin
     assert "bias" in unsupported_reason(biased)
     assert "hidden_act" in unsupported_reason(_tiny_llama(hidden_act="gelu"))
     assert unsupported_reason(_tiny_llama()) is None
+    sharded = _tiny_llama()
+    sharded.model.layers[0].mlp.up_proj.weight.ds_id = 7  # what DeepSpeed ZeRO-3 marks a partitioned parameter with
+    assert "ZeRO-3" in unsupported_reason(sharded)
     with pytest.raises(EarlError, match="has a bias"):
         LeanLlama(biased, 1, 4)
     layout, codes = tiny_editor.layout, torch.zeros(1, 4, 4, dtype=torch.long)
