@@ -340,13 +340,16 @@ def _earlier_scorers(path: Path, samples: int, seed: int, n_pairs: int) -> dict:
 
 
 def _paired_lines(results: dict) -> list[str]:
-    """Each scorer minus each baseline on the same pairs (`paired_difference`). Every scorer has its
-    per-pair outcomes: a result from before they were kept is judged again, never reused."""
+    """Each scorer minus each baseline on the same pairs (`paired_difference`), for the baselines judged
+    so far. Every scorer has its per-pair outcomes: a result from before they were kept is judged
+    again, never reused."""
     from earl.rrm.pairs import paired_difference
 
     scorers = results["scorers"]
     rows = []
     for base in results.get("baselines", []):
+        if base not in scorers:  # not judged yet: the files a run writes after each scorer hold what it has
+            continue
         for name, r in scorers.items():
             if name != base:
                 d = paired_difference(r["hits"], scorers[base]["hits"])

@@ -318,6 +318,20 @@ def test_paired_difference_by_hand():
         paired_difference([1, 0], [1])
 
 
+def test_a_partial_table_leaves_out_baselines_not_judged_yet():
+    """rewardbench rewrites its files after every scorer; the scalar baseline is judged after the
+    reasoning models, so the tables written before it must not need it (a fresh run crashed here)."""
+    from earl.rrm.bench import format_table
+    from earl.rrm.pairs import Pair, pairwise_accuracy
+
+    pairs = [Pair(0, "add", {"score": 2.0}, {"score": 1.0}, 1.0), Pair(1, "add", {"score": 0.0}, {"score": 3.0}, -3.0)]
+    oracle = pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])
+    results = {"pairs": 2, "samples": 1, "seed": 0, "baselines": ["scalar"], "scorers": {"oracle": oracle}}
+    assert "Paired differences" not in format_table(results)
+    results["scorers"]["scalar"] = pairwise_accuracy(pairs, lambda ex: [1.0 - e["score"] for e in ex])
+    assert "| oracle - scalar |" in format_table(results)
+
+
 def test_point_breakdown_by_hand():
     """A yes-to-everything model that copies the question: passing points all right, failing ones all missed."""
     from earl.rrm.bench import point_breakdown
