@@ -72,6 +72,7 @@ earl eval rewardbench --samples 300 --rrm rrm_gcpo_obs4_scan3=runs/rrm_gcpo_obs4
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
     --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_paired_300
 # three times the GCPO (120 steps, τ = E[score]) against its cold start and the scalar model, 1200 pairs
+# (docs/REWARD_MODELS.md: it made the reward model worse)
 earl eval rewardbench --samples 300 --rrm rrm_gcpo_120=runs/rrm_gcpo_obs4_scan3_expected_120/model \
     --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
@@ -80,7 +81,5 @@ earl eval rewardbench --samples 300 --rrm rrm_gcpo_120=runs/rrm_gcpo_obs4_scan3_
 earl study recipes/shapes/study_rewards_quick.yaml
 # the E[score]-GCPO model's E[score] against its written score as the editor's reward
 earl study recipes/shapes/study_rewards_expected.yaml
-# the 120-step GCPO model's E[points] and E[score] as the editor's reward
-earl study recipes/shapes/study_rewards_gcpo120.yaml
 # the scalar reward with Edit-R1's KL anchor (0.04) and ten times that (36 min)
 earl study recipes/shapes/study_rewards_kl.yaml
