@@ -163,13 +163,19 @@ class _Decoder:
                             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]  # (R, V)
 
-    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        """Append (R, n) tokens; rows with active=False get masked padding and keep their positions."""
+    def _advance(self, ids: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keep (R,), positions (R, n)) for fed ids, moving `next_pos` on: an inactive row's tokens are
+        masked padding that keeps its position. Shared by every decoder's `feed`."""
         R, n = ids.shape
         keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
-        self.mask = torch.cat([self.mask, keep[:, None].expand(R, n)], dim=1)
         pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
         self.next_pos = self.next_pos + n * keep
+        return keep, pos
+
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Append (R, n) tokens; rows with active=False get masked padding and keep their positions."""
+        keep, pos = self._advance(ids, active)
+        self.mask = torch.cat([self.mask, keep[:, None].expand(ids.shape)], dim=1)
         self.logits = self._forward(ids, pos)
         return self.logits
 
@@ -233,11 +239,9 @@ class _StaticDecoder(_Decoder):
         return out.logits[:, -1].clone()  # a captured graph reuses its output buffer on the next replay
 
     def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        R, n = ids.shape
-        keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
+        n = ids.shape[1]
+        keep, pos = self._advance(ids, active)
         self.mask[:, self.length : self.length + n] = keep[:, None]
-        pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
-        self.next_pos = self.next_pos + n * keep
         self.logits = self._run(self.step if n == 1 else self.backbone, ids, pos)
         return self.logits
 
@@ -258,12 +262,9 @@ class _LeanDecoder(_Decoder):
         self.logits = self.net.forward(batch["input_ids"], batch["position_ids"], self.mask[:, :P])
 
     def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        R, n = ids.shape
-        t0 = self.net.length
-        keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
+        t0, n = self.net.length, ids.shape[1]
+        keep, pos = self._advance(ids, active)
         self.mask[:, t0 : t0 + n] = keep[:, None]
-        pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
-        self.next_pos = self.next_pos + n * keep
         self.logits = self.net.forward(ids, pos, self.mask[:, : t0 + n])
         return self.logits
 
@@ -305,10 +306,11 @@ def open_decoder(backbone, batch: dict[str, torch.Tensor], capacity: int, lean: 
 
 @torch.no_grad()
 def greedy_text(backbone, batch: dict[str, torch.Tensor], max_new_tokens: int, eos: int, pad: int,
-                lean: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                lean: bool | None = None, keep_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Greedy continuation of a left-padded batch, written as `generate(do_sample=False)` writes it:
-    (B, T) new ids, `pad` after a row's `eos`, T the steps until every row ended or the budget; and the
-    raw (B, T, V) logits each id was chosen from (what `output_logits=True` returns)."""
+    (B, T) new ids, `pad` after a row's `eos`, T the steps until every row ended or the budget; and,
+    with `keep_logits`, the raw (B, T, V) logits each id was chosen from (what `output_logits=True`
+    returns), else None."""
     dec = open_decoder(backbone, batch, max_new_tokens, lean)
     B = batch["input_ids"].shape[0]
     done = torch.zeros(B, dtype=torch.bool, device=batch["input_ids"].device)
@@ -317,12 +319,13 @@ def greedy_text(backbone, batch: dict[str, torch.Tensor], max_new_tokens: int, e
         step_logits = dec.logits.float()
         nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), step_logits.argmax(-1))
         ids.append(nxt)
-        logits.append(step_logits)
+        if keep_logits:
+            logits.append(step_logits)
         done = done | (nxt == eos)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         dec.feed(nxt[:, None])
-    return torch.stack(ids, dim=1), torch.stack(logits, dim=1)
+    return torch.stack(ids, dim=1), torch.stack(logits, dim=1) if keep_logits else None
 
 
 def decoding_capacity(layout: EditLayout, h: int, w: int, cfg: SamplingConfig, think: bool) -> int:

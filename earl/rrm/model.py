@@ -134,7 +134,8 @@ def generate_verdicts(editor, instructions: list[str], points: list[list[EvalPoi
                 zip(instructions[s : s + batch_size], points[s : s + batch_size],
                     source_codes[s : s + batch_size], edited_codes[s : s + batch_size])]
         batch = {k: v.to(editor.device) for k, v in layout.pad_prompts(seqs).items()}
-        new, step_logits = greedy_text(editor.backbone, batch, max_new_tokens, layout.ids.eos, layout.ids.pad)
+        new, step_logits = greedy_text(editor.backbone, batch, max_new_tokens, layout.ids.eos, layout.ids.pad,
+                                       keep_logits=bool(readouts))  # (B, T, V) only for the logit readouts
         texts += [normalise_decoded(t) for t in editor.text_tokenizer.batch_decode(new, skip_special_tokens=True)]
         if "expected_score" in values:
             values["expected_score"] += score_expectation(layout, new, step_logits)
