@@ -40,7 +40,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -262,6 +261,20 @@ class Decoder(nn.Module):
 #   lookup(codes (B,h,w)) -> zq (B,D,h,w)
 
 
+def _vqp(name: str):
+    """A class from `vector_quantize_pytorch`, imported when a quantiser is built.
+
+    Why not at module level: code that only reads token grids (the layout, the sampler, the GPU
+    benchmarks of an Emu3-shaped backbone) imports this package without building a tokenizer, and
+    a machine without vector-quantize-pytorch should still run it."""
+    try:
+        import vector_quantize_pytorch
+    except ImportError as e:
+        raise ImportError(f"building a VQ tokenizer needs the vector-quantize-pytorch package "
+                          f"(pip install vector-quantize-pytorch): {e}") from e
+    return getattr(vector_quantize_pytorch, name)
+
+
 class FSQQuantizer(nn.Module):
     """FSQ (Mentzer et al. 2023) from vector-quantize-pytorch, plus an optional learned vector per code.
 
@@ -275,7 +288,7 @@ class FSQQuantizer(nn.Module):
 
     def __init__(self, cfg: VQConfig):
         super().__init__()
-        self.q = FSQ(levels=list(cfg.fsq_levels), dim=cfg.latent_dim)
+        self.q = _vqp("FSQ")(levels=list(cfg.fsq_levels), dim=cfg.latent_dim)
         self.codebook_size = int(math.prod(cfg.fsq_levels))
         self.code_embedding = None
         if cfg.fsq_code_embedding:
@@ -310,7 +323,7 @@ class FSQQuantizer(nn.Module):
 class VQQuantizer(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
-        self.q = VectorQuantize(
+        self.q = _vqp("VectorQuantize")(
             dim=cfg.latent_dim,
             codebook_size=cfg.codebook_size,
             codebook_dim=cfg.vq_codebook_dim,
@@ -335,7 +348,7 @@ class VQQuantizer(nn.Module):
 class LFQQuantizer(nn.Module):
     def __init__(self, cfg: VQConfig):
         super().__init__()
-        self.q = LFQ(
+        self.q = _vqp("LFQ")(
             dim=cfg.latent_dim,
             codebook_size=cfg.codebook_size,
             entropy_loss_weight=cfg.lfq_entropy_weight,
