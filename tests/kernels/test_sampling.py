@@ -1,4 +1,7 @@
-"""The fused CFG + top-k + sampling kernel against earl's PyTorch sampling step (under TRITON_INTERPRET=1)."""
+"""The fused CFG + top-k + sampling kernel against earl's PyTorch sampling step.
+
+On a CPU under TRITON_INTERPRET=1; on a GPU (`recipes/gpu/checks.sh`) the kernel-level tests run compiled
+there, the reference staying on the CPU."""
 
 import pytest
 import torch
@@ -6,10 +9,12 @@ import torch
 from earl.generate import SamplingConfig, process_logits
 from earl.kernels.sampling import cfg_sample
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def reference_logp(logits, n, col0, col1, cfg: SamplingConfig):
     """log-probs of every code under the distribution earl's PyTorch path samples from."""
-    x = logits[:, col0:col1].double()
+    x = logits[:, col0:col1].cpu().double()
     if cfg.uses_cfg:
         x = x[n:2 * n] + cfg.guidance_scale * (x[:n] - x[n:2 * n])
     return torch.log_softmax(process_logits(x, cfg).double(), -1)
@@ -20,7 +25,7 @@ def make_logits(rows, vocab, dtype, seed, ties=False):
     x = torch.randn(rows, vocab, generator=g) * 3
     if ties:  # many equal values, so the k-th largest is shared
         x = (x * 2).round() / 2
-    return x.to(dtype)
+    return x.to(DEVICE, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -30,7 +35,7 @@ def test_greedy_picks_the_argmax_with_its_log_prob(dtype, K, top_k, scale):
     rows = 2 * n if scale != 1.0 else n
     logits = make_logits(rows, col0 + K + 7, dtype, seed=K + top_k)
     cfg = SamplingConfig(guidance_scale=scale, temperature=0.0, top_k=top_k)
-    tok, lp = cfg_sample(logits, n, col0, col0 + K, scale, 0.0, top_k, seed=1)
+    tok, lp = (t.cpu() for t in cfg_sample(logits, n, col0, col0 + K, scale, 0.0, top_k, seed=1))
     ref = reference_logp(logits, n, col0, col0 + K, cfg)
     assert torch.equal(tok, ref.argmax(-1))
     assert torch.allclose(lp.double(), ref.gather(1, tok[:, None]).squeeze(1), atol=1e-5, rtol=1e-5)
@@ -44,13 +49,13 @@ def test_sampled_codes_stay_in_the_top_k_and_carry_their_log_prob(ties):
     logits = make_logits(2 * n, K, torch.float32, seed=5, ties=ties)
     cfg = SamplingConfig(guidance_scale=2.0, temperature=0.7, top_k=k)
     ref = reference_logp(logits, n, 0, K, cfg)
-    tok, lp = cfg_sample(logits, n, 0, K, 2.0, 0.7, k, seed=123)
+    tok, lp = (t.cpu() for t in cfg_sample(logits, n, 0, K, 2.0, 0.7, k, seed=123))
     assert torch.isfinite(ref.gather(1, tok[:, None])).all()  # inside the kept set
     assert torch.allclose(lp.double(), ref.gather(1, tok[:, None]).squeeze(1), atol=1e-5)
     kept = torch.isfinite(ref).sum(-1)
     assert (kept >= k).all() and (kept > k).any() == ties
     tok2, _ = cfg_sample(logits, n, 0, K, 2.0, 0.7, k, seed=124)
-    assert not torch.equal(tok, tok2)
+    assert not torch.equal(tok, tok2.cpu())
 
 
 def test_draws_follow_the_processed_distribution():
@@ -59,10 +64,10 @@ def test_draws_follow_the_processed_distribution():
     without it each interpreted program is one pass, not 34.)"""
     n, K, k = 600, 6, 0
     cond, uncond = torch.randn(K, generator=torch.Generator().manual_seed(0)), torch.zeros(K)
-    logits = torch.cat([cond.expand(n, K), uncond.expand(n, K)])
+    logits = torch.cat([cond.expand(n, K), uncond.expand(n, K)]).to(DEVICE)
     cfg = SamplingConfig(guidance_scale=1.5, temperature=1.3, top_k=k)
     probs = reference_logp(logits[[0, n]], 1, 0, K, cfg).exp()[0]
-    tok, _ = cfg_sample(logits, n, 0, K, 1.5, 1.3, k, seed=7)
+    tok = cfg_sample(logits, n, 0, K, 1.5, 1.3, k, seed=7)[0].cpu()
     counts = torch.bincount(tok, minlength=K).double()
     assert counts[probs == 0].sum() == 0
     keep = probs > 0
@@ -78,7 +83,7 @@ def test_draws_follow_the_processed_distribution():
 
 
 def test_bad_shapes_are_refused_with_the_reason():
-    x = torch.zeros(4, 10)
+    x = torch.zeros(4, 10, device=DEVICE)
     with pytest.raises(ValueError, match="unconditional twins"):
         cfg_sample(x, 3, 0, 10, guidance_scale=2.0)
     with pytest.raises(ValueError, match="code range"):
