@@ -20,6 +20,7 @@ the full text vocabulary at the sampling temperature, no top-k/top-p.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from collections.abc import Callable
@@ -57,6 +58,9 @@ class GCPOSection:
     clip_low: float = 0.2
     clip_high: float = 0.2
     beta: float = 0.0  # k3 KL to the frozen start; Edit-R1 uses none
+    # traces per forward (and backward) in the update; the loss and its gradient are the same for any
+    # value, memory and time are not: 128 traces of ~600 tokens in one forward took 10x the time of 32
+    micro_batch: int = 32
     # τ of a trace: "written" (Edit-R1: the score it wrote); earl's extensions, read from the sampler's
     # logits: "expected" (the expectation of the integer after its `<score>`; fewer ties) or "points"
     # (10 x the mean P(yes) at its verdict words; the benchmark's E[points]). `earl.rrm.model.trace_score`
@@ -65,6 +69,8 @@ class GCPOSection:
     def __post_init__(self):
         if self.traces < 2 or self.temperature <= 0:
             raise ValueError("GCPO needs traces >= 2 and temperature > 0")
+        if self.micro_batch < 1:
+            raise ValueError(f"gcpo.micro_batch: {self.micro_batch} (expected traces per forward, >= 1)")
         from earl.rrm.model import TRACE_SCORES
 
         if self.score not in TRACE_SCORES:
@@ -83,8 +89,12 @@ class GCPORecipe:
 
 
 def _sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int, temperature: float) -> torch.Tensor:
-    """(N, T) log-probs of each sequence's tokens from `starts[i]` on (right-padded with 0), full vocabulary."""
+    """(N, T) log-probs of each sequence's tokens from `starts[i]` on (right-padded with 0), full vocabulary.
+
+    Rows are left-padded, so every completion ends at the last position: logits are computed for the
+    last T + 1 positions only (`logits_to_keep`), not for the prompts, which are most of each row."""
     L = max(len(s) for s in seqs)
+    T = max(len(s) - st for s, st in zip(seqs, starts))
     ids = torch.full((len(seqs), L), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -92,12 +102,13 @@ def _sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int
         mask[i, L - len(s):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)).logits
+    keep = min(L, T + 1)  # logits at positions L - keep .. L - 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                   logits_to_keep=keep).logits
     logp = torch.log_softmax(logits.float() / temperature, -1)
-    T = max(len(s) - st for s, st in zip(seqs, starts))
     out = torch.zeros((len(seqs), T), device=device)
     for i, (s, st) in enumerate(zip(seqs, starts)):
-        off = L - len(s)
+        off = L - len(s) - (L - keep)  # row i's left padding, in the kept window's coordinates
         tgt = torch.tensor(s[st:], device=device)
         rows = torch.arange(off + st - 1, off + len(s) - 1, device=device)
         out[i, : len(tgt)] = logp[i, rows].gather(-1, tgt[:, None])[:, 0]
@@ -156,13 +167,19 @@ def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature:
 def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]],
               parse: Callable[..., float | None], g: GCPOSection, eos: int, pad: int,
               generator: torch.Generator | None = None, sampler=None,
-              watch: list[int] | None = None) -> tuple[torch.Tensor | None, dict]:
+              watch: list[int] | None = None, backward: Callable | None = None) -> tuple[torch.Tensor | None, dict]:
     """Sample, score, and build the GCPO loss for P pairs; returns (loss or None without signal, stats).
 
     `parse(completion_ids, pair_index) -> score or None`; with `watch` (token ids),
     `parse(completion_ids, pair_index, watched_logits)`, the logits of those tokens at each sampled
     step (`sample_traces_watching`). `model` computes the differentiable log-probs (the
     accelerate-wrapped module in training); `sampler` (default `model`) samples.
+
+    The update runs `g.micro_batch` traces at a time. With `backward(loss, last)` each micro-batch's
+    share of the loss is back-propagated at once and freed (`last` marks the final share, where a
+    data-parallel backward synchronises), and the loss comes back detached; without it the shares are summed into one differentiable loss for the caller. Either
+    way the loss is the one over all traces: a trace's term is its token mean, and the loss the mean
+    over traces with any loss token, so each share is its traces' terms over the total count.
     """
     P, N = len(prompts_w), g.traces
     sampler = sampler if sampler is not None else model
@@ -187,20 +204,35 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
     prompts = [p for p in prompts_w + prompts_l for _ in range(N)]
     seqs = [p + c for p, c in zip(prompts, comps)]
     starts = [len(p) for p in prompts]
-    model.eval()
-    with torch.no_grad():
-        old = _sequence_logprobs(model, seqs, starts, pad, g.temperature)
-        ref_lp = _sequence_logprobs(ref, seqs, starts, pad, g.temperature) if ref is not None else None
-    model.train()
-    logp = _sequence_logprobs(model, seqs, starts, pad, g.temperature)
-    mask = torch.zeros_like(logp, dtype=torch.bool)
-    for i, c in enumerate(comps):
-        mask[i, : len(c)] = True
-    rows_ok = torch.cat([valid[0].flatten(), valid[1].flatten()]).to(mask.device)  # unparseable traces: no loss
-    loss, lstats = policy_loss(logp, old, adv.to(logp.device), mask & rows_ok[:, None],
-                               g.clip_low, g.clip_high, ref_lp, g.beta, "grpo")
-    stats.update({f"update/{k}": v for k, v in lstats.items()})
-    return loss, stats
+    rows_ok = torch.cat([valid[0].flatten(), valid[1].flatten()])  # unparseable traces: no loss
+    counted = [bool(ok) and len(c) > 0 for ok, c in zip(rows_ok, comps)]  # traces with a loss token
+    total, parts, tokens = None, {}, 0
+    chunks = [slice(lo, lo + g.micro_batch) for lo in range(0, len(seqs), g.micro_batch)]
+    chunks = [sl for sl in chunks if any(counted[sl])]
+    for j, sl in enumerate(chunks):
+        model.eval()
+        with torch.no_grad():
+            old = _sequence_logprobs(model, seqs[sl], starts[sl], pad, g.temperature)
+            ref_lp = _sequence_logprobs(ref, seqs[sl], starts[sl], pad, g.temperature) if ref is not None else None
+        model.train()
+        logp = _sequence_logprobs(model, seqs[sl], starts[sl], pad, g.temperature)
+        mask = torch.zeros_like(logp, dtype=torch.bool)
+        for i, c in enumerate(comps[sl]):
+            mask[i, : len(c)] = True
+        mask &= rows_ok[sl].to(mask.device)[:, None]
+        loss, lstats = policy_loss(logp, old, adv[sl].to(logp.device), mask, g.clip_low, g.clip_high, ref_lp,
+                                   g.beta, "grpo")
+        share = loss * (sum(counted[sl]) / sum(counted))  # this chunk's traces' terms over the total count
+        n_tok = int(mask.sum())
+        for k, v in lstats.items():  # token-weighted means, as over the whole batch
+            parts[k] = parts.get(k, 0.0) + v * n_tok
+        tokens += n_tok
+        if backward is not None:
+            backward(share, j == len(chunks) - 1)
+            share = share.detach()
+        total = share if total is None else total + share
+    stats.update({f"update/{k}": v / max(tokens, 1) for k, v in parts.items()})
+    return total, stats
 
 
 def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True) -> dict:
@@ -217,6 +249,11 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
     out = Path(cfg.out_dir)
     if not Path(cfg.init_from).is_dir():
         raise ConfigError(f"init_from: {cfg.init_from} not found (expected a model from `earl train rrm-sft`)")
+    rows = 2 * cfg.gcpo.pairs_per_step * cfg.gcpo.traces
+    if cfg.run.deepspeed and cfg.gcpo.micro_batch < rows:
+        # DeepSpeed's engine reduces gradients at every backward of a step it counts as a boundary
+        raise ConfigError(f"gcpo.micro_batch: {cfg.gcpo.micro_batch} splits a step's {rows} traces, which a "
+                          f"DeepSpeed run cannot accumulate; set it to {rows} or more with run.deepspeed")
     accelerator = make_accelerator(cfg.run, out)
     set_seed(cfg.run.seed)
     editor = UnifiedEditor.from_pretrained(cfg.init_from)
@@ -247,6 +284,11 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
     def prompt(e):
         return judge_prompt(layout, e["instruction"], e["points"], e["source_codes"], e["codes"])
 
+    def backward(loss, last: bool):
+        """Gradients add up over the step's micro-batches; DDP all-reduces once, after the last."""
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            accelerator.backward(loss)
+
     bar = tqdm(total=cfg.run.steps, initial=step, desc="gcpo", disable=not progress)
     t0, metrics = time.time(), {}
     while step < cfg.run.steps:
@@ -260,9 +302,9 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         gen = torch.Generator(device=editor.device).manual_seed(cfg.run.seed * 104729 + step)
         loss, stats = gcpo_step(model, ref, [prompt(p.preferred) for p in batch],
                                 [prompt(p.rejected) for p in batch], parse, cfg.gcpo, layout.ids.eos,
-                                layout.ids.pad, gen, sampler=accelerator.unwrap_model(model), watch=watch)
-        if loss is not None:
-            accelerator.backward(loss)
+                                layout.ids.pad, gen, sampler=accelerator.unwrap_model(model), watch=watch,
+                                backward=backward)
+        if loss is not None:  # already back-propagated, micro-batch by micro-batch
             if cfg.optim.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()

@@ -201,3 +201,58 @@ def test_scalar_model_can_start_from_an_editor(tmp_path, tiny_editor):
     m = ScalarRewardModel.load(tmp_path / "rm/model")
     assert "judge" in m.editor.text_tokenizer.get_vocab() and m.editor.config.image_size == 32
     assert m.editor.backbone.config.hidden_size == tiny_editor.backbone.config.hidden_size
+
+
+def test_sequence_logprobs_are_each_completion_token_s_under_a_plain_forward():
+    """Left-padded rows of different prompt and completion lengths, logits for the last T + 1
+    positions only: each completion token's log-prob is the one an unpadded forward of its row gives."""
+    from earl.train.gcpo import _sequence_logprobs
+
+    model = tiny_lm().eval()
+    seqs = [[BOS, A, D0 + 3, D0 + 1], [BOS, B, A, B, D0 + 7], [BOS, A, B, D0, D0 + 2, EOS]]
+    starts = [2, 4, 3]
+    with torch.no_grad():
+        got = _sequence_logprobs(model, seqs, starts, PAD, temperature=0.7)
+        assert got.shape == (3, 3)
+        for i, (s, st) in enumerate(zip(seqs, starts)):
+            logp = torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0] / 0.7, -1)
+            want = torch.stack([logp[t - 1, s[t]] for t in range(st, len(s))])
+            torch.testing.assert_close(got[i, : len(s) - st], want, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got[i, len(s) - st:], torch.zeros(3 - (len(s) - st)))
+
+
+def test_the_update_in_micro_batches_is_the_update_in_one_piece():
+    """Same samples (same seed), the loss back-propagated in uneven micro-batches of 3 traces or as one
+    differentiable loss over all 16: the same loss, gradients and update statistics, with a KL term
+    and with some traces that do not parse (no loss) and some that stop early."""
+    def run(micro_batch, chunked):
+        model, ref = tiny_lm(), tiny_lm().requires_grad_(False)
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        g = GCPOSection(traces=4, max_new_tokens=3, beta=0.3, micro_batch=micro_batch)
+        calls = []
+
+        def backward(loss, last):
+            calls.append(last)
+            loss.backward()
+
+        loss, stats = gcpo_step(model, ref, [[BOS, A], [BOS, B, A]], [[BOS, B], [BOS, A, B]], parse, g, EOS, PAD,
+                                torch.Generator().manual_seed(4), backward=backward if chunked else None)
+        if not chunked:
+            loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return float(loss.detach()), stats, grads, calls
+
+    whole, stats_w, grads_w, calls_w = run(16, chunked=False)
+    parts, stats_p, grads_p, calls_p = run(3, chunked=True)
+    assert 0 < stats_w["gcpo/valid"] < 1 and calls_w == [] and calls_p[-1] and not any(calls_p[:-1])
+    assert len(calls_p) >= 4  # 16 traces in 6 micro-batches, less any without a parseable trace
+    assert abs(whole - parts) < 1e-6
+    torch.testing.assert_close(grads_p, grads_w, rtol=1e-5, atol=1e-7)
+    assert stats_p.keys() == stats_w.keys() and all(abs(stats_p[k] - stats_w[k]) < 1e-6 for k in stats_w)
+
+
+def test_micro_batch_is_validated():
+    with pytest.raises(ValueError, match="micro_batch"):
+        GCPOSection(micro_batch=0)
