@@ -253,6 +253,18 @@ def test_the_update_in_micro_batches_is_the_update_in_one_piece():
     assert stats_p.keys() == stats_w.keys() and all(abs(stats_p[k] - stats_w[k]) < 1e-6 for k in stats_w)
 
 
-def test_micro_batch_is_validated():
+def test_micro_batch_is_validated(tmp_path):
+    from earl.config import load_config
+    from earl.errors import ConfigError
+    from earl.train.gcpo import GCPORecipe, train_rrm_gcpo
+
     with pytest.raises(ValueError, match="micro_batch"):
         GCPOSection(micro_batch=0)
+    (tmp_path / "rrm").mkdir()
+    root = Path(__file__).resolve().parents[2]
+    over = {"out_dir": tmp_path / "run", "init_from": tmp_path / "rrm", "gcpo.micro_batch": 8,
+            "run.deepspeed": root / "recipes/deepspeed/zero2.json"}
+    cfg = load_config(GCPORecipe, root / "recipes/shapes/rrm_gcpo.yaml", [f"{k}={v}" for k, v in over.items()])
+    with pytest.raises(ConfigError, match="micro_batch: 8 splits a step's 32 traces"):
+        train_rrm_gcpo(cfg, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
