@@ -77,8 +77,9 @@ earl eval rewardbench --samples 300 --rrm rrm_gcpo_120=runs/rrm_gcpo_obs4_scan3_
     --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
     --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_gcpo120
-# GCPO with a KL anchor to the cold start (gcpo.beta=0.4): the same 120 steps, then 16 pairs a step at twice
-# the lr for 40 steps (27 and 38 min); both against the runs above on the same 1200 pairs (5 min a model)
+# GCPO with a KL anchor to the cold start (gcpo.beta=0.4): the same 120 steps, 16 pairs a step at twice the lr
+# for 40 steps, and 120 steps with tau = E[points] (27, 25 and 19 min); against the runs above on the same
+# 1200 pairs (5 min a model)
 [ -f runs/rrm_gcpo_obs4_scan3_expected_120_kl04/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
     out_dir=runs/rrm_gcpo_obs4_scan3_expected_120_kl04 init_from=runs/rrm_sft_obs4_scan3/model gcpo.score=expected \
     gcpo.beta=0.4 run.steps=120 run.eval_every=40 run.save_every=40 --resume
@@ -86,9 +87,13 @@ earl eval rewardbench --samples 300 --rrm rrm_gcpo_120=runs/rrm_gcpo_obs4_scan3_
     out_dir=runs/rrm_gcpo_obs4_scan3_expected_b16_kl04 init_from=runs/rrm_sft_obs4_scan3/model gcpo.score=expected \
     gcpo.beta=0.4 gcpo.pairs_per_step=16 optim.lr=2e-5 optim.min_lr=2e-5 run.steps=40 run.eval_every=40 \
     run.save_every=20 --resume
+[ -f runs/rrm_gcpo_obs4_scan3_points_120_kl04/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_obs4_scan3_points_120_kl04 init_from=runs/rrm_sft_obs4_scan3/model gcpo.score=points \
+    gcpo.beta=0.4 run.steps=120 run.eval_every=120 run.save_every=40 --resume
 earl eval rewardbench --samples 300 --rrm rrm_gcpo_120=runs/rrm_gcpo_obs4_scan3_expected_120/model \
     --rrm rrm_gcpo_120_kl04=runs/rrm_gcpo_obs4_scan3_expected_120_kl04/model \
     --rrm rrm_gcpo_b16_kl04=runs/rrm_gcpo_obs4_scan3_expected_b16_kl04/model \
+    --rrm rrm_gcpo_points_kl04=runs/rrm_gcpo_obs4_scan3_points_120_kl04/model \
     --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
     --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_kl
