@@ -177,9 +177,10 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
 
     The update runs `g.micro_batch` traces at a time. With `backward(loss, last)` each micro-batch's
     share of the loss is back-propagated at once and freed (`last` marks the final share, where a
-    data-parallel backward synchronises), and the loss comes back detached; without it the shares are summed into one differentiable loss for the caller. Either
-    way the loss is the one over all traces: a trace's term is its token mean, and the loss the mean
-    over traces with any loss token, so each share is its traces' terms over the total count.
+    data-parallel backward synchronises), and the loss comes back detached; without it the shares
+    are summed into one differentiable loss for the caller. Either way the loss is the one over all
+    traces: a trace's term is its token mean, and the loss the mean over traces with any loss token,
+    so each share is its traces' terms over the total count.
     """
     P, N = len(prompts_w), g.traces
     sampler = sampler if sampler is not None else model
@@ -205,10 +206,11 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
     seqs = [p + c for p, c in zip(prompts, comps)]
     starts = [len(p) for p in prompts]
     rows_ok = torch.cat([valid[0].flatten(), valid[1].flatten()])  # unparseable traces: no loss
-    counted = [bool(ok) and len(c) > 0 for ok, c in zip(rows_ok, comps)]  # traces with a loss token
+    loss_tokens = torch.tensor([len(c) for c in comps]) * rows_ok  # (2PN,) tokens each trace carries loss on
+    n_counted = int((loss_tokens > 0).sum())  # the traces the "grpo" mean is over
     total, parts, tokens = None, {}, 0
     chunks = [slice(lo, lo + g.micro_batch) for lo in range(0, len(seqs), g.micro_batch)]
-    chunks = [sl for sl in chunks if any(counted[sl])]
+    chunks = [sl for sl in chunks if bool((loss_tokens[sl] > 0).any())]
     for j, sl in enumerate(chunks):
         model.eval()
         with torch.no_grad():
@@ -216,13 +218,11 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
             ref_lp = _sequence_logprobs(ref, seqs[sl], starts[sl], pad, g.temperature) if ref is not None else None
         model.train()
         logp = _sequence_logprobs(model, seqs[sl], starts[sl], pad, g.temperature)
-        mask = torch.zeros_like(logp, dtype=torch.bool)
-        for i, c in enumerate(comps[sl]):
-            mask[i, : len(c)] = True
-        mask &= rows_ok[sl].to(mask.device)[:, None]
+        mask = torch.arange(logp.shape[1], device=logp.device)[None] < loss_tokens[sl, None].to(logp.device)
         loss, lstats = policy_loss(logp, old, adv[sl].to(logp.device), mask, g.clip_low, g.clip_high, ref_lp,
                                    g.beta, "grpo")
-        share = loss * (sum(counted[sl]) / sum(counted))  # this chunk's traces' terms over the total count
+        # this chunk's traces' terms over the total count
+        share = loss * (int((loss_tokens[sl] > 0).sum()) / n_counted)
         n_tok = int(mask.sum())
         for k, v in lstats.items():  # token-weighted means, as over the whole batch
             parts[k] = parts.get(k, 0.0) + v * n_tok
