@@ -7,7 +7,8 @@
 # GCPO from the plain one, the scan one, the weighted expect one and the observation-weighted one (twice:
 # each trace scored by the score it wrote, and by its E[score]), the scalar Bradley-Terry baseline from
 # the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and a
-# per-principle-type breakdown of the verdicts. About 9 h on 2 CPU cores. Every step resumes or is
+# per-principle-type breakdown of the verdicts; last, the observation-weighted cold start trained three
+# times as long (the best measured) and GCPO from it. About 11 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. The Avg@4 command adds self-consistency for two models; the last
 # two run editor GRPO with each reward from the bundled editor, judged by the oracle
 # (57 and 50 min; recipes/shapes/study_rewards.yaml is the 3-seed form of the first).
@@ -97,8 +98,29 @@ earl eval rewardbench --samples 300 --rrm rrm_gcpo_120=runs/rrm_gcpo_obs4_scan3_
     --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
     --baseline "rrm_sft_obs4_scan3 E[score]" --baseline "rrm_sft_obs4_scan3 E[points]" --out runs/rewardbench_kl
+# the same cold start trained three times longer on three times the samples (recipes/shapes/rrm_sft_long.yaml:
+# 6000 samples, ~47k judge examples, 2700 steps; 68 min), the paper's GCPO (40 steps, written tau), tau = E[score]
+# and tau = E[points] with the KL anchor from it (6, 6 and ~20 min), against the runs above on the same 1200 pairs
+[ -f runs/rrm_sft_obs4_scan3_long/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_long.yaml --resume
+[ -f runs/rrm_gcpo_long/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_long init_from=runs/rrm_sft_obs4_scan3_long/model \
+    run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_long_expected/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_long_expected init_from=runs/rrm_sft_obs4_scan3_long/model gcpo.score=expected \
+    run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_long_points_kl04/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_long_points_kl04 init_from=runs/rrm_sft_obs4_scan3_long/model gcpo.score=points \
+    gcpo.beta=0.4 run.steps=120 run.eval_every=120 run.save_every=40 --resume
+earl eval rewardbench --samples 300 --rrm rrm_sft_long=runs/rrm_sft_obs4_scan3_long/model \
+    --rrm rrm_gcpo_long=runs/rrm_gcpo_long/model --rrm rrm_gcpo_long_expected=runs/rrm_gcpo_long_expected/model \
+    --rrm rrm_gcpo_long_points_kl04=runs/rrm_gcpo_long_points_kl04/model --rrm rrm_sft_obs4_scan3=runs/rrm_sft_obs4_scan3/model \
+    --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
+    --baseline "rrm_sft_long E[points]" --baseline "rrm_sft_long E[score]" --baseline "rrm_sft_long" \
+    --out runs/rewardbench_long
 # closing the loop: editor GRPO with each reward, one seed (docs/RESULTS.md)
 earl study recipes/shapes/study_rewards_quick.yaml
+# the longer cold start's E[points] as the editor's reward, beside the oracle's
+earl study recipes/shapes/study_rewards_long.yaml
 # the E[score]-GCPO model's E[score] against its written score as the editor's reward
 earl study recipes/shapes/study_rewards_expected.yaml
 # the scalar reward with Edit-R1's KL anchor (0.04) and ten times that (36 min)
