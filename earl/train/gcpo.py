@@ -207,10 +207,11 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
     starts = [len(p) for p in prompts]
     rows_ok = torch.cat([valid[0].flatten(), valid[1].flatten()])  # unparseable traces: no loss
     loss_tokens = torch.tensor([len(c) for c in comps]) * rows_ok  # (2PN,) tokens each trace carries loss on
-    n_counted = int((loss_tokens > 0).sum())  # the traces the "grpo" mean is over
+    counted = loss_tokens > 0  # the traces the "grpo" mean is over
+    n_counted = int(counted.sum())
     total, parts, tokens = None, {}, 0
     chunks = [slice(lo, lo + g.micro_batch) for lo in range(0, len(seqs), g.micro_batch)]
-    chunks = [sl for sl in chunks if bool((loss_tokens[sl] > 0).any())]
+    chunks = [sl for sl in chunks if bool(counted[sl].any())]
     for j, sl in enumerate(chunks):
         model.eval()
         with torch.no_grad():
@@ -222,7 +223,7 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
         loss, lstats = policy_loss(logp, old, adv[sl].to(logp.device), mask, g.clip_low, g.clip_high, ref_lp,
                                    g.beta, "grpo")
         # this chunk's traces' terms over the total count
-        share = loss * (int((loss_tokens[sl] > 0).sum()) / n_counted)
+        share = loss * (int(counted[sl].sum()) / n_counted)
         n_tok = int(mask.sum())
         for k, v in lstats.items():  # token-weighted means, as over the whole batch
             parts[k] = parts.get(k, 0.0) + v * n_tok
