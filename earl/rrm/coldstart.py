@@ -229,33 +229,58 @@ def judge_parsed(points: list[EvalPoint], source: Scene, target: Scene, parsed) 
     their reasons, and the score."""
     passed = [verify_point(p, source, target, parsed) for p in points]
     reasons = [_reason(p, parsed.scene, parsed, ok) for p, ok in zip(points, passed)]
-    score = 10.0 * sum(passed) / len(passed) - UNMENTIONED_PENALTY * _unmentioned_changes(points, source, target,
-                                                                                           parsed.scene)
-    if parsed.scene == source and source != target:
+    return passed, reasons, score_rule(passed, points, source, target, parsed.scene)
+
+
+def score_rule(passed: list[bool], points: list[EvalPoint], source: Scene, target: Scene, found: Scene) -> float:
+    """A trace's final number from its verdicts: 10 x the share passed, minus `UNMENTIONED_PENALTY` for
+    each change no point names, 0 when the output is the source, clipped to [0, 10]."""
+    score = 10.0 * sum(passed) / len(passed) - UNMENTIONED_PENALTY * _unmentioned_changes(points, source, target, found)
+    if found == source and source != target:
         score = 0.0  # nothing was done
-    return passed, reasons, round(min(10.0, max(0.0, score)), 1)
+    return round(min(10.0, max(0.0, score)), 1)
+
+
+def lenient_verdicts(passed: list[bool], miss: float, rng: random.Random) -> list[bool]:
+    """The verdicts of a lenient verifier that passes each failing point with probability `miss`
+    (passing points stay passed).
+
+    Edit-R1's cold-start traces are verified by a VLM, which makes mistakes of its own (a common one
+    is approving what it is asked about); its preference pairs come from people. On ShapesEdit the oracle is
+    exact, so a cold start taught by it leaves GCPO nothing to correct (docs/REWARD_MODELS.md). With
+    `miss` > 0 (`data.verifier_miss`) the cold start learns from such a fallible verifier while the
+    pairs keep the oracle's truth, the two sources with different errors that the paper has."""
+    if not 0.0 <= miss <= 1.0:
+        raise ValueError(f"verifier miss rate must be in [0, 1], got {miss}")
+    return [ok or rng.random() < miss for ok in passed]
 
 
 def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image,
                  reason_first: bool = True, scan: bool = False,
                  quote_scan: bool = False, expect: bool = False) -> tuple[str, list[bool], float]:
-    """The oracle's trace on a candidate image, its verdicts and score; `scan` opens it with `scene_scan`,
-    `quote_scan` writes the reasons in the scan's words (`scan_form`), and `expect` follows each
-    with what its point expects (`expectation`)."""
+    """The oracle's trace on a candidate image, its verdicts and score (`write_trace`)."""
     from earl.shapes.oracle import parse_scene
 
+    parsed = parse_scene(image, image_size=target.image_size, grid=target.grid)
+    passed, reasons, score = judge_parsed(points, source, target, parsed)
+    return write_trace(points, parsed.scene, passed, reasons, score, reason_first, scan, quote_scan, expect), passed, score
+
+
+def write_trace(points: list[EvalPoint], found: Scene, passed: list[bool], reasons: list[str], score: float,
+                reason_first: bool = True, scan: bool = False, quote_scan: bool = False, expect: bool = False) -> str:
+    """A judge trace from verdicts and the oracle's reasons on the scene it found: `scan` opens it with
+    `scene_scan`, `quote_scan` writes the reasons in the scan's words (`scan_form`), and `expect`
+    follows each with what its point expects (`expectation`)."""
     if quote_scan and not scan:
         raise ValueError("quote_scan needs scan: the reasons quote the scan's entries")
     if expect and not quote_scan:
         raise ValueError("expect needs quote_scan: the expectation is written in the scan's words")
-    parsed = parse_scene(image, image_size=target.image_size, grid=target.grid)
-    passed, reasons, score = judge_parsed(points, source, target, parsed)
     if quote_scan:
         reasons = [scan_form(r) for r in reasons]
     if expect:
         reasons = [r if (e := expectation(p)) is None else f"{r}{EXPECT_SEPARATOR}{e}" for p, r in zip(points, reasons)]
-    preface = scene_scan(parsed.scene) if scan else None
-    return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface), passed, score
+    preface = scene_scan(found) if scan else None
+    return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface)
 
 
 def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
@@ -266,7 +291,7 @@ def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
 
 
 def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = True, scan: bool = False,
-                  quote_scan: bool = False, expect: bool = False) -> list[dict]:
+                  quote_scan: bool = False, expect: bool = False, verifier_miss: float = 0.0) -> list[dict]:
     """One judge example per candidate of each sample: principles, the source's and the candidate's codes,
     the oracle trace written on the candidate *as the tokenizer reconstructs it*, its verdicts and score.
 
@@ -275,11 +300,15 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
     each point's reason before its verdict unless `reason_first` is False (`earl.rrm.trace`), and
     open with the oracle's cell-by-cell description of the candidate when `scan` is True, with reasons
     in the scan's words when `quote_scan` is True, each followed by its point's expectation when
-    `expect` is True.
+    `expect` is True. With `verifier_miss` > 0 the verdicts and scores are a lenient verifier's
+    (`lenient_verdicts`), drawn from their own generator so that the samples and candidates are
+    those of the same seed without it; each example's `true_passed` keeps the oracle's verdicts.
     """
+    from earl.shapes.oracle import parse_scene
     from earl.shapes.render import render
 
     rng = random.Random(seed)
+    misses = random.Random(f"verifier-miss-{seed}")
     out = []
     for k, s in enumerate(samples):
         points = shapes_points(s.source_scene, s.target_scene, seed=seed * 100_003 + k)
@@ -287,16 +316,23 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
         codes = encode([render(s.source_scene)] + [c.image for c in cands])
         seen = decode(codes[1:])
         for cand, c, image in zip(cands, codes[1:], seen):
-            trace, passed, score = oracle_trace(points, s.source_scene, s.target_scene, image, reason_first,
-                                                 scan, quote_scan, expect)
+            parsed = parse_scene(image, image_size=s.target_scene.image_size, grid=s.target_scene.grid)
+            truth, reasons, score = judge_parsed(points, s.source_scene, s.target_scene, parsed)
+            passed = truth
+            if verifier_miss:  # the reasons still say what the oracle saw: seen right, judged wrong
+                passed = lenient_verdicts(truth, verifier_miss, misses)
+                score = score_rule(passed, points, s.source_scene, s.target_scene, parsed.scene)
+            trace = write_trace(points, parsed.scene, passed, reasons, score, reason_first, scan, quote_scan, expect)
             out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
-                        "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score})
+                        "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score,
+                        **({"true_passed": truth} if verifier_miss else {})})
     return out
 
 
 def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
                   splits=("simple", "complex"), reason_first: bool = True,
-                  scan: bool = False, quote_scan: bool = False, expect: bool = False) -> tuple[list, list[dict]]:
+                  scan: bool = False, quote_scan: bool = False, expect: bool = False,
+                  verifier_miss: float = 0.0) -> tuple[list, list[dict]]:
     """`n` ShapesEdit samples drawn with `seed` (split chosen uniformly per sample) and their judge
     examples through `image_tokenizer`; returns (samples, examples)."""
     import torch
@@ -316,4 +352,4 @@ def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
         return tensor_to_pil(image_tokenizer.decode(codes))
 
     return samples, make_examples(samples, encode, decode, seed=seed, reason_first=reason_first, scan=scan,
-                                    quote_scan=quote_scan, expect=expect)
+                                    quote_scan=quote_scan, expect=expect, verifier_miss=verifier_miss)

@@ -66,8 +66,15 @@ class RRMDataSection:
     # with quote_scan: each reason followed by what its point expects ("r1c2 nothing , expected small
     # red circle - no", `earl.rrm.coldstart.expectation`), so the verdict compares two adjacent phrases
     expect: bool = False
+    # the share of failing points that the cold start's verifier passes (`earl.rrm.coldstart.lenient_verdicts`):
+    # the training traces' verdicts and scores are a lenient verifier's, their reasons still what the
+    # oracle saw; the held-out evaluation keeps the oracle's verdicts. 0 is the exact oracle.
+    verifier_miss: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.verifier_miss < 1.0:
+            raise ValueError(f"data.verifier_miss must be in [0, 1) (the share of failing points passed), got "
+                             f"{self.verifier_miss}")
         for name in ("failing_point_weight", "failing_observation_weight", "scan_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"data.{name} must be > 0 (1 weighs every token alike), got {getattr(self, name)}")
@@ -90,16 +97,17 @@ class RRMRecipe:
     run: RunSection = field(default_factory=RunSection)
 
 
-def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int) -> list[dict]:
+def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int, verifier_miss: float = 0.0) -> list[dict]:
     from earl.rrm.coldstart import draw_examples
 
     return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits, cfg.data.reason_first,
-                         cfg.data.scan, cfg.data.quote_scan, cfg.data.expect)[1]
+                         cfg.data.scan, cfg.data.quote_scan, cfg.data.expect, verifier_miss)[1]
 
 
 def build_held_out(cfg: RRMRecipe, image_tokenizer) -> list[dict]:
     """The held-out judge examples every evaluation of a recipe uses: `data.eval_samples` samples of
-    another seed than the training data's."""
+    another seed than the training data's, with the oracle's verdicts (also under `data.verifier_miss`:
+    the evaluation measures against the truth, not against the verifier that taught the model)."""
     return build_examples(cfg, image_tokenizer, cfg.data.eval_samples, cfg.data.seed + 1_000_003)
 
 
@@ -214,7 +222,7 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
         raise ConfigError(f"model.image_tokenizer: {cfg.model.image_tokenizer} not found")
     else:
         image_tokenizer = VQTokenizer.from_pretrained(cfg.model.image_tokenizer)
-    train = build_examples(cfg, image_tokenizer, cfg.data.samples, cfg.data.seed)
+    train = build_examples(cfg, image_tokenizer, cfg.data.samples, cfg.data.seed, cfg.data.verifier_miss)
     held_out = build_held_out(cfg, image_tokenizer)
     corpus = _judge_corpus(train + held_out)
     if start is not None:
@@ -234,6 +242,11 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     loader = DataLoader(seqs, batch_size=cfg.run.batch_size, shuffle=True, drop_last=len(seqs) >= cfg.run.batch_size,
                         collate_fn=layout.collate)
     accelerator.print(f"RRM SFT: {len(seqs)} judge examples from {cfg.data.samples} samples")
+    if cfg.data.verifier_miss:
+        failing = [ok for e in train for ok, truth in zip(e["passed"], e["true_passed"]) if not truth]
+        accelerator.print(f"RRM SFT: a lenient verifier wrote the traces: {sum(failing)} of {len(failing)} failing"
+                          f" points passed ({sum(failing) / max(1, len(failing)):.1%}; data.verifier_miss"
+                          f" {cfg.data.verifier_miss})")
 
     def evaluate(model, step, log):
         if not accelerator.is_main_process:

@@ -147,6 +147,39 @@ def test_expect_traces_put_each_verdict_beside_the_two_phrases_it_compares(vq_to
         make_examples(samples[:1], **{**kw, "quote_scan": False}, expect=True)
 
 
+def test_a_lenient_verifier_passes_some_failing_points_and_changes_nothing_else(vq_tokenizer):
+    """With verifier_miss the same samples and candidates get traces whose verdicts pass about that share
+    of the failing points (passing points stay passed), each score follows its written verdicts
+    (`score_rule`), every reason and the scan are the oracle's, and `true_passed` keeps the truth."""
+    from earl.rrm.coldstart import lenient_verdicts, score_rule
+    from earl.shapes.oracle import parse_scene
+    from tokenizer import pil_to_tensor, tensor_to_pil
+
+    samples = [make_sample(random.Random(k), "complex", image_size=32) for k in range(12)]
+    kw = dict(encode=lambda ims: vq_tokenizer.encode(pil_to_tensor(ims)),
+              decode=lambda c: tensor_to_pil(vq_tokenizer.decode(c)), scan=True, quote_scan=True, expect=True)
+    exact, lenient = make_examples(samples, **kw), make_examples(samples, **kw, verifier_miss=0.5)
+    assert "true_passed" not in exact[0] and len(exact) == len(lenient)
+    missed = failing = 0
+    for e, n in zip(exact, lenient):
+        assert torch.equal(e["codes"], n["codes"]) and e["kind"] == n["kind"] and n["true_passed"] == e["passed"]
+        assert all(ok for ok, truth in zip(n["passed"], e["passed"]) if truth)
+        failing += e["passed"].count(False)
+        missed += sum(ok for ok, truth in zip(n["passed"], e["passed"]) if not truth)
+        got, want = parse_trace(n["trace"], 10), parse_trace(e["trace"], 10)
+        assert got.passed == n["passed"] and got.reasons == want.reasons and read_scan(n["trace"]) == read_scan(e["trace"])
+        found = parse_scene(tensor_to_pil(vq_tokenizer.decode(n["codes"][None]))[0], image_size=32,
+                            grid=samples[n["sample"]].target_scene.grid).scene
+        s = samples[n["sample"]]
+        assert got.score == n["score"] == score_rule(n["passed"], n["points"], s.source_scene, s.target_scene, found)
+    assert failing > 60 and 0.3 < missed / failing < 0.7, (missed, failing)
+    assert sum(e["score"] < n["score"] for e, n in zip(exact, lenient)) > 10  # missed failures raise the score
+    assert lenient_verdicts([True, False], 0.0, random.Random(0)) == [True, False]
+    assert lenient_verdicts([True, False], 1.0, random.Random(0)) == [True, True]
+    with pytest.raises(ValueError, match="miss rate must be in"):
+        lenient_verdicts([False], 1.5, random.Random(0))
+
+
 def test_tiny_rrm_sft_learns_and_serves_as_a_verifier(tmp_path, vq_tokenizer):
     from earl.train.rrm import RRMRecipe, train_rrm_sft
     from earl.verify.base import build_verifier
@@ -303,6 +336,8 @@ def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.scan_weight=3"])
     with pytest.raises(ConfigError, match="data.expect needs data.quote_scan"):
         load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.scan=true", "data.expect=true"])
+    with pytest.raises(ConfigError, match="data.verifier_miss must be in"):
+        load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", ["data.verifier_miss=1"])
 
 
 def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
