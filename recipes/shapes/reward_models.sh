@@ -8,7 +8,8 @@
 # each trace scored by the score it wrote, and by its E[score]), the scalar Bradley-Terry baseline from
 # the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and a
 # per-principle-type breakdown of the verdicts; last, the observation-weighted cold start trained three
-# times as long (the best measured) and GCPO from it. About 11 h on 2 CPU cores. Every step resumes or is
+# times as long (the best measured) and GCPO from it, and the same cold start taught by a lenient verifier
+# and GCPO from that. About 13 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. The Avg@4 command adds self-consistency for two models; the last
 # two run editor GRPO with each reward from the bundled editor, judged by the oracle
 # (57 and 50 min; recipes/shapes/study_rewards.yaml is the 3-seed form of the first).
@@ -117,6 +118,25 @@ earl eval rewardbench --samples 300 --rrm rrm_sft_long=runs/rrm_sft_obs4_scan3_l
     --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
     --baseline "rrm_sft_long E[points]" --baseline "rrm_sft_long E[score]" --baseline "rrm_sft_long" \
     --out runs/rewardbench_long
+# a fallible cold-start verifier (docs/REWARD_MODELS.md): the same cold start with traces whose verdicts pass half
+# of the failing points (recipes/shapes/rrm_sft_lenient.yaml; 70 min), then GCPO on the oracle's simulated pairs:
+# the paper's recipe (40 steps), the same at lr 1e-4, and 16 pairs a step at lr 2e-5 (7, 7 and ~25 min)
+[ -f runs/rrm_sft_lenient/model/editor.json ] || earl train rrm-sft recipes/shapes/rrm_sft_lenient.yaml --resume
+[ -f runs/rrm_gcpo_lenient/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_lenient init_from=runs/rrm_sft_lenient/model \
+    run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_lenient_lr1e4/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_lenient_lr1e4 init_from=runs/rrm_sft_lenient/model optim.lr=1e-4 optim.min_lr=1e-4 \
+    run.steps=40 run.eval_every=40 run.save_every=40 --resume
+[ -f runs/rrm_gcpo_lenient_b16/model/editor.json ] || earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_lenient_b16 init_from=runs/rrm_sft_lenient/model gcpo.pairs_per_step=16 \
+    optim.lr=2e-5 optim.min_lr=2e-5 run.steps=40 run.eval_every=40 run.save_every=20 --resume
+earl eval rewardbench --samples 300 --rrm rrm_sft_lenient=runs/rrm_sft_lenient/model \
+    --rrm rrm_gcpo_lenient=runs/rrm_gcpo_lenient/model --rrm rrm_gcpo_lenient_lr1e4=runs/rrm_gcpo_lenient_lr1e4/model \
+    --rrm rrm_gcpo_lenient_b16=runs/rrm_gcpo_lenient_b16/model --rrm rrm_sft_long=runs/rrm_sft_obs4_scan3_long/model \
+    --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
+    --baseline "rrm_sft_lenient E[points]" --baseline "rrm_sft_lenient E[score]" --baseline "rrm_sft_lenient" \
+    --out runs/rewardbench_lenient
 # closing the loop: editor GRPO with each reward, one seed (docs/RESULTS.md)
 earl study recipes/shapes/study_rewards_quick.yaml
 # the longer cold start's E[points] as the editor's reward, beside the oracle's
