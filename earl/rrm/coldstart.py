@@ -247,7 +247,7 @@ def lenient_verdicts(passed: list[bool], miss: float, rng: random.Random) -> lis
 
     Edit-R1's cold-start traces are verified by a VLM, which makes mistakes of its own (a common one
     is approving what it is asked about); its preference pairs come from people. On ShapesEdit the oracle is
-    exact, so a cold start taught by it leaves GCPO nothing to correct (docs/REWARD_MODELS.md). With
+    exact, and GCPO from a cold start taught by it did not raise it (docs/REWARD_MODELS.md). With
     `miss` > 0 (`data.verifier_miss`) the cold start learns from such a fallible verifier while the
     pairs keep the oracle's truth, the two sources with different errors that the paper has."""
     if not 0.0 <= miss <= 1.0:
@@ -256,31 +256,36 @@ def lenient_verdicts(passed: list[bool], miss: float, rng: random.Random) -> lis
 
 
 def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: Image.Image,
-                 reason_first: bool = True, scan: bool = False,
-                 quote_scan: bool = False, expect: bool = False) -> tuple[str, list[bool], float]:
-    """The oracle's trace on a candidate image, its verdicts and score (`write_trace`)."""
+                 reason_first: bool = True, scan: bool = False, quote_scan: bool = False, expect: bool = False,
+                 miss: float = 0.0, rng: random.Random | None = None) -> tuple[str, list[bool], float, list[bool]]:
+    """The oracle's trace on a candidate image, its written verdicts and score, and the oracle's own
+    verdicts; `scan` opens it with `scene_scan`, `quote_scan` writes the reasons in the scan's words
+    (`scan_form`), and `expect` follows each with what its point expects (`expectation`).
+
+    With `miss` > 0 the written verdicts are a lenient verifier's (`lenient_verdicts`, drawn from
+    `rng`) and the score follows them (`score_rule`); the reasons and the scan still say what the
+    oracle saw, so a missed failure reads `3. r1c2 nothing , expected small red circle - yes`: the
+    image seen right and judged wrong."""
     from earl.shapes.oracle import parse_scene
 
-    parsed = parse_scene(image, image_size=target.image_size, grid=target.grid)
-    passed, reasons, score = judge_parsed(points, source, target, parsed)
-    return write_trace(points, parsed.scene, passed, reasons, score, reason_first, scan, quote_scan, expect), passed, score
-
-
-def write_trace(points: list[EvalPoint], found: Scene, passed: list[bool], reasons: list[str], score: float,
-                reason_first: bool = True, scan: bool = False, quote_scan: bool = False, expect: bool = False) -> str:
-    """A judge trace from verdicts and the oracle's reasons on the scene it found: `scan` opens it with
-    `scene_scan`, `quote_scan` writes the reasons in the scan's words (`scan_form`), and `expect`
-    follows each with what its point expects (`expectation`)."""
     if quote_scan and not scan:
         raise ValueError("quote_scan needs scan: the reasons quote the scan's entries")
     if expect and not quote_scan:
         raise ValueError("expect needs quote_scan: the expectation is written in the scan's words")
+    if miss and rng is None:
+        raise ValueError("a verifier miss rate needs an rng to draw the misses from")
+    parsed = parse_scene(image, image_size=target.image_size, grid=target.grid)
+    truth, reasons, score = judge_parsed(points, source, target, parsed)
+    passed = truth
+    if miss:
+        passed = lenient_verdicts(truth, miss, rng)
+        score = score_rule(passed, points, source, target, parsed.scene)
     if quote_scan:
         reasons = [scan_form(r) for r in reasons]
     if expect:
         reasons = [r if (e := expectation(p)) is None else f"{r}{EXPECT_SEPARATOR}{e}" for p, r in zip(points, reasons)]
-    preface = scene_scan(found) if scan else None
-    return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface)
+    preface = scene_scan(parsed.scene) if scan else None
+    return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface), passed, score, truth
 
 
 def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:
@@ -304,7 +309,6 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
     (`lenient_verdicts`), drawn from their own generator so that the samples and candidates are
     those of the same seed without it; each example's `true_passed` keeps the oracle's verdicts.
     """
-    from earl.shapes.oracle import parse_scene
     from earl.shapes.render import render
 
     rng = random.Random(seed)
@@ -316,13 +320,8 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
         codes = encode([render(s.source_scene)] + [c.image for c in cands])
         seen = decode(codes[1:])
         for cand, c, image in zip(cands, codes[1:], seen):
-            parsed = parse_scene(image, image_size=s.target_scene.image_size, grid=s.target_scene.grid)
-            truth, reasons, score = judge_parsed(points, s.source_scene, s.target_scene, parsed)
-            passed = truth
-            if verifier_miss:  # the reasons still say what the oracle saw: seen right, judged wrong
-                passed = lenient_verdicts(truth, verifier_miss, misses)
-                score = score_rule(passed, points, s.source_scene, s.target_scene, parsed.scene)
-            trace = write_trace(points, parsed.scene, passed, reasons, score, reason_first, scan, quote_scan, expect)
+            trace, passed, score, truth = oracle_trace(points, s.source_scene, s.target_scene, image, reason_first,
+                                                        scan, quote_scan, expect, verifier_miss, misses)
             out.append({"sample": k, "kind": cand.kind, "instruction": s.instruction, "points": points,
                         "source_codes": codes[0], "codes": c, "trace": trace, "passed": passed, "score": score,
                         **({"true_passed": truth} if verifier_miss else {})})
