@@ -6,7 +6,7 @@ A bundled checkpoint is a `UnifiedEditor` directory plus `manifest.json`:
      "name", "created" (UTC ISO date), "commit" (git HEAD of the tree that packed it, "+dirty" if
      it had uncommitted changes), "command" (how to re-make it), "recipe" (the resolved training
      recipe, from the run's recipe.json), "metrics" ({eval name: the results.json "overall" and
-     per-category success}), "files" ({relative path: {"sha256", "bytes"}}), "total_bytes"}
+     per-category success, or for a reward model its run's held-out "eval/..." figures}), "files" ({relative path: {"sha256", "bytes"}}), "total_bytes"}
 
 `pack_checkpoint` writes the whole directory next to the destination and renames it into place,
 so a reader never sees half a checkpoint; `verify_checkpoint` recomputes every hash.
@@ -49,6 +49,14 @@ def git_commit(repo: str | os.PathLike) -> str:
 
 
 def _summarise_results(results: dict) -> dict:
+    """An editor's `earl eval` results.json -> its overall and per-category figures; a training run's
+    final_metrics.json (e.g. a reward model's held-out evaluation from `earl train rrm-sft`) -> its
+    "eval/..." figures, since such a model is judged by its verdicts, not by edit success."""
+    if isinstance(results, dict) and "overall" not in results:
+        held_out = {k: v for k, v in results.items() if k.startswith("eval/") and isinstance(v, (int, float))}
+        if not held_out:
+            raise KeyError("overall (an `earl eval` results.json) or eval/... (a run's final_metrics.json)")
+        return {"held_out": held_out, "step": results.get("step")}
     overall = {k: results["overall"][k] for k in ("success", "sc", "pq", "overall", "n") if k in results["overall"]}
     per_category = {cat: round(v["success"], 4) for cat, v in sorted(results.get("per_category", {}).items())}
     return {"overall": overall, "per_category_success": per_category}

@@ -249,7 +249,10 @@ def _cmd_checkpoint_pack(args) -> None:
                                recipe=recipe, evals=evals, max_bytes=int(args.max_mib * 2**20))
     print(f"packed {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB, into {args.out}")
     for name, m in manifest["metrics"].items():
-        print(f"  {name}: success {m['overall']['success']:.3f} (n={m['overall'].get('n')})")
+        if "overall" in m:
+            print(f"  {name}: success {m['overall']['success']:.3f} (n={m['overall'].get('n')})")
+        else:
+            print(f"  {name}: " + ", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in m["held_out"].items()))
 
 
 def _cmd_checkpoint_verify(args) -> None:
@@ -473,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, help="checkpoint directory to (re)write, e.g. checkpoints/shapes-editor")
     cp.add_argument("--name", default=None)
     cp.add_argument("--recipe-json", default=None, help="the training run's recipe.json (recorded in the manifest)")
-    cp.add_argument("--eval", action="append", help="NAME=results.json of an `earl eval` run; repeatable")
+    cp.add_argument("--eval", action="append", help="NAME=results.json of an `earl eval` run, or NAME=final_metrics.json of a "
+                    "reward-model run (its held-out evaluation); repeatable")
     cp.add_argument("--command", default="", help="the command that re-makes this checkpoint")
     cp.add_argument("--max-mib", type=float, default=25.0, help="refuse a larger model")
     cp.set_defaults(func=_cmd_checkpoint_pack)

@@ -32,6 +32,19 @@ def test_pack_then_verify_and_load(tiny_editor, tmp_path):
     assert not list(tmp_path.glob(".ckpt*")), "staging or old directories left behind"
 
 
+def test_pack_records_a_reward_models_held_out_evaluation(tiny_editor, tmp_path):
+    final = tmp_path / "final_metrics.json"  # what `earl train rrm-sft` writes at its end
+    final.write_text(json.dumps({"eval/point_accuracy": 0.9, "eval/scan_objects_right": 0.95,
+                                 "train/loss": 0.02, "step": 2700, "wall_time_s": 1.0}))
+    manifest = pack_checkpoint(tiny_editor.save_pretrained(tmp_path / "model"), tmp_path / "ckpt", name="rrm",
+                               command="", evals={"held-out": final})
+    assert manifest["metrics"]["held-out"] == {
+        "held_out": {"eval/point_accuracy": 0.9, "eval/scan_objects_right": 0.95}, "step": 2700}
+    final.write_text(json.dumps({"train/loss": 0.02, "step": 2700}))  # no evaluation in it
+    with pytest.raises(EarlError, match="final_metrics.json: not a readable results.json"):
+        pack_checkpoint(tmp_path / "model", tmp_path / "ckpt2", name="rrm", command="", evals={"x": final})
+
+
 def test_verify_catches_a_changed_or_missing_file(tiny_editor, tmp_path):
     pack_checkpoint(tiny_editor.save_pretrained(tmp_path / "model"), tmp_path / "ckpt", name="t", command="")
     weights = tmp_path / "ckpt/backbone/model.safetensors"
