@@ -6,7 +6,8 @@ A bundled checkpoint is a `UnifiedEditor` directory plus `manifest.json`:
      "name", "created" (UTC ISO date), "commit" (git HEAD of the tree that packed it, "+dirty" if
      it had uncommitted changes), "command" (how to re-make it), "recipe" (the resolved training
      recipe, from the run's recipe.json), "metrics" ({eval name: the results.json "overall" and
-     per-category success, or for a reward model its run's held-out "eval/..." figures}), "files" ({relative path: {"sha256", "bytes"}}), "total_bytes"}
+     per-category success, or for a reward model its run's held-out "eval/..." figures}),
+     "files" ({relative path: {"sha256", "bytes"}}), "total_bytes"}
 
 `pack_checkpoint` writes the whole directory next to the destination and renames it into place,
 so a reader never sees half a checkpoint; `verify_checkpoint` recomputes every hash.
@@ -83,7 +84,8 @@ def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         try:
             metrics[eval_name] = _summarise_results(results)
         except (KeyError, TypeError, AttributeError) as e:
-            raise EarlError(f"{path}: not a readable results.json ({type(e).__name__}: {e})") from None
+            raise EarlError(f"{path}: not a readable results.json or final_metrics.json "
+                           f"({type(e).__name__}: {e})") from None
     with atomic_directory(out_dir) as staging:
         entries = {}
         for src in files:
