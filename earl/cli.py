@@ -335,6 +335,17 @@ def _cmd_serve_judge(args) -> None:
     serve_judge(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 
 
+def _cmd_plot_metrics(args) -> None:
+    from earl.viz import plot_metrics
+
+    runs = {}
+    for item in args.runs:
+        label, sep, path = item.partition("=")
+        runs[label if sep else Path(item).name] = path if sep else item
+    plot_metrics(runs, args.key, args.out, smooth=args.smooth)
+    print(f"wrote {args.out}")
+
+
 def _sampling_args(p) -> None:
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -537,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--repeats", type=int, default=20)
     ba.add_argument("--out", default=None, help="write the results as JSON here")
     ba.set_defaults(func=_cmd_bench_attention)
+
+    plot = sub.add_parser("plot", help="pictures of training runs").add_subparsers(dest="what", required=True)
+    pm = plot.add_parser("metrics", help="training curves from runs' metrics.jsonl (one panel per --key)")
+    pm.add_argument("runs", nargs="+", help="run directories (or LABEL=DIR), e.g. runs/rrm_gcpo_bundle")
+    pm.add_argument("--key", action="append", required=True,
+                    help="a logged metric, e.g. gcpo/pair_correct or eval/pairwise_accuracy (repeatable)")
+    pm.add_argument("--smooth", type=int, default=1, help="moving average over this many logged steps")
+    pm.add_argument("--out", required=True, help="the PNG to write")
+    pm.set_defaults(func=_cmd_plot_metrics)
 
     serve = sub.add_parser("serve", help="servers").add_subparsers(dest="what", required=True)
     sj = serve.add_parser("judge", help="serve a local image-text-to-text model via the OpenAI chat-completions API")

@@ -445,6 +445,7 @@ def plot_curves(cfg: StudyRecipe, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from earl.io import atomic_path
+    from earl.viz import moving_average
 
     has_sft = any(a.kind == "sft" for a in cfg.arms)  # a study of given editors has no SFT curves to draw
     fig, axes = plt.subplots(1, 3 if has_sft else 2, figsize=(15 if has_sft else 10, 4))
@@ -464,9 +465,7 @@ def plot_curves(cfg: StudyRecipe, path: Path) -> None:
             for key, scale, style in (("reward/mean", 1.0, "-"), ("monitor/oracle_overall", 0.1, "--")):
                 rew = [(r["step"], r[key] * scale) for r in rows if math.isfinite(r.get(key, math.nan))]
                 if rew:
-                    k = max(1, len(rew) // 20)
-                    smooth = [sum(v for _, v in rew[t - k + 1 : t + 1]) / k for t in range(k - 1, len(rew))]
-                    ax_r.plot([s for s, _ in rew][k - 1 :], smooth, style, color=color, alpha=0.8,
+                    ax_r.plot(*zip(*moving_average(rew, len(rew) // 20)), style, color=color, alpha=0.8,
                               label=label if style == "-" else None)
     ax_r.set(title="GRPO: own reward (solid), oracle on the same rollouts (dashed)", xlabel="GRPO step",
              ylabel="reward / oracle overall (0-1), moving avg")

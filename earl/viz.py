@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 from PIL import Image, ImageDraw
+
+from earl.errors import DataError, EarlError
 
 
 def image_grid(rows: list[list[Image.Image]], col_labels: list[str] | None = None, scale: int = 2,
@@ -23,3 +29,67 @@ def image_grid(rows: list[list[Image.Image]], col_labels: list[str] | None = Non
             im = im.convert("RGB").resize((w, h), Image.Resampling.NEAREST)
             canvas.paste(im, (pad + c * (w + pad), top + pad + r * (h + pad)))
     return canvas
+
+
+def moving_average(points: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
+    """(step, value) points smoothed by a trailing mean over `window` points (the first window-1 dropped),
+    so that a noisy per-step metric such as a GRPO/GCPO reward shows its trend."""
+    window = max(1, window)
+    return [(points[t][0], sum(v for _, v in points[t - window + 1 : t + 1]) / window)
+            for t in range(window - 1, len(points))]
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The rows of a training run's `metrics.jsonl` (`earl.train.common.MetricLog`); `run` is the run
+    directory or the file itself. A missing or unreadable file raises DataError naming it."""
+    path = Path(run)
+    path = path / "metrics.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise DataError(f"{path}: no metrics.jsonl (expected a training run's output directory)")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+    return rows
+
+
+def plot_metrics(runs: dict[str, str | Path], keys: list[str], path: str | Path, smooth: int = 1) -> None:
+    """One panel per metric in `keys`, one line per run (label -> run directory or metrics.jsonl),
+    against the training step; per-step metrics are smoothed by a `smooth`-point moving average,
+    metrics logged only at evaluations (fewer than a tenth of the rows) are drawn as points. Each key
+    must be logged by at least one run; the error lists what the runs do log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from earl.io import atomic_path
+
+    if not runs or not keys:
+        raise EarlError("plot_metrics: give at least one run and one metric key")
+    logs = {label: read_metrics(run) for label, run in runs.items()}
+    logged = sorted({k for rows in logs.values() for r in rows for k in r} - {"step", "time"})
+    missing = [k for k in keys if k not in logged]
+    if missing:
+        raise EarlError(f"metric(s) {', '.join(missing)} not logged by {', '.join(map(str, runs.values()))}; "
+                         f"logged: {', '.join(logged)}")
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, rows in logs.items():
+            pts = [(r["step"], float(r[key])) for r in rows if key in r and math.isfinite(float(r[key]))]
+            if not pts:
+                continue
+            if len(pts) * 10 < len(rows):  # an evaluation metric: few points, each one worth seeing
+                ax.plot(*zip(*pts), marker="o", label=label)
+            else:
+                ax.plot(*zip(*moving_average(pts, smooth)), label=label)
+        ax.set(title=key + (f" (moving avg of {smooth})" if smooth > 1 else ""), xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
