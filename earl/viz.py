@@ -78,6 +78,7 @@ def plot_metrics(runs: dict[str, str | Path], keys: list[str], path: str | Path,
                          f"logged: {', '.join(logged)}")
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
+        smoothed = False
         for label, rows in logs.items():
             pts = [(r["step"], float(r[key])) for r in rows if key in r and math.isfinite(float(r[key]))]
             if not pts:
@@ -86,7 +87,8 @@ def plot_metrics(runs: dict[str, str | Path], keys: list[str], path: str | Path,
                 ax.plot(*zip(*pts), marker="o", label=label)
             else:
                 ax.plot(*zip(*moving_average(pts, smooth)), label=label)
-        ax.set(title=key + (f" (moving avg of {smooth})" if smooth > 1 else ""), xlabel="step")
+                smoothed = smooth > 1
+        ax.set(title=key + (f" (moving avg of {smooth})" if smoothed else ""), xlabel="step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

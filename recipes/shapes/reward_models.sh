@@ -145,3 +145,24 @@ earl study recipes/shapes/study_rewards_long.yaml
 earl study recipes/shapes/study_rewards_expected.yaml
 # the scalar reward with Edit-R1's KL anchor (0.04) and ten times that (36 min)
 earl study recipes/shapes/study_rewards_kl.yaml
+# GCPO from the bundled lenient cold start (checkpoints/shapes-rrm-lenient, so no 70-90 min cold start first):
+# the paper's recipe for 200 steps, the model kept after 40 and 120 (the learning rate is constant, so a run
+# resumed to more steps continues the shorter one), then the 1200-pair benchmark with each model's greedy,
+# E[points] and E[score] readouts, and Avg@4 (the mean written score of 4 sampled traces, the quantity
+# GCPO's ranking reward is computed from) for the cold start and the last GCPO model
+[ -f runs/rm_scalar_editor/model/scalar_head.safetensors ] || earl train rm-scalar recipes/shapes/rm_scalar_from_editor.yaml \
+    run.steps=500 run.eval_every=250 run.save_every=500
+for steps in 40 120 200; do
+    [ -f runs/rrm_gcpo_bundle_$steps/editor.json ] && continue
+    earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml out_dir=runs/rrm_gcpo_bundle init_from=checkpoints/shapes-rrm-lenient \
+        run.steps=$steps run.eval_every=40 run.save_every=40 --resume
+    cp -r runs/rrm_gcpo_bundle/model runs/rrm_gcpo_bundle_$steps.tmp && mv runs/rrm_gcpo_bundle_$steps.tmp runs/rrm_gcpo_bundle_$steps
+done
+earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-lenient \
+    --rrm rrm_gcpo_bundle_40=runs/rrm_gcpo_bundle_40 --rrm rrm_gcpo_bundle_120=runs/rrm_gcpo_bundle_120 \
+    --rrm rrm_gcpo_bundle_200=runs/rrm_gcpo_bundle_200 --scalar scalar=runs/rm_scalar_editor/model \
+    --expected-score --expected-points --baseline scalar --baseline "rrm_sft_bundle E[points]" \
+    --baseline "rrm_sft_bundle" --out runs/rewardbench_bundle
+earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-lenient \
+    --rrm rrm_gcpo_bundle_200=runs/rrm_gcpo_bundle_200 --scalar scalar=runs/rm_scalar_editor/model --avg-k 4 \
+    --baseline scalar --baseline "rrm_sft_bundle Avg@4" --out runs/rewardbench_bundle_avg4
