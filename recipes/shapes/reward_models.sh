@@ -9,7 +9,7 @@
 # the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and a
 # per-principle-type breakdown of the verdicts; last, the observation-weighted cold start trained three
 # times as long (the best measured) and GCPO from it, and the same cold start taught by a lenient verifier
-# and GCPO from that. About 13 h on 2 CPU cores. Every step resumes or is
+# and GCPO from that, and GCPO from the bundled lenient cold start. About 15 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. The Avg@4 command adds self-consistency for two models; the last
 # two run editor GRPO with each reward from the bundled editor, judged by the oracle
 # (57 and 50 min; recipes/shapes/study_rewards.yaml is the 3-seed form of the first).
@@ -166,3 +166,22 @@ earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-
 earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-lenient \
     --rrm rrm_gcpo_bundle_200=runs/rrm_gcpo_bundle_200 --scalar scalar=runs/rm_scalar_editor/model --avg-k 4 \
     --baseline scalar --baseline "rrm_sft_bundle Avg@4" --out runs/rewardbench_bundle_avg4
+# the same start, GCPO with each trace's tau its E[score] (the readout on which the paper's recipe gained
+# +2.7, inside the interval), 40 and 80 steps, added to the 1200-pair benchmark above
+for steps in 40 80; do
+    [ -f runs/rrm_gcpo_bundle_expected_$steps/editor.json ] && continue
+    earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml out_dir=runs/rrm_gcpo_bundle_expected \
+        init_from=checkpoints/shapes-rrm-lenient gcpo.score=expected run.steps=$steps run.eval_every=80 \
+        run.save_every=40 --resume
+    cp -r runs/rrm_gcpo_bundle_expected/model runs/rrm_gcpo_bundle_expected_$steps.tmp
+    mv runs/rrm_gcpo_bundle_expected_$steps.tmp runs/rrm_gcpo_bundle_expected_$steps
+done
+earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-lenient \
+    --rrm rrm_gcpo_bundle_40=runs/rrm_gcpo_bundle_40 --rrm rrm_gcpo_bundle_120=runs/rrm_gcpo_bundle_120 \
+    --rrm rrm_gcpo_bundle_200=runs/rrm_gcpo_bundle_200 --rrm rrm_gcpo_bundle_expected_40=runs/rrm_gcpo_bundle_expected_40 \
+    --rrm rrm_gcpo_bundle_expected_80=runs/rrm_gcpo_bundle_expected_80 --scalar scalar=runs/rm_scalar_editor/model \
+    --expected-score --expected-points --baseline scalar --baseline "rrm_sft_bundle E[points]" \
+    --baseline "rrm_sft_bundle E[score]" --baseline "rrm_sft_bundle" --out runs/rewardbench_bundle
+# the two GCPO runs' curves (docs/rrm_gcpo_bundle_curves.png)
+earl plot metrics "tau written"=runs/rrm_gcpo_bundle "tau E[score]"=runs/rrm_gcpo_bundle_expected \
+    --key gcpo/pair_correct --key gcpo/valid --smooth 20 --out docs/rrm_gcpo_bundle_curves.png
