@@ -66,8 +66,6 @@ def plot_metrics(runs: dict[str, str | Path], keys: list[str], path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from earl.io import atomic_path
-
     if not runs or not keys:
         raise EarlError("plot_metrics: give at least one run and one metric key")
     logs = {label: read_metrics(run) for label, run in runs.items()}
@@ -91,6 +89,16 @@ def plot_metrics(runs: dict[str, str | Path], keys: list[str], path: str | Path,
         ax.set(title=key + (f" (moving avg of {smooth})" if smoothed else ""), xlabel="step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Lay out a matplotlib figure, write it as a PNG atomically (a reader never sees half a file) and
+    free it (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    from earl.io import atomic_path
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
