@@ -56,6 +56,17 @@ def read_metrics(run: str | Path) -> list[dict]:
     return rows
 
 
+def metric_points(rows: list[dict], key: str) -> list[tuple[float, float]]:
+    """(step, value) of `key` in metrics rows, by step; non-numeric and non-finite values are left out.
+    A run resumed from a checkpoint logs again the steps after it, so the last value of a step wins."""
+    by_step = {}
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            by_step[r["step"]] = float(v)
+    return sorted(by_step.items())
+
+
 def plot_metrics(runs: dict[str, str | Path], keys: list[str], path: str | Path, smooth: int = 1) -> None:
     """One panel per metric in `keys`, one line per run (label -> run directory or metrics.jsonl),
     against the training step; per-step metrics are smoothed by a `smooth`-point moving average,
@@ -78,7 +89,7 @@ def plot_metrics(runs: dict[str, str | Path], keys: list[str], path: str | Path,
     for ax, key in zip(axes[0], keys):
         smoothed = False
         for label, rows in logs.items():
-            pts = [(r["step"], float(r[key])) for r in rows if key in r and math.isfinite(float(r[key]))]
+            pts = metric_points(rows, key)
             if not pts:
                 continue
             if len(pts) * 10 < len(rows):  # an evaluation metric: few points, each one worth seeing

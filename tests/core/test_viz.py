@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from earl.errors import DataError, EarlError
-from earl.viz import moving_average, plot_metrics, read_metrics
+from earl.viz import metric_points, moving_average, plot_metrics, read_metrics
 
 
 def write_run(run, n_steps=50, eval_every=10):
@@ -26,6 +26,13 @@ def test_moving_average_is_a_trailing_mean():
     assert moving_average(pts, 2) == [(2, 0.5), (3, 0.5), (4, 0.5), (5, 3.0)]
     assert moving_average(pts, 1) == pts
     assert moving_average(pts, 0) == pts  # a window below one means no smoothing
+
+
+def test_metric_points_keep_the_last_value_of_a_relogged_step():
+    # a run killed at step 3 and resumed from its step-2 checkpoint logs step 3 again
+    rows = [{"step": 1, "r": 0.1}, {"step": 2, "r": 0.2}, {"step": 3, "r": 9.0}, {"step": 3, "r": 0.3},
+            {"step": 4, "r": float("nan")}, {"step": 4, "r": None}, {"step": 5, "other": 1.0}, {"step": 5, "r": 0.5}]
+    assert metric_points(rows, "r") == [(1, 0.1), (2, 0.2), (3, 0.3), (5, 0.5)]
 
 
 def test_plot_metrics_writes_one_panel_per_key(tmp_path):
