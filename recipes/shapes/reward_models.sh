@@ -182,6 +182,17 @@ earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-
     --rrm rrm_gcpo_bundle_expected_80=runs/rrm_gcpo_bundle_expected_80 --scalar scalar=runs/rm_scalar_editor/model \
     --expected-score --expected-points --baseline scalar --baseline "rrm_sft_bundle E[points]" \
     --baseline "rrm_sft_bundle E[score]" --baseline "rrm_sft_bundle" --out runs/rewardbench_bundle
+# the paper's-recipe run continued to 320 steps, added to the same benchmark
+[ -f runs/rrm_gcpo_bundle_320/editor.json ] || { earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml \
+    out_dir=runs/rrm_gcpo_bundle init_from=checkpoints/shapes-rrm-lenient run.steps=320 run.eval_every=320 \
+    run.save_every=40 --resume && cp -r runs/rrm_gcpo_bundle/model runs/rrm_gcpo_bundle_320; }
+earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-lenient \
+    --rrm rrm_gcpo_bundle_40=runs/rrm_gcpo_bundle_40 --rrm rrm_gcpo_bundle_120=runs/rrm_gcpo_bundle_120 \
+    --rrm rrm_gcpo_bundle_200=runs/rrm_gcpo_bundle_200 --rrm rrm_gcpo_bundle_320=runs/rrm_gcpo_bundle_320 \
+    --rrm rrm_gcpo_bundle_expected_40=runs/rrm_gcpo_bundle_expected_40 \
+    --rrm rrm_gcpo_bundle_expected_80=runs/rrm_gcpo_bundle_expected_80 --scalar scalar=runs/rm_scalar_editor/model \
+    --expected-score --expected-points --baseline scalar --baseline "rrm_sft_bundle E[points]" \
+    --baseline "rrm_sft_bundle E[score]" --baseline "rrm_sft_bundle" --out runs/rewardbench_bundle
 # the two GCPO runs' curves (docs/rrm_gcpo_bundle_curves.png)
 earl plot metrics "tau written"=runs/rrm_gcpo_bundle "tau E[score]"=runs/rrm_gcpo_bundle_expected \
     --key gcpo/pair_correct --key gcpo/valid --smooth 20 --out docs/rrm_gcpo_bundle_curves.png
