@@ -18,7 +18,6 @@ and an interrupted training resumes from its last checkpoint. Layout of `out_dir
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -33,6 +32,7 @@ from earl.errors import ConfigError
 from earl.generate import SamplingConfig
 from earl.io import atomic_write_json, atomic_write_text, read_json
 from earl.stats import mean_ci, wilson_ci
+from earl.viz import metric_points, read_metrics
 
 ARM_KINDS = ("given", "sft", "grpo", "best_of_n")
 
@@ -323,21 +323,21 @@ def grpo_diagnostics(cfg: StudyRecipe, window: int = 10) -> dict:
             log = run_dir(cfg, arm.name, seed) / "metrics.jsonl"
             if not log.is_file():
                 continue
-            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-            steps = [r for r in rows if "reward/mean" in r]
-            evals = [r for r in rows if "eval/success" in r]
-            if not steps:
+            rows = read_metrics(log)
+            n_steps = len(metric_points(rows, "reward/mean"))
+            if not n_steps:
                 continue
             d = {}
             for name, key in keys.items():
-                vals = [r[key] for r in steps if key in r and math.isfinite(r[key])]
+                vals = [v for _, v in metric_points(rows, key)]
                 if vals:
                     d[f"{name}_first"] = sum(vals[:window]) / len(vals[:window])
                     d[f"{name}_last"] = sum(vals[-window:]) / len(vals[-window:])
                     d[f"{name}_mean"] = sum(vals) / len(vals)
-            d["skipped_updates"] = sum(r.get("update/skipped", 0.0) for r in steps) / len(steps)
+            d["skipped_updates"] = sum(v for _, v in metric_points(rows, "update/skipped")) / n_steps
+            evals = metric_points(rows, "eval/success")
             if evals:
-                d["eval_success_first"], d["eval_success_last"] = evals[0]["eval/success"], evals[-1]["eval/success"]
+                d["eval_success_first"], d["eval_success_last"] = evals[0][1], evals[-1][1]
             per_seed.append(d)
         if per_seed:
             names = set.intersection(*(set(d) for d in per_seed))
@@ -456,13 +456,13 @@ def plot_curves(cfg: StudyRecipe, path: Path) -> None:
             log = run_dir(cfg, arm.name, seed) / "metrics.jsonl"
             if not log.is_file():
                 continue
-            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            rows = read_metrics(log)
             label = arm.name if j == 0 else None
-            ev = [(r["step"], r["eval/success"]) for r in rows if "eval/success" in r]
+            ev = metric_points(rows, "eval/success")
             if ev:
                 (ax_g if arm.kind == "grpo" else ax_s).plot(*zip(*ev), marker="o", color=color, alpha=0.8, label=label)
             for key, scale, style in (("reward/mean", 1.0, "-"), ("monitor/oracle_overall", 0.1, "--")):
-                rew = [(r["step"], r[key] * scale) for r in rows if math.isfinite(r.get(key, math.nan))]
+                rew = [(step, v * scale) for step, v in metric_points(rows, key)]
                 if rew:
                     ax_r.plot(*zip(*moving_average(rew, len(rew) // 20)), style, color=color, alpha=0.8,
                               label=label if style == "-" else None)

@@ -172,3 +172,26 @@ def test_one_seed_reports_intervals_across_prompts_and_paired_differences_per_pr
     res["machine"], res["total_time_s"] = machine_description(), 0.0
     report = format_report(cfg, res)
     assert "interval across the test prompts" in report and "per prompt, same seed" in report
+
+
+def test_grpo_diagnostics_counts_a_step_logged_again_by_a_resumed_run_once(tmp_path):
+    """A GRPO run resumed from its step-2 checkpoint logs steps 3-4 again: the diagnostics (first/last
+    window means, skipped updates, evaluations) must see each step once, with its last value."""
+    from earl.study import ArmSection, grpo_diagnostics, run_dir
+
+    cfg = StudyRecipe(out_dir=str(tmp_path), seeds=[0], arms=[
+        ArmSection(name="base", kind="given", model="unused"),
+        ArmSection(name="rl", kind="grpo", recipe="unused.yaml", start="base")])
+    log = run_dir(cfg, "rl", 0) / "metrics.jsonl"
+    log.parent.mkdir(parents=True)
+    rows = [{"step": 1, "reward/mean": 0.1, "update/skipped": 0.0},
+            {"step": 2, "reward/mean": 0.2, "update/skipped": 1.0}, {"step": 2, "eval/success": 0.3},
+            {"step": 3, "reward/mean": 9.0, "update/skipped": 1.0},  # the first run, killed after step 3
+            {"step": 3, "reward/mean": 0.3, "update/skipped": 0.0},  # the resumed run, from step 2
+            {"step": 4, "reward/mean": 0.4, "update/skipped": 0.0}, {"step": 4, "eval/success": 0.5}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = grpo_diagnostics(cfg, window=2)["rl"]
+    assert d["reward_first"] == pytest.approx(0.15) and d["reward_last"] == pytest.approx(0.35)
+    assert d["reward_mean"] == pytest.approx(0.25)
+    assert d["skipped_updates"] == pytest.approx(0.25)  # one skipped update in four steps
+    assert (d["eval_success_first"], d["eval_success_last"]) == (0.3, 0.5)
