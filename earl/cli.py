@@ -129,13 +129,18 @@ def _cmd_eval_shapes(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
 
-def _named_paths(items: list[str] | None, flag: str, expected: str) -> dict[str, str]:
-    """Repeated `NAME=PATH` arguments as a dict; a malformed one is an error naming the flag."""
+def _named_paths(items: list[str] | None, flag: str, expected: str, name_optional: bool = False) -> dict[str, str]:
+    """Repeated `NAME=PATH` arguments as a dict; with `name_optional` a bare PATH is named by its last
+    component. A malformed item, or a name given twice, is an error naming the flag."""
     out = {}
     for item in items or []:
         name, sep, path = item.partition("=")
-        if not sep or not name or not path:
+        if not sep and name_optional:
+            name, path = Path(item).name, item
+        if not name or not path:
             raise EarlError(f"{flag} {item!r}: expected {expected}")
+        if name in out:
+            raise EarlError(f"{flag} {item!r}: the name {name!r} is given twice (name each one: NAME=PATH)")
         out[name] = path
     return out
 
@@ -338,10 +343,8 @@ def _cmd_serve_judge(args) -> None:
 def _cmd_plot_metrics(args) -> None:
     from earl.viz import plot_metrics
 
-    runs = {}
-    for item in args.runs:
-        label, sep, path = item.partition("=")
-        runs[label if sep else Path(item).name] = path if sep else item
+    runs = _named_paths(args.runs, "run", "RUN_DIR or LABEL=RUN_DIR (a training run's output directory)",
+                        name_optional=True)
     plot_metrics(runs, args.key, args.out, smooth=args.smooth)
     print(f"wrote {args.out}")
 

@@ -71,3 +71,17 @@ def test_cli_plot_metrics(tmp_path):
     r = subprocess.run([sys.executable, "-m", "earl.cli", "plot", "metrics", str(tmp_path / "nope"),
                         "--key", "x", "--out", str(tmp_path / "d.png")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no metrics.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_run_labels_are_optional_and_unique():
+    """`earl plot metrics` names a bare RUN_DIR by its last component; an empty label or path, or one
+    label for two runs (two runs both called .../model), is an error rather than a silently lost curve."""
+    from earl.cli import _named_paths
+
+    assert _named_paths(["runs/a", "seed 1=runs/b/model"], "run", "RUN_DIR", name_optional=True) == {
+        "a": "runs/a", "seed 1": "runs/b/model"}
+    for items in (["x/model", "y/model"], ["=runs/a"], ["a="]):
+        with pytest.raises(EarlError, match="run"):
+            _named_paths(items, "run", "RUN_DIR", name_optional=True)
+    with pytest.raises(EarlError, match="expected NAME=DIR"):
+        _named_paths(["runs/a"], "--rrm", "NAME=DIR")  # where the name is required
