@@ -267,6 +267,13 @@ def _cmd_checkpoint_verify(args) -> None:
     print(f"{args.dir}: {len(manifest['files'])} files match the manifest (commit {manifest.get('commit')})")
 
 
+def _cmd_checkpoint_average(args) -> None:
+    from earl.averaging import average_editors
+
+    out = average_editors(args.models, args.out, weights=args.weights)
+    print(f"wrote {out}: the mean of {len(args.models)} models' backbones")
+
+
 def _cmd_demo(args) -> None:
     from earl.demo import run_demo
 
@@ -484,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "default: the --scalar models)")
     er.set_defaults(func=_cmd_eval_rewardbench)
 
-    ck = sub.add_parser("checkpoint", help="bundled checkpoints").add_subparsers(dest="what", required=True)
+    ck = sub.add_parser("checkpoint", help="checkpoints: bundle, verify, average").add_subparsers(dest="what", required=True)
     cp = ck.add_parser("pack", help="copy an editor into a checkpoint directory with a manifest (sha256, metrics)")
     cp.add_argument("--model", required=True, help="editor directory (UnifiedEditor.save_pretrained)")
     cp.add_argument("--out", required=True, help="checkpoint directory to (re)write, e.g. checkpoints/shapes-editor")
@@ -498,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     cv = ck.add_parser("verify", help="check a checkpoint's files against its manifest")
     cv.add_argument("dir")
     cv.set_defaults(func=_cmd_checkpoint_verify)
+    ca = ck.add_parser("average", help="the mean of the weights of editors fine-tuned from one start (model soup, "
+                       "WARM): e.g. a GCPO run's last checkpoints, or several seeds")
+    ca.add_argument("models", nargs="+", help="editor directories (at least two) sharing their tokenizers")
+    ca.add_argument("--out", required=True, help="editor directory to (re)write")
+    ca.add_argument("--weights", type=float, nargs="+", default=None, help="one positive weight per model "
+                    "(normalised; default equal)")
+    ca.set_defaults(func=_cmd_checkpoint_average)
 
     demo = sub.add_parser("demo", help="the quickstart job: data -> tokenizer -> report")
     demo.add_argument("--out", default="runs/demo", help="working directory for the demo's outputs")
