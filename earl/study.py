@@ -324,7 +324,8 @@ def grpo_diagnostics(cfg: StudyRecipe, window: int = 10) -> dict:
             if not log.is_file():
                 continue
             rows = read_metrics(log)
-            n_steps = len(metric_points(rows, "reward/mean"))
+            # a step whose every reward failed to parse logs reward/mean NaN: it is still a step
+            n_steps = len({r["step"] for r in rows if "reward/mean" in r})
             if not n_steps:
                 continue
             d = {}
