@@ -9,7 +9,8 @@
 # the same editor, then pairwise accuracy on held-out pairs with the oracle ceiling and a
 # per-principle-type breakdown of the verdicts; last, the observation-weighted cold start trained three
 # times as long (the best measured) and GCPO from it, and the same cold start taught by a lenient verifier
-# and GCPO from that, and GCPO from the bundled lenient cold start. About 15 h on 2 CPU cores. Every step resumes or is
+# and GCPO from that, and GCPO from the bundled lenient cold start (two seeds, and their weight average).
+# About 16 h on 2 CPU cores. Every step resumes or is
 # skipped when its output exists. The Avg@4 command adds self-consistency for two models; the last
 # two run editor GRPO with each reward from the bundled editor, judged by the oracle
 # (57 and 50 min; recipes/shapes/study_rewards.yaml is the 3-seed form of the first).
@@ -196,3 +197,27 @@ earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-
 # the two GCPO runs' curves (docs/rrm_gcpo_bundle_curves.png)
 earl plot metrics "tau written"=runs/rrm_gcpo_bundle "tau E[score]"=runs/rrm_gcpo_bundle_expected \
     --key gcpo/pair_correct --key gcpo/valid --smooth 20 --out docs/rrm_gcpo_bundle_curves.png
+# a second seed of the paper's-recipe run from the same start (run.seed=1: other pairs order and
+# other sampled traces), models kept every 40 steps, to tell run-to-run noise from checkpoint swings
+for steps in 40 80 120 160 200; do
+    [ -f runs/rrm_gcpo_bundle_seed1_$steps/editor.json ] && continue
+    earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml out_dir=runs/rrm_gcpo_bundle_seed1 \
+        init_from=checkpoints/shapes-rrm-lenient run.seed=1 run.steps=$steps run.eval_every=200 \
+        run.save_every=40 --resume
+    cp -r runs/rrm_gcpo_bundle_seed1/model runs/rrm_gcpo_bundle_seed1_$steps.tmp
+    mv runs/rrm_gcpo_bundle_seed1_$steps.tmp runs/rrm_gcpo_bundle_seed1_$steps
+done
+# the weight average of the two seeds' step-200 models (earl checkpoint average; WARM, Rame et al. 2024),
+# then both seeds and their average on the same 1200 pairs against the cold start (~3 min a new model
+# on a 2-core AMD EPYC; a model already measured with the same weights and settings is reused)
+[ -f runs/rrm_gcpo_bundle_warm_seeds_200/editor.json ] || earl checkpoint average runs/rrm_gcpo_bundle_200 \
+    runs/rrm_gcpo_bundle_seed1_200 --out runs/rrm_gcpo_bundle_warm_seeds_200
+earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-lenient \
+    --rrm rrm_gcpo_bundle_200=runs/rrm_gcpo_bundle_200 --rrm rrm_gcpo_bundle_seed1_200=runs/rrm_gcpo_bundle_seed1_200 \
+    --rrm rrm_gcpo_bundle_warm_seeds_200=runs/rrm_gcpo_bundle_warm_seeds_200 \
+    --scalar scalar=runs/rm_scalar_editor/model --expected-score --expected-points --baseline scalar \
+    --baseline rrm_sft_bundle --baseline "rrm_sft_bundle E[score]" --baseline "rrm_sft_bundle E[points]" \
+    --out runs/rewardbench_bundle
+# the two seeds' curves (docs/rrm_gcpo_bundle_seeds.png)
+earl plot metrics "seed 0"=runs/rrm_gcpo_bundle "seed 1"=runs/rrm_gcpo_bundle_seed1 \
+    --key gcpo/pair_correct --key gcpo/valid --smooth 20 --out docs/rrm_gcpo_bundle_seeds.png
