@@ -198,8 +198,8 @@ earl eval rewardbench --samples 300 --rrm rrm_sft_bundle=checkpoints/shapes-rrm-
 earl plot metrics "tau written"=runs/rrm_gcpo_bundle "tau E[score]"=runs/rrm_gcpo_bundle_expected \
     --key gcpo/pair_correct --key gcpo/valid --smooth 20 --out docs/rrm_gcpo_bundle_curves.png
 # a second seed of the paper's-recipe run from the same start (run.seed=1: other pairs order and
-# other sampled traces), models kept every 40 steps, to tell run-to-run noise from checkpoint swings
-for steps in 40 80 120 160 200; do
+# other sampled traces), the model kept after 40 and 200 steps (run as measured: 40 steps, then resumed to 200)
+for steps in 40 200; do
     [ -f runs/rrm_gcpo_bundle_seed1_$steps/editor.json ] && continue
     earl train rrm-gcpo recipes/shapes/rrm_gcpo.yaml out_dir=runs/rrm_gcpo_bundle_seed1 \
         init_from=checkpoints/shapes-rrm-lenient run.seed=1 run.steps=$steps run.eval_every=200 \
