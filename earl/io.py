@@ -3,6 +3,10 @@
 Why atomic: a training or evaluation killed mid-write must never leave a half-written checkpoint
 or result file behind; readers see either the old file or the new one. We write to a temporary
 file in the same directory and `os.replace` it over the target (atomic on POSIX).
+
+The staging file is created with mode 0666 and the staging directory with 0777, so the process
+umask applies as it does to `open` and `mkdir` (0644 and 0755 under umask 022), not the private
+0600/0700 of `tempfile.mkstemp`/`mkdtemp`, which `os.replace` would carry over to the result.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +26,39 @@ from PIL import Image, UnidentifiedImageError
 from earl.errors import DataError
 
 
+def _staging_name(path: Path, suffix: str = "") -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+
+
+def _create_staging_file(path: Path) -> Path:
+    """A new empty file next to `path`, mode 0666 & ~umask (O_EXCL: never an existing file)."""
+    while True:
+        tmp = _staging_name(path, ".tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _create_staging_directory(path: Path) -> Path:
+    """A new empty directory next to `path`, mode 0777 & ~umask."""
+    while True:
+        tmp = _staging_name(path)
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path next to `path`; on success rename it over `path`, on error delete it."""
+    """Yield a temporary path next to `path`; on success rename it over `path`, on error delete it.
+    The result has the permissions a plain `open(path, "w")` would give it (0666 & ~umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_staging_file(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -41,10 +71,11 @@ def atomic_path(path: str | os.PathLike):
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike):
     """Yield an empty staging directory next to `path`; on success swap it in for `path` (an existing
-    directory is replaced only once the new one is complete), on error delete it."""
+    directory is replaced only once the new one is complete), on error delete it. The directory
+    gets 0777 & ~umask, as `mkdir` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = _create_staging_directory(path)
     try:
         yield staging
         old = path.with_name(f".{path.name}.old")

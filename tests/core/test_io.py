@@ -1,9 +1,21 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from earl.errors import DataError
-from earl.io import atomic_directory, atomic_path, atomic_write_json, load_image, read_json
+from earl.io import (
+    atomic_directory,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    load_image,
+    read_json,
+    save_png,
+)
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -29,6 +41,43 @@ def test_atomic_directory_swaps_in_whole_or_not_at_all(tmp_path):
         (d / "b.txt").write_text("v2")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging or .old left behind
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it after."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield os.umask
+    os.umask(before)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_atomic_writers_give_the_usual_permissions(tmp_path, umask, mask):
+    """Files get 0666 & ~umask and directories 0777 & ~umask, as `open`/`mkdir` would give them,
+    not the 0600/0700 of a `tempfile.mkstemp`/`mkdtemp` staging file."""
+    umask(mask)
+    writers = {
+        "b.bin": lambda p: atomic_write_bytes(p, b"x"),
+        "t.txt": lambda p: atomic_write_text(p, "x"),
+        "j.json": lambda p: atomic_write_json(p, {"a": 1}),
+        "i.png": lambda p: save_png(Image.new("RGB", (2, 2)), p),
+    }
+    for name, write in writers.items():
+        write(tmp_path / name)
+        assert _mode(tmp_path / name) == 0o666 & ~mask, name
+    with atomic_path(tmp_path / "p.bin") as tmp:
+        tmp.write_bytes(b"x")
+    assert _mode(tmp_path / "p.bin") == 0o666 & ~mask
+    with atomic_directory(tmp_path / "d") as d:
+        (d / "f").write_text("x")
+    assert _mode(tmp_path / "d") == 0o777 & ~mask
+    atomic_write_text(tmp_path / "t.txt", "again")  # replacing a file gives the same
+    assert _mode(tmp_path / "t.txt") == 0o666 & ~mask
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "1", "I;16"])
