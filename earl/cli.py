@@ -100,18 +100,44 @@ def _cmd_eval_rrm(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _check_image_out(value: str, flag: str = "--out") -> Path:
+    """An output image path that can be written, checked before any model loads: not a directory,
+    an image extension (`earl.io.IMAGE_FORMATS`), and a writable nearest existing parent."""
+    import os
+
+    from earl.io import IMAGE_FORMATS, image_format
+
+    out = Path(value)
+    if out.is_dir():
+        raise EarlError(f"{flag} {value}: is a directory; give an image file, e.g. {out / 'edited.png'}")
+    if image_format(out) is None:
+        what = f"unknown image extension {out.suffix!r}" if out.suffix else "no image extension"
+        raise EarlError(f"{flag} {value}: {what} (expected one of {', '.join(IMAGE_FORMATS)})")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EarlError(f"{flag} {value}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EarlError(f"{flag} {value}: {parent} is not writable")
+    return out
+
+
 def _cmd_edit(args) -> None:
     from earl.pipeline import EditPipeline
 
+    out = _check_image_out(args.out)
     pipe = EditPipeline.from_pretrained(args.model)
     res = pipe(args.image, args.instruction, num_samples=args.num_samples, guidance_scale=args.guidance_scale,
                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    from earl.io import save_png
+    from earl.io import save_image
 
-    out = Path(args.out)
     for i, im in enumerate(res.images):
         path = out if len(res.images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        save_png(im, path)
+        try:
+            save_image(im, path)
+        except OSError as e:
+            raise EarlError(f"--out {args.out}: cannot write {path} ({e.strerror or e})") from None
         print(f"wrote {path}")
     for t in res.thinking:
         if t is not None:
@@ -423,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
     e.add_argument("--image", required=True)
     e.add_argument("--instruction", required=True)
-    e.add_argument("--out", required=True, help="output PNG (with several samples: out_0.png, out_1.png, ...)")
+    e.add_argument("--out", required=True, help="output image, its format from the extension: .png, .jpg, .webp, ... "
+                                                "(with several samples: out_0.png, out_1.png, ...)")
     _sampling_args(e)
     e.add_argument("--num-samples", type=int, default=1)
     e.add_argument("--top-k", type=int, default=0)

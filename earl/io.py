@@ -109,6 +109,26 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+# the file extensions an edited image can be written as, and their PIL formats
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def image_format(path: str | os.PathLike) -> str | None:
+    """The PIL format an image at `path` is written in (from its extension, any case), or None."""
+    return IMAGE_FORMATS.get(Path(path).suffix.lower())
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> None:
+    """Save a PIL image atomically in the format its extension names (`IMAGE_FORMATS`)."""
+    fmt = image_format(path)
+    if fmt is None:
+        raise DataError(f"{path}: unknown image extension (expected one of {', '.join(IMAGE_FORMATS)})")
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():

@@ -67,3 +67,54 @@ def test_bad_input_gives_one_line_errors(tmp_path, args, message):
     assert r.returncode == 2
     assert r.stderr.startswith("earl: error:") and message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "out,message",
+    [
+        ("{tmp}", "is a directory"),
+        ("{tmp}/edited", "no image extension"),
+        ("{tmp}/edited.xyz", "unknown image extension '.xyz'"),
+        ("{tmp}/file.txt/edited.png", "not a directory"),
+    ],
+)
+def test_edit_bad_out_is_one_line_error_before_the_model_loads(tmp_path, capsys, out, message):
+    """`--model` does not exist either: the `--out` error comes first, so it is checked before loading."""
+    from earl.cli import main
+
+    (tmp_path / "file.txt").write_text("x")
+    code = main(["edit", "--model", str(tmp_path / "nope"), "--image", "x.png", "--instruction", "a",
+                 "--out", out.replace("{tmp}", str(tmp_path))])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("earl: error: --out ") and message in err and err.count("\n") == 1, err
+
+
+def test_edit_unwritable_out_directory(tmp_path, capsys, monkeypatch):
+    import os
+
+    from earl.cli import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):  # root writes anywhere: the permission check is what is tested then
+            access = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(locked) else access(p, mode))
+        code = main(["edit", "--model", str(tmp_path / "nope"), "--image", "x.png", "--instruction", "a",
+                     "--out", str(locked / "sub" / "o.png")])
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("earl: error: --out ") and "not writable" in err, err
+
+
+def test_edit_writes_the_format_of_the_extension(tmp_path, capsys):
+    from earl.cli import main
+
+    src = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), "white").save(src)
+    code = main(["edit", "--image", str(src), "--instruction", "Add a red circle.", "--out", str(tmp_path / "o.jpg")])
+    assert code == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "o.jpg").format == "JPEG"
