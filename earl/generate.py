@@ -92,11 +92,21 @@ def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return logits
 
 
-def sample_from(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None):
-    """Sample one token per row from processed logits. Returns (tokens (N,), logprobs (N,))."""
+Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per row
+
+
+def sample_from(logits: torch.Tensor, cfg: SamplingConfig, generator: Generators):
+    """Sample one token per row from processed logits. Returns (tokens (N,), logprobs (N,)).
+
+    `generator` may be a list with one generator per row: row i is then drawn from `generator[i]`
+    alone, so its tokens depend on its own seed and logits, not on the other rows of the batch."""
     logp = torch.log_softmax(logits, dim=-1)
     if cfg.temperature == 0:
         tok = logits.argmax(-1)
+    elif isinstance(generator, (list, tuple)):
+        probs = logp.exp()
+        tok = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g)
+                         for i, g in enumerate(generator)]).squeeze(-1)
     else:
         tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
@@ -126,9 +136,12 @@ def _image_code_sampler(device, cfg: SamplingConfig, n: int, code_range: tuple[i
     """A function (R, V) full-vocabulary logits -> (codes (n,), log-probs (n,)) for the image codes,
     CFG rows included: the fused kernel where `_use_fused_step`, else the PyTorch steps."""
     img_start, img_stop = code_range
-    if _use_fused_step(device, cfg):
+    per_row = isinstance(generator, (list, tuple))  # the kernel's random stream is one seed for all rows
+    if (not per_row or cfg.temperature == 0) and _use_fused_step(device, cfg):
         from earl.kernels.sampling import cfg_sample
 
+        if per_row:  # greedy: nothing is drawn, the seed is unused
+            generator = None
         base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
                                  device=generator.device if generator is not None else "cpu"))
         calls = itertools.count()  # a distinct seed per step
@@ -342,7 +355,7 @@ def sample_edits(
     source_codes: torch.Tensor,
     cfg: SamplingConfig = SamplingConfig(),
     think: bool = False,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     static_cache: bool = False,
     compile_decode: bool = False,
     lean: bool | None = None,
@@ -354,9 +367,14 @@ def sample_edits(
     `static_cache`: the Hugging Face forward over a KV cache and mask preallocated for the whole
     generation (`_StaticDecoder`); `compile_decode` (implies it): its one-token decode forward
     captured as a CUDA graph on a GPU. All give the same tokens up to float rounding.
+    `generator`: one `torch.Generator` for the batch, or a list of one per row (on the rows' device),
+    so that a row's draws depend on its own seed only, not on which rows share its batch (resumable
+    evaluations seed each sample by its id). Per-row generators use the PyTorch draw, not the fused one.
     """
     if len(instructions) != source_codes.shape[0]:
         raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
+    if isinstance(generator, (list, tuple)) and len(generator) != len(instructions):
+        raise EarlError(f"got {len(generator)} generators for {len(instructions)} rows (one per row, or one in all)")
     for ins in instructions:
         if not ins or not ins.strip():
             raise EarlError("instruction is empty")

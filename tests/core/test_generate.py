@@ -55,6 +55,50 @@ def test_same_seed_same_output_and_grids_well_formed(setup):
         assert torch.equal(layout.parse_image(row, 4, 4), grid)
 
 
+def _gens(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_per_row_generators_make_a_row_independent_of_its_batch(setup, scale):
+    """With one generator per row, a row's sample depends on its own seed only: the same whether it is
+    drawn alone, first or last, beside other rows (what a resumed evaluation needs)."""
+    backbone, layout, codes = setup
+    cfg = SamplingConfig(temperature=1.0, top_k=50, guidance_scale=scale)
+    full = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=_gens(11, 12, 13))
+    alone = [sample_edits(backbone, layout, [INSTRUCTIONS[i]], codes[i : i + 1], cfg, generator=_gens(11 + i))
+             for i in range(3)]
+    swapped = sample_edits(backbone, layout, INSTRUCTIONS[::-1][:2], codes.flip(0)[:2], cfg, generator=_gens(13, 12))
+    for i in range(3):
+        assert torch.equal(full.codes[i], alone[i].codes[0]), i
+        torch.testing.assert_close(full.logprobs[i], alone[i].logprobs[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(swapped.codes, full.codes.flip(0)[:2])
+    assert not torch.equal(full.codes[0], sample_edits(backbone, layout, INSTRUCTIONS[:1], codes[:1], cfg,
+                                                       generator=_gens(99)).codes[0])  # the seed matters
+
+
+def test_per_row_generators_leave_greedy_unchanged_and_must_match_the_rows(setup):
+    backbone, layout, codes = setup
+    greedy = SamplingConfig(temperature=0.0)
+    plain = sample_edits(backbone, layout, INSTRUCTIONS, codes, greedy)
+    assert torch.equal(sample_edits(backbone, layout, INSTRUCTIONS, codes, greedy, generator=_gens(1, 2, 3)).codes,
+                       plain.codes)
+    with pytest.raises(EarlError, match="2 generators for 3 rows"):
+        sample_edits(backbone, layout, INSTRUCTIONS, codes, SamplingConfig(temperature=1.0), generator=_gens(1, 2))
+
+
+def test_per_row_generators_cover_the_thinking_text(tiny_cot_editor):
+    layout = tiny_cot_editor.layout
+    codes = torch.zeros(2, 4, 4, dtype=torch.long)
+    cfg = SamplingConfig(temperature=1.0, max_think_tokens=6)
+    both = sample_edits(tiny_cot_editor.backbone, layout, INSTRUCTIONS[:2], codes, cfg, think=True,
+                        generator=_gens(4, 5))
+    second = sample_edits(tiny_cot_editor.backbone, layout, INSTRUCTIONS[1:2], codes[1:], cfg, think=True,
+                          generator=_gens(5))
+    assert both.thinking[1] == second.thinking[0]
+    assert torch.equal(both.codes[1], second.codes[0])
+
+
 def test_thinking_text_precedes_a_well_formed_image(tiny_cot_editor):
     layout = tiny_cot_editor.layout
     codes = torch.zeros(2, 4, 4, dtype=torch.long)

@@ -142,3 +142,26 @@ def test_fused_sampled_edits_report_the_model_s_own_log_probs(tiny_editor, fused
                              out.image_positions, cfg)
     torch.testing.assert_close(recomputed, out.logprobs, atol=1e-4, rtol=1e-4)
     assert torch.equal(out.codes, again.codes)
+
+
+def test_per_row_generators_draw_with_pytorch_but_greedy_stays_fused(tiny_editor, fused_on_cpu):
+    """The kernel's random stream is one seed for the batch, so per-row generators (a resumable
+    evaluation's per-sample seeds) take the PyTorch draw; greedy decoding draws nothing and keeps the kernel."""
+    from earl.generate import sample_edits
+
+    codes = torch.randint(0, tiny_editor.image_tokenizer.codebook_size, (2, 4, 4),
+                          generator=torch.Generator().manual_seed(2))
+    ins = ["change the square to green", "make the red circle blue"]
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    cfg = SamplingConfig(temperature=1.0)
+    both = sample_edits(tiny_editor.backbone, tiny_editor.layout, ins, codes, cfg, generator=gens(1, 2))
+    assert fused_on_cpu == []
+    second = sample_edits(tiny_editor.backbone, tiny_editor.layout, ins[1:], codes[1:], cfg, generator=gens(2))
+    assert torch.equal(both.codes[1], second.codes[0])
+    greedy = SamplingConfig(temperature=0.0)
+    fused = sample_edits(tiny_editor.backbone, tiny_editor.layout, ins, codes, greedy, generator=gens(1, 2))
+    assert len(fused_on_cpu) == 16
+    assert torch.equal(fused.codes, sample_edits(tiny_editor.backbone, tiny_editor.layout, ins, codes, greedy).codes)
