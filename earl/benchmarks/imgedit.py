@@ -1,23 +1,42 @@
 """ImgEdit-Bench (Basic): 737 edits of 9 types, each judged on three 1-5 criteria.
 
-Scoring follows the official scripts (PKU-YuanGroup/ImgEdit `Benchmark/Basic/`):
+Scoring follows the official scripts (PKU-YuanGroup/ImgEdit `Benchmark/Basic/`: `basic_bench.py`,
+`step1_get_avgscore.py`, `step2_typescore.py`):
 - one judge call per sample with the prompt of its edit type (from the benchmark's `prompts.json`,
   given by the user; `<edit_prompt>` is the placeholder), the message being [text, original, edited];
-- the judge replies `Brief reasoning: ...` then three `Criterion: n` lines; the criterion names are
-  read from the prompt's own "Example Response Format", so each type's three names are checked;
-- a sample's score is the mean of its three scores, rounded to 2 decimals; a type's score is the
-  mean of those, rounded to 2 decimals; **Overall is the mean of the 9 type scores** (the
-  leaderboard's definition); "compose" is reported as "Hybrid", as in the published tables.
+- the reply is read as the official script reads it, line by line: a line is a score when, once
+  stripped, splitting it at ": " gives exactly two parts and the second is all digits. Every such
+  line counts, whatever its name: the criterion names are not checked, so an extra `Overall: 5` line
+  is averaged in, a missing criterion leaves the others to be averaged, and `**Name:** 5`, `Name: 4/5`,
+  `Name: 3.5` or `Name:  5` (two spaces) are not scores;
+- a sample's score is the mean of its scores, rounded to 2 decimals; a type's score is the mean of
+  those, rounded to 2 decimals; **Overall is the mean of the 9 type scores**, rounded to 2 decimals
+  (the leaderboard's definition; no official script computes it); "compose" is reported as
+  "Hybrid", as in the published tables.
 
-As for GEdit-Bench, a reply that does not parse after the retries is a counted failure, left out of
-the means, never a guessed score; a missing output image is counted as missing.
+Where earl differs from the official scripts (the UGE suite, `earl.benchmarks.imgedit_uge`, shares
+the reader and all of these):
+- a reply with no score line is re-asked (`--retries`, default 2) and then stored as a counted
+  failure; officially it is asked once and the sample silently drops out of the type mean (the
+  means are the same; earl says how many);
+- a reply with a score outside 1-5 (`Score: 0`, `Score: 10`) is treated the same way, as a failure;
+  officially it is averaged in;
+- a score written in digits that Python's int() cannot read (`Score: ²`) makes the official script
+  stop with an error; earl skips that line;
+- a missing edited image is counted as missing, and a judge call that errors (timeout, HTTP error) is
+  retried and then counted as failed; officially both leave an error entry in the results file,
+  which the scoring script cannot read (it stops);
+- judge settings: earl sends temperature 0 and `--max-tokens` (default 1400); the official script
+  asks GPT-4o with the API's defaults (temperature 1, no token limit). Images are re-encoded as PNG
+  by earl's chat backend; the official script sends each file's bytes as they are on disk;
+- judgements are read again from their stored reply text at scoring time, so a run judged by an
+  older earl is scored by these rules without asking the judge again.
 
 The benchmark is read from its published files: `basic_edit.json` ({key: {id, prompt, edit_type}})
 and the source images under a root directory where each `id` is a relative path
 (`Benchmark/singleturn` in the `sysuyy/ImgEdit` release). The UGE ("Hard") suite is scored by
-`earl.benchmarks.imgedit_uge`, which shares the loader and the message.
+`earl.benchmarks.imgedit_uge`, which shares the loader, the message and the reply reader.
 """
-
 from __future__ import annotations
 
 import json
@@ -35,7 +54,6 @@ TYPES = ("add", "adjust", "extract", "replace", "remove", "background", "style",
 TYPE_NAMES = {"add": "Add", "adjust": "Adjust", "extract": "Extract", "replace": "Replace", "remove": "Remove",
               "background": "Background", "style": "Style", "compose": "Hybrid", "action": "Action"}
 _CRITERION = re.compile(r"^\s*([^:\n]+?):\s*A number from 1 to 5\.?\s*$", re.M)
-_NUM = r"(\d+(?:\.\d+)?)"
 
 
 def load_imgedit(edits_json: str | Path, images_root: str | Path, suite: str = "basic") -> list[BenchItem]:
@@ -90,24 +108,34 @@ def load_prompts(prompts_json: str | Path) -> dict[str, str]:
 
 
 def criteria(prompt: str) -> list[str]:
-    """The three criterion names a prompt asks for, from its example response format."""
+    """The three criterion names a prompt asks for, from its example response format (used to check
+    that a prompts file is the benchmark's; replies are not checked against these names)."""
     return [m.group(1).strip() for m in _CRITERION.finditer(prompt)]
 
 
-def parse_reply(text: str, names: list[str]) -> list[float] | None:
-    """The three 1-5 scores, one per named criterion (last occurrence wins), or None if any is missing."""
+def score_lines(text: str) -> list[int]:
+    """Every score in a reply, as the official scripts of both suites read them: each line, stripped
+    and split at ": ", that gives exactly two parts, the second all digits (a line whose digits int()
+    cannot read, such as a superscript, is skipped; the official script would stop there)."""
+    scores = []
+    for line in text.splitlines():
+        parts = line.strip().split(": ")
+        if len(parts) == 2 and parts[1].isdigit():
+            try:
+                scores.append(int(parts[1]))
+            except ValueError:
+                continue
+    return scores
+
+
+def parse_reply(text: str) -> list[float] | None:
+    """The reply's scores (see `score_lines`), or None when it has none or one outside 1-5."""
     if not isinstance(text, str):
         return None
-    out = []
-    for name in names:
-        found = re.findall(rf"{re.escape(name)}\s*[:：]\s*\**\s*{_NUM}", text, re.I)
-        if not found:
-            return None
-        v = float(found[-1])
-        if not 1 <= v <= 5:
-            return None
-        out.append(v)
-    return out
+    scores = score_lines(text)
+    if not scores or not all(1 <= v <= 5 for v in scores):
+        return None
+    return [float(v) for v in scores]
 
 
 def judge_specs(prompts: dict[str, str]) -> list[JudgeSpec]:
@@ -116,26 +144,27 @@ def judge_specs(prompts: dict[str, str]) -> list[JudgeSpec]:
             raise DataError(f"no ImgEdit judge prompt for edit type {item.group!r}")
         return edit_messages(prompts[item.group], item, edited)
 
-    return [JudgeSpec("judge", messages, lambda item, text: parse_reply(text, criteria(prompts[item.group])))]
+    return [JudgeSpec("judge", messages, lambda item, text: parse_reply(text))]
 
 
 def sample_rows(items: list[BenchItem], out_dir: Path) -> list[dict]:
-    """Each item's status (ok, failed, missing image, not judged) and score: the mean of its judge's
-    scores rounded to 2 decimals, as the official scripts of both suites compute it."""
+    """Each item's status (ok, failed, missing image, not judged) and score: the mean of the scores in
+    its stored reply (read again by `parse_reply`), rounded to 2 decimals, as the official scripts of
+    both suites compute it."""
     stored = load_judgements(out_dir, ("judge",), items)
     rows = []
     for it in items:
         j = stored[it.key]["judge"]
+        scores = parse_reply(j.get("raw") or "") if j else None
         if not image_path(out_dir, it).is_file():
             status, value = "missing", None
         elif j is None:
             status, value = "not judged", None
-        elif j["value"] is None:
+        elif scores is None:
             status, value = "failed", None
         else:
-            status, value = "ok", round(sum(j["value"]) / len(j["value"]), 2)
-        rows.append({"key": it.key, "type": it.group, "status": status, "scores": j["value"] if j else None,
-                     "score": value})
+            status, value = "ok", round(sum(scores) / len(scores), 2)
+        rows.append({"key": it.key, "type": it.group, "status": status, "scores": scores, "score": value})
     return rows
 
 

@@ -8,16 +8,18 @@ scores, rounded to 2 decimals.
 
 The judge prompt lives inside the official evaluation script, not in a data file, so the user saves
 it to a text file and gives its path (the benchmark's own text is never copied into earl). As for
-the Basic suite, a reply with no score line is a counted failure, not a skipped row; one deviation
-from the official script, said next to the numbers: a reply with a score outside 1-5 is a failure
-too (the official script would average it in).
+the Basic suite, the reply reader is `earl.benchmarks.imgedit.parse_reply` (the same rule in both
+official scripts), and the deviations listed in `earl.benchmarks.imgedit` apply here too: a reply
+with no score line is re-asked and then a counted failure, not a skipped row, and a reply with a
+score outside 1-5 is a failure too (the official script would average it in), said next to the
+numbers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from earl.benchmarks.imgedit import edit_messages, load_imgedit, sample_rows
+from earl.benchmarks.imgedit import edit_messages, load_imgedit, parse_reply, sample_rows
 from earl.benchmarks.runner import BenchItem, JudgeSpec
 from earl.errors import DataError
 
@@ -37,20 +39,6 @@ def load_prompt(path: str | Path) -> str:
     if "<edit_prompt>" not in text:
         raise DataError(f"{path}: the UGE judge prompt needs the <edit_prompt> placeholder")
     return text
-
-
-def parse_reply(text: str) -> list[float] | None:
-    """The reply's scores, as the official script reads them, or None (no score, or one outside 1-5)."""
-    if not isinstance(text, str):
-        return None
-    scores = []
-    for line in text.splitlines():
-        parts = line.strip().split(": ")
-        if len(parts) == 2 and parts[1].isdigit():
-            scores.append(float(parts[1]))
-    if not scores or not all(1 <= v <= 5 for v in scores):
-        return None
-    return scores
 
 
 def judge_specs(prompt: str) -> list[JudgeSpec]:

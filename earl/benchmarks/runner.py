@@ -103,9 +103,17 @@ async def _judge_one(backend: ChatBackend, spec: JudgeSpec, item: BenchItem, out
                        "attempts": call.attempts})
 
 
+def _failed(spec: JudgeSpec, item: BenchItem, stored: dict) -> bool:
+    """Whether a stored judgement counts as failed: its stored reply does not parse. The reply is read
+    again, so a judgement stored under an older parser is judged by the current one (for a parser
+    that has not changed this is the same as a stored value of None)."""
+    return spec.parse(item, stored.get("raw") or "") is None
+
+
 async def judge_missing(items: list[BenchItem], specs: list[JudgeSpec], backend: ChatBackend, out_dir: Path,
                         opts: JudgeOptions | None = None, retry_failed: bool = False, progress: bool = True) -> int:
-    """Ask every judge call that has no stored judgement (and failed ones with `retry_failed`).
+    """Ask every judge call that has no stored judgement (and failed ones with `retry_failed`:
+    those whose stored reply the spec's current parser cannot read).
 
     Items without an edited image are skipped (they count as missing in the scores). Returns the
     number of calls made.
@@ -118,7 +126,7 @@ async def judge_missing(items: list[BenchItem], specs: list[JudgeSpec], backend:
             continue
         for spec in specs:
             p = judgement_path(out_dir, spec.name, it)
-            if p.is_file() and not (retry_failed and read_json(p).get("value") is None):
+            if p.is_file() and not (retry_failed and _failed(spec, it, read_json(p))):
                 continue
             todo.append((spec, it))
     bar = tqdm(total=len(todo), desc="judge", disable=not progress)

@@ -196,7 +196,7 @@ def test_imgedit_scores_like_the_official_script(tmp_path, server):
     items = imgedit.load_imgedit(*write_imgedit(tmp_path / "bench"))
     judge = ScriptedJudge({
         "(one)": "Brief reasoning: fine.\nPrompt Compliance: 4\nVisual Naturalness: 3\nPhysical & Detail Integrity: 5",
-        "(two)": "Brief reasoning: good.\n**Prompt Compliance:** 5\nVisual Naturalness: 4\n"
+        "(two)": "Brief reasoning: good.\n**Prompt Compliance:** 5\nVisual Naturalness: 4\n"  # bold: not a score
                  "Physical & Detail Integrity: 4",
         "(three)": "Brief reasoning: weak.\nPrompt Compliance: 2\nVisual Naturalness: 3\n"
                    "Physical & Detail Coherence: 3",
@@ -208,7 +208,7 @@ def test_imgedit_scores_like_the_official_script(tmp_path, server):
     assert text_of(req) == prompts["replace"].replace("<edit_prompt>", "Replace the cat with a dog (one).")
     assert len(images_of(req)) == 2  # [text, original, edited]
     # sample = round(mean of 3, 2); type = round(mean of samples, 2); overall = mean of type scores
-    replace = round((round(12 / 3, 2) + round(13 / 3, 2)) / 2, 2)
+    replace = round((round(12 / 3, 2) + round(8 / 2, 2)) / 2, 2)
     add = round(8 / 3, 2)
     assert res["per_type"]["replace"]["score"] == replace and res["per_type"]["add"]["score"] == add
     assert res["per_type"]["add"]["failed"] == 1
@@ -218,13 +218,11 @@ def test_imgedit_scores_like_the_official_script(tmp_path, server):
 
 
 def test_imgedit_parser_and_bad_inputs(tmp_path):
-    names = ["Prompt Compliance", "Visual Naturalness", "Physical & Detail Integrity"]
-    assert imgedit.parse_reply("Prompt Compliance: 4\nVisual Naturalness: 3\nPhysical & Detail Integrity: 5",
-                               names) == [4.0, 3.0, 5.0]
-    assert imgedit.parse_reply("Prompt Compliance: 4\nVisual Naturalness: 3", names) is None  # truncated
-    assert imgedit.parse_reply("", names) is None
-    assert imgedit.parse_reply("Prompt Compliance: 0\nVisual Naturalness: 3\nPhysical & Detail Integrity: 5",
-                               names) is None
+    assert imgedit.parse_reply("Prompt Compliance: 4\nVisual Naturalness: 3\nPhysical & Detail Integrity: 5"
+                               ) == [4.0, 3.0, 5.0]
+    assert imgedit.parse_reply("Prompt Compliance: 4\nVisual Naturalness: 3") == [4.0, 3.0]  # the rest is averaged
+    assert imgedit.parse_reply("") is None
+    assert imgedit.parse_reply("Prompt Compliance: 0\nVisual Naturalness: 3\nPhysical & Detail Integrity: 5") is None
     edits, images = write_imgedit(tmp_path / "bench")
     (images / "food/c.jpg").unlink()
     with pytest.raises(DataError, match="1 source image.*food/c.jpg"):
