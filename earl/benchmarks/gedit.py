@@ -9,7 +9,9 @@ Scoring follows the official scripts (Step1X-Edit `GEdit-Bench/`):
   **unweighted mean of the group means**; the "intersection" score repeats this on the rows whose
   `Intersection_exist` is true.
 - both images go to the judge resized to about 512x512 pixels of area, each keeping its aspect
-  ratio (the June 2025 runner); the message is the prompt text followed by the images.
+  ratio, with the official runner's arithmetic: width = sqrt(512*512 * w/h), height = width / (w/h),
+  both truncated by int() (1280x720 -> 682x384), bicubic (the June 2025 runner); the message is the
+  prompt text followed by the images.
 
 Where earl differs on purpose: the official parser substitutes random scores when a reply does not
 parse, and skips missing images. earl retries, then records the call as failed, leaves the sample

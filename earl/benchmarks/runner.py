@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,10 +144,14 @@ async def judge_missing(items: list[BenchItem], specs: list[JudgeSpec], backend:
 
 
 def resize_to_area(image: Image.Image, area: int) -> Image.Image:
-    """Scale to about `area` pixels keeping the aspect ratio (how GEdit-Bench's runner feeds the judge)."""
+    """Scale to about `area` pixels keeping the aspect ratio, as GEdit-Bench's runner feeds the judge:
+    with ratio = w / h, width = sqrt(area * ratio) and height = width / ratio, both truncated by int()
+    (1280x720 at 512*512 -> 682x384), then a bicubic resize (PIL's default for RGB)."""
     w, h = image.size
-    s = (area / (w * h)) ** 0.5
-    size = (max(1, round(w * s)), max(1, round(h * s)))
+    ratio = w / h
+    width = math.sqrt(area * ratio)
+    height = width / ratio
+    size = (max(1, int(width)), max(1, int(height)))  # max(1, ...): only an aspect ratio beyond area:1 needs it
     return image if size == image.size else image.resize(size, Image.BICUBIC)
 
 

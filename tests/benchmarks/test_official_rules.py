@@ -8,6 +8,7 @@ both give the same numbers; the deviations earl documents are checked as deviati
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from PIL import Image
@@ -148,3 +149,24 @@ def test_uge_suite_mean_equals_the_restated_rule(tmp_path, server):  # noqa: F81
     samples = [s for s in (official_sample_score(r) for r in replies.values()) if s is not None]
     assert samples == [4.0, 3.5, 4.0]
     assert res["overall"]["score"] == round(sum(samples) / len(samples), 2) and res["overall"]["failed"] == 1
+
+
+# ---- GEdit-Bench: the judge's resize in the official runner (test_gedit_score.py), restated ----------
+def official_judge_size(width: int, height: int, area: int = 512 * 512) -> tuple[int, int]:
+    """calculate_dimensions(512 * 512, w / h): the width from the area and the ratio, the height from
+    that width, each cut to an int (not rounded)."""
+    ratio = width / height
+    new_width = math.sqrt(area * ratio)
+    return int(new_width), int(new_width / ratio)
+
+
+SIZES = [(1280, 720), (720, 1280), (1024, 256), (1000, 750), (640, 427), (1920, 1080), (333, 999), (512, 512),
+         (4032, 3024), (1024, 683), (300, 200), (2000, 1333)]
+
+
+def test_gedit_judge_resize_truncates_as_the_official_runner():
+    from earl.benchmarks.runner import resize_to_area
+
+    for w, h in SIZES:
+        assert resize_to_area(Image.new("RGB", (w, h)), 512 * 512).size == official_judge_size(w, h), (w, h)
+    assert official_judge_size(1280, 720) == (682, 384)  # rounding would give 683x384
