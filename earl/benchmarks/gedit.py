@@ -17,13 +17,19 @@ Where earl differs on purpose: the official parser substitutes random scores whe
 parse, and skips missing images. earl retries, then records the call as failed, leaves the sample
 out of the means and reports how many failed and how many images were missing, next to the scores.
 
+Which source image goes where: the editor is given `input_image`; the judge's SC call is shown
+`input_image_raw`, as the current official runner (`test_gedit_score.py`) does. A copy of the data
+without an `input_image_raw` column falls back to `input_image` for the judge: a warning is logged,
+and results.json (`judge_source`) and results.md say which column the judge saw.
+
 The benchmark is read from a local copy of the published dataset (`stepfun-ai/GEdit-Bench`: fields
-task_type, key, instruction, instruction_language, input_image, Intersection_exist), either the
-hub's parquet files or a `datasets.save_to_disk` directory.
+task_type, key, instruction, instruction_language, input_image, input_image_raw (optional, see
+above), Intersection_exist), either the hub's parquet files or a `datasets.save_to_disk` directory.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -37,6 +43,9 @@ GROUPS = ("background_change", "color_alter", "material_alter", "motion_change",
           "subject-add", "subject-remove", "subject-replace", "text_change", "tone_transfer")
 FIELDS = ("task_type", "key", "instruction", "instruction_language", "input_image", "Intersection_exist")
 JUDGE_AREA = 512 * 512
+JUDGE_SOURCE = "input_image_raw"  # the source image the official runner shows the judge
+
+log = logging.getLogger(__name__)
 
 
 def load_dataset_dir(path: str | Path):
@@ -62,23 +71,35 @@ def _as_image(value, where: str) -> Image.Image:
 
 
 def load_gedit(path: str | Path, language: str = "en") -> list[BenchItem]:
+    """The rows in `language`; each item's `source` is `input_image` (what the editor is given) and its
+    `meta["judge_source"]` loads the image the judge is shown (`input_image_raw`, or `input_image`
+    when the copy has no such column; `meta["judge_column"]` says which)."""
     ds = load_dataset_dir(path)
     missing = [f for f in FIELDS if f not in ds.column_names]
     if missing:
         raise DataError(f"{path}: not GEdit-Bench data: missing field(s) {', '.join(missing)} "
                         f"(expected {', '.join(FIELDS)})")
+    judge_column = JUDGE_SOURCE if JUDGE_SOURCE in ds.column_names else "input_image"
+    if judge_column != JUDGE_SOURCE:
+        log.warning("%s: no %s column; the judge is shown input_image instead (the official runner shows "
+                    "input_image_raw)", path, JUDGE_SOURCE)
     meta = ds.select_columns([f for f in FIELDS if f != "input_image"])
+    inputs, judge_inputs = ds.select_columns(["input_image"]), ds.select_columns([judge_column])
     items = []
     for i, row in enumerate(meta):
         if row["instruction_language"] != language:
             continue
 
         def source(i=i, key=row["key"]):
-            return _as_image(ds[i]["input_image"], f"{path}: input_image of {key}")
+            return _as_image(inputs[i]["input_image"], f"{path}: input_image of {key}")
+
+        def judge_source(i=i, key=row["key"]):
+            return _as_image(judge_inputs[i][judge_column], f"{path}: {judge_column} of {key}")
 
         items.append(BenchItem(key=f"{language}/{row['task_type']}/{row['key']}", group=row["task_type"],
                                instruction=row["instruction"], source=source,
-                               meta={"language": language, "intersection": bool(row["Intersection_exist"])}))
+                               meta={"language": language, "intersection": bool(row["Intersection_exist"]),
+                                     "judge_source": judge_source, "judge_column": judge_column}))
     if not items:
         raise DataError(f"{path}: no rows with instruction_language == {language!r}")
     return items
@@ -98,6 +119,11 @@ def load_prompts(prompt_dir: str | Path) -> dict[str, str]:
     return out
 
 
+def _judge_source(item: BenchItem) -> Image.Image:
+    """The source image the judge is shown (see `load_gedit`); items built elsewhere fall back to `source`."""
+    return item.meta.get("judge_source", item.source)()
+
+
 def judge_specs(prompts: dict[str, str]) -> list[JudgeSpec]:
     from earl.verify.viescore import parse_scores
 
@@ -105,7 +131,7 @@ def judge_specs(prompts: dict[str, str]) -> list[JudgeSpec]:
         text = prompts["sc"].replace("<instruction>", item.instruction)
         return [{"role": "user", "content": [
             {"type": "text", "text": text},
-            {"type": "image", "image": resize_to_area(item.source().convert("RGB"), JUDGE_AREA)},
+            {"type": "image", "image": resize_to_area(_judge_source(item).convert("RGB"), JUDGE_AREA)},
             {"type": "image", "image": resize_to_area(edited.convert("RGB"), JUDGE_AREA)}]}]
 
     def pq_messages(item: BenchItem, edited: Image.Image) -> list[dict]:
@@ -163,7 +189,8 @@ def score(items: list[BenchItem], out_dir: Path) -> dict:
         rows.append({"key": it.key, "group": it.group, "intersection": it.meta["intersection"], "status": status,
                      "scores": scores})
     language = items[0].meta["language"] if items else None
-    return {"benchmark": "GEdit-Bench", "language": language, "full": _summary(rows),
+    judge_column = items[0].meta.get("judge_column", "input_image") if items else None
+    return {"benchmark": "GEdit-Bench", "language": language, "judge_source": judge_column, "full": _summary(rows),
             "intersection": _summary([r for r in rows if r["intersection"]]), "samples": rows}
 
 
@@ -181,6 +208,12 @@ def format_table(result: dict) -> str:
     lines += ["", "| group (full set) | n | SC | PQ | O | failed | missing |", "|---|---:|---:|---:|---:|---:|---:|"]
     for g, s in result["full"]["per_group"].items():
         lines.append(f"| {g} | {s['n']} | {f(s['SC'])} | {f(s['PQ'])} | {f(s['O'])} | {s['failed']} | {s['missing']} |")
+    source = result.get("judge_source")
+    if source == JUDGE_SOURCE:
+        lines += ["", f"source image shown to the judge: {JUDGE_SOURCE} (as the official runner)"]
+    elif source is not None:
+        lines += ["", f"source image shown to the judge: {source} (this copy of the data has no {JUDGE_SOURCE} "
+                      "column, which the official runner shows the judge)"]
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from earl.benchmarks import imgedit, imgedit_uge
@@ -170,3 +171,59 @@ def test_gedit_judge_resize_truncates_as_the_official_runner():
     for w, h in SIZES:
         assert resize_to_area(Image.new("RGB", (w, h)), 512 * 512).size == official_judge_size(w, h), (w, h)
     assert official_judge_size(1280, 720) == (682, 384)  # rounding would give 683x384
+
+
+def write_gedit_copy(root: Path, with_raw: bool) -> Path:
+    """Two rows in the published schema; input_image (600x400, green) and input_image_raw (1280x720,
+    blue) differ so that the test can tell which one each party was given."""
+    import datasets
+
+    columns = {"task_type": ["color_alter", "color_alter"], "key": ["k1", "k2"],
+               "instruction": ["Make the car red (alpha).", "Make the cup blue (beta)."],
+               "instruction_language": ["en", "en"],
+               "input_image": [Image.new("RGB", (600, 400), (0, 200, 0))] * 2,
+               "Intersection_exist": [True, False]}
+    features = {k: datasets.Value("string") for k in ("task_type", "key", "instruction", "instruction_language")}
+    features.update(input_image=datasets.Image(), Intersection_exist=datasets.Value("bool"))
+    if with_raw:
+        columns["input_image_raw"] = [Image.new("RGB", (1280, 720), (0, 0, 200))] * 2
+        features["input_image_raw"] = datasets.Image()
+    (root / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict(columns, features=datasets.Features(features)).to_parquet(
+        str(root / "data/train-00000-of-00001.parquet"))
+    return root
+
+
+def test_gedit_judge_sees_input_image_raw_and_the_editor_input_image(tmp_path, server, caplog):  # noqa: F811
+    from earl.benchmarks import gedit
+    from tests.benchmarks.test_runners import colour_of, images_of, sc_pq
+
+    given = []
+
+    def edit(image, instruction):  # a 1000x750 edit whose colour names the sample
+        given.append((image.size, image.getpixel((0, 0))))
+        return Image.new("RGB", (1000, 750), colour_of(next(w for w in ("alpha", "beta") if w in instruction)))
+
+    prompts = gedit.load_prompts(SHARED / "gedit")
+    for with_raw in (True, False):
+        judge = ScriptedJudge({"alpha": sc_pq([8, 6], [9, 7]), "beta": sc_pq([4, 10], [5, 5])})
+        items = gedit.load_gedit(write_gedit_copy(tmp_path / f"data{with_raw}", with_raw))
+        out = tmp_path / f"out{with_raw}"
+        res = run_benchmark(gedit, items, gedit.judge_specs(prompts), out, edit=edit, backend=server(judge),
+                            opts=OPTS, progress=False)
+        assert given[-2:] == [((600, 400), (0, 200, 0))] * 2  # the editor always gets input_image
+        sc = [images_of(r) for r in judge.requests if len(images_of(r)) == 2]
+        pq = [images_of(r) for r in judge.requests if len(images_of(r)) == 1]
+        assert len(sc) == len(pq) == 2
+        src = [im[0] for im in sc]
+        if with_raw:  # the official runner's source: input_image_raw, sized by its arithmetic
+            assert {(im.size, im.getpixel((0, 0))) for im in src} == {(official_judge_size(1280, 720), (0, 0, 200))}
+            assert res["judge_source"] == "input_image_raw"
+            assert "shown to the judge: input_image_raw" in (out / "results.md").read_text()
+        else:  # no such column: input_image, and the run says so
+            assert {(im.size, im.getpixel((0, 0))) for im in src} == {(official_judge_size(600, 400), (0, 200, 0))}
+            assert res["judge_source"] == "input_image"
+            assert "has no input_image_raw column" in (out / "results.md").read_text()
+            assert "no input_image_raw column" in caplog.text
+        assert {im[1].size for im in sc} | {im[0].size for im in pq} == {official_judge_size(1000, 750)}
+        assert res["full"]["overall"]["O"] == pytest.approx((math.sqrt(6 * 7) + math.sqrt(4 * 5)) / 2)
