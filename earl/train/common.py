@@ -103,6 +103,12 @@ def make_accelerator(run: RunSection, out_dir: Path) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         gradient_accumulation_steps=run.grad_accum,
+        # Schedules here count optimizer steps, and each trainer advances its schedule once per optimizer
+        # step (`step_schedule`). With the default (True) accelerate's prepared scheduler would instead step
+        # the wrapped one num_processes times per optimizer step (it assumes a schedule sized in samples
+        # of a per-process batch), so the same recipe ran its warm-up and cosine N times too fast on N
+        # ranks. Keeping the scheduler prepared keeps it in save_state/load_state (scheduler.bin).
+        step_scheduler_with_optimizer=False,
         mixed_precision=effective_precision(run.mixed_precision),
         deepspeed_plugin=plugin,
         log_with=log_with,
@@ -139,11 +145,25 @@ def make_optimizer(model: torch.nn.Module, opt: OptimSection) -> torch.optim.Opt
 
 
 def make_scheduler(optimizer, opt: OptimSection, total_steps: int):
+    """Linear warm-up over `opt.warmup_steps`, then cosine to `opt.min_lr` at `total_steps`.
+
+    Both counts are optimizer steps, whatever the accumulation or the number of processes: advance
+    it with `step_schedule`, never with a bare `scheduler.step()` inside an accumulation window."""
     from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
     return get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=opt.warmup_steps, num_training_steps=total_steps, min_lr=opt.min_lr
     )
+
+
+def step_schedule(accelerator: Accelerator, scheduler) -> None:
+    """Advance the schedule by one optimizer step, where the optimizer really stepped.
+
+    Inside `accelerator.accumulate` the optimizer steps only at the end of the window (sync_gradients),
+    and an fp16 step with overflowing gradients is skipped; the schedule moves with the optimizer, so
+    it is in optimizer steps on any number of ranks (see `make_accelerator`)."""
+    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+        scheduler.step()
 
 
 class Checkpoints:
@@ -303,7 +323,7 @@ def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: b
                 if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                 optimizer.step()
-                scheduler.step()
+                step_schedule(accelerator, scheduler)
                 optimizer.zero_grad(set_to_none=True)
             tokens += int((batch["labels"] != -100).sum())
         step += 1

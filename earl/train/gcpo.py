@@ -46,6 +46,7 @@ from earl.train.common import (
     make_accelerator,
     make_optimizer,
     make_scheduler,
+    step_schedule,
 )
 
 
@@ -309,11 +310,11 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
             if cfg.optim.grad_clip > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
-            scheduler.step()
+            step_schedule(accelerator, scheduler)
             optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
-        metrics = {**stats, "update/skipped": float(loss is None)}
+        metrics = {**stats, "update/skipped": float(loss is None), "train/lr": scheduler.get_last_lr()[0]}
         log.log(step, metrics)
         if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
             editor.backbone = accelerator.unwrap_model(model)

@@ -42,6 +42,7 @@ from earl.train.common import (
     make_optimizer,
     make_scheduler,
     prepare_backbone,
+    step_schedule,
     world_size,
 )
 
@@ -248,7 +249,8 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
     model = editor.backbone
     prepare_backbone(model, cfg.run)
     optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps * n_mb)
+    # the schedule counts optimizer steps: updates_per_rollout per step (one per pass over the rollout)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps * cfg.grpo.updates_per_rollout)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
     step = 0
@@ -295,6 +297,7 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
             "rollout/image_tokens_per_s": n_img / max(t1 - t0, 1e-9),
             "policy/entropy_mc": float(-(rollout.old_logprobs[rollout.is_image]).mean()),
             "update/skipped": float(not update_stats),
+            "train/lr": scheduler.get_last_lr()[0],
             **{f"update/{k}": v for k, v in update_stats.items()},
             **_subscores(results),
             **monitor,
@@ -343,7 +346,7 @@ def _update(cfg: GRPORecipe, accelerator, model, optimizer, scheduler, editor, r
                 if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
                     stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) or 0)
                 optimizer.step()
-                scheduler.step()
+                step_schedule(accelerator, scheduler)
                 optimizer.zero_grad(set_to_none=True)
             stats["loss"] = float(loss.detach())
             for k, v in stats.items():

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from earl.config import load_config
+from earl.train.common import OptimSection, make_scheduler
 from earl.train.grpo import GRPORecipe, train_grpo
 from earl.verify.base import RewardResult
 
@@ -111,6 +112,33 @@ def test_failed_rewards_are_counted_and_resume_continues(tmp_path, start):
     final = train_grpo(cfg2, resume=True, progress=False, verifier=FlakyJudge())
     assert final["step"] == 3
     assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 3  # 2 steps, then 1 more
+
+
+def expected_lrs(optim: dict, total: int, every: int = 1) -> list[float]:
+    """The learning rate after every `every` optimizer steps of the shared schedule, stepped by hand."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optim["lr"])
+    sched = make_scheduler(opt, OptimSection(**optim), total)
+    out = []
+    for i in range(1, total + 1):
+        opt.step()
+        sched.step()
+        if i % every == 0:
+            out.append(sched.get_last_lr()[0])
+    return out
+
+
+@pytest.mark.parametrize("updates", [1, 2])
+def test_the_schedule_counts_optimizer_steps(tmp_path, start, updates):
+    """Two micro-batches per pass and `updates` passes per step: the warm-up and cosine run over
+    steps x updates optimizer steps, not over micro-batches."""
+    optim = {"lr": 3e-2, "min_lr": 3e-3, "warmup_steps": 1, "weight_decay": 0.1}
+    cfg = load_config(GRPORecipe, ROOT / "recipes/shapes/grpo.yaml", overrides(
+        tmp_path, start, **{"run.steps": 3, "run.save_every": 3, "grpo.updates_per_rollout": updates,
+                            **{f"optim.{k}": v for k, v in optim.items()}}))
+    train_grpo(cfg, progress=False, verifier=Redness())
+    lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [x["update/skipped"] for x in lines] == [0.0] * 3  # every step stepped the optimizer
+    assert [x["train/lr"] for x in lines] == pytest.approx(expected_lrs(optim, 3 * updates, every=updates))
 
 
 def test_grpo_with_the_oracle_on_two_cpu_processes(tmp_path, start):

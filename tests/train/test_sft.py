@@ -13,6 +13,15 @@ from safetensors.torch import load_file
 
 from earl.config import load_config
 from earl.errors import ConfigError
+from earl.train.common import (
+    Checkpoints,
+    OptimSection,
+    RunSection,
+    make_accelerator,
+    make_optimizer,
+    make_scheduler,
+    step_schedule,
+)
 from earl.train.sft import SFTRecipe, train_sft
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,17 +104,80 @@ def _launch(tmp_path, tok_dir, extra: dict, name: str):
     return proc.stdout + proc.stderr, tmp_path / name / "run"
 
 
-def test_two_cpu_processes_under_torchrun(tmp_path, tok_dir):
-    out, run = _launch(tmp_path, tok_dir, {}, "ddp")
+def _metric(run: Path, key: str) -> dict[int, float]:
+    """{step: value} of one metric in a run's metrics.jsonl; a step that lacks it is an error, not a 0."""
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {x["step"]: x[key] for x in lines if key in x}
+
+
+# warm-up then cosine over few steps, lr far from min_lr: a schedule stepped too fast shows at once
+SCHEDULE = {"run.steps": 4, "run.eval_every": 4, "run.save_every": 4, "optim.warmup_steps": 2,
+            "optim.lr": 1e-3, "optim.min_lr": 1e-4, "data.oracle_eval_samples": 0}
+
+
+def test_two_cpu_processes_follow_the_one_process_schedule(tmp_path, tok_dir):
+    """Under torchrun the learning rate at every step is the 1-process run's (a schedule in optimizer steps)."""
+    out, run = _launch(tmp_path, tok_dir, SCHEDULE, "ddp")
     assert "world size 2" in out
     assert (run / "model" / "editor.json").is_file()
-    assert (run / "checkpoints" / "step_0000003" / "trainer_state.json").is_file()
+    assert (run / "checkpoints" / "step_0000004" / "trainer_state.json").is_file()
+    one = tmp_path / "one"
+    train_sft(load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", tiny_overrides(one, tok_dir, **SCHEDULE)),
+              progress=False)
+    expected = _metric(one / "run", "train/lr")
+    assert sorted(expected) == [1, 2, 3, 4]
+    assert _metric(run, "train/lr") == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_checkpoint_restores_the_schedule(tmp_path):
+    """save_state/load_state carry the scheduler: a resumed run continues the schedule where it stopped."""
+    optim = OptimSection(lr=1e-3, min_lr=1e-4, warmup_steps=2, weight_decay=0.0)
+
+    def fresh():
+        acc = make_accelerator(RunSection(), tmp_path)
+        model = torch.nn.Linear(2, 2)
+        opt = make_optimizer(model, optim)
+        return (acc, *acc.prepare(model, opt, make_scheduler(opt, optim, 6)))
+
+    acc, model, opt, sched = fresh()
+    lrs = []
+    for _ in range(5):
+        model(torch.ones(1, 2)).sum().backward()
+        opt.step()
+        step_schedule(acc, sched)
+        opt.zero_grad()
+        lrs.append(sched.get_last_lr()[0])
+        if len(lrs) == 3:
+            saved = Checkpoints(tmp_path).save(acc, 3, {})
+    acc, model, opt, sched = fresh()
+    assert Checkpoints(tmp_path).load(acc, saved)["step"] == 3
+    assert sched.get_last_lr()[0] == lrs[2]
+    model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    step_schedule(acc, sched)
+    assert sched.get_last_lr()[0] == lrs[3]
 
 
 def test_deepspeed_zero2_under_torchrun(tmp_path, tok_dir):
-    out, run = _launch(tmp_path, tok_dir, {"run.deepspeed": str(ROOT / "recipes/deepspeed/zero2.json")}, "zero2")
+    out, run = _launch(tmp_path, tok_dir, {"run.deepspeed": str(ROOT / "recipes/deepspeed/zero2.json"), **SCHEDULE},
+                       "zero2")
     assert "world size 2" in out
     assert (run / "model" / "editor.json").is_file()
+    # the schedule in optimizer steps, as stepped by hand (DeepSpeed's engine must not step it again)
+    assert _metric(run, "train/lr") == pytest.approx(_hand_stepped_schedule(SCHEDULE), rel=1e-12)
+
+
+def _hand_stepped_schedule(o: dict) -> dict[int, float]:
+    """{step: lr} of the recipe's schedule stepped once per optimizer step, outside any trainer."""
+    optim = OptimSection(lr=o["optim.lr"], min_lr=o["optim.min_lr"], warmup_steps=o["optim.warmup_steps"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    sched = make_scheduler(opt, optim, o["run.steps"])
+    out = {}
+    for step in range(1, o["run.steps"] + 1):
+        opt.step()
+        sched.step()
+        out[step] = sched.get_last_lr()[0]
+    return out
 
 
 def test_bf16_mixed_precision_trains(tmp_path, tok_dir, monkeypatch):
@@ -122,7 +194,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_editor):
     """run.gradient_checkpointing recomputes activations; the loss and gradients must not change."""
     import copy
 
-    from earl.train.common import RunSection, prepare_backbone
+    from earl.train.common import prepare_backbone
 
     layout = tiny_editor.layout
     h = tiny_editor.config.image_size // 8
@@ -141,7 +213,6 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_editor):
 def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(monkeypatch, tmp_path, caplog):
     """Emulated bf16 autocast is ~15x slower than fp32 on such CPUs: the run says so and trains in fp32."""
     from earl.train import common
-    from earl.train.common import RunSection, make_accelerator
 
     monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
