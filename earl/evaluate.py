@@ -6,6 +6,7 @@ training log shows and the numbers an evaluation reports come from one piece of 
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -109,11 +110,19 @@ def summarise(judgements: list[dict]) -> dict[str, float]:
     }
 
 
+def sample_seed(seed: int, sample_id) -> int:
+    """A 63-bit seed for one sample: a stable hash of (seed, sample id), the same in every process."""
+    digest = hashlib.sha256(f"{seed}\0{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | None = None, batch_size: int = 32,
                     seed: int = 0, progress: bool = True, editor=None) -> dict:
     """`earl eval shapes`: generate an edit per sample into OUT/images/{id}.png, judge, report.
 
-    Resumable: samples whose PNG already exists are not generated again. Writes OUT/results.json
+    Resumable: samples whose PNG already exists are not generated again. Each sample draws from its
+    own generator seeded by `sample_seed(seed, id)`, so at temperature > 0 an interrupted and resumed
+    run writes the same images as one that ran through, whatever the batch size. Writes OUT/results.json
     (the `earl judge shapes` format), OUT/grid.png (source | target | output) and returns results.
     """
     from pathlib import Path
@@ -135,9 +144,9 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     for start in range(0, len(todo), batch_size):
         rows = ds.select(todo[start : start + batch_size])
         codes = editor.encode_images([editor.preprocess(im)[0] for im in rows["source_image"]])
-        g = torch.Generator(device=editor.device).manual_seed(seed * 1_000_003 + todo[start])
+        gens = [torch.Generator(device=editor.device).manual_seed(sample_seed(seed, sid)) for sid in rows["id"]]
         out = sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
-                           think=editor.config.cot, generator=g)
+                           think=editor.config.cot, generator=gens)
         for sid, im in zip(rows["id"], editor.decode_codes(out.codes)):
             save_png(im, img_dir / f"{sid}.png")  # atomic: a crash never leaves a half-written image
         bar.update(len(rows))
