@@ -224,13 +224,17 @@ def _edit_fn(args):
 
 
 def _cmd_eval_benchmark(args) -> None:
-    from earl.benchmarks import gedit, imgedit, imgedit_uge
+    from earl.benchmarks import earl_suite, gedit, imgedit, imgedit_uge
     from earl.benchmarks.runner import JudgeOptions, run_benchmark
 
     if args.what == "gedit":
         bench = gedit
         items = gedit.load_gedit(args.data, language=args.language)
         specs = gedit.judge_specs(gedit.load_prompts(args.prompts))
+    elif args.what == "earl-suite":
+        bench = earl_suite
+        items = earl_suite.load_suite(args.data, benchmarks=args.benchmarks.split(",") if args.benchmarks else None)
+        specs = earl_suite.judge_specs()
     elif args.what == "imgedit-uge":
         bench = imgedit_uge
         items = imgedit_uge.load_uge(args.edits, args.images)
@@ -487,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "of the official Benchmark/UGE/UGE_bench.py)")
     _benchmark_args(eu)
     eu.set_defaults(func=_cmd_eval_benchmark)
+    esu = ev.add_parser("earl-suite", help="EARL's suite (OmniEdit, EmuEdit, AURORA, MagicBrush, VisMin, I2EBench) "
+                                           "from local copies: VIEScore SC, PQ, O per benchmark and averaged")
+    esu.add_argument("--data", required=True, help="one directory per benchmark, each with an items.jsonl of "
+                                                    '{"id", "instruction", "source_image"} (see eval/README.md)')
+    esu.add_argument("--benchmarks", default=None, help="comma-separated directory names (default: all found)")
+    _benchmark_args(esu)
+    esu.set_defaults(func=_cmd_eval_benchmark)
 
     erm = ev.add_parser("rrm", help="re-run a reward-model recipe's held-out evaluation on a saved model")
     erm.add_argument("recipe", help="the recipe it was trained with, e.g. recipes/shapes/rrm_sft_scan.yaml")
