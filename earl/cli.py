@@ -72,6 +72,9 @@ TRAIN_STAGES = {
     "rrm-sft": ("earl.train.rrm", "RRMRecipe", "train_rrm_sft", None),  # the reasoning reward model's cold start
     "rrm-gcpo": ("earl.train.gcpo", "GCPORecipe", "train_rrm_gcpo", None),  # ... then GCPO on preference pairs
     "rm-scalar": ("earl.rrm.scalar", "ScalarRecipe", "train_scalar_rm", None),  # the holistic Bradley-Terry baseline
+    # the ImageEdit-R1 decomposition agent, with trl: SFT on ground-truth plans, then GRPO on plan rewards
+    "decomposer-sft": ("earl.train.decomposer", "DecomposerSFTRecipe", "train_decomposer_sft", None),
+    "decomposer-grpo": ("earl.train.decomposer", "DecomposerGRPORecipe", "train_decomposer_grpo", None),
 }
 
 
@@ -129,7 +132,8 @@ def _cmd_edit(args) -> None:
     out = _check_image_out(args.out)
     pipe = EditPipeline.from_pretrained(args.model)
     res = pipe(args.image, args.instruction, num_samples=args.num_samples, guidance_scale=args.guidance_scale,
-               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+               truncate_instruction=args.truncate_instruction)
     from earl.io import save_image
 
     for i, im in enumerate(res.images):
@@ -459,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-samples", type=int, default=1)
     e.add_argument("--top-k", type=int, default=0)
     e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--truncate-instruction", action="store_true",
+                   help="cut an instruction too long for the model to the longest prefix that fits (default: refuse it)")
     e.set_defaults(func=_cmd_edit)
 
     ev = sub.add_parser("eval", help="evaluate an editor").add_subparsers(dest="what", required=True)

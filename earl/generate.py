@@ -346,6 +346,67 @@ def decoding_capacity(layout: EditLayout, h: int, w: int, cfg: SamplingConfig, t
     return (cfg.max_think_tokens + 1 if think else 0) + len(layout.header(h, w)) + h * (w + 1)
 
 
+def context_limit(backbone) -> int | None:
+    """The most positions the backbone takes (`max_position_embeddings`), or None if it names none."""
+    cfg = backbone.config
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if limit is None and getattr(cfg, "text_config", None) is not None:
+        limit = getattr(cfg.text_config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def completion_length(layout: EditLayout, h: int, w: int, cfg: SamplingConfig, think: bool) -> int:
+    """The longest completion of an h x w edit: what `decoding_capacity` feeds, then <eof> <eoi> <eos>."""
+    return decoding_capacity(layout, h, w, cfg, think) + 3
+
+
+def instruction_budget(backbone, layout: EditLayout, h: int, w: int, cfg: SamplingConfig, think: bool) -> int | None:
+    """The most instruction tokens an h x w edit leaves room for: the context limit less <bos>, the source
+    image's tokens and the completion (None: no limit known)."""
+    limit = context_limit(backbone)
+    if limit is None:
+        return None
+    return limit - len(layout.prompt(None, torch.zeros(h, w, dtype=torch.long))) - completion_length(layout, h, w, cfg,
+                                                                                                       think)
+
+
+def check_prompt_lengths(backbone, layout: EditLayout, instructions: list[str], h: int, w: int,
+                         cfg: SamplingConfig, think: bool) -> None:
+    """Refuse (EarlError) an instruction whose prompt and completion do not fit in the model's positions,
+    naming the limit and the lengths in tokens."""
+    limit = context_limit(backbone)
+    if limit is None:
+        return
+    fixed = len(layout.prompt(None, torch.zeros(h, w, dtype=torch.long)))
+    completion = completion_length(layout, h, w, cfg, think)
+    for i, ins in enumerate(instructions):
+        n = len(layout.encode_text(ins))
+        if fixed + n + completion > limit:
+            which = "the instruction" if len(instructions) == 1 else f"instruction {i + 1}"
+            raise EarlError(
+                f"{which} is too long for the model: the prompt is {fixed + n} tokens ({n} of them the "
+                f"instruction) and the edit needs {completion} more, {fixed + n + completion} in all, but the "
+                f"model takes at most {limit} tokens (max_position_embeddings), so an instruction may have at most "
+                f"{max(limit - fixed - completion, 0)} tokens; shorten it, or ask for truncation "
+                f"(EditPipeline(..., truncate_instruction=True), earl edit --truncate-instruction)")
+
+
+def fit_instruction(layout: EditLayout, instruction: str, max_tokens: int) -> str:
+    """The longest prefix of `instruction` (cut at a token boundary) that encodes to at most `max_tokens`."""
+    if max_tokens <= 0:
+        raise EarlError("no room for any instruction: the source image and the edit fill the model's positions")
+    if len(layout.encode_text(instruction)) <= max_tokens:
+        return instruction
+    offsets = layout.tok(instruction, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    k = max_tokens
+    while k > 0:
+        cut = instruction[: offsets[k - 1][1]]
+        if len(layout.encode_text(cut)) <= max_tokens:
+            return cut
+        k -= 1
+    raise EarlError("the instruction cannot be truncated to fit the model's positions")
+
+
 # ---- the sampler ----------------------------------------------------------------------------
 @torch.no_grad()
 def sample_edits(
@@ -380,6 +441,7 @@ def sample_edits(
             raise EarlError("instruction is empty")
     device = next(backbone.parameters()).device
     N, h, w = source_codes.shape
+    check_prompt_lengths(backbone, layout, instructions, h, w, cfg, think)
     v = layout.vocab
     img_start, img_stop = v.image_ids
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from earl.errors import EarlError
-from earl.generate import SamplingConfig, sample_edits
+from earl.generate import SamplingConfig, fit_instruction, instruction_budget, sample_edits
 from earl.model import UnifiedEditor
 
 BUNDLED_CHECKPOINT = "shapes-editor"
@@ -50,8 +50,12 @@ class EditPipeline:
 
     def __call__(self, image, instruction: str, num_samples: int = 1, guidance_scale: float = 1.0,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 think: bool | None = None) -> EditResult:
-        """Edit one image. `think=None` follows the model (CoT models think); `think=True` needs a CoT model."""
+                 think: bool | None = None, truncate_instruction: bool = False) -> EditResult:
+        """Edit one image. `think=None` follows the model (CoT models think); `think=True` needs a CoT model.
+
+        An instruction too long for the model (its prompt and the edit must fit in the backbone's
+        `max_position_embeddings`) is refused with an `EarlError` giving the limit and the lengths in
+        tokens; with `truncate_instruction=True` it is cut, at a token boundary, to the longest prefix that fits."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise EarlError("instruction is empty")
         if num_samples < 1:
@@ -69,6 +73,10 @@ class EditPipeline:
             raise EarlError(str(e)) from None
         pil, original_size = self.editor.preprocess(image)
         codes = self.editor.encode_images([pil]).repeat(num_samples, 1, 1)
+        if truncate_instruction:
+            budget = instruction_budget(self.editor.backbone, self.editor.layout, *codes.shape[1:], sampling, think)
+            if budget is not None:
+                instruction = fit_instruction(self.editor.layout, instruction, budget)
         g = torch.Generator(device=self.editor.device).manual_seed(seed)
         out = sample_edits(self.editor.backbone, self.editor.layout, [instruction] * num_samples, codes, sampling,
                            think=think, generator=g)
