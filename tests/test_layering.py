@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "tokenizer": ["earl"],
     "earl.layout": ["earl.model", "earl.generate", "earl.train", "earl.cli"],
-    "earl.shapes": ["earl.model", "earl.generate", "earl.train", "earl.cli", "torch"],
+    "earl.shapes": ["earl.model", "earl.generate", "earl.train", "earl.cli", "earl.agents", "torch"],
+    "earl.agents": ["earl.train", "earl.cli"],
     "earl.generate": ["earl.train", "earl.cli"],
     "earl.lean": ["earl.model", "earl.generate", "earl.train", "earl.cli"],
     "earl.model": ["earl.train", "earl.cli", "earl.generate"],

@@ -1,0 +1,157 @@
+"""Decomposition agents: (source image, instruction) -> plan of `(action, subject, goal)` steps.
+
+A `Decomposer` takes a batch of `DecomposeRequest`s and returns one `Decomposition` each: the
+parsed plan, the raw text it came from, and on failure the failure's kind (`earl.agents.plan`:
+empty, malformed, truncated, unknown_action, too_long; `error` for a decomposer that could not be
+reached). Decomposers never raise for a bad plan or a dead server: a failure is a result, counted
+by evaluations, exactly as verifiers treat failed judgements.
+
+- `GroundTruthDecomposer`: the sample's own program as a plan (ShapesEdit), the reference.
+- `ScriptedDecomposer`: fixed replies, for tests and for plans written by hand.
+- `ChatDecomposer`: any chat VLM, over an OpenAI-compatible server (vLLM, SGLang, GPT-4.1) or a
+  local transformers model (`earl.verify.chat` backends), asked for the triple format.
+- `UnifiedDecomposer` (`earl.agents.unified`): earl's own model, trained with trl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+from earl.agents.plan import ACTIONS, MAX_STEPS, Plan, PlanError, parse_plan
+from earl.errors import EarlError
+
+
+@dataclass
+class DecomposeRequest:
+    image: Image.Image
+    instruction: str
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. the ShapesEdit scenes and program
+
+
+@dataclass
+class Decomposition:
+    plan: Plan | None  # None when the decomposition failed
+    raw: str = ""  # the text the plan was read from (or why there is none)
+    failure: str | None = None  # a PlanError kind, or "error" (the decomposer itself failed)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan.to_dict() if self.plan else None, "raw": self.raw, "failure": self.failure,
+                "error": self.error}
+
+
+def read_plan(text: str, finished: bool = True, max_steps: int = MAX_STEPS) -> Decomposition:
+    """Parse a decomposer's text into a `Decomposition` (a failure, never an exception)."""
+    try:
+        return Decomposition(parse_plan(text, finished=finished, max_steps=max_steps), raw=text)
+    except PlanError as e:
+        return Decomposition(None, raw=text, failure=e.kind, error=str(e))
+
+
+@runtime_checkable
+class Decomposer(Protocol):
+    name: str
+
+    def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]: ...
+
+
+class GroundTruthDecomposer:
+    """The plan the sample was generated from (ShapesEdit `program` + `source_scene` in `meta`)."""
+
+    name = "ground_truth"
+
+    def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]:
+        from earl.agents.shapes import program_plan
+        from earl.shapes.edits import EditProgram
+        from earl.shapes.scene import Scene
+
+        out = []
+        for r in requests:
+            if "program" not in r.meta or "source_scene" not in r.meta:
+                raise EarlError("the ground-truth decomposer needs ShapesEdit samples (meta with program and source_scene)")
+            scene, program = (json.loads(v) if isinstance(v, str) else v for v in (r.meta["source_scene"], r.meta["program"]))
+            plan = program_plan(Scene.from_dict(scene), EditProgram.from_dict(program))
+            out.append(Decomposition(plan, raw=plan.text()))
+        return out
+
+
+class ScriptedDecomposer:
+    """Replies fixed in advance: a list (one per call, in order), or a function of the request."""
+
+    name = "scripted"
+
+    def __init__(self, replies: Sequence[str] | Callable[[DecomposeRequest], str]):
+        self._replies = replies if callable(replies) else iter(list(replies))
+
+    def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]:
+        if callable(self._replies):
+            return [read_plan(self._replies(r)) for r in requests]
+        return [read_plan(next(self._replies)) for _ in requests]
+
+
+# The request a chat VLM gets. Written for this project; the ImageEdit-R1 paper's own prompt is not copied.
+DECOMPOSE_PROMPT = """You plan image edits for an editing model that can only apply one simple edit at a time.
+Read the image and the instruction below, and rewrite the instruction as a list of simple edits.
+Write one edit per line, as: action | subject | goal
+- action is one of: {actions}
+- subject names the one thing to change, resolved on the image (no "the shape left of...", no "every ..."):
+  describe it so that exactly one object in the image fits
+- goal is what it becomes: a colour, a shape, a size, a place, "nothing" for remove; for add, the subject is
+  the new object and the goal is where it goes
+Write only the lines, in the order they should be applied, at most {max_steps} of them.
+
+Instruction: {instruction}"""
+
+
+def decompose_messages(image: Image.Image, instruction: str, max_steps: int = MAX_STEPS) -> list[dict]:
+    text = DECOMPOSE_PROMPT.format(actions=", ".join(ACTIONS), max_steps=max_steps, instruction=instruction)
+    return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
+
+
+class ChatDecomposer:
+    """A chat VLM as the decomposer. A reply that does not parse is retried (`retries`), then a failure;
+    a server that times out or answers 5xx is retried, then the decomposition fails with kind "error"."""
+
+    name = "chat"
+
+    def __init__(self, backend, max_tokens: int = 256, temperature: float = 0.0, retries: int = 2,
+                 backoff: float = 1.0, max_steps: int = MAX_STEPS):
+        self.backend, self.max_tokens, self.temperature = backend, max_tokens, temperature
+        self.retries, self.backoff, self.max_steps = retries, backoff, max_steps
+
+    @classmethod
+    def from_options(cls, backend: str = "openai", base_url: str | None = None, model: str | None = None,
+                     model_path: str | None = None, timeout: float = 120.0, **kw) -> ChatDecomposer:
+        from earl.verify.chat import build_chat_backend
+
+        return cls(build_chat_backend(backend, base_url=base_url, model=model, model_path=model_path, timeout=timeout), **kw)
+
+    def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]:
+        return asyncio.run(self._decompose(requests))
+
+    async def _decompose(self, requests):
+        from earl.verify.chat import chat_with_retries
+
+        def parse(reply: str):
+            d = read_plan(reply, max_steps=self.max_steps)
+            return d if d.plan is not None else None
+
+        calls = await asyncio.gather(*(
+            chat_with_retries(self.backend, decompose_messages(r.image, r.instruction, self.max_steps), parse,
+                              max_tokens=self.max_tokens, temperature=self.temperature, retries=self.retries,
+                              backoff=self.backoff) for r in requests))
+        out = []
+        for call in calls:
+            if call.value is not None:
+                out.append(call.value)
+            elif call.raw:  # the model answered, but not with a plan: keep the plan's own failure kind
+                out.append(read_plan(call.raw, max_steps=self.max_steps))
+            else:
+                out.append(Decomposition(None, raw="", failure="error", error=call.error))
+        return out

@@ -1,0 +1,110 @@
+"""Editing agents: apply one simple instruction to each image of a batch.
+
+`Editor.edit(images, instructions, temperature, seeds) -> images`. Two implementations:
+- `PipelineEditor`: any earl editor directory (the bundled ShapesEdit editor, an Emu3 editor),
+  batched through the sampler, one seed per row so a resampled step draws a new edit. An image it
+  made carries its code grid (`image.info["earl_codes"]`), and the next step starts from those
+  codes instead of re-encoding the decoded pixels: every re-encoding adds quantisation drift, and
+  over a plan it costs (ground-truth plans, first 100 complex test samples, greedy: 80% success
+  carrying codes, 69% re-encoding).
+- `HTTPEditor`: an editing service over HTTP (`POST {base_url}/v1/edits` with JSON
+  `{"image": data URL, "instruction": str, "temperature": float, "seed": int}` answering
+  `{"image": data URL}`), with a timeout; a failed call is a failed step (None), never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from earl.generate import SamplingConfig, sample_edits
+from earl.model import UnifiedEditor
+from earl.pipeline import default_checkpoint
+
+CODES_KEY = "earl_codes"  # PIL info key of the code grid an image was decoded from
+
+
+@runtime_checkable
+class Editor(Protocol):
+    name: str
+
+    def edit(self, images: list[Image.Image], instructions: list[str], temperature: float = 0.0,
+             seeds: list[int] | None = None) -> list[Image.Image | None]: ...
+
+
+class PipelineEditor:
+    name = "earl"
+
+    def __init__(self, editor: UnifiedEditor, guidance_scale: float = 1.0, batch_size: int = 64):
+        self.editor = editor.eval()
+        self.guidance_scale, self.batch_size = guidance_scale, batch_size
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu", **kw) -> PipelineEditor:
+        return cls(UnifiedEditor.from_pretrained(path or default_checkpoint(), device=device), **kw)
+
+    @torch.no_grad()
+    def edit(self, images, instructions, temperature: float = 0.0, seeds=None):
+        ed = self.editor
+        sampling = SamplingConfig(guidance_scale=self.guidance_scale, temperature=temperature)
+        seeds = seeds if seeds is not None else [0] * len(images)
+        out: list[Image.Image] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            pre = [ed.preprocess(im) for im in images[chunk]]
+            codes = self._codes(images[chunk], pre)
+            if temperature > 0:  # one generator per row: a row's draw depends on its own seed only
+                grids = [sample_edits(ed.backbone, ed.layout, [ins], c[None], sampling, think=ed.config.cot,
+                                      generator=torch.Generator(device=ed.device).manual_seed(s)).codes[0]
+                         for ins, c, s in zip(instructions[chunk], codes, seeds[chunk])]
+                grids = torch.stack(grids)
+            else:
+                grids = sample_edits(ed.backbone, ed.layout, list(instructions[chunk]), codes, sampling,
+                                     think=ed.config.cot).codes
+            for im, p, grid in zip(ed.decode_codes(grids), pre, grids):
+                im = ed.postprocess(im, p[1])
+                im.info[CODES_KEY] = grid.cpu()
+                out.append(im)
+        return out
+
+    def _codes(self, images, pre) -> torch.Tensor:
+        """Each image's code grid: the one it carries when this editor made it, else encoded."""
+        ed = self.editor
+        carried = [im.info.get(CODES_KEY) for im in images]
+        todo = [i for i, c in enumerate(carried) if not isinstance(c, torch.Tensor)]
+        if todo:
+            for i, c in zip(todo, ed.encode_images([pre[i][0] for i in todo])):
+                carried[i] = c
+        return torch.stack([c.to(ed.device) for c in carried])
+
+
+class HTTPEditor:
+    """An editing service reached over HTTP (see the module docstring for the wire format)."""
+
+    name = "http"
+
+    def __init__(self, base_url: str, timeout: float = 120.0, api_key: str | None = None):
+        self.base_url, self.timeout = base_url.rstrip("/"), timeout
+        self.api_key = api_key or os.environ.get("EARL_EDITOR_API_KEY")
+
+    def edit(self, images, instructions, temperature: float = 0.0, seeds=None):
+        import httpx
+
+        from earl.verify.messages import data_url_to_image, image_to_data_url
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        seeds = seeds if seeds is not None else [0] * len(images)
+        out = []
+        with httpx.Client(timeout=self.timeout, headers=headers) as client:
+            for im, ins, seed in zip(images, instructions, seeds):
+                try:
+                    r = client.post(f"{self.base_url}/v1/edits", json={"image": image_to_data_url(im), "instruction": ins,
+                                                                       "temperature": temperature, "seed": seed})
+                    r.raise_for_status()
+                    out.append(data_url_to_image(r.json()["image"]))
+                except (httpx.HTTPError, KeyError, ValueError, TypeError):
+                    out.append(None)  # a failed step: counted by the pipeline, never guessed
+        return out

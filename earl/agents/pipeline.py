@@ -1,0 +1,198 @@
+"""`AgentPipeline`: ImageEdit-R1's multi-agent editing, with an optional closed loop.
+
+    from earl.agents import AgentPipeline
+    agent = AgentPipeline.from_pretrained()          # bundled decomposer + bundled editor
+    result = agent("in.png", "Remove all the red shapes and make the circle blue.")
+    result.images[0].save("out.png"); print(result.plan.text())
+
+The flow, for a batch of requests (`run`):
+
+    decompose   Decomposer: (image, instruction) -> plan of (action, subject, goal) steps
+    order       Sequencer: the plan's steps in the order to apply them
+    edit        Editor: step k's simple instruction applied to step k-1's output, for every request
+                that has a step k (batched across requests)
+    [check]     StepCheck: did the step do what it says? If not, resample it (temperature > 0, a
+                fresh seed per attempt) up to `attempts` tries; keep the first that passes, else the
+                best-scored one. Not in the paper: the closed loop.
+
+A request whose plan fails (empty, malformed, truncated, unknown action, too long, a decomposer
+that errs) or whose editor call fails is a named failure in its result. With `fallback=True` the
+original instruction is then given to the editor directly (the result still names the failure).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from earl.agents.checks import StepVerdict
+from earl.agents.decomposer import DecomposeRequest, Decomposition
+from earl.agents.editor import PipelineEditor
+from earl.agents.plan import Plan, Step, step_instruction
+from earl.agents.sequencer import KeepOrder
+from earl.errors import EarlError
+from earl.io import load_image
+
+BUNDLED_DECOMPOSER = "shapes-decomposer"
+
+
+def default_decomposer() -> str:
+    """$EARL_DECOMPOSER, else `checkpoints/shapes-decomposer` in the source tree."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "checkpoints", BUNDLED_DECOMPOSER)
+    return os.environ.get("EARL_DECOMPOSER") or os.path.normpath(here)
+
+
+@dataclass
+class StepRecord:
+    step: Step
+    instruction: str
+    image: Image.Image | None  # the image after this step (None: the editor failed)
+    attempts: int = 1
+    passed: bool | None = None  # the step check's verdict (None without a check)
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {"step": self.step.text(), "instruction": self.instruction, "attempts": self.attempts,
+                "passed": self.passed, "reason": self.reason}
+
+
+@dataclass
+class AgentResult:
+    images: list[Image.Image]  # [final image], the shape of `EditResult.images`
+    plan: Plan | None
+    steps: list[StepRecord] = field(default_factory=list)
+    decomposition: Decomposition | None = None
+    failure: str | None = None  # plan failure kind, "sequencer", or "editor"
+    error: str | None = None
+    fallback: bool = False  # the instruction went to the editor directly after a failure
+    editor_calls: int = 0
+    check_calls: int = 0
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan.to_dict() if self.plan else None, "n_steps": len(self.steps),
+                "steps": [s.to_dict() for s in self.steps], "failure": self.failure, "error": self.error,
+                "fallback": self.fallback, "decomposer_raw": self.decomposition.raw if self.decomposition else None,
+                "editor_calls": self.editor_calls, "check_calls": self.check_calls}
+
+
+def attempt_seed(seed: int, key: str, step: int, attempt: int) -> int:
+    """A resample's seed from (run seed, request id, step, attempt): never from batch position."""
+    return int(hashlib.sha256(f"{seed}|{key}|{step}|{attempt}".encode()).hexdigest()[:15], 16)
+
+
+class AgentPipeline:
+    def __init__(self, decomposer, editor, sequencer=None, check=None, attempts: int = 1, temperature: float = 1.0,
+                 fallback: bool = False, seed: int = 0):
+        if attempts < 1:
+            raise EarlError(f"attempts must be >= 1, got {attempts}")
+        if attempts > 1 and check is None:
+            raise EarlError("attempts > 1 resamples a step that fails its check: give a step check")
+        self.decomposer, self.editor = decomposer, editor
+        self.sequencer = sequencer or KeepOrder()
+        self.check, self.attempts, self.temperature = check, attempts, temperature
+        self.fallback, self.seed = fallback, seed
+
+    @classmethod
+    def from_pretrained(cls, decomposer: str | None = None, editor: str | None = None, device: str = "cpu",
+                        **kw) -> AgentPipeline:
+        """The bundled decomposer and editor (or the given directories)."""
+        from earl.agents.unified import UnifiedDecomposer
+
+        path = decomposer or default_decomposer()
+        if not os.path.isdir(path):
+            raise EarlError(f"decomposer {path}: not a directory (train one with `earl train decomposer-sft`)")
+        return cls(UnifiedDecomposer.from_pretrained(path, device=device),
+                   PipelineEditor.from_pretrained(editor, device=device), **kw)
+
+    def __call__(self, image, instruction: str) -> AgentResult:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise EarlError("instruction is empty")
+        image = load_image(image) if not isinstance(image, Image.Image) else image
+        return self.run([DecomposeRequest(image, instruction, meta={"id": "0"})])[0]
+
+    def run(self, requests: list[DecomposeRequest]) -> list[AgentResult]:
+        """Decompose, order and execute a batch of requests; one `AgentResult` each, in order."""
+        decs = self.decomposer.decompose(requests)
+        results = [AgentResult([r.image], d.plan, decomposition=d, failure=d.failure, error=d.error)
+                   for r, d in zip(requests, decs)]
+        ok = [i for i, r in enumerate(results) if r.plan is not None]
+        for i, o in zip(ok, self.sequencer.order([results[i].plan for i in ok], [requests[i].instruction for i in ok])):
+            if o.plan is None:
+                results[i].plan, results[i].failure, results[i].error = None, "sequencer", o.error
+            else:
+                results[i].plan = o.plan
+        self._execute(requests, results)
+        if self.fallback:
+            failed = [i for i, r in enumerate(results) if r.failure is not None]
+            if failed:
+                edited = self.editor.edit([requests[i].image for i in failed], [requests[i].instruction for i in failed])
+                for i, im in zip(failed, edited):
+                    results[i].fallback = True
+                    results[i].editor_calls += 1
+                    if im is not None:
+                        results[i].images = [im]
+        return results
+
+    def _execute(self, requests, results: list[AgentResult]) -> None:
+        longest = max((len(r.plan) for r in results if r.plan is not None), default=0)
+        for k in range(longest):
+            rows = [i for i, r in enumerate(results) if r.plan is not None and r.failure is None and len(r.plan) > k]
+            if not rows:
+                break
+            steps = [results[i].plan.steps[k] for i in rows]
+            befores = [results[i].images[0] for i in rows]
+            instructions = [step_instruction(s) for s in steps]
+            afters = self.editor.edit(befores, instructions)
+            records = [StepRecord(s, ins, im) for s, ins, im in zip(steps, instructions, afters)]
+            for i in rows:
+                results[i].editor_calls += 1
+            if self.check is not None:
+                self._closed_loop(requests, results, rows, k, steps, befores, instructions, records)
+            for i, rec in zip(rows, records):
+                results[i].steps.append(rec)
+                if rec.image is None:
+                    results[i].failure, results[i].error = "editor", f"step {k + 1}: the editor returned no image"
+                else:
+                    results[i].images = [rec.image]
+
+    def _closed_loop(self, requests, results, rows, k, steps, befores, instructions, records) -> None:
+        """Check each step's edit; resample the failing ones, keeping the first pass or the best score."""
+        pending = list(range(len(rows)))
+        best: dict[int, StepVerdict] = {}
+        for attempt in range(self.attempts):
+            pending = [j for j in pending if records[j].image is not None]
+            if not pending:
+                break
+            if attempt:
+                seeds = [attempt_seed(self.seed, str(requests[rows[j]].meta.get("id", rows[j])), k, attempt)
+                         for j in pending]
+                images = self.editor.edit([befores[j] for j in pending], [instructions[j] for j in pending],
+                                          temperature=self.temperature, seeds=seeds)
+                for j in pending:
+                    results[rows[j]].editor_calls += 1
+            else:
+                images = [records[j].image for j in pending]
+            verdicts = self.check.check([befores[j] for j in pending], [steps[j] for j in pending], images)
+            still = []
+            for j, im, v in zip(pending, images, verdicts):
+                results[rows[j]].check_calls += 1
+                records[j].attempts = attempt + 1
+                if im is not None and (j not in best or v.passed or v.score > best[j].score):
+                    best[j] = v
+                    records[j].image, records[j].passed, records[j].reason = im, v.passed, v.reason
+                if not v.passed and v.retry:
+                    still.append(j)
+            pending = still
+
+
+def execute_plans(editor, sources: list[Image.Image], plans: list[Plan | None]) -> list[Image.Image | None]:
+    """Open-loop execution of given plans (None for a plan that failed): the final images."""
+    from earl.agents.decomposer import ScriptedDecomposer
+
+    pipe = AgentPipeline(ScriptedDecomposer(lambda r: ""), editor)
+    results = [AgentResult([im], p) for im, p in zip(sources, plans)]
+    pipe._execute([DecomposeRequest(im, "") for im in sources], results)
+    return [r.images[0] if r.plan is not None and r.failure is None else None for r in results]

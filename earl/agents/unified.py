@@ -1,0 +1,124 @@
+"""The decomposer on ShapesEdit: earl's unified model writing a plan after the image tokens.
+
+The same sequence as an edit, with text where the edited image would be:
+
+    <bos> instruction <boi> 8*8 <img> codes ... <eof> <eoi> <think>  |  plan text <eos>
+    \\________________________ prompt (a plain string) ___________/     \\__ completion __/
+
+so the bundled editor, which already reads instructions and image tokens, is its starting point.
+To train it with trl as any text policy, its tokenizer exposes every image code as a token of its
+own (`<|code_17|>` is id image_offset + 17), as Emu3's vocabulary does with its visual tokens: a
+prompt is then an ordinary string that tokenizes to exactly the ids the layout builds, and
+`SFTTrainer` / `GRPOTrainer` need no image plumbing. The one new text token is the field
+separator `|`; steps are separated by ` ; ` because a word-level tokenizer has no newline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AddedToken
+
+from earl.agents.decomposer import DecomposeRequest, Decomposition, read_plan
+from earl.agents.plan import Plan
+from earl.errors import EarlError
+from earl.generate import open_decoder
+from earl.model import UnifiedEditor
+
+CODE_TOKEN = "<|code_{}|>"
+FIELD_SEPARATOR = "|"
+STEP_SEPARATOR = " ; "
+MAX_PLAN_TOKENS = 96
+
+
+def has_code_tokens(tokenizer, image_offset: int) -> bool:
+    return tokenizer.convert_tokens_to_ids(CODE_TOKEN.format(0)) == image_offset
+
+
+def add_plan_tokens(editor: UnifiedEditor) -> UnifiedEditor:
+    """Give `editor`'s tokenizer one token per image code (at the ids the layout already uses) and
+    the `|` separator, and grow the backbone's embeddings for `|` (initialised to the mean row)."""
+    tok, vocab = editor.text_tokenizer, editor.layout.vocab
+    if not has_code_tokens(tok, vocab.image_offset):
+        if len(tok) != vocab.image_offset:
+            raise EarlError(f"image codes start at id {vocab.image_offset} but the tokenizer has {len(tok)} tokens; "
+                            "codes can be exposed as tokens only when they follow the text vocabulary")
+        tok.add_tokens([AddedToken(CODE_TOKEN.format(i), special=True, normalized=False)
+                        for i in range(vocab.codebook_size)], special_tokens=True)
+    if tok.convert_tokens_to_ids(FIELD_SEPARATOR) in (None, tok.unk_token_id):
+        tok.add_tokens([AddedToken(FIELD_SEPARATOR, normalized=False)])
+    assert has_code_tokens(tok, vocab.image_offset)
+    emb = editor.backbone.get_input_embeddings().weight
+    if len(tok) > emb.shape[0]:
+        editor.backbone.resize_token_embeddings(len(tok), mean_resizing=True)
+    return editor
+
+
+def prompt_ids(editor: UnifiedEditor, instruction: str, codes: torch.Tensor) -> list[int]:
+    return [*editor.layout.prompt(instruction, codes), editor.layout.ids.think_start]
+
+
+def prompt_text(editor: UnifiedEditor, instruction: str, codes: torch.Tensor) -> str:
+    """The prompt as a string that the code-token tokenizer maps back to exactly `prompt_ids`."""
+    return editor.text_tokenizer.decode(prompt_ids(editor, instruction, codes))
+
+
+def plan_text(plan: Plan) -> str:
+    return plan.text(STEP_SEPARATOR)
+
+
+class UnifiedDecomposer:
+    """`Decomposer` backed by an earl editor directory whose tokenizer has the plan tokens."""
+
+    name = "unified"
+
+    def __init__(self, editor: UnifiedEditor, max_new_tokens: int = MAX_PLAN_TOKENS):
+        if not has_code_tokens(editor.text_tokenizer, editor.layout.vocab.image_offset):
+            raise EarlError("this model's tokenizer has no image-code tokens: it is an editor, not a decomposer "
+                            "(train one with `earl train decomposer-sft`)")
+        self.editor = editor.eval()
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> UnifiedDecomposer:
+        return cls(UnifiedEditor.from_pretrained(Path(path), device=device))
+
+    @torch.no_grad()
+    def write(self, images: list[Image.Image], instructions: list[str], temperature: float = 0.0,
+              generator: torch.Generator | None = None) -> list[tuple[str, bool]]:
+        """(plan text, finished) per request: greedy at temperature 0, else sampled."""
+        ed = self.editor
+        codes = ed.encode_images([ed.preprocess(im)[0] for im in images])
+        batch = ed.layout.pad_prompts([prompt_ids(ed, ins, c) for ins, c in zip(instructions, codes)])
+        batch = {k: v.to(ed.device) for k, v in batch.items()}
+        eos, pad = ed.layout.ids.eos, ed.layout.ids.pad
+        dec = open_decoder(ed.backbone, batch, self.max_new_tokens)
+        done = torch.zeros(len(images), dtype=torch.bool, device=ed.device)
+        rows = []
+        for step in range(self.max_new_tokens):
+            logits = dec.logits.float()
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            rows.append(nxt)
+            done = done | (nxt == eos)
+            if bool(done.all()) or step == self.max_new_tokens - 1:
+                break
+            dec.feed(nxt[:, None])
+        ids = torch.stack(rows, dim=1).tolist()
+        out = []
+        for row in ids:
+            finished = eos in row
+            row = row[: row.index(eos)] if finished else row
+            out.append((ed.text_tokenizer.decode(row, skip_special_tokens=False), finished))
+        return out
+
+    def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]:
+        texts = self.write([r.image for r in requests], [r.instruction for r in requests])
+        return [read_plan(text, finished=finished) for text, finished in texts]
