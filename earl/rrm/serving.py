@@ -53,12 +53,26 @@ def _unpack(messages: list[dict]):
 
 
 def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
-    """A `JudgeServer` engine: list[ChatRequest] -> list[Completion], one batched generation per call."""
+    """A `JudgeServer` engine: list[ChatRequest] -> list[Completion], one batched generation per call.
+
+    Its `validate(request)` (which the server calls before queueing a request) raises `DataError` for
+    a request that cannot be read, and `RequestTooLong` for one whose prompt and reply budget exceed
+    the backbone's `max_position_embeddings`."""
+    import torch
+
+    from earl.generate import context_limit
     from earl.model import UnifiedEditor
-    from earl.rrm.model import generate_verdicts
-    from earl.verify.local_vlm import Completion
+    from earl.rrm.model import generate_verdicts, judge_prompt
+    from earl.verify.local_vlm import Completion, check_fits
 
     editor = UnifiedEditor.from_pretrained(model_dir, device=device)
+    limit = context_limit(editor.backbone)
+    blank = torch.zeros(tuple(editor.config.grid), dtype=torch.long)  # the grid's token count, not its content
+
+    def validate(request) -> None:
+        _src, _edt, instruction, points = _unpack(request.messages)
+        prompt_tokens = len(judge_prompt(editor.layout, instruction, points, blank, blank))
+        check_fits(prompt_tokens, min(max_new_tokens, request.max_tokens), limit)
 
     def engine(requests):
         unpacked = [_unpack(r.messages) for r in requests]
@@ -69,6 +83,7 @@ def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
                                   max_new_tokens=budget)
         return [Completion(t, 0, len(t.split()), "stop") for t in texts]
 
+    engine.validate = validate
     return engine
 
 

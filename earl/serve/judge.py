@@ -14,8 +14,10 @@ Endpoints:
                              field is not checked: the server has one model and names it in replies.
   GET  /v1/models            the one served model.
   GET  /health               {"status": "ok", ...}.
-Malformed requests get 400 with an OpenAI-style {"error": {"message", "type", "param", "code"}};
-a failure inside generation gets 500 in the same shape.
+Malformed requests get 400 with an OpenAI-style {"error": {"message", "type", "param", "code"}},
+and so do requests the engine's `validate` refuses before they are queued: a prompt plus max_tokens
+longer than the model's positions (param "messages", or "max_tokens" when lowering it would fit).
+A failure inside generation gets 500 in the same shape.
 """
 
 from __future__ import annotations
@@ -82,9 +84,12 @@ class JudgeServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], engine: Callable[[list[ChatRequest]], list[Completion]],
                  model_name: str, max_batch: int = 8, max_wait: float = 0.005, request_timeout: float = 600.0,
-                 max_tokens_limit: int = 4096):
+                 max_tokens_limit: int = 4096, validate: Callable[[ChatRequest], None] | None = None):
+        """`validate(request)` (default: the engine's `validate` attribute, if any) runs before a request is
+        queued; a `DataError` it raises is a 400 naming its `param` (default "messages")."""
         super().__init__(address, _Handler)
         self.model_name, self.request_timeout, self.max_tokens_limit = model_name, request_timeout, max_tokens_limit
+        self.validate = validate if validate is not None else getattr(engine, "validate", None)
         self.batcher = MicroBatcher(engine, max_batch=max_batch, max_wait=max_wait, name="judge-server")
         self.started = int(time.time())
         self._thread: threading.Thread | None = None
@@ -161,8 +166,12 @@ class _Handler(BaseHTTPRequestHandler):
             if path != "/v1/chat/completions":
                 return self._error(404, f"no route POST {path}", "not_found_error")
             request, n = parse_chat_request(body, self.server.max_tokens_limit)
+            if self.server.validate is not None:
+                self.server.validate(request)
         except BadRequest as e:
             return self._error(400, str(e), "invalid_request_error", e.param)
+        except DataError as e:  # the engine's own check: the request cannot be answered as asked
+            return self._error(400, str(e), "invalid_request_error", getattr(e, "param", "messages"))
         futures = [self.server.batcher.submit(request) for _ in range(n)]
         try:
             completions = [f.result(timeout=self.server.request_timeout) for f in futures]
@@ -194,11 +203,15 @@ def serve_judge(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_b
     """
     from earl.rrm.serving import is_rrm_dir, rrm_engine
 
-    engine = rrm_engine(model_dir, device=device or "cpu") if is_rrm_dir(model_dir) else \
-        LocalVLM(model_dir, device=device).generate
+    if is_rrm_dir(model_dir):
+        engine = rrm_engine(model_dir, device=device or "cpu")  # carries its own `validate`
+        validate = None
+    else:
+        vlm = LocalVLM(model_dir, device=device)
+        engine, validate = vlm.generate, vlm.check_request
     try:  # like vLLM, the model is named by the path it was given
         server = JudgeServer((host, port), engine, model_name=str(model_dir), max_batch=max_batch,
-                             max_wait=max_wait_ms / 1000)
+                             max_wait=max_wait_ms / 1000, validate=validate)
     except OSError as e:
         raise EarlError(f"cannot listen on {host}:{port} ({e})") from None
     print(f"serving {model_dir} on {server.url} (max batch {max_batch}); Ctrl-C to stop", flush=True)

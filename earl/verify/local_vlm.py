@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from earl.errors import ConfigError
+from earl.errors import ConfigError, DataError
 from earl.verify.messages import split_images
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,23 @@ class ChatRequest:
     messages: list[dict]  # internal form (see earl.verify.messages)
     max_tokens: int
     temperature: float  # 0 = greedy
+
+
+class RequestTooLong(DataError):
+    """A request whose prompt and completion budget do not fit in the model's positions; `param` names
+    the request field to change ("messages" when the prompt alone leaves no room, else "max_tokens")."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, limit: int):
+        self.param = "messages" if prompt_tokens >= limit else "max_tokens"
+        room = f"; lower max_tokens to at most {limit - prompt_tokens}" if self.param == "max_tokens" else ""
+        super().__init__(f"the prompt is {prompt_tokens} tokens and the reply may take up to {max_tokens} more, "
+                         f"{prompt_tokens + max_tokens} in all, but the model takes at most {limit} tokens{room}")
+
+
+def check_fits(prompt_tokens: int, max_tokens: int, limit: int | None) -> None:
+    """Raise `RequestTooLong` unless prompt + reply budget fit in `limit` positions (None: no limit known)."""
+    if limit is not None and prompt_tokens + max_tokens > limit:
+        raise RequestTooLong(prompt_tokens, max_tokens, limit)
 
 
 @dataclass
@@ -157,6 +174,27 @@ class LocalVLM:
             raise ConfigError(f"{path}: the processor needs a tokenizer and a chat template (chat_template.jinja)")
         self.tokenizer.padding_side = "left"  # batched generation appends after the prompt
         self._eos = self._eos_ids()
+        cfg = getattr(model.config, "text_config", None) or model.config
+        self.context_limit = getattr(cfg, "max_position_embeddings", None) or getattr(
+            model.config, "max_position_embeddings", None)
+        self._encode_lock = threading.Lock()  # a fast tokenizer must not encode on two threads at once
+
+    def _encode(self, conversations: list[list[dict]]):
+        texts, images = [], []
+        for messages in conversations:
+            hf_messages, imgs = split_images(messages)
+            texts.append(self.processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False))
+            images.extend(imgs)
+        with self._encode_lock:
+            return self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+
+    def check_request(self, request: ChatRequest) -> None:
+        """Refuse (`RequestTooLong`) a request whose prompt and max_tokens exceed the model's positions;
+        `earl serve judge` calls it before queueing, so such a request gets a 400, not a failed batch."""
+        if self.context_limit is None:
+            return
+        prompt_tokens = int(self._encode([request.messages])["input_ids"].shape[1])
+        check_fits(prompt_tokens, request.max_tokens, self.context_limit)
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -179,12 +217,7 @@ class LocalVLM:
     def _generate(self, conversations: list[list[dict]], max_tokens: int, temperature: float) -> list[Completion]:
         import torch
 
-        texts, images = [], []
-        for messages in conversations:
-            hf_messages, imgs = split_images(messages)
-            texts.append(self.processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False))
-            images.extend(imgs)
-        enc = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)
+        enc = self._encode(conversations).to(self.device)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self._eos), 0)
         with torch.inference_mode():

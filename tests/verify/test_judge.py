@@ -240,3 +240,28 @@ def test_tiny_vlm_in_process_backend(tiny_vlm_dir, one_thread):
         assert v.stats["failed"] == 2 and v.stats["queries"] == 4
     finally:
         backend.close()
+
+
+def test_too_long_prompt_is_a_400_naming_the_field(serve, tiny_vlm_dir, one_thread):
+    """`earl serve judge` over a local VLM (4096 positions): a prompt longer than the model takes is a 400
+    naming `messages`, one that leaves too little room for max_tokens a 400 naming `max_tokens`; never a 500."""
+    vlm = LocalVLM(tiny_vlm_dir, device="cpu")
+    assert vlm.context_limit == 4096
+    server = serve(vlm.generate, validate=vlm.check_request)
+
+    def ask(text, max_tokens):
+        with httpx.Client(timeout=60) as c:
+            return c.post(server.url + "/chat/completions", json={
+                "messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": image_to_data_url(RED)}},
+                    {"type": "text", "text": text}]}], "max_tokens": max_tokens, "temperature": 0})
+
+    r = ask("x" * 10_000, 5)  # one token per byte
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "messages" and err["type"] == "invalid_request_error"
+    assert "4096 tokens" in err["message"] and "the prompt is 10" in err["message"], err
+    r = ask("x" * 3_900, 400)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.json()
+    assert "lower max_tokens to at most" in r.json()["error"]["message"]
+    assert ask("x" * 3_900, 5).status_code == 200
+    assert server.batcher.batches == 1  # the refused requests never reached the model
