@@ -148,13 +148,94 @@ def _cmd_edit(args) -> None:
             print(f"thinking: {t}")
 
 
+def _agent_args(p) -> None:
+    """Options of the agent pipeline (`earl agent edit`, `earl eval shapes --agent`)."""
+    p.add_argument("--check", choices=["none", "oracle", "rrm"], default="none",
+                   help="closed loop: verify each step (ShapesEdit oracle, or the reasoning reward model) and "
+                        "resample a failing step")
+    p.add_argument("--attempts", type=int, default=4, help="with --check: tries per step (best-of-k)")
+    p.add_argument("--step-temperature", type=float, default=1.0, help="with --check: temperature of resampled steps")
+    p.add_argument("--rrm", default="checkpoints/shapes-rrm-lenient", help="with --check rrm: the reward model")
+    p.add_argument("--rrm-threshold", type=float, default=0.9, help="with --check rrm: E[points]/10 needed to pass")
+    p.add_argument("--sequencer", choices=["keep", "dependency"], default="keep")
+    p.add_argument("--fallback", action="store_true",
+                   help="when the plan fails, give the editor the instruction itself (the failure is still counted)")
+
+
+def _agent_pipeline(decomposer: str | None, editor: str | None, args):
+    from earl.agents.checks import OracleStepCheck, VerifierStepCheck
+    from earl.agents.decomposer import GroundTruthDecomposer
+    from earl.agents.editor import PipelineEditor
+    from earl.agents.pipeline import AgentPipeline, default_decomposer
+    from earl.agents.sequencer import SEQUENCERS
+    from earl.agents.unified import UnifiedDecomposer
+
+    if decomposer == "ground-truth":
+        dec = GroundTruthDecomposer()
+    else:
+        path = Path(decomposer or default_decomposer())
+        if not path.is_dir():
+            raise EarlError(f"decomposer {path}: not a directory")
+        dec = UnifiedDecomposer.from_pretrained(path)
+    check = None
+    if args.check == "oracle":
+        check = OracleStepCheck()
+    elif args.check == "rrm":
+        from earl.verify.base import build_verifier
+
+        check = VerifierStepCheck(build_verifier("rrm", model_path=args.rrm, expected_points=True), args.rrm_threshold)
+    return AgentPipeline(dec, PipelineEditor.from_pretrained(editor), sequencer=SEQUENCERS[args.sequencer](),
+                         check=check, attempts=args.attempts if check else 1, temperature=args.step_temperature,
+                         fallback=args.fallback, seed=getattr(args, "seed", 0))
+
+
+def _cmd_agent_edit(args) -> None:
+    from earl.io import load_image, save_image
+    from earl.viz import image_grid
+
+    out = _check_image_out(args.out)
+    image = load_image(args.image)
+    pipe = _agent_pipeline(args.decomposer, args.model, args)
+    res = pipe(image, args.instruction)
+    if res.plan is not None:
+        print("plan:")
+        for i, rec in enumerate(res.steps, 1):
+            verdict = "" if rec.passed is None else f"  [{'pass' if rec.passed else 'FAIL'} after {rec.attempts}]"
+            print(f"  {i}. {rec.step.text()}  ->  {rec.instruction!r}{verdict}")
+    if res.failure:
+        print(f"failure: {res.failure}: {res.error}" + (" (the editor got the instruction itself)" if res.fallback else ""))
+    save_image(res.images[0], out)
+    print(f"wrote {out} ({res.editor_calls} editor calls)")
+    if args.steps_dir:
+        steps_dir = Path(args.steps_dir)
+        steps_dir.mkdir(parents=True, exist_ok=True)
+        frames = [image] + [rec.image for rec in res.steps if rec.image is not None]
+        for i, frame in enumerate(frames):
+            save_image(frame, steps_dir / f"step_{i}.png")
+        save_image(image_grid([[f.resize(image.size) for f in frames]], scale=1), steps_dir / "strip.png")
+        print(f"steps: {steps_dir}/step_*.png, strip: {steps_dir / 'strip.png'}")
+
+
 def _cmd_eval_shapes(args) -> None:
     from earl.evaluate import run_shapes_eval
     from earl.generate import SamplingConfig
     from earl.shapes.judge import format_table
 
+    if args.agent is not None:
+        from earl.agents.evaluate import format_agent, run_agent_eval
+
+        pipe = _agent_pipeline(args.agent or None, args.model, args)
+        results = run_agent_eval(pipe, args.data, args.out, batch_size=args.batch_size)
+        print(format_table(results))
+        print(format_agent(results["agent"]))
+        print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}; "
+              f"step strips: {Path(args.out) / 'steps'}")
+        return
     sampling = SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature)
-    results = run_shapes_eval(args.model, args.data, args.out, sampling, batch_size=args.batch_size, seed=args.seed)
+    from earl.pipeline import default_checkpoint
+
+    model = args.model or str(default_checkpoint())
+    results = run_shapes_eval(model, args.data, args.out, sampling, batch_size=args.batch_size, seed=args.seed)
     print(format_table(results))
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
@@ -467,9 +548,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut an instruction too long for the model to the longest prefix that fits (default: refuse it)")
     e.set_defaults(func=_cmd_edit)
 
+    ag = sub.add_parser("agent", help="multi-agent editing (decomposer -> sequencer -> editor)").add_subparsers(
+        dest="what", required=True)
+    ae = ag.add_parser("edit", help="edit one image through the agent pipeline; prints the plan")
+    ae.add_argument("--image", required=True)
+    ae.add_argument("--instruction", required=True)
+    ae.add_argument("--out", required=True, help="the final image")
+    ae.add_argument("--steps-dir", default=None, help="write each step's image and a strip of them here")
+    ae.add_argument("--decomposer", default=None, help="decomposer directory (default: the bundled one)")
+    ae.add_argument("--model", default=None, help="editor directory (default: the bundled editor)")
+    ae.add_argument("--seed", type=int, default=0)
+    _agent_args(ae)
+    ae.set_defaults(func=_cmd_agent_edit)
+
     ev = sub.add_parser("eval", help="evaluate an editor").add_subparsers(dest="what", required=True)
     es = ev.add_parser("shapes", help="edit every sample of a ShapesEdit set, judge with the oracle, report")
-    es.add_argument("--model", required=True)
+    es.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
+    es.add_argument("--agent", nargs="?", const="", default=None, metavar="DECOMPOSER",
+                    help="evaluate the agent pipeline instead: decomposer directory (bare --agent: the bundled one; "
+                         "'ground-truth': each sample's own program), with --model as its editor")
+    _agent_args(es)
     es.add_argument("--data", required=True)
     es.add_argument("--out", required=True, help="output directory (resumable: existing images are kept)")
     es.add_argument("--batch-size", type=int, default=32)

@@ -1,0 +1,104 @@
+"""`earl eval shapes --agent`: the agent pipeline evaluated exactly as `earl eval shapes --model` evaluates an editor.
+
+Per sample: the final image goes to OUT/images/{id}.png (judged by the oracle with the same code
+as an editor's evaluation) and the agents' record to OUT/agent/{id}.json: the plan, its steps with
+their instructions, attempts and step-check verdicts, the failure kind if any, and the editor and
+check calls it cost. Both are written atomically and a sample with both files is never redone, so
+a killed evaluation resumes where it stopped; each sample's randomness comes from its id, so a
+resumed run equals an uninterrupted one. results.json is the editor evaluation's format plus
+`agent`: plan failures by kind, steps per plan, plan F1 against the ground truth, per-step pass
+rate, and editor/check calls per edit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from earl.agents.decomposer import DecomposeRequest
+from earl.agents.plan import Plan, plan_f1
+from earl.agents.shapes import program_plan
+from earl.io import atomic_write_json, load_image, read_json, save_png
+from earl.shapes.dataset import load_dataset
+from earl.shapes.edits import EditProgram
+from earl.shapes.judge import judge_folder
+from earl.shapes.scene import Scene
+from earl.viz import image_grid
+
+
+def _request(row: dict) -> DecomposeRequest:
+    meta = {k: row[k] for k in ("id", "program", "source_scene", "target_scene")}
+    return DecomposeRequest(row["source_image"], row["instruction"], meta=meta)
+
+
+def run_agent_eval(pipeline, data_dir, out_dir, batch_size: int = 64, progress: bool = True,
+                   strips: int = 8) -> dict:
+    out_dir = Path(out_dir)
+    img_dir, rec_dir, strip_dir = out_dir / "images", out_dir / "agent", out_dir / "steps"
+    for d in (img_dir, rec_dir, strip_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(data_dir)
+    ids = list(ds["id"])
+    todo = [i for i, sid in enumerate(ids) if not ((img_dir / f"{sid}.png").is_file() and (rec_dir / f"{sid}.json").is_file())]
+    bar = tqdm(total=len(todo), desc="agent edit", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        rows = ds.select(todo[start : start + batch_size])
+        for i, row, res in zip(todo[start : start + batch_size], rows, pipeline.run([_request(r) for r in rows])):
+            if i < strips:  # source, each step, target: the plan made visible
+                frames = [row["source_image"], *[s.image for s in res.steps if s.image is not None], row["target_image"]]
+                save_png(image_grid([frames], scale=2), strip_dir / f"{row['id']}.png")
+            save_png(res.images[0], img_dir / f"{row['id']}.png")
+            atomic_write_json(rec_dir / f"{row['id']}.json", res.to_dict())
+        bar.update(len(rows))
+    bar.close()
+    results = judge_folder(data_dir, img_dir, progress=progress)
+    results["agent"] = summarise_agent(ds, rec_dir, results)
+    results["model"] = {"decomposer": getattr(pipeline.decomposer, "name", "?"), "attempts": pipeline.attempts,
+                        "check": getattr(pipeline.check, "name", None), "temperature": pipeline.temperature}
+    atomic_write_json(out_dir / "results.json", results)
+    k = min(8, len(ds))
+    grid = image_grid([[ds[i]["source_image"], ds[i]["target_image"], load_image(img_dir / f"{ids[i]}.png")]
+                       for i in range(k)], col_labels=["source", "target", "output"], scale=2)
+    save_png(grid, out_dir / "grid.png")
+    return results
+
+
+def summarise_agent(ds, rec_dir: Path, results: dict) -> dict:
+    """Plan failures by kind, steps, plan F1 vs the ground truth, step pass rate, cost per edit; and
+    each sample row of `results` gets its plan, step count and failure."""
+    records = {sid: read_json(rec_dir / f"{sid}.json") for sid in ds["id"]}
+    f1s, steps, checked, passed = [], [], 0, 0
+    for row, sample in zip(ds.select_columns(["id", "program", "source_scene"]), results["samples"]):
+        rec = records[row["id"]]
+        gold = program_plan(Scene.from_dict(json.loads(row["source_scene"])), EditProgram.from_dict(json.loads(row["program"])))
+        plan = Plan.from_dict(rec["plan"]) if rec["plan"] else None
+        f1s.append(plan_f1(plan, gold))
+        steps.append(rec["n_steps"])
+        for s in rec["steps"]:
+            if s["passed"] is not None:
+                checked, passed = checked + 1, passed + bool(s["passed"])
+        sample.update({"plan": rec["plan"], "n_steps": rec["n_steps"], "agent_failure": rec["failure"],
+                       "fallback": rec["fallback"], "editor_calls": rec["editor_calls"]})
+    n = max(1, len(records))
+    return {
+        "plan_failures": dict(Counter(r["failure"] for r in records.values() if r["failure"])),
+        "plan_f1": sum(f1s) / n,
+        "exact_plans": sum(f == 1.0 for f in f1s) / n,
+        "steps_per_edit": sum(steps) / n,
+        "step_pass_rate": passed / checked if checked else None,
+        "editor_calls_per_edit": sum(r["editor_calls"] for r in records.values()) / n,
+        "check_calls_per_edit": sum(r["check_calls"] for r in records.values()) / n,
+        "fallbacks": sum(bool(r["fallback"]) for r in records.values()),
+    }
+
+
+def format_agent(summary: dict) -> str:
+    fails = ", ".join(f"{k} {v}" for k, v in sorted(summary["plan_failures"].items())) or "none"
+    rate = summary["step_pass_rate"]
+    return (f"plan F1 {summary['plan_f1']:.3f}, exact plans {summary['exact_plans']:.3f}, steps/edit "
+            f"{summary['steps_per_edit']:.2f}, plan failures: {fails}; editor calls/edit "
+            f"{summary['editor_calls_per_edit']:.2f}, check calls/edit {summary['check_calls_per_edit']:.2f}"
+            + (f", steps passing their check {rate:.3f}" if rate is not None else ""))
