@@ -25,6 +25,7 @@ setup(
         "tensorboard>=2.15",
         "httpx>=0.27",
         "matplotlib>=3.7",  # study curves and reward plots
+        "trl>=0.20",  # the decomposition agent's SFT and GRPO (earl.train.decomposer)
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],

@@ -88,9 +88,9 @@ def parse_plan(text: str, finished: bool = True, max_steps: int = MAX_STEPS) -> 
     """
     if not finished:
         raise PlanError("truncated", "the decomposer hit its token budget before ending the plan")
-    if text is None or not text.strip():
+    lines = [line for line in re.split(r"[\n;]", text or "") if line.strip()]
+    if not lines:
         raise PlanError("empty", "the plan has no steps")
-    lines = [line for line in re.split(r"[\n;]", text) if line.strip()]
     if len(lines) > max_steps:
         raise PlanError("too_long", f"{len(lines)} steps, more than the limit of {max_steps}")
     steps = []

@@ -1,0 +1,181 @@
+"""The agents alone and together: sequencers, chat decomposer failures, the pipeline's open and closed loop."""
+
+import asyncio
+import json
+
+import pytest
+from PIL import Image
+
+from earl.agents.checks import OracleStepCheck, StepVerdict
+from earl.agents.decomposer import ChatDecomposer, DecomposeRequest, GroundTruthDecomposer, ScriptedDecomposer
+from earl.agents.editor import PipelineEditor
+from earl.agents.pipeline import AgentPipeline, attempt_seed
+from earl.agents.plan import Plan, Step
+from earl.agents.sequencer import ChatSequencer, DependencyOrder, KeepOrder, parse_permutation
+from earl.errors import EarlError
+from earl.shapes.dataset import generate_samples
+from earl.shapes.oracle import judge
+from earl.shapes.render import render
+from earl.verify.chat import JudgeError
+
+
+class TagEditor:
+    """Returns a new image per call whose pixel encodes (call number); records what it was asked."""
+
+    name = "tag"
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls, self.fail_on = [], fail_on
+
+    def edit(self, images, instructions, temperature=0.0, seeds=None):
+        out = []
+        for ins, seed in zip(instructions, seeds or [None] * len(images)):
+            self.calls.append((ins, temperature, seed))
+            out.append(None if self.fail_on and self.fail_on in ins else Image.new("RGB", (8, 8), (len(self.calls), 0, 0)))
+        return out
+
+
+class PassOnAttempt:
+    """A step check that fails until the n-th image it sees for a step, scoring images by their tag."""
+
+    name = "scripted"
+
+    def __init__(self, n: int, retry: bool = True):
+        self.n, self.retry, self.seen = n, retry, {}
+
+    def check(self, befores, steps, afters):
+        out = []
+        for step, im in zip(steps, afters):
+            k = self.seen[step] = self.seen.get(step, 0) + 1
+            out.append(StepVerdict(k >= self.n, float(im.getpixel((0, 0))[0]), retry=self.retry))
+        return out
+
+
+def _req(text="x", **meta):
+    return DecomposeRequest(Image.new("RGB", (8, 8)), text, meta={"id": "a", **meta})
+
+
+def test_open_loop_feeds_each_step_the_previous_output():
+    ed = TagEditor()
+    pipe = AgentPipeline(ScriptedDecomposer(["recolour | the red circle | blue ; remove | the square | nothing"]), ed)
+    (res,) = pipe.run([_req()])
+    assert [c[0] for c in ed.calls] == ["Make the red circle blue.", "Remove the square."]
+    assert res.failure is None and len(res.steps) == 2 and res.editor_calls == 2
+    assert res.images[0] is res.steps[-1].image and res.steps[0].image.getpixel((0, 0))[0] == 1
+
+
+@pytest.mark.parametrize("reply, kind", [("", "empty"), ("paint | x | y", "unknown_action"), ("a | b", "truncated")])
+def test_a_failed_plan_is_named_and_edits_nothing_unless_asked(reply, kind):
+    ed = TagEditor()
+    (res,) = AgentPipeline(ScriptedDecomposer([reply]), ed).run([_req()])
+    assert res.failure == kind and res.plan is None and ed.calls == [] and not res.fallback
+    (res,) = AgentPipeline(ScriptedDecomposer([reply]), ed, fallback=True).run([_req("the instruction")])
+    assert res.failure == kind and res.fallback and ed.calls[-1][0] == "the instruction"
+
+
+def test_an_editor_that_fails_a_step_stops_the_plan_and_is_named():
+    ed = TagEditor(fail_on="square")
+    plan = "remove | the square | nothing ; recolour | the red circle | blue"
+    (res,) = AgentPipeline(ScriptedDecomposer([plan]), ed).run([_req()])
+    assert res.failure == "editor" and len(res.steps) == 1 and len(ed.calls) == 1
+
+
+def test_closed_loop_resamples_until_the_check_passes_and_counts_the_cost():
+    ed = TagEditor()
+    pipe = AgentPipeline(ScriptedDecomposer(["recolour | the red circle | blue ; remove | the square | nothing"]), ed,
+                         check=PassOnAttempt(3), attempts=4, temperature=0.7, seed=5)
+    (res,) = pipe.run([_req()])
+    # each step: greedy, then two resamples at temperature 0.7 with seeds from (seed, id, step, attempt)
+    assert [c[1] for c in ed.calls] == [0.0, 0.7, 0.7, 0.0, 0.7, 0.7]
+    assert ed.calls[1][2] == attempt_seed(5, "a", 0, 1) and ed.calls[5][2] == attempt_seed(5, "a", 1, 2)
+    assert [s.attempts for s in res.steps] == [3, 3] and all(s.passed for s in res.steps)
+    assert res.editor_calls == 6 and res.check_calls == 6
+    assert res.steps[0].image.getpixel((0, 0))[0] == 3  # the passing (third) image is kept
+
+
+def test_closed_loop_keeps_the_best_scored_attempt_when_none_passes():
+    ed = TagEditor()
+    pipe = AgentPipeline(ScriptedDecomposer(["recolour | the red circle | blue"]), ed, check=PassOnAttempt(99), attempts=3)
+    (res,) = pipe.run([_req()])
+    assert res.steps[0].attempts == 3 and res.steps[0].passed is False
+    assert res.steps[0].image.getpixel((0, 0))[0] == 3  # the highest score (the tag)
+
+
+def test_a_step_that_cannot_apply_is_not_resampled():
+    ed = TagEditor()
+    pipe = AgentPipeline(ScriptedDecomposer(["recolour | the red circle | blue"]), ed, check=PassOnAttempt(99, retry=False),
+                         attempts=4)
+    (res,) = pipe.run([_req()])
+    assert len(ed.calls) == 1 and res.steps[0].attempts == 1
+
+
+def test_resampling_needs_a_check():
+    with pytest.raises(EarlError, match="step check"):
+        AgentPipeline(ScriptedDecomposer([]), TagEditor(), attempts=3)
+
+
+def test_dependency_order_fills_a_place_after_it_is_emptied():
+    add = Step("add", "a small red square", "row 1, column 1")
+    rm = Step("remove", "the shape in row 1, column 1", "nothing")
+    other = Step("recolour", "the blue circle", "red")
+    (o,) = DependencyOrder().order([Plan((add, other, rm))])
+    assert o.plan.steps == (other, rm, add)
+    (o,) = KeepOrder().order([Plan((add, rm))])
+    assert o.plan.steps == (add, rm)
+    mv1, mv2 = Step("move", "the shape in row 1, column 1", "row 2, column 2"), Step("move", "the shape in row 2, column 2", "row 1, column 1")
+    (o,) = DependencyOrder().order([Plan((mv1, mv2))])
+    assert o.plan is None and "cycle" in o.error
+
+
+class Backend:
+    def __init__(self, replies):
+        self.replies, self.calls = list(replies), 0
+
+    async def chat(self, messages, max_tokens, temperature):
+        self.calls += 1
+        r = self.replies.pop(0)
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+
+def test_chat_decomposer_retries_then_names_the_failure():
+    ok = "1. remove | the red circle | nothing\n2. recolour | the square | blue"
+    b = Backend(["I would remove the circle.", ok])
+    (d,) = ChatDecomposer(b, retries=2, backoff=0).decompose([_req()])
+    assert d.plan is not None and len(d.plan) == 2 and b.calls == 2
+    (d,) = ChatDecomposer(Backend(["no plan"] * 3), retries=2, backoff=0).decompose([_req()])
+    assert d.plan is None and d.failure == "truncated" and d.raw == "no plan"
+    (d,) = ChatDecomposer(Backend([JudgeError("HTTP 500", retriable=True)] * 3), retries=2, backoff=0).decompose([_req()])
+    assert d.plan is None and d.failure == "error" and "500" in d.error
+    (d,) = ChatDecomposer(Backend([JudgeError("timed out", retriable=True)] * 2), retries=1, backoff=0).decompose([_req()])
+    assert d.failure == "error" and "timed out" in d.error
+
+
+def test_chat_sequencer_takes_a_permutation_or_reports():
+    plan = Plan((Step("remove", "a", "nothing"), Step("remove", "b", "nothing"), Step("remove", "c", "nothing")))
+    (o,) = ChatSequencer(Backend(["3, 1, 2"]), retries=0).order([plan], ["x"])
+    assert [s.subject for s in o.plan.steps] == ["c", "a", "b"]
+    (o,) = ChatSequencer(Backend(["1, 1, 2"]), retries=0).order([plan], ["x"])
+    assert o.plan is None and o.error
+    assert parse_permutation("2,1", 2) == [1, 0] and parse_permutation("1 2 3", 2) is None
+    assert asyncio.iscoroutinefunction(ChatSequencer._order)
+
+
+def test_ground_truth_plans_through_the_bundled_editor_with_the_oracle_check():
+    """End to end on real images: the bundled editor applies ground-truth plans; the per-step oracle
+    check accepts steps whose edit is right and the final image is judged against the target."""
+    samples = list(generate_samples("complex", 6, seed=11))
+    reqs = [DecomposeRequest(render(s.source_scene), s.instruction,
+                             meta={"id": str(i), "program": json.dumps(s.program.to_dict()),
+                                   "source_scene": json.dumps(s.source_scene.to_dict())}) for i, s in enumerate(samples)]
+    pipe = AgentPipeline(GroundTruthDecomposer(), PipelineEditor.from_pretrained(), check=OracleStepCheck(), attempts=2)
+    results = pipe.run(reqs)
+    for s, r in zip(samples, results):
+        assert len(r.steps) == len(s.program) and r.failure is None
+        for rec in r.steps:
+            assert rec.passed in (True, False) and 1 <= rec.attempts <= 2
+        final_ok = judge(s.source_scene, s.target_scene, r.images[0]).success
+        if all(rec.passed for rec in r.steps):
+            assert final_ok, s.instruction  # every step verified right => the whole edit is right
+    assert sum(judge(s.source_scene, s.target_scene, r.images[0]).success for s, r in zip(samples, results)) >= 3
