@@ -205,6 +205,36 @@ def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> di
                     lambda model, step, log: evaluate(cfg, accelerator, model, editor, evalset, step, log))
 
 
+def rank_batches(n: int, batch_size: int, rank: int, world: int) -> list[range]:
+    """This rank's share of `n` examples in batches: batch b goes to rank b % world. Each rank gets the
+    same number of entries (the longest share's); an entry past the end of the set is an empty range."""
+    starts = list(range(0, n, batch_size))
+    rounds = -(-len(starts) // world)
+    return [range(starts[b], min(starts[b] + batch_size, n)) if b < len(starts) else range(0)
+            for b in (rank + r * world for r in range(rounds))]
+
+
+@torch.no_grad()
+def held_out_loss(accelerator, model, ds, collate, batch_size: int) -> float:
+    """Teacher-forced loss over every labelled token of `ds`, the examples split over the ranks.
+
+    Runs on the unwrapped model: the DDP wrapper's forward broadcasts buffers, a collective a rank
+    with fewer (or no) batches never joins, so an uneven split (8 examples, batch 8, 2 ranks) hung.
+    Every rank still runs the same number of forwards (one with weight 0 on the set's first batch
+    where its share has ended), since a ZeRO-3 forward gathers parameters from all ranks. Each rank
+    sums loss x tokens and counts tokens; one all-reduce of the two sums makes the mean a mean over
+    tokens, so a short rank weighs what its tokens weigh."""
+    net = accelerator.unwrap_model(model)
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (sum of loss x tokens, tokens)
+    for rows in rank_batches(len(ds), batch_size, accelerator.process_index, accelerator.num_processes):
+        batch = collate([ds[i] for i in (rows or range(min(batch_size, len(ds))))])
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        tokens = (batch["labels"][:, 1:] != -100).sum() * bool(rows)
+        totals += torch.stack([net(**batch).loss.double() * tokens, tokens.double()])
+    loss_sum, tokens = accelerator.reduce(totals, reduction="sum").tolist()
+    return loss_sum / max(tokens, 1.0)
+
+
 @torch.no_grad()
 def evaluate(cfg: SFTRecipe, accelerator, model, editor, evalset: EncodedEdits | None, step: int, log) -> dict:
     """Teacher-forced loss on the held-out set (all ranks), then oracle metrics on generated edits (main rank)."""
@@ -213,16 +243,8 @@ def evaluate(cfg: SFTRecipe, accelerator, model, editor, evalset: EncodedEdits |
     from earl.evaluate import oracle_eval
 
     model.eval()
-    layout = editor.layout
-    ds = EditExamples(evalset, layout, cfg.model.cot)
-    losses = []
-    for start in range(accelerator.process_index * cfg.run.batch_size, len(ds),
-                       cfg.run.batch_size * accelerator.num_processes):
-        batch = layout.collate([ds[i] for i in range(start, min(start + cfg.run.batch_size, len(ds)))])
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        losses.append(model(**batch).loss.float())
-    mean = torch.stack(losses).mean() if losses else torch.tensor(0.0, device=accelerator.device)
-    metrics = {"eval/loss": accelerator.reduce(mean, reduction="mean").item()}
+    ds = EditExamples(evalset, editor.layout, cfg.model.cot)
+    metrics = {"eval/loss": held_out_loss(accelerator, model, ds, editor.layout.collate, cfg.run.batch_size)}
     if accelerator.is_main_process:
         editor.backbone = accelerator.unwrap_model(model)
         oracle = oracle_eval(editor, evalset, cfg.data.oracle_eval_samples, cfg.eval_sampling)

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from earl.train.common import (
     make_scheduler,
     step_schedule,
 )
-from earl.train.sft import SFTRecipe, train_sft
+from earl.train.sft import SFTRecipe, held_out_loss, rank_batches, train_sft
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,15 +95,34 @@ def test_bad_recipe_values_name_the_field(tmp_path, tok_dir):
         train_sft(cfg, progress=False)
 
 
-def _launch(tmp_path, tok_dir, extra: dict, name: str):
+def _launch(tmp_path, tok_dir, extra: dict, name: str, timeout: int = 600):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     overrides = tiny_overrides(tmp_path / name, tok_dir, **{"run.steps": 3, "run.eval_every": 3, "run.save_every": 3, **extra})
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "earl.cli", "train", "sft",
            str(ROOT / "recipes/shapes/sft.yaml"), *overrides]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr, tmp_path / name / "run"
+    stdout, stderr, returncode = run_torchrun(cmd, env, tmp_path, timeout)
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return stdout + stderr, tmp_path / name / "run"
+
+
+def run_torchrun(cmd: list[str], env: dict, cwd: Path, timeout: int) -> tuple[str, str, int]:
+    """Run a torchrun command; past `timeout` (a hung run) fail the test after stopping its workers.
+
+    torchrun starts each worker in a session of its own, so killing torchrun would leave them running
+    (and holding the output pipes): SIGTERM lets torchrun stop them first."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = "", ""
+        pytest.fail(f"torchrun did not finish in {timeout} s (hung?):\n{stdout[-2000:]}{stderr[-2000:]}")
+    return stdout, stderr, proc.returncode
 
 
 def _metric(run: Path, key: str) -> dict[int, float]:
@@ -127,6 +148,42 @@ def test_two_cpu_processes_follow_the_one_process_schedule(tmp_path, tok_dir):
     expected = _metric(one / "run", "train/lr")
     assert sorted(expected) == [1, 2, 3, 4]
     assert _metric(run, "train/lr") == pytest.approx(expected, rel=1e-12)
+
+
+def test_an_eval_set_one_batch_long_on_two_processes(tmp_path, tok_dir):
+    """8 held-out examples in batches of 8 on 2 ranks: one rank has none. The run must not hang (it did,
+    in DDP's forward), and its eval loss is the 1-process one (lr 1e-12: the same weights on both)."""
+    same = {"run.steps": 1, "run.eval_every": 1, "run.save_every": 1, "run.batch_size": 8,
+            "data.eval": "shapes:simple:test:8", "data.oracle_eval_samples": 0, "optim.lr": 1e-12,
+            "optim.min_lr": 0.0}
+    _, run = _launch(tmp_path, tok_dir, same, "uneven", timeout=300)
+    one = tmp_path / "one"
+    train_sft(load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", tiny_overrides(one, tok_dir, **same)),
+              progress=False)
+    expected = _metric(one / "run", "eval/loss")
+    assert list(expected) == [1]
+    assert _metric(run, "eval/loss") == pytest.approx(expected, rel=1e-5)
+
+
+def test_held_out_loss_is_a_mean_over_tokens(tiny_editor):
+    """Batches of 3, 3 and 1 examples: the held-out loss is the loss of all 7 at once (a mean over tokens),
+    not the mean of the 3 batch means; rank b % world takes batch b, padded to equal counts."""
+    layout = tiny_editor.layout
+    h = tiny_editor.config.image_size // 8
+    gen = torch.Generator().manual_seed(0)
+    words = ["make the red circle blue .", "change the square to green", "remove the small triangle"]
+    ds = [layout.example(words[i % 3] + " ." * i, *torch.randint(0, layout.vocab.codebook_size, (2, h, h), generator=gen))
+          for i in range(7)]
+    acc = types.SimpleNamespace(unwrap_model=lambda m: m, device=torch.device("cpu"), process_index=0,
+                                num_processes=1, reduce=lambda t, reduction: t)
+    with torch.no_grad():
+        whole = tiny_editor.backbone(**layout.collate(ds)).loss.item()
+        means = [tiny_editor.backbone(**layout.collate(ds[i:i + 3])).loss.item() for i in (0, 3, 6)]
+    assert held_out_loss(acc, tiny_editor.backbone, ds, layout.collate, 3) == pytest.approx(whole, rel=1e-5)
+    assert abs(sum(means) / 3 - whole) > 1e-4  # the unweighted mean would differ
+    assert rank_batches(7, 3, 0, 2) == [range(0, 3), range(6, 7)]
+    assert rank_batches(7, 3, 1, 2) == [range(3, 6), range(0)]
+    assert rank_batches(8, 8, 1, 2) == [range(0)]
 
 
 def test_a_checkpoint_restores_the_schedule(tmp_path):
