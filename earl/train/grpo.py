@@ -30,7 +30,7 @@ from earl.errors import ConfigError
 from earl.generate import SamplingConfig, sample_edits
 from earl.io import atomic_write_json, save_png
 from earl.rl.logprobs import Rollout, policy_logprobs, rollout_from_generation
-from earl.rl.losses import LOSS_AGGREGATIONS, group_advantages, policy_loss, zero_variance_groups
+from earl.rl.losses import LOSS_AGGREGATIONS, BatchCounts, group_advantages, policy_loss, zero_variance_groups
 from earl.train.common import (
     Checkpoints,
     MetricLog,
@@ -323,6 +323,12 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
 
 def _update(cfg: GRPORecipe, accelerator, model, optimizer, scheduler, editor, ref, rollout: Rollout,
             adv: torch.Tensor, row_ok: torch.Tensor) -> dict[str, float]:
+    """`updates_per_rollout` optimizer steps, each over the whole rollout batch in micro-batches.
+
+    Each micro-batch's loss is its share of the loss over the batch of every rank (`BatchCounts`),
+    so the loss names mean what they mean in trl ("dapo" divides by the global batch's tokens).
+    accelerate divides each backward by the accumulation steps and DDP averages over ranks; the
+    share is scaled back by both, so the step's gradient is the gradient of the batch's loss."""
     g = cfg.grpo
     model.train()
     ref_lp = None
@@ -330,8 +336,11 @@ def _update(cfg: GRPORecipe, accelerator, model, optimizer, scheduler, editor, r
         with torch.no_grad():
             ref_lp = torch.cat([policy_logprobs(ref, editor.layout, _rows(rollout, s, g.minibatch_size), g.sampling)
                                 for s in range(0, len(adv), g.minibatch_size)])
+    batch = _batch_counts(accelerator, rollout.sampled & row_ok[:, None], g.minibatch_size)
+    scale = accelerator.gradient_accumulation_steps * world_size(accelerator)
     stats_sum: dict[str, float] = {}
-    count = 0
+    stats_n: dict[str, int] = {}
+    loss_sum = 0.0
     for _ in range(g.updates_per_rollout):
         for s in range(0, len(adv), g.minibatch_size):
             part = _rows(rollout, s, g.minibatch_size)
@@ -339,20 +348,28 @@ def _update(cfg: GRPORecipe, accelerator, model, optimizer, scheduler, editor, r
             with accelerator.accumulate(model):
                 logp = policy_logprobs(model, editor.layout, part, g.sampling)
                 mask = part.sampled & row_ok[sl, None]
-                loss, stats = policy_loss(logp, part.old_logprobs.to(logp.device), adv[sl].to(logp.device),
-                                          mask.to(logp.device), g.clip_low, g.clip_high,
-                                          None if ref_lp is None else ref_lp[sl].to(logp.device), g.beta, g.loss)
-                accelerator.backward(loss)
+                share, stats = policy_loss(logp, part.old_logprobs.to(logp.device), adv[sl].to(logp.device),
+                                           mask.to(logp.device), g.clip_low, g.clip_high,
+                                           None if ref_lp is None else ref_lp[sl].to(logp.device), g.beta, g.loss,
+                                           batch)
+                accelerator.backward(share * scale)
                 if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
                     stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip) or 0)
                 optimizer.step()
                 step_schedule(accelerator, scheduler)
                 optimizer.zero_grad(set_to_none=True)
-            stats["loss"] = float(loss.detach())
-            for k, v in stats.items():
+            loss_sum += float(share.detach())
+            for k, v in stats.items():  # each stat's mean over the micro-batches that report it
                 stats_sum[k] = stats_sum.get(k, 0.0) + v
-            count += 1
-    return {k: v / count for k, v in stats_sum.items()}
+                stats_n[k] = stats_n.get(k, 0) + 1
+    loss = accelerator.reduce(torch.tensor(loss_sum / g.updates_per_rollout, device=accelerator.device), "sum")
+    return {"loss": float(loss), **{k: v / stats_n[k] for k, v in stats_sum.items()}}
+
+
+def _batch_counts(accelerator, mask: torch.Tensor, minibatch_size: int) -> BatchCounts:
+    """The counts of the batch one optimizer step covers: this rank's rollout, summed over the ranks."""
+    local = BatchCounts.of(mask, micro_batches=-(-mask.shape[0] // minibatch_size))
+    return BatchCounts.from_tensor(accelerator.reduce(local.as_tensor(accelerator.device), "sum").cpu())
 
 
 def _rows(r: Rollout, start: int, n: int) -> Rollout:

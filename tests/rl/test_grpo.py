@@ -141,6 +141,24 @@ def test_the_schedule_counts_optimizer_steps(tmp_path, start, updates):
     assert [x["train/lr"] for x in lines] == pytest.approx(expected_lrs(optim, 3 * updates, every=updates))
 
 
+@pytest.mark.parametrize("loss", ["grpo", "dapo"])
+def test_micro_batching_does_not_change_the_loss_or_gradient(tmp_path, start, loss):
+    """One prompt x 16 samples (the same rollout either way), every third judgement failed so the two
+    halves hold different token and sequence counts: the step's loss and gradient norm are the same
+    in one micro-batch of 16 as in two of 8 (the loss is over the whole batch, not per micro-batch)."""
+    logged = []
+    for mb in (16, 8):
+        cfg = load_config(GRPORecipe, ROOT / "recipes/shapes/grpo.yaml", overrides(
+            tmp_path, start, **{"out_dir": str(tmp_path / f"mb{mb}"), "run.steps": 1, "grpo.group_size": 16,
+                                "grpo.prompts_per_step": 1, "grpo.minibatch_size": mb, "grpo.loss": loss}))
+        train_grpo(cfg, progress=False, verifier=FlakyJudge())
+        logged.append(json.loads((tmp_path / f"mb{mb}/metrics.jsonl").read_text().splitlines()[0]))
+    one, two = logged
+    assert one["reward/failed"] == two["reward/failed"] == 5.0
+    assert two["update/loss"] == pytest.approx(one["update/loss"], rel=1e-4, abs=1e-7)
+    assert two["update/grad_norm"] == pytest.approx(one["update/grad_norm"], rel=1e-4)
+
+
 def test_grpo_with_the_oracle_on_two_cpu_processes(tmp_path, start):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")

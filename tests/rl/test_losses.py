@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from earl.rl.losses import group_advantages, k3_kl, policy_loss, zero_variance_groups
+from earl.rl.losses import BatchCounts, group_advantages, k3_kl, policy_loss, zero_variance_groups
 
 
 def test_group_advantages_by_hand():
@@ -31,16 +31,43 @@ def test_failed_rewards_are_excluded_not_zeroed():
     assert zero_variance_groups(torch.tensor([[1.0, 1.0], [0.0, 1.0]]), torch.ones(2, 2, dtype=torch.bool)).tolist() == [True, False]
 
 
-@pytest.mark.parametrize("agg,expected", [("grpo", -0.5), ("dr_grpo", -0.75), ("dapo", -1.0)])
+@pytest.mark.parametrize("agg,expected", [("grpo", -0.5), ("bnpo", -1.0), ("dr_grpo", -0.75), ("dapo", -1.0)])
 def test_loss_aggregations_by_hand(agg, expected):
     # ratio 1 everywhere, so each token's loss is -A. A = [2, -1]; row 0 has 2 tokens, row 1 has 1.
     # grpo: per-sequence means -2 and 1 -> mean -0.5; dr_grpo: (-2 - 2 + 1) / (2 rows * 2) = -0.75;
-    # dapo: (-2 - 2 + 1) / 3 tokens = -1
+    # bnpo and dapo (one micro-batch is the whole batch): (-2 - 2 + 1) / 3 tokens = -1
     lp = torch.zeros(2, 2)
     mask = torch.tensor([[True, True], [True, False]])
     loss, stats = policy_loss(lp, lp, torch.tensor([2.0, -1.0]), mask, aggregation=agg)
     assert loss.item() == pytest.approx(expected)
     assert stats["clip_fraction"] == 0 and stats["ratio_mean"] == pytest.approx(1.0)
+
+
+# Two micro-batches of one batch, ratio 1 (each token's loss is -A), T = 2:
+#   micro-batch 1: A = [2, -4], masks [1, 1] and [1, 0] -> tokens -2, -2 | +4  (sum 0, 3 tokens)
+#   micro-batch 2: A = [1, 3],  masks [1, 1] and [0, 0] -> tokens -1, -1 | -   (sum -2, 2 tokens)
+# the batch: 5 tokens, 3 sequences with tokens, 4 rows, 2 micro-batches
+#   grpo:    sequence means -2, 4, -1 over 3 sequences -> 1/3 (shares 2/3 and -1/3)
+#   bnpo:    micro-batch token means 0 and -1, averaged -> -0.5 (shares 0 and -0.5)
+#   dr_grpo: sum -2 / (4 rows x 2) -> -0.25 (shares 0 and -0.25)
+#   dapo:    sum -2 / 5 tokens -> -0.4 (shares 0 and -0.4); per micro-batch it would be bnpo's -0.5
+MICRO = [(torch.tensor([2.0, -4.0]), torch.tensor([[True, True], [True, False]])),
+         (torch.tensor([1.0, 3.0]), torch.tensor([[True, True], [False, False]]))]
+
+
+@pytest.mark.parametrize("agg,shares", [("grpo", (2 / 3, -1 / 3)), ("bnpo", (0.0, -0.5)), ("dr_grpo", (0.0, -0.25)),
+                                        ("dapo", (0.0, -0.4))])
+def test_loss_aggregations_over_micro_batches_by_hand(agg, shares):
+    batch = BatchCounts.of(torch.cat([m for _, m in MICRO]), micro_batches=2)
+    assert batch == BatchCounts(tokens=5, sequences=3, rows=4, micro_batches=2)
+    lp = torch.zeros(2, 2)
+    got = [policy_loss(lp, lp, adv, mask, aggregation=agg, batch=batch)[0].item() for adv, mask in MICRO]
+    assert got == pytest.approx(list(shares))
+    # the shares add up to the loss of the two micro-batches taken as one (where the names agree with it)
+    if agg != "bnpo":
+        whole = policy_loss(torch.zeros(4, 2), torch.zeros(4, 2), torch.cat([a for a, _ in MICRO]),
+                            torch.cat([m for _, m in MICRO]), aggregation=agg)[0].item()
+        assert sum(got) == pytest.approx(whole)
 
 
 def test_clipping_by_hand():
