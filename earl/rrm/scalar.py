@@ -32,6 +32,7 @@ from earl.train.common import (
     make_accelerator,
     make_optimizer,
     make_scheduler,
+    settle_grad_accum,
 )
 
 HEAD_FILE = "scalar_head.safetensors"
@@ -84,6 +85,9 @@ class ScalarRecipe:
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=lambda: RunSection(steps=1000, batch_size=16))
 
+    def __post_init__(self):
+        settle_grad_accum(self.run, 1, "rm-scalar's one batch of pairs per optimizer step")
+
 
 def scalar_scorer(model: ScalarRewardModel, batch_size: int = 32):
     @torch.no_grad()
@@ -112,7 +116,7 @@ def train_scalar_rm(cfg: ScalarRecipe, resume: bool = False, progress: bool = Tr
     if resume:
         raise ConfigError("rm-scalar does not resume (short runs): start it again")
     out = Path(cfg.out_dir)
-    accelerator = make_accelerator(cfg.run, out)
+    accelerator = make_accelerator(cfg.run, out, cfg.optim)
     torch.manual_seed(cfg.run.seed)
     start = None
     if cfg.init_from:

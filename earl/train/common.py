@@ -48,7 +48,10 @@ class RunSection:
 
     steps: int = 1000  # optimizer steps
     batch_size: int = 32  # per process, per micro-step
-    grad_accum: int = 1
+    # micro-steps per optimizer step. null: the trainer's own value - 1 where a step is one batch (SFT,
+    # reward-model SFT), the rollout's micro-batches in GRPO (group_size x prompts_per_step /
+    # minibatch_size), 1 in GCPO and rm-scalar; GRPO, GCPO and rm-scalar refuse a value that differs
+    grad_accum: int | None = None
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     deepspeed: str | None = None  # path to a DeepSpeed JSON config (e.g. recipes/deepspeed/zero2.json)
     seed: int = 0
@@ -62,8 +65,52 @@ class RunSection:
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-        if self.steps <= 0 or self.batch_size <= 0 or self.grad_accum <= 0:
+        if self.steps <= 0 or self.batch_size <= 0 or (self.grad_accum is not None and self.grad_accum <= 0):
             raise ValueError("steps, batch_size and grad_accum must be positive")
+
+
+def settle_grad_accum(run: RunSection, implied: int | None = None, by: str = "") -> int:
+    """Fill `run.grad_accum` (null in the recipe) with the value the trainer's batching implies.
+
+    `implied` None: the trainer takes any value (default 1). Otherwise the trainer's own batching
+    fixes it (`by` says how), and a recipe value that differs is an error rather than being
+    overwritten, since the recipe would not describe the run it made."""
+    if implied is None:
+        run.grad_accum = 1 if run.grad_accum is None else run.grad_accum
+    elif run.grad_accum is None:
+        run.grad_accum = implied
+    elif run.grad_accum != implied:
+        raise ConfigError(f"run.grad_accum: {run.grad_accum} contradicts {by}, which makes {implied} micro-batches "
+                          f"per optimizer step; leave run.grad_accum out (or null) or set it to {implied}")
+    return run.grad_accum
+
+
+# DeepSpeed JSON fields whose value is the recipe's: (recipe field, how to read it from (run, optim))
+DEEPSPEED_OWNED = {
+    "gradient_clipping": ("optim.grad_clip", lambda run, optim: float(optim.grad_clip)),
+    "gradient_accumulation_steps": ("run.grad_accum", lambda run, optim: run.grad_accum),
+}
+
+
+def deepspeed_config(path: Path, run: RunSection, optim: OptimSection) -> dict:
+    """The DeepSpeed JSON at `path` with the fields the recipe owns filled from the recipe.
+
+    Inside DeepSpeed's engine the JSON's value wins (it clips gradients itself; accelerate's
+    clip_grad_norm_ does nothing there), so one number in two files could silently disagree: such
+    fields must be "auto" (or absent) in the JSON; a concrete value that differs is refused."""
+    if not path.is_file():
+        raise ConfigError(f"run.deepspeed: {path} not found (expected a DeepSpeed JSON config)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"run.deepspeed: {path} is not valid JSON ({e})") from None
+    for key, (field, read) in DEEPSPEED_OWNED.items():
+        value, have = read(run, optim), config.get(key, "auto")
+        if have != "auto" and have != value:
+            raise ConfigError(f"run.deepspeed: {path} sets {key}: {have}, but the recipe's {field} is {value}; "
+                              f"write \"auto\" there (the recipe's {field} is the one source)")
+        config[key] = value
+    return config
 
 
 def cpu_has_native_bf16() -> bool:
@@ -87,13 +134,15 @@ def effective_precision(requested: str) -> str:
     return requested
 
 
-def make_accelerator(run: RunSection, out_dir: Path) -> Accelerator:
+def make_accelerator(run: RunSection, out_dir: Path, optim: OptimSection | None = None) -> Accelerator:
+    """The run's accelerator; `optim` (the recipe's) fills the DeepSpeed JSON's "auto" fields."""
+    settle_grad_accum(run)
     plugin = None
     if run.deepspeed:
-        path = Path(run.deepspeed)
-        if not path.is_file():
-            raise ConfigError(f"run.deepspeed: {path} not found (expected a DeepSpeed JSON config)")
-        plugin = DeepSpeedPlugin(hf_ds_config=str(path), gradient_accumulation_steps=run.grad_accum)
+        if optim is None:
+            raise ValueError("make_accelerator: a DeepSpeed run needs the recipe's optim section")
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(Path(run.deepspeed), run, optim),
+                                 gradient_accumulation_steps=run.grad_accum)
     log_with = ["tensorboard"] + (["wandb"] if run.wandb else [])
     # accelerate keeps one global state per process; several runs in one process (the study, the
     # demo, tests) may differ in precision or plugin, so start each from a clean state while keeping

@@ -46,6 +46,7 @@ from earl.train.common import (
     make_accelerator,
     make_optimizer,
     make_scheduler,
+    settle_grad_accum,
     step_schedule,
 )
 
@@ -87,6 +88,11 @@ class GCPORecipe:
     optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-5, min_lr=1e-5, warmup_steps=0,
                                                                        weight_decay=0.0))
     run: RunSection = field(default_factory=lambda: RunSection(steps=200, eval_every=50, save_every=50))
+
+    def __post_init__(self):
+        # gcpo_step accumulates a step's micro-batches itself; accelerate's accumulation would divide
+        # every backward again and (under DeepSpeed) step the optimizer only every grad_accum steps
+        settle_grad_accum(self.run, 1, "GCPO's own accumulation of a step's traces (gcpo.micro_batch)")
 
 
 def _sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int, temperature: float) -> torch.Tensor:
@@ -256,7 +262,7 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         # DeepSpeed's engine reduces gradients at every backward of a step it counts as a boundary
         raise ConfigError(f"gcpo.micro_batch: {cfg.gcpo.micro_batch} splits a step's {rows} traces, which a "
                           f"DeepSpeed run cannot accumulate; set it to {rows} or more with run.deepspeed")
-    accelerator = make_accelerator(cfg.run, out)
+    accelerator = make_accelerator(cfg.run, out, cfg.optim)
     set_seed(cfg.run.seed)
     editor = UnifiedEditor.from_pretrained(cfg.init_from)
     layout, tok = editor.layout, editor.text_tokenizer

@@ -42,6 +42,7 @@ from earl.train.common import (
     make_optimizer,
     make_scheduler,
     prepare_backbone,
+    settle_grad_accum,
     step_schedule,
     world_size,
 )
@@ -105,6 +106,18 @@ class GRPORecipe:
                                                                        weight_decay=0.0))
     run: RunSection = field(default_factory=lambda: RunSection(steps=100, eval_every=50, save_every=50))
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
+
+    def __post_init__(self):
+        settle_micro_batching(self)
+
+
+def settle_micro_batching(cfg: GRPORecipe) -> int:
+    """run.grad_accum from the rollout's micro-batches (one optimizer step per pass over the rollout);
+    a recipe value that contradicts them is an error naming both."""
+    g = cfg.grpo
+    return settle_grad_accum(cfg.run, g.group_size * g.prompts_per_step // g.minibatch_size,
+                             f"grpo.group_size x grpo.prompts_per_step / grpo.minibatch_size "
+                             f"({g.group_size} x {g.prompts_per_step} / {g.minibatch_size})")
 
 
 # ---- rollout and reward ---------------------------------------------------------------------
@@ -222,9 +235,8 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
 
     out = Path(cfg.out_dir)
     G, P = cfg.grpo.group_size, cfg.grpo.prompts_per_step
-    n_mb = G * P // cfg.grpo.minibatch_size
-    cfg.run.grad_accum = n_mb  # one optimizer step per pass over the rollout batch
-    accelerator = make_accelerator(cfg.run, out)
+    settle_micro_batching(cfg)  # again: the sections may have changed since the recipe was built
+    accelerator = make_accelerator(cfg.run, out, cfg.optim)
     set_seed(cfg.run.seed + accelerator.process_index)
     if not Path(cfg.init_from).is_dir():
         raise ConfigError(f"init_from: {cfg.init_from} not found (expected an SFT editor directory)")

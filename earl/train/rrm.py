@@ -210,7 +210,7 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     from tokenizer.vq import VQTokenizer
 
     out = Path(cfg.out_dir)
-    accelerator = make_accelerator(cfg.run, out)
+    accelerator = make_accelerator(cfg.run, out, cfg.optim)
     set_seed(cfg.run.seed)
     start = None
     if cfg.model.init_from:

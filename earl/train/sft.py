@@ -190,7 +190,7 @@ def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> di
     from accelerate.utils import set_seed
 
     out = Path(cfg.out_dir)
-    accelerator = make_accelerator(cfg.run, out)
+    accelerator = make_accelerator(cfg.run, out, cfg.optim)
     set_seed(cfg.run.seed)
     editor, train, evalset = setup(cfg, accelerator)
     layout = editor.layout
