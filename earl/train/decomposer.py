@@ -128,6 +128,7 @@ def train_decomposer_sft(recipe: DecomposerSFTRecipe, resume: bool = False) -> d
     trainer = SFTTrainer(model=editor.backbone, args=args, train_dataset=train, processing_class=editor.text_tokenizer)
     trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
     _save(editor, trainer.model, out / "model", recipe)
+    atomic_write_json(out / "trainer_log.json", [r for r in trainer.state.log_history if "loss" in r])
     report = {"out": str(out / "model"), "log": [r for r in trainer.state.log_history if "loss" in r][-3:]}
     atomic_write_json(out / "final_metrics.json", report)
     return report
@@ -153,6 +154,7 @@ def train_decomposer_grpo(recipe: DecomposerGRPORecipe, resume: bool = False) ->
                           processing_class=tok)
     trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
     _save(editor, trainer.model, out / "model", recipe)
+    atomic_write_json(out / "trainer_log.json", [r for r in trainer.state.log_history if "reward" in r])
     report = {"out": str(out / "model"), "log": [r for r in trainer.state.log_history if "reward" in r][-3:]}
     atomic_write_json(out / "final_metrics.json", report)
     return report
