@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -301,11 +302,43 @@ def _edit_fn(args):
     """Edits from an earl editor directory, or None with --no-generate (score images already in OUT/images)."""
     if args.no_generate:
         return None
+    if args.agent is not None:
+        return _benchmark_agent(args)
     from earl.pipeline import EditPipeline
 
     pipe = EditPipeline.from_pretrained(args.model)
     return lambda image, instruction: pipe(image, instruction, guidance_scale=args.guidance_scale,
                                           temperature=args.temperature, seed=args.seed).images[0]
+
+
+def _benchmark_agent(args):
+    """The agent pipeline as a benchmark's editor: a chat VLM decomposer ('openai', from
+    --decomposer-base-url / --decomposer-model or $EARL_DECOMPOSER_BASE_URL / $EARL_DECOMPOSER_MODEL) or an
+    earl decomposer directory, in front of the --model editor. A failed plan falls back to the editor
+    alone (the benchmark needs an image per item); how many did is logged."""
+    import logging
+
+    from earl.agents.decomposer import ChatDecomposer
+    from earl.agents.editor import PipelineEditor
+    from earl.agents.pipeline import AgentPipeline
+    from earl.agents.unified import UnifiedDecomposer
+
+    if args.agent == "openai":
+        dec = ChatDecomposer.from_options(base_url=args.decomposer_base_url or os.environ.get("EARL_DECOMPOSER_BASE_URL"),
+                                          model=args.decomposer_model or os.environ.get("EARL_DECOMPOSER_MODEL"))
+    else:
+        dec = UnifiedDecomposer.from_pretrained(args.agent)
+    pipe = AgentPipeline(dec, PipelineEditor.from_pretrained(args.model), fallback=True, seed=args.seed)
+    log = logging.getLogger("earl.agents")
+
+    def edit(image, instruction):
+        result = pipe(image, instruction)
+        if result.failure:
+            log.warning("agent: %s on %r (%s); the editor got the instruction itself", result.failure, instruction[:60],
+                        result.error)
+        return result.images[0]
+
+    return edit
 
 
 def _cmd_eval_benchmark(args) -> None:
@@ -342,6 +375,11 @@ def _benchmark_args(p) -> None:
     p.add_argument("--out", required=True, help="output directory (resumable: images and judgements are kept)")
     p.add_argument("--model", default=None, help="earl editor directory (default: the bundled checkpoint)")
     p.add_argument("--no-generate", action="store_true", help="only judge/score images already in OUT/images")
+    p.add_argument("--agent", default=None, metavar="DECOMPOSER",
+                   help="edit through the agent pipeline: 'openai' (a chat VLM decomposer, see --decomposer-base-url) "
+                        "or an earl decomposer directory, in front of the --model editor")
+    p.add_argument("--decomposer-base-url", default=None, help="with --agent openai (default: $EARL_DECOMPOSER_BASE_URL)")
+    p.add_argument("--decomposer-model", default=None, help="with --agent openai (default: $EARL_DECOMPOSER_MODEL)")
     p.add_argument("--judge", choices=["openai", "local"], default="openai",
                    help="openai: any OpenAI-compatible server (vLLM, SGLang, `earl serve judge`, OpenAI); "
                         "local: a transformers model in this process")
@@ -460,6 +498,16 @@ def _cmd_serve_judge(args) -> None:
     from earl.serve.judge import serve_judge
 
     serve_judge(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+
+
+def _cmd_app(args) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise EarlError('earl app needs gradio: pip install -e ".[app]"') from None
+    from earl.app import serve
+
+    serve(args.model, agent=args.agent, host=args.host, port=args.port)
 
 
 def _cmd_plot_metrics(args) -> None:
@@ -725,6 +773,13 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--max-batch", type=int, default=8, help="most requests answered by one batched generate")
     sj.add_argument("--max-wait-ms", type=float, default=5.0, help="how long to collect requests for a batch")
     sj.set_defaults(func=_cmd_serve_judge)
+
+    ap = sub.add_parser("app", help="a web UI for editing (Gradio; needs the app extra)")
+    ap.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
+    ap.add_argument("--agent", action="store_true", help="edit through the multi-agent pipeline (bundled decomposer)")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    ap.set_defaults(func=_cmd_app)
     return p
 
 
