@@ -41,49 +41,91 @@ def _unpack(messages: list[dict]):
     images = [p["image"] for p in parts if p["type"] == "image"]
     texts = [p["text"] for p in parts if p["type"] == "text"]
     if len(images) != 2 or len(texts) != 1:
-        raise DataError("a reward-model request needs two images (source, edited) and one text part")
+        raise DataError(f"a reward-model request needs two images (source, edited) and one text part, got "
+                        f"{len(images)} image(s) and {len(texts)} text part(s)")
     body = texts[0].rpartition(REQUEST_TAG)[2]  # the JSON line at the end (or a bare JSON text)
     try:
         body = json.loads(body)
         points = [EvalPoint(p["question"], p["category"]) for p in body["points"]]
-        return images[0], images[1], str(body["instruction"]), points
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(body["instruction"], str) or not all(
+                isinstance(p.question, str) and isinstance(p.category, str) for p in points):
+            raise TypeError("instruction, question and category must be strings")
+        return images[0], images[1], body["instruction"], points
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError) as e:
         raise DataError(f"the text part must end with {REQUEST_TAG}{{instruction, points: [{{question, category}}]}} "
-                        f"({e})") from None
+                        f"({type(e).__name__}: {e})") from None
 
 
 def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
-    """A `JudgeServer` engine: list[ChatRequest] -> list[Completion], one batched generation per call.
+    """A `JudgeServer` engine: list[ChatRequest] -> list[Completion], one batched greedy generation per call.
 
-    Its `validate(request)` (which the server calls before queueing a request) raises `DataError` for
-    a request that cannot be read, and `RequestTooLong` for one whose prompt and reply budget exceed
-    the backbone's `max_position_embeddings`."""
+    Its `validate(request)` (which the server calls before queueing a request) does all the per-request
+    work: it reads the request (`DataError` for one it cannot read), preprocesses both images and counts
+    the prompt (`RequestTooLong` when prompt and reply budget exceed the backbone's
+    `max_position_embeddings`), and leaves the result on `request.prepared`; a batch then only encodes
+    the images and generates. Each row stops at its own `max_tokens` (finish_reason "length") or at the
+    end of its verdict ("stop"), or when its caller is gone; usage is counted in tokens. It is greedy
+    only (`engine.greedy_only`): the server refuses a temperature above 0."""
     import torch
 
-    from earl.generate import context_limit
+    from earl.generate import context_limit, open_decoder
     from earl.model import UnifiedEditor
-    from earl.rrm.model import generate_verdicts, judge_prompt
-    from earl.verify.local_vlm import Completion, check_fits
+    from earl.rrm.model import judge_prompt, normalise_decoded
+    from earl.verify.local_vlm import Completion, check_fits, stop_at
 
     editor = UnifiedEditor.from_pretrained(model_dir, device=device)
+    layout = editor.layout
     limit = context_limit(editor.backbone)
     blank = torch.zeros(tuple(editor.config.grid), dtype=torch.long)  # the grid's token count, not its content
 
     def validate(request) -> None:
-        _src, _edt, instruction, points = _unpack(request.messages)
-        prompt_tokens = len(judge_prompt(editor.layout, instruction, points, blank, blank))
+        src, edt, instruction, points = _unpack(request.messages)
+        try:
+            prompt_tokens = len(judge_prompt(layout, instruction, points, blank, blank))
+            images = [editor.preprocess(src)[0], editor.preprocess(edt)[0]]
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"cannot read the reward-model request ({type(e).__name__}: {e})") from None
         check_fits(prompt_tokens, min(max_new_tokens, request.max_tokens), limit)
+        request.prepared = (images, instruction, points)
 
+    @torch.no_grad()
     def engine(requests):
-        unpacked = [_unpack(r.messages) for r in requests]
-        src = editor.encode_images([editor.preprocess(u[0])[0] for u in unpacked])
-        edt = editor.encode_images([editor.preprocess(u[1])[0] for u in unpacked])
-        budget = min(max_new_tokens, max(r.max_tokens for r in requests))
-        texts = generate_verdicts(editor, [u[2] for u in unpacked], [u[3] for u in unpacked], src, edt,
-                                  max_new_tokens=budget)
-        return [Completion(t, 0, len(t.split()), "stop") for t in texts]
+        for r in requests:
+            if r.prepared is None:
+                validate(r)
+        src = editor.encode_images([r.prepared[0][0] for r in requests])
+        edt = editor.encode_images([r.prepared[0][1] for r in requests])
+        seqs = [judge_prompt(layout, r.prepared[1], r.prepared[2], a.cpu(), b.cpu())
+                for r, a, b in zip(requests, src, edt)]
+        batch = {k: v.to(editor.device) for k, v in layout.pad_prompts(seqs).items()}
+        budgets = torch.tensor([min(max_new_tokens, r.max_tokens) for r in requests], device=editor.device)
+        eos, pad = layout.ids.eos, layout.ids.pad
+        dec = open_decoder(editor.backbone, batch, int(budgets.max()))
+        done = torch.zeros(len(requests), dtype=torch.bool, device=editor.device)
+        ids = []
+        for step in range(int(budgets.max())):  # greedy_text's loop, each row with its own budget
+            nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), dec.logits.float().argmax(-1))
+            ids.append(nxt)
+            cancelled = torch.tensor([r.cancel.is_set() for r in requests], device=editor.device)
+            done = done | (nxt == eos) | (budgets <= step + 1) | cancelled
+            if bool(done.all()):
+                break
+            dec.feed(nxt[:, None])
+        out = []
+        for r, seq, row in zip(requests, seqs, torch.stack(ids, dim=1).tolist()):
+            row = row[:min(max_new_tokens, r.max_tokens)]
+            end = row.index(eos) if eos in row else None
+            kept = row if end is None else row[:end]
+            text = normalise_decoded(editor.text_tokenizer.decode(kept, skip_special_tokens=True))
+            cut = stop_at(text, r.stop)
+            if cut is not None:
+                out.append(Completion(text[:cut], len(seq), len(kept), "stop"))
+            else:
+                out.append(Completion(text, len(seq), len(kept) + (end is not None), "stop" if end is not None else "length"))
+        return out
 
     engine.validate = validate
+    engine.greedy_only = True
     return engine
 
 

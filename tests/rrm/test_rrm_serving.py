@@ -63,3 +63,49 @@ def test_unreadable_request_is_a_400_and_a_normal_one_is_answered(server):
     r = ask(server, "Make the red circle blue.")
     assert r.status_code == 200, r.text
     assert server.batcher.batches == 1  # the refused requests never reached the model
+
+
+def test_a_request_of_the_wrong_shape_is_refused_alone_and_each_row_keeps_its_budget():
+    """One image and a text with no `Request (JSON)` part, sent with 7 good requests: it is a 400 from the
+    validation before batching, the 7 are answered. Each row stops at its own max_tokens ("length"),
+    usage counts tokens, and sampling (temperature > 0) is refused, not ignored."""
+    import concurrent.futures
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / BUNDLED_RRM
+    server = JudgeServer(("127.0.0.1", 0), rrm_engine(str(path), max_new_tokens=8), model_name="rrm", max_batch=8,
+                         max_wait=0.3).start()
+    img = Image.new("RGB", (64, 64), "white")
+    bad = to_openai([{"role": "user", "content": [{"type": "image", "image": img},
+                                                  {"type": "text", "text": "Is the circle blue?"}]}])
+    try:
+        alone = ask(server, "Make the red circle blue.", max_tokens=8).json()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda k: ask(server, "Make the red circle blue.", max_tokens=8 - k % 2 * 5,
+                                                  messages=bad if k == 0 else None), range(8)))
+        r = ask(server, "Make the red circle blue.", max_tokens=8)
+        with httpx.Client(timeout=60) as c:
+            hot = c.post(server.url + "/chat/completions", json={**_body(), "temperature": 1.0})
+    finally:
+        server.close()
+    assert replies[0].status_code == 400 and replies[0].json()["error"]["param"] == "messages"
+    assert "1 image(s)" in replies[0].json()["error"]["message"]
+    assert [x.status_code for x in replies[1:]] == [200] * 7
+    assert hot.status_code == 400 and hot.json()["error"]["param"] == "temperature"
+    full = alone["choices"][0]
+    for k, reply in enumerate(replies[1:], 1):
+        body = reply.json()
+        assert body["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"] > 100  # tokens, not 0
+        if k % 2 == 0:  # max_tokens 8: the answer written alone
+            assert body["choices"][0] == full
+        else:  # max_tokens 3: cut after 3 tokens
+            assert body["usage"]["completion_tokens"] <= 3
+            if full["finish_reason"] == "length" or alone["usage"]["completion_tokens"] > 3:
+                assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 3
+    assert r.json()["choices"][0] == full
+
+
+def _body():
+    img = Image.new("RGB", (64, 64), "white")
+    points = [EvalPoint("Is the circle blue?", "instruction")]
+    return {"messages": to_openai(rrm_messages(img, img, "Make the red circle blue.", points)), "max_tokens": 8}
