@@ -24,6 +24,8 @@ setup(
         "numpy>=1.26",
         "tensorboard>=2.15",
         "httpx>=0.27",
+        "fastapi>=0.110",  # `earl serve judge` (earl.serve.judge), on uvicorn as vLLM and SGLang are
+        "uvicorn>=0.30",
         "matplotlib>=3.7",  # study curves and reward plots
         "trl>=0.20",  # the decomposition agent's SFT and GRPO (earl.train.decomposer)
     ],

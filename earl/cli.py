@@ -497,7 +497,8 @@ def _cmd_bench_attention(args) -> None:
 def _cmd_serve_judge(args) -> None:
     from earl.serve.judge import serve_judge
 
-    serve_judge(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    serve_judge(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                api_key=args.api_key)
 
 
 def _cmd_app(args) -> None:
@@ -796,5 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+    sj.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 routes (default: "
+                                                    "$EARL_API_KEY; prefer the variable, arguments show in ps)")
 if __name__ == "__main__":
     sys.exit(main())

@@ -265,3 +265,241 @@ def test_too_long_prompt_is_a_400_naming_the_field(serve, tiny_vlm_dir, one_thre
     assert "lower max_tokens to at most" in r.json()["error"]["message"]
     assert ask("x" * 3_900, 5).status_code == 200
     assert server.batcher.batches == 1  # the refused requests never reached the model
+
+
+# ---------------------------------------------------------------------------------------------
+# The server's contract: validation before batching, per-row parameters, cancellation, errors, keys.
+
+
+def _png_claiming(width: int, height: int) -> str:
+    """A data URL of a PNG whose header claims width x height (its pixel data is a 1x1 image's)."""
+    import base64
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return "data:image/png;base64," + base64.b64encode(bytes(data)).decode()
+
+
+def _chat(text="rate", image=None, **kw) -> dict:
+    parts = [{"type": "image_url", "image_url": {"url": image or image_to_data_url(RED)}}, {"type": "text", "text": text}]
+    return {"messages": [{"role": "user", "content": parts}], **kw}
+
+
+def test_image_bombs_and_deep_json_are_400s_and_big_bodies_413(serve):
+    from earl.errors import DataError
+
+    with pytest.raises(DataError, match="DecompressionBombError"):
+        data_url_to_image(_png_claiming(30000, 30000), max_pixels=10**9)  # past PIL's own bomb limit
+    with pytest.raises(DataError, match="more than the 100 allowed"):
+        data_url_to_image(image_to_data_url(RED), max_pixels=100)  # 32x32: refused from the header
+    server = serve(echo_engine, max_body_bytes=2**20)
+    with httpx.Client(timeout=30) as c:
+        r = c.post(server.url + "/chat/completions", json=_chat(image=_png_claiming(30000, 30000)))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages" and "DecompressionBomb" in r.text
+        r = c.post(server.url + "/chat/completions", json=_chat(image=_png_claiming(6000, 6000)))  # under PIL's limit
+        assert r.status_code == 400 and "more than the 33554432 allowed" in r.text
+        for depth in (100, 100_000):  # under and far over the interpreter's recursion limit
+            r = c.post(server.url + "/chat/completions", content=b"[" * depth + b"]" * depth)
+            assert r.status_code == 400 and "nests more than 64" in r.json()["error"]["message"], depth
+        r = c.post(server.url + "/chat/completions", content=b"x" * (2**20 + 1))
+        assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+
+        def chunks():  # no Content-Length: counted as it streams
+            for _ in range(3):
+                yield b" " * 2**19
+
+        r = c.post(server.url + "/chat/completions", content=chunks())
+        assert r.status_code == 413
+        assert c.post(server.url + "/chat/completions", json=_chat()).status_code == 200  # same connection, still fine
+    assert server.batcher.batches == 1
+
+
+def test_every_route_and_method_answers_json_errors(serve):
+    server = serve(echo_engine)
+    base = server.url.removesuffix("/v1")
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for method, path, status in [("PUT", "/v1/chat/completions", 405), ("DELETE", "/v1/chat/completions", 405),
+                                     ("GET", "/v1/chat/completions", 405), ("POST", "/v1/models", 405),
+                                     ("GET", "/nothing", 404), ("POST", "/v1/completions", 404),
+                                     ("PATCH", "/health", 405)]:
+            r = c.request(method, path, content=b"{}")
+            assert r.status_code == status and r.headers["content-type"] == "application/json", (method, path)
+            err = r.json()["error"]
+            assert err["code"] == status and err["message"] and err["type"], (method, path, err)
+
+
+def test_api_key_is_required_and_sent_by_the_backend(serve, monkeypatch, caplog):
+    server = serve(echo_engine, api_key="sk-right")
+    with httpx.Client(timeout=10) as c:
+        assert c.get(server.url.removesuffix("/v1") + "/health").status_code == 200  # open, as in vLLM
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "sk-right"}):
+            r = c.post(server.url + "/chat/completions", json=_chat(), headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert c.get(server.url + "/models", headers={"Authorization": "Bearer sk-right"}).status_code == 200
+    for var in ("EARL_JUDGE_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("EARL_API_KEY", "sk-right")  # the server's variable works for the client too
+
+    async def ask(backend):
+        try:
+            return await backend.chat([{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
+        finally:
+            await backend.aclose()
+
+    assert "score" in asyncio.run(ask(OpenAIChatBackend(base_url=server.url, model="m", timeout=10)))
+    with pytest.raises(JudgeError, match="HTTP 401") as e:
+        asyncio.run(ask(OpenAIChatBackend(base_url=server.url, model="m", api_key="sk-wrong", timeout=10)))
+    assert not e.value.retriable and "sk-right" not in caplog.text
+
+
+def test_unsupported_fields_are_refused_not_ignored(serve):
+    server = serve(echo_engine)
+    greedy = serve(lambda rs: echo_engine(rs))
+    greedy.greedy_only = True  # what rrm_engine declares
+    with httpx.Client(timeout=10) as c:
+        for extra, param in [({"logprobs": True}, "logprobs"), ({"tools": [{"type": "function"}]}, "tools"),
+                             ({"response_format": {"type": "json_object"}}, "response_format"),
+                             ({"presence_penalty": 0.5}, "presence_penalty"), ({"stop": ["a"] * 5}, "stop"),
+                             ({"seed": "7"}, "seed"), ({"top_p": 0}, "top_p")]:
+            r = c.post(server.url + "/chat/completions", json=_chat(**extra))
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, (extra, r.text)
+        neutral = _chat(logprobs=False, presence_penalty=0, response_format={"type": "text"}, seed=3, stop="x")
+        assert c.post(server.url + "/chat/completions", json=neutral).status_code == 200
+        r = c.post(greedy.url + "/chat/completions", json=_chat(temperature=1.0))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+        assert c.post(greedy.url + "/chat/completions", json=_chat(n=3)).status_code == 200  # defaults to 0
+
+
+def test_a_request_the_engine_chokes_on_fails_alone(serve):
+    """Defence in depth: a batch that fails is answered again one request at a time."""
+    import concurrent.futures
+
+    def engine(requests):
+        if any("poison" in _prompt_text(r.messages) for r in requests):
+            raise RuntimeError("engine crashed")
+        return echo_engine(requests)
+
+    server = serve(engine, max_batch=8, max_wait=0.2)
+
+    def post(text):
+        with httpx.Client(timeout=30) as c:
+            return c.post(server.url + "/chat/completions", json=_chat(text)).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(post, ["poison"] + ["fine"] * 7))
+    assert codes == [500] + [200] * 7
+
+
+def test_disconnected_clients_work_is_cancelled(serve):
+    """A client that gives up: its running rows see the cancel flag, its queued rows never run."""
+    seen = []
+
+    def engine(requests):  # "generates" until its caller goes away (or 20 s)
+        seen.append([_prompt_text(r.messages) for r in requests])
+        deadline = time.monotonic() + 20
+        while not all(r.cancel.is_set() for r in requests) and time.monotonic() < deadline:
+            if any("quick" in _prompt_text(r.messages) for r in requests):
+                return echo_engine(requests)
+            time.sleep(0.01)
+        return echo_engine(requests)
+
+    server = serve(engine, max_batch=1)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as c:
+            url = server.url + "/chat/completions"
+            running = asyncio.create_task(c.post(url, json=_chat("slow")))
+            await asyncio.sleep(0.3)
+            queued = asyncio.create_task(c.post(url, json=_chat("queued")))
+            await asyncio.sleep(0.3)
+            t0 = time.monotonic()
+            running.cancel(), queued.cancel()  # both clients killed mid-request
+            r = await c.post(url, json=_chat("quick"))
+            return r.status_code, time.monotonic() - t0
+
+    status, waited = asyncio.run(main())
+    assert status == 200 and waited < 5, waited  # not the 20 s the abandoned generation would take
+    assert seen == [["slow"], ["quick"]]  # the queued request never reached the engine
+    assert server.stats["cancelled"] == 2
+
+
+def test_sigint_and_sigterm_drain_in_flight_requests_and_exit_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import sys, time\n"
+        "from earl.serve.judge import JudgeServer\n"
+        "from earl.verify.local_vlm import Completion\n"
+        "def engine(rs):\n"
+        "    time.sleep(1.5)\n"
+        "    return [Completion('done', 1, 1, 'stop') for _ in rs]\n"
+        "s = JudgeServer(('127.0.0.1', 0), engine, model_name='m')\n"
+        "print(s.url, flush=True)\n"
+        "s.serve_forever()\n"
+        "print('exited', flush=True)\n")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            url = proc.stdout.readline().strip()
+            result = {}
+
+            def ask(url, result):
+                with httpx.Client(timeout=30) as c:
+                    result["r"] = c.post(url + "/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+
+            t = threading.Thread(target=ask, args=(url, result))
+            t.start()
+            time.sleep(0.7)  # the request is in the engine
+            proc.send_signal(sig)
+            t.join(30)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert result["r"].status_code == 200 and result["r"].json()["choices"][0]["message"]["content"] == "done"
+        assert proc.returncode == 0 and "exited" in out, (sig, proc.returncode, err[-2000:])
+
+
+def test_tiny_vlm_honours_each_requests_parameters_in_a_shared_batch(serve, tiny_vlm, one_thread):
+    """temperature, n, seed, max_tokens and stop, per request, while the requests share batches."""
+    import concurrent.futures
+
+    server = serve(tiny_vlm.generate, validate=tiny_vlm.check_request, max_batch=8, max_wait=0.2)
+
+    def post(payload):
+        with httpx.Client(timeout=60) as c:
+            r = c.post(server.url + "/chat/completions", json=payload)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+    def texts(body):
+        return [ch["message"]["content"] for ch in body["choices"]]
+
+    alone = post(_chat("Rate it.", max_tokens=12, temperature=0))
+    greedy = texts(alone)[0]
+    stop = next(ch for ch in greedy[1:] if ch.isascii() and ch.isalnum())
+    payloads = [_chat("Rate it.", max_tokens=12, temperature=0), _chat("Rate it.", max_tokens=3, temperature=0),
+                _chat("Rate it.", n=4, temperature=1.0, max_tokens=12), _chat("Rate it.", n=2, seed=7, max_tokens=12),
+                _chat("Rate it.", n=2, seed=7, max_tokens=12), _chat("Rate it.", max_tokens=12, temperature=0, stop=stop)]
+    batches = server.batcher.batches
+    with concurrent.futures.ThreadPoolExecutor(len(payloads)) as pool:
+        full, short, sampled, seeded, seeded_again, stopped = pool.map(post, payloads)
+    assert server.batcher.batches - batches < len(payloads)  # they did share batches
+    assert texts(full) == [greedy] and full["choices"][0]["finish_reason"] == "length"
+    assert full["usage"]["completion_tokens"] == 12 and full["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"] > 4
+    assert short["usage"]["completion_tokens"] == 3 and short["choices"][0]["finish_reason"] == "length"
+    assert greedy.startswith(texts(short)[0])  # its own budget, not the batch's largest
+    assert len(set(texts(sampled))) > 1 and sampled["usage"]["completion_tokens"] == 48  # four samples, not one
+    assert texts(seeded) == texts(seeded_again) and texts(seeded)[0] != texts(seeded)[1]  # seed: repeatable
+    assert texts(stopped) == [greedy[:greedy.index(stop)]] and stopped["choices"][0]["finish_reason"] == "stop"
