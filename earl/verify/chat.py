@@ -60,7 +60,8 @@ class OpenAIChatBackend:
 
     base_url: EARL_JUDGE_BASE_URL, e.g. http://127.0.0.1:8000/v1 ("/v1" is appended if missing).
     model: EARL_JUDGE_MODEL; if neither is set, the first model the server lists at /v1/models.
-    api_key: EARL_JUDGE_API_KEY, then OPENAI_API_KEY; sent as a Bearer token, never logged or shown.
+    api_key: EARL_JUDGE_API_KEY, then EARL_API_KEY (what `earl serve judge` requires), then OPENAI_API_KEY;
+        sent as `Authorization: Bearer <key>`, never logged or shown. A 401 is not retried.
     timeout: seconds per request (connect + wait for the whole reply).
     max_connections: requests in flight at once from this backend (an asyncio.Semaphore per loop).
     """
@@ -81,7 +82,7 @@ class OpenAIChatBackend:
         base_url = base_url.rstrip("/")
         self.base_url = base_url if base_url.endswith("/v1") else base_url + "/v1"
         self.model = model or _env("EARL_JUDGE_MODEL")
-        self._api_key = api_key or _env("EARL_JUDGE_API_KEY", "OPENAI_API_KEY")
+        self._api_key = api_key or _env("EARL_JUDGE_API_KEY", "EARL_API_KEY", "OPENAI_API_KEY")
         self.timeout, self.max_connections = timeout, max_connections
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
