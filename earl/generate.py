@@ -343,7 +343,10 @@ def greedy_text(backbone, batch: dict[str, torch.Tensor], max_new_tokens: int, e
 
 def decoding_capacity(layout: EditLayout, h: int, w: int, cfg: SamplingConfig, think: bool) -> int:
     """Tokens a generation can feed after its prompt: [<think> text </think>] header, h rows of w codes + <eol>."""
-    return (cfg.max_think_tokens + 1 if think else 0) + len(layout.header(h, w)) + h * (w + 1)
+    thinking = len(layout.think_open()) + cfg.max_think_tokens if think else 0
+    if think and layout.think_format != "tokens":  # a multi-token close is forced after the budget
+        thinking += len(layout.think_close())
+    return thinking + len(layout.header(h, w)) + h * (w + 1)
 
 
 def context_limit(backbone) -> int | None:
@@ -500,37 +503,60 @@ def thinking_vocab_mask(layout: EditLayout, vocab_size: int, device) -> torch.Te
     ids, v = layout.ids, layout.vocab
     for special in (ids.pad, ids.bos, ids.eos, ids.think_start, v.boi, v.img, v.eol, v.eof, v.eoi):
         allowed[special] = False
+    if layout.think_format != "tokens":  # the block closes with plain text, not with this id
+        allowed[ids.think_end] = False
     return allowed
 
 
 def _sample_thinking(dec: _Decoder, layout: EditLayout, N: int, R: int, cfg: SamplingConfig, generator, pieces,
                      device) -> list[str | None]:
-    """Sample `<think> text </think>` for the conditional rows; rows that finish early feed masked padding."""
+    """Sample `<think> text </think>` for the conditional rows; rows that finish early feed masked padding.
+
+    With the layout's `think_format` "cot_text" the block opens and closes with plain text: the opening is
+    forced, a row is done once its reasoning decodes to text holding the closing marker, and rows still
+    open when the budget is spent get the closing tokens forced."""
     ids = layout.ids
+    text_close = layout.think_format != "tokens"
     allowed = thinking_vocab_mask(layout, dec.logits.shape[-1], device)
-    start = torch.full((N, 1), ids.think_start, device=device)
-    pieces.append((start, torch.zeros(N, 1, device=device), torch.zeros(N, 1, dtype=torch.bool, device=device)))
+    opening = torch.tensor(layout.think_open(), device=device)[None]
+    first = len(pieces)
+    pieces.append((opening.expand(N, -1), torch.zeros(N, opening.shape[1], device=device),
+                   torch.zeros(N, opening.shape[1], dtype=torch.bool, device=device)))
     active = torch.cat([torch.ones(N, dtype=torch.bool, device=device), torch.zeros(R - N, dtype=torch.bool, device=device)])
-    dec.feed(torch.full((R, 1), ids.think_start, device=device), active)
+    dec.feed(opening.expand(R, -1), active)
     done = torch.zeros(N, dtype=torch.bool, device=device)
+    written: list[list[int]] = [[] for _ in range(N)]  # each row's sampled reasoning ids (text_close)
     for step in range(cfg.max_think_tokens):
         logits = dec.logits[:N].masked_fill(~allowed, float("-inf"))
-        if step == cfg.max_think_tokens - 1:  # budget spent: close the block
+        forced_close = step == cfg.max_think_tokens - 1 and not text_close
+        if forced_close:  # budget spent: close the block
             logits = torch.full_like(logits, float("-inf"))
             logits[:, ids.think_end] = 0.0
         tok, lp = sample_from(process_logits(logits, cfg), cfg, generator)
         tok = torch.where(done, ids.pad, tok)
         # the budget's forced </think> is structure, not a sample: it carries no log-prob and no loss
-        sampled = ~done if step < cfg.max_think_tokens - 1 else torch.zeros_like(done)
+        sampled = ~done if not forced_close else torch.zeros_like(done)
         lp = torch.where(sampled, lp, torch.zeros_like(lp))
         pieces.append((tok[:, None], lp[:, None], sampled[:, None]))
         row_active = torch.cat([~done, torch.zeros(R - N, dtype=torch.bool, device=device)])
         full = torch.cat([tok, torch.full((R - N,), ids.pad, device=device)])[:, None]
-        done = done | (tok == ids.think_end)
+        if text_close:
+            for i in (~done).nonzero().flatten().tolist():
+                written[i].append(int(tok[i]))
+            done = done | torch.tensor([layout.think_closed(w) for w in written], device=device)
+        else:
+            done = done | (tok == ids.think_end)
         dec.feed(full, row_active)
         if bool(done.all()):
             break
-    text = torch.cat([p[0] for p in pieces], dim=1)
+    if text_close and not bool(done.all()):  # budget spent: the closing text, forced where still open
+        close = torch.tensor(layout.think_close(), device=device)[None].expand(N, -1)
+        close = torch.where(done[:, None], torch.full_like(close, ids.pad), close)
+        pieces.append((close, torch.zeros(close.shape, device=device), torch.zeros(close.shape, dtype=torch.bool,
+                                                                                     device=device)))
+        pad_rows = torch.full((R - N, close.shape[1]), ids.pad, device=device)
+        dec.feed(torch.cat([close, pad_rows]), torch.cat([~done, torch.zeros(R - N, dtype=torch.bool, device=device)]))
+    text = torch.cat([p[0] for p in pieces[first:]], dim=1)
     return [layout.parse_thinking([t for t in row.tolist() if t != ids.pad]) for row in text]
 
 

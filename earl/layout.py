@@ -9,6 +9,12 @@ An image of h x w codes is serialised as
     <bos> instruction [source image]  |  [<think> reasoning </think>] [target image] <eos>
     \\______________ prompt ______________/  \\____________ completion (loss) _____________/
 
+(`prompt_order="instruction_image"`, earl's own editors). EARL's released checkpoints were trained
+on the other order and with thinking written as plain text (`prompt_order="image_instruction"`,
+`think_format="cot_text"`, both recorded in editor.json):
+
+    <bos> [source image] instruction  |  [ Let's think step by step. <|start thinking|> reasoning<|end thinking|>] [target image] <eos>
+
 `ImageVocab` maps codebook indices to token ids and names the structural ids, so a tiny model
 (image ids after its text vocabulary) and an Emu3 checkpoint (its own ids) share this code.
 `EditLayout` builds prompts and training examples, left-pads batches, and parses generated ids
@@ -24,6 +30,13 @@ import torch
 from earl.errors import EarlError
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips (HF convention)
+
+PROMPT_ORDERS = ("instruction_image", "image_instruction")
+THINK_FORMATS = ("tokens", "cot_text")
+# think_format "cot_text" (EARL): the reasoning between two plain-text markers, cut at COT_MAX_CHARS
+COT_OPEN = " Let's think step by step. <|start thinking|>"
+COT_CLOSE = "<|end thinking|>"
+COT_MAX_CHARS = 1750
 
 
 class LayoutError(EarlError):
@@ -104,10 +117,17 @@ class Example:
 class EditLayout:
     """Builds and parses token sequences for `instruction + source -> [thinking] + target`."""
 
-    def __init__(self, text_tokenizer, vocab: ImageVocab, text_ids: TextIds):
+    def __init__(self, text_tokenizer, vocab: ImageVocab, text_ids: TextIds, prompt_order: str = "instruction_image",
+                 think_format: str = "tokens"):
+        if prompt_order not in PROMPT_ORDERS:
+            raise LayoutError(f"prompt_order must be one of {PROMPT_ORDERS}, got {prompt_order!r}")
+        if think_format not in THINK_FORMATS:
+            raise LayoutError(f"think_format must be one of {THINK_FORMATS}, got {think_format!r}")
         self.tok = text_tokenizer
         self.vocab = vocab
         self.ids = text_ids
+        self.prompt_order = prompt_order
+        self.think_format = think_format
         self._header_cache: dict[tuple[int, int], list[int]] = {}
 
     # -- building -------------------------------------------------------------------------
@@ -132,12 +152,35 @@ class EditLayout:
         return [*self.header(h, w), *body, self.vocab.eof, self.vocab.eoi]
 
     def prompt(self, instruction: str | None, source_codes: torch.Tensor) -> list[int]:
-        """`<bos> instruction [source]`; instruction None gives the unconditional (CFG) prompt."""
+        """`<bos> instruction [source]` (or `<bos> [source] instruction`, by `prompt_order`); instruction None
+        gives the unconditional (CFG) prompt."""
         text = self.encode_text(instruction) if instruction is not None else []
+        if self.prompt_order == "image_instruction":
+            return [self.ids.bos, *self.image_tokens(source_codes), *text]
         return [self.ids.bos, *text, *self.image_tokens(source_codes)]
 
+    def thinking_tokens(self, thinking: str) -> list[int]:
+        """The reasoning block of a completion: `<think> text </think>`, or EARL's plain-text markers."""
+        if self.think_format == "cot_text":  # one string, tokenised as EARL tokenises it
+            return self.encode_text(f"{COT_OPEN} {thinking[:COT_MAX_CHARS]}{COT_CLOSE}")
+        return [self.ids.think_start, *self.encode_text(thinking), self.ids.think_end]
+
+    def think_open(self) -> list[int]:
+        """What the sampler feeds before sampling reasoning."""
+        return self.encode_text(COT_OPEN) if self.think_format == "cot_text" else [self.ids.think_start]
+
+    def think_close(self) -> list[int]:
+        """What closes a reasoning block (forced when the sampler's budget is spent)."""
+        return self.encode_text(COT_CLOSE) if self.think_format == "cot_text" else [self.ids.think_end]
+
+    def think_closed(self, sampled: list[int]) -> bool:
+        """Whether reasoning tokens sampled after `think_open()` have closed the block."""
+        if self.think_format == "cot_text":
+            return COT_CLOSE in self.tok.decode(sampled)
+        return bool(sampled) and sampled[-1] == self.ids.think_end
+
     def completion(self, target_codes: torch.Tensor, thinking: str | None = None) -> list[int]:
-        think = [self.ids.think_start, *self.encode_text(thinking), self.ids.think_end] if thinking is not None else []
+        think = self.thinking_tokens(thinking) if thinking is not None else []
         return [*think, *self.image_tokens(target_codes), self.ids.eos]
 
     def example(
@@ -225,6 +268,13 @@ class EditLayout:
     def parse_thinking(self, ids: list[int] | torch.Tensor) -> str | None:
         """The text between <think> and </think>, or None if the output has no thinking block."""
         ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
+        if self.think_format == "cot_text":
+            head = ids[: ids.index(self.vocab.boi)] if self.vocab.boi in ids else ids
+            text = self.tok.decode(head, skip_special_tokens=True)
+            open_at = text.find(COT_OPEN.strip())
+            if open_at < 0:
+                return None
+            return text[open_at + len(COT_OPEN.strip()):].split(COT_CLOSE)[0].strip()
         if self.ids.think_start not in ids:
             return None
         s = ids.index(self.ids.think_start) + 1
@@ -232,7 +282,8 @@ class EditLayout:
         return self.tok.decode(ids[s:e], skip_special_tokens=True).strip()
 
     def to_dict(self) -> dict:
-        return {"image_vocab": self.vocab.to_dict(), "text_ids": self.ids.to_dict()}
+        return {"image_vocab": self.vocab.to_dict(), "text_ids": self.ids.to_dict(), "prompt_order": self.prompt_order,
+                "think_format": self.think_format}
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
