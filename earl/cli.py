@@ -427,6 +427,16 @@ def _cmd_checkpoint_average(args) -> None:
     print(f"wrote {out}: the mean of {len(args.models)} models' backbones")
 
 
+def _cmd_convert_emu3(args) -> None:
+    from earl.emu3_original import load_original_editor
+
+    cot = {"auto": None, "yes": True, "no": False}[args.cot]
+    editor = load_original_editor(args.model, args.vision_tokenizer, cot=cot, image_area=args.image_area)
+    out = editor.save_pretrained(args.out)
+    print(f"wrote {out}: an earl editor (chain-of-thought {'on' if editor.config.cot else 'off'}, EARL's sequence "
+          "order)")
+
+
 def _cmd_demo(args) -> None:
     from earl.demo import run_demo
 
@@ -703,6 +713,20 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--weights", type=float, nargs="+", default=None, help="one positive weight per model "
                     "(normalised; default equal)")
     ca.set_defaults(func=_cmd_checkpoint_average)
+
+    conv = sub.add_parser("convert", help="write other formats as earl editors").add_subparsers(dest="what",
+                                                                                              required=True)
+    ce = conv.add_parser("emu3", help="an Emu3 checkpoint in BAAI's original format (EARL's released editors), "
+                         "read without remote code")
+    ce.add_argument("--model", required=True, help="the decoder directory (config.json model_type 'Emu3', "
+                    "safetensors, emu3.tiktoken, emu3_vision_tokens.txt)")
+    ce.add_argument("--vision-tokenizer", required=True, help="the BAAI/Emu3-VisionTokenizer directory")
+    ce.add_argument("--out", required=True, help="editor directory to write")
+    ce.add_argument("--cot", choices=["auto", "yes", "no"], default="auto",
+                    help="chain-of-thought editor; auto: when the model's name says 'thinking'")
+    ce.add_argument("--image-area", type=int, default=None, help="pixels of area images are resized to "
+                    "(default 65536, EARL's 256x256)")
+    ce.set_defaults(func=_cmd_convert_emu3)
 
     demo = sub.add_parser("demo", help="the quickstart job: data -> tokenizer -> report")
     demo.add_argument("--out", default="runs/demo", help="working directory for the demo's outputs")

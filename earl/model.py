@@ -59,6 +59,8 @@ class EditorConfig:
     image_tokenizer_kind: str = "vq"  # "vq" (tokenizer/vq.py) | "emu3" (tokenizer/emu3.py)
     resize_rule: str = "stretch"  # "stretch": to image_size²; "area": keep aspect, ~image_area pixels
     image_area: int | None = None  # for resize_rule "area"
+    prompt_order: str = "instruction_image"  # EditLayout: "image_instruction" for EARL's released checkpoints
+    think_format: str = "tokens"  # EditLayout: "cot_text" (plain-text markers) for EARL's thinking checkpoints
     format: int = EDITOR_FORMAT
 
 
@@ -79,7 +81,7 @@ def _load_image_tokenizer(kind: str, path: Path) -> ImageTokenizer:
 
 def _load_backbone(kind: str, path: Path, dtype):
     """The causal LM in `path`; Emu3's text model has its own class (its config type is not in the Auto maps)."""
-    if kind == "emu3":
+    if kind == "emu3" and json.loads((path / "config.json").read_text()).get("model_type", "").startswith("emu3"):
         from transformers import Emu3ForCausalLM
 
         return Emu3ForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True)
@@ -161,20 +163,27 @@ class UnifiedEditor(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: str | torch.device = "cpu", attention: str = "sdpa") -> UnifiedEditor:
+                        device: str | torch.device = "cpu", attention: str = "sdpa",
+                        vision_tokenizer: str | os.PathLike | None = None, cot: bool | None = None) -> UnifiedEditor:
         """Load an editor directory. `attention="earl_triton"` runs the backbone on earl's Triton kernels
-        (`earl.kernels`; a GPU and triton needed, otherwise it stays on SDPA and says so)."""
+        (`earl.kernels`; a GPU and triton needed, otherwise it stays on SDPA and says so).
+
+        Also takes, as they are, a transformers Emu3 checkpoint (`earl.emu3`) and a checkpoint in BAAI's
+        original Emu3 format such as EARL's released editors (`earl.emu3_original`: needs `vision_tokenizer`,
+        the Emu3-VisionTokenizer directory; `cot` None reads chain-of-thought from the path's name)."""
         path = Path(path)
         meta = path / "editor.json"
         if not path.is_dir():
             raise EarlError(f"{path}: model directory not found")
         from earl.emu3 import is_emu3_checkpoint, load_emu3_editor
+        from earl.emu3_original import is_original_emu3, load_original_editor, unknown_directory
 
         if not meta.is_file() and is_emu3_checkpoint(path):  # a transformers Emu3 checkpoint, used as is
             return cls._finish(load_emu3_editor(path, dtype=dtype), device, attention)
+        if not meta.is_file() and is_original_emu3(path):  # BAAI's remote-code layout (EARL's releases)
+            return cls._finish(load_original_editor(path, vision_tokenizer, dtype=dtype, cot=cot), device, attention)
         if not meta.is_file():
-            raise EarlError(f"{path}: not an earl editor (no editor.json); expected a directory written by "
-                            "UnifiedEditor.save_pretrained")
+            raise unknown_directory(path)
         try:
             raw = json.loads(meta.read_text())
             raw["grid"] = tuple(raw["grid"])
@@ -189,7 +198,8 @@ class UnifiedEditor(nn.Module):
         backbone = _load_backbone(config.image_tokenizer_kind, path / "backbone", dtype)
         text_tokenizer = AutoTokenizer.from_pretrained(path / "text_tokenizer", trust_remote_code=False)
         image_tokenizer = _load_image_tokenizer(config.image_tokenizer_kind, path / "image_tokenizer")
-        layout = EditLayout(text_tokenizer, ImageVocab.from_dict(config.image_vocab), TextIds.from_dict(config.text_ids))
+        layout = EditLayout(text_tokenizer, ImageVocab.from_dict(config.image_vocab), TextIds.from_dict(config.text_ids),
+                            prompt_order=config.prompt_order, think_format=config.think_format)
         return cls._finish(cls(backbone, image_tokenizer, text_tokenizer, layout, config), device, attention)
 
     @staticmethod
