@@ -33,9 +33,11 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "deepspeed": ["deepspeed>=0.15"],
         "kernels": ["triton>=3.2"],  # earl.kernels on a GPU
+        "app": ["gradio>=6,<7"],  # `earl app`, the web UI (earl.app)
         # triton>=3.9 in dev: its interpreter (TRITON_INTERPRET=1, the kernel tests on a CPU) works with
         # numpy 2.4; 3.6's fails on any loop (triton#9171)
         "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "scikit-image>=0.22", "deepspeed>=0.15",
+                "gradio>=6,<7", "selenium>=4.20",  # the app and its browser test (.ci/run installs Chromium)
                 "triton>=3.9"],
     },
     entry_points={"console_scripts": ["earl=earl.cli:main"]},
