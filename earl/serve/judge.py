@@ -61,6 +61,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from earl.errors import DataError, EarlError
 from earl.verify.local_vlm import ChatRequest, Completion, LocalVLM, MicroBatcher, stop_at
@@ -211,7 +212,7 @@ class JudgeServer:
         self.server_address = self._sock.getsockname()[:2]
         self.batcher = MicroBatcher(engine, max_batch=max_batch, max_wait=max_wait, name="judge-server",
                                     isolate_failures=True)
-        config = uvicorn.Config(self.app(), http="h11", ws="none", lifespan="off", log_level="warning",
+        config = uvicorn.Config(self.app(), http="h11", ws="none", lifespan="off", log_config=None, log_level="warning",
                                 access_log=False, timeout_keep_alive=75, backlog=2048,
                                 timeout_graceful_shutdown=request_timeout + 5)
         self._server = _uvicorn_server()(config)
@@ -290,6 +291,9 @@ class JudgeServer:
             self.stats["requests"] += 1
             try:
                 rows = await self._read_request(request)
+            except ClientDisconnect:  # gone while sending its body: nothing to answer
+                self.stats["cancelled"] += 1
+                return JSONResponse(_error_body(499, "client closed the request", "server_error"), status_code=499)
             except BadRequest as e:
                 self.stats["refused"] += 1
                 return error(e.status, str(e), e.param)
