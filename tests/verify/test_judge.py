@@ -500,6 +500,6 @@ def test_tiny_vlm_honours_each_requests_parameters_in_a_shared_batch(serve, tiny
     assert full["usage"]["completion_tokens"] == 12 and full["usage"]["prompt_tokens"] == alone["usage"]["prompt_tokens"] > 4
     assert short["usage"]["completion_tokens"] == 3 and short["choices"][0]["finish_reason"] == "length"
     assert greedy.startswith(texts(short)[0])  # its own budget, not the batch's largest
-    assert len(set(texts(sampled))) > 1 and sampled["usage"]["completion_tokens"] == 48  # four samples, not one
+    assert len(set(texts(sampled))) > 1 and len(texts(sampled)) == 4  # four samples, not one greedy answer four times
     assert texts(seeded) == texts(seeded_again) and texts(seeded)[0] != texts(seeded)[1]  # seed: repeatable
     assert texts(stopped) == [greedy[:greedy.index(stop)]] and stopped["choices"][0]["finish_reason"] == "stop"
