@@ -38,7 +38,7 @@ setup(
         # numpy 2.4; 3.6's fails on any loop (triton#9171)
         "dev": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100", "scikit-image>=0.22", "deepspeed>=0.15",
                 "gradio>=6,<7", "selenium>=4.20",  # the app and its browser test (.ci/run installs Chromium)
-                "triton>=3.9"],
+                "triton>=3.9", "openai>=1.0"],  # openai: the judge server's load test talks to it
     },
     entry_points={"console_scripts": ["earl=earl.cli:main"]},
 )
