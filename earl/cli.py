@@ -797,6 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     sj.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     sj.add_argument("--max-batch", type=int, default=8, help="most requests answered by one batched generate")
     sj.add_argument("--max-wait-ms", type=float, default=5.0, help="how long to collect requests for a batch")
+    sj.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 routes (default: "
+                                                    "$EARL_API_KEY; prefer the variable, arguments show in ps)")
     sj.set_defaults(func=_cmd_serve_judge)
 
     ap = sub.add_parser("app", help="a web UI for editing (Gradio; needs the app extra)")
@@ -821,7 +823,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-    sj.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 routes (default: "
-                                                    "$EARL_API_KEY; prefer the variable, arguments show in ps)")
 if __name__ == "__main__":
     sys.exit(main())
