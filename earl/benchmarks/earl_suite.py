@@ -34,8 +34,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from earl.benchmarks.gedit import _summary, sample_scores
-from earl.benchmarks.runner import BenchItem, JudgeSpec, image_path, load_judgements
+from earl.benchmarks.gedit import _summary, viescore_rows
+from earl.benchmarks.runner import BenchItem, JudgeSpec
 from earl.errors import DataError
 from earl.io import load_image
 
@@ -111,19 +111,7 @@ def judge_specs() -> list[JudgeSpec]:
 
 def score(items: list[BenchItem], out_dir: Path) -> dict:
     """Per sample SC, PQ, O; per benchmark the means; the suite the unweighted mean of the benchmarks."""
-    stored = load_judgements(out_dir, ("sc", "pq"), items)
-    rows = []
-    for it in items:
-        j = stored[it.key]
-        if not image_path(out_dir, it).is_file():
-            status, scores = "missing", None
-        elif j["sc"] is None or j["pq"] is None:
-            status, scores = "not judged", None
-        elif j["sc"]["value"] is None or j["pq"]["value"] is None:
-            status, scores = "failed", None
-        else:
-            status, scores = "ok", sample_scores(j["sc"]["value"], j["pq"]["value"])
-        rows.append({"key": it.key, "group": it.group, "status": status, "scores": scores})
+    rows = viescore_rows(items, out_dir)
     summary = _summary(rows)
     order = list(dict.fromkeys(it.group for it in items))  # the benchmarks in the order they were loaded
     return {"benchmark": "EARL suite", "per_benchmark": {b: summary["per_group"][b] for b in order},

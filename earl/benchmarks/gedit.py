@@ -172,8 +172,9 @@ def _summary(rows: list[dict]) -> dict:
     return {"overall": overall, "per_group": per_group}
 
 
-def score(items: list[BenchItem], out_dir: Path) -> dict:
-    """The official aggregation over whatever is on disk; failed and missing samples are counted."""
+def viescore_rows(items: list[BenchItem], out_dir: Path) -> list[dict]:
+    """One row per item from what is on disk: key, group, status (ok, missing, not judged, failed) and the
+    sample's SC / PQ / O. Shared by every benchmark scored with VIEScore's SC and PQ judgements."""
     stored = load_judgements(out_dir, ("sc", "pq"), items)
     rows = []
     for it in items:
@@ -186,8 +187,15 @@ def score(items: list[BenchItem], out_dir: Path) -> dict:
             status, scores = "failed", None
         else:
             status, scores = "ok", sample_scores(j["sc"]["value"], j["pq"]["value"])
-        rows.append({"key": it.key, "group": it.group, "intersection": it.meta["intersection"], "status": status,
-                     "scores": scores})
+        rows.append({"key": it.key, "group": it.group, "status": status, "scores": scores})
+    return rows
+
+
+def score(items: list[BenchItem], out_dir: Path) -> dict:
+    """The official aggregation over whatever is on disk; failed and missing samples are counted."""
+    rows = viescore_rows(items, out_dir)
+    for row, it in zip(rows, items):
+        row["intersection"] = it.meta["intersection"]
     language = items[0].meta["language"] if items else None
     judge_column = items[0].meta.get("judge_column", "input_image") if items else None
     return {"benchmark": "GEdit-Bench", "language": language, "judge_source": judge_column, "full": _summary(rows),
