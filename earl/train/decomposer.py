@@ -126,12 +126,7 @@ def train_decomposer_sft(recipe: DecomposerSFTRecipe, resume: bool = False) -> d
                          max_length=None, eos_token=editor.text_tokenizer.eos_token,
                          pad_token=editor.text_tokenizer.pad_token)
     trainer = SFTTrainer(model=editor.backbone, args=args, train_dataset=train, processing_class=editor.text_tokenizer)
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
-    _save(editor, trainer.model, out / "model", recipe)
-    atomic_write_json(out / "trainer_log.json", [r for r in trainer.state.log_history if "loss" in r])
-    report = {"out": str(out / "model"), "log": [r for r in trainer.state.log_history if "loss" in r][-3:]}
-    atomic_write_json(out / "final_metrics.json", report)
-    return report
+    return _train_and_save(trainer, editor, out, recipe, resume, logged="loss")
 
 
 def train_decomposer_grpo(recipe: DecomposerGRPORecipe, resume: bool = False) -> dict:
@@ -152,10 +147,17 @@ def train_decomposer_grpo(recipe: DecomposerGRPORecipe, resume: bool = False) ->
                          generation_kwargs={"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
     trainer = GRPOTrainer(model=editor.backbone, reward_funcs=reward_funcs, args=args, train_dataset=train,
                           processing_class=tok)
+    return _train_and_save(trainer, editor, out, recipe, resume, logged="reward")
+
+
+def _train_and_save(trainer, editor: UnifiedEditor, out: Path, recipe, resume: bool, logged: str) -> dict:
+    """Train (from the newest trainer checkpoint when resuming), save OUT/model as an editor directory, and
+    keep the log rows that carry `logged` in OUT/trainer_log.json (the last three in final_metrics.json)."""
     trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
     _save(editor, trainer.model, out / "model", recipe)
-    atomic_write_json(out / "trainer_log.json", [r for r in trainer.state.log_history if "reward" in r])
-    report = {"out": str(out / "model"), "log": [r for r in trainer.state.log_history if "reward" in r][-3:]}
+    log = [r for r in trainer.state.log_history if logged in r]
+    atomic_write_json(out / "trainer_log.json", log)
+    report = {"out": str(out / "model"), "log": log[-3:]}
     atomic_write_json(out / "final_metrics.json", report)
     return report
 

@@ -13,8 +13,13 @@ from earl.model import UnifiedEditor
 from earl.shapes.dataset import generate_samples
 from earl.shapes.render import render
 from earl.text import build_word_tokenizer
-from earl.train.decomposer import DecomposerData, DecomposerGRPORecipe, DecomposerSFTRecipe, train_decomposer_grpo, \
-    train_decomposer_sft
+from earl.train.decomposer import (
+    DecomposerData,
+    DecomposerGRPORecipe,
+    DecomposerSFTRecipe,
+    train_decomposer_grpo,
+    train_decomposer_sft,
+)
 
 DATA = DecomposerData(complex_samples=12, simple_samples=4, seed=0)
 

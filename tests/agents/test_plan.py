@@ -4,7 +4,16 @@ import json
 
 import pytest
 
-from earl.agents.plan import MAX_STEPS, Plan, PlanError, Step, normalise, parse_plan, plan_f1, step_instruction
+from earl.agents.plan import (
+    MAX_STEPS,
+    Plan,
+    PlanError,
+    Step,
+    normalise,
+    parse_plan,
+    plan_f1,
+    step_instruction,
+)
 from earl.agents.rewards import f1_reward, format_reward
 
 GOOD = "recolour | the red circle | blue\nremove | the shape in row 2, column 3 | nothing"
