@@ -16,6 +16,7 @@ class EarlyThinker(nn.Module):
     def __init__(self, backbone, think_end: int, bias: float):
         super().__init__()
         self.inner, self.think_end, self.bias = backbone, think_end, bias
+        self.config = backbone.config  # as any HF causal LM has (the sampler checks prompt lengths against it)
 
     def forward(self, **kw):
         out = self.inner(**kw)
