@@ -113,6 +113,8 @@ def test_app_in_a_browser(app_url, browser, tmp_path):
 
     def upload(path: Path) -> None:
         """Upload, and wait until the page shows this file (its name is in the image's URL)."""
+        # Gradio builds the page in JavaScript after load: on a busy machine the input comes later
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#source input[type=file]"))
         css("#source input[type=file]").send_keys(str(path))
         wait.until(lambda d: any(path.name in (im.get_attribute("src") or "")
                                  for im in d.find_elements(By.CSS_SELECTOR, "#source img")))
