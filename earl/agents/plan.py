@@ -40,8 +40,10 @@ class PlanError(EarlError):
 
 
 def normalise(text: str) -> str:
-    """Lower case, single spaces, no space before `,` `.` `;` `:` (so `row 4 , column 1` == `row 4, column 1`)."""
+    """Lower case, single spaces, no space before `,` `.` `;` `:` and none around `-`, so that a plan
+    decoded by a word-level tokenizer (`row 4 , column 1`, `the bottom - right corner`) reads as written."""
     text = " ".join(text.lower().split())
+    text = re.sub(r"\s*-\s*", "-", text)
     return re.sub(r"\s+([,.;:])", r"\1", text).strip(" .")
 
 

@@ -51,6 +51,7 @@ def test_a_plan_cut_by_the_token_budget_is_truncated_even_if_it_looks_whole():
 
 def test_normalise_only_touches_spelling():
     assert normalise("  Row 4 ,  column 1 . ") == "row 4, column 1"
+    assert normalise("the bottom - right corner") == "the bottom-right corner"  # as a word-level tokenizer decodes it
     assert normalise("the red circle") != normalise("the red square")
 
 
