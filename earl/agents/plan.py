@@ -117,7 +117,7 @@ def step_instruction(step: Step) -> str:
         "add": f"add {s} in {g}",
         "remove": f"remove {s}",
         "replace": f"replace {s} with a {g}",
-        "move": f"move {s} to {g}",
+        "move": f"move {s} {g}" if g.startswith("one cell ") else f"move {s} to {g}",
         "resize": f"make {s} {g}",
         "background": f"change the background to {g}",
     }[step.action]

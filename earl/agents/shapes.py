@@ -12,6 +12,9 @@ per-step oracle checks).
     add | a large green square | the top-left corner      "Add a large green square in the top-left corner."
     remove | the shape in row 2, column 3 | nothing         "Remove the shape in row 2, column 3."
     background | the white background | black             "Change the background to black."
+    move | the circle | one cell up                        "Move the circle one cell up."
+
+A move asked as a step keeps its step form as the goal ("one cell up"); any other move names its place.
 
 Why not always name size, colour, shape and cell ("the small red circle in row 2, column 3"): the
 bundled editor, trained on the simple split's phrasing, follows such subjects badly. Applying the
@@ -25,6 +28,7 @@ import re
 
 from earl.agents.plan import Plan, PlanError, Step, normalise, step_instruction  # noqa: F401 (re-exported)
 from earl.shapes.edits import (
+    STEPS,
     Add,
     BackgroundChange,
     ColorAlter,
@@ -57,8 +61,19 @@ def op_to_step(op: Op, scene: Scene) -> Step:
         return Step(action, f"a {op.obj.describe()}", place_name(op.obj.cell, scene.grid))
     obj = scene.object_at(*op.cell)
     goal = {ColorAlter: lambda: op.new_color, Remove: lambda: "nothing", Replace: lambda: op.new_shape,
-            Move: lambda: place_name(op.to_cell, scene.grid), Resize: lambda: op.new_size}[type(op)]()
+            Move: lambda: _move_goal(op, scene), Resize: lambda: op.new_size}[type(op)]()
     return Step(action, subject(obj, scene), goal)
+
+
+def _move_goal(op: Move, scene: Scene) -> str:
+    """Where a move goes, as the instruction asked it: 'one cell up' for a step, else the place.
+
+    A step keeps its relative form because the editor carries it out from what it sees, while an
+    absolute cell would make the decomposer locate the object first (its commonest error)."""
+    d = (op.to_cell[0] - op.cell[0], op.to_cell[1] - op.cell[1])
+    if op.relative and d in STEPS:
+        return f"one cell {STEPS[d]}"
+    return place_name(op.to_cell, scene.grid)
 
 
 def program_plan(source: Scene, program: EditProgram) -> Plan:
@@ -70,6 +85,7 @@ def program_plan(source: Scene, program: EditProgram) -> Plan:
     return Plan(tuple(steps))
 
 
+_STEP_OF = {f"one cell {name}": d for d, name in STEPS.items()}
 _CELL = re.compile(r"^row (\d+), column (\d+)$")
 _CORNER = re.compile(r"^the (top|bottom)-(left|right) corner$")
 _IN_PLACE = re.compile(r"^the shape in (.+)$")
@@ -149,7 +165,10 @@ def step_to_op(step: Step, scene: Scene) -> Op:
         return Replace(cell, _check(step.goal, SHAPES, "shape"))
     if step.action == "resize":
         return Resize(cell, _check(step.goal, SIZES, "size"))
-    to = _place(step.goal, scene.grid)
+    relative = _STEP_OF.get(normalise(step.goal))
+    to = (cell[0] + relative[0], cell[1] + relative[1]) if relative else _place(step.goal, scene.grid)
+    if not (0 <= to[0] < scene.grid and 0 <= to[1] < scene.grid):
+        raise PlanError("unapplicable", f"move: {step.goal} from {place_name(cell, scene.grid)} leaves the grid")
     if to != cell and scene.object_at(*to) is not None:
         raise PlanError("unapplicable", f"move: {step.goal} is already occupied")
-    return Move(cell, to)
+    return Move(cell, to, relative is not None)

@@ -134,6 +134,7 @@ class Replace:
 class Move:
     cell: Cell
     to_cell: Cell
+    relative: bool = False  # asked as a step ("one cell up") rather than as a place: a plan keeps it so
     kind: ClassVar[str] = "move"
 
     def apply(self, scene: Scene) -> Scene:
@@ -183,6 +184,8 @@ def op_from_dict(d: dict) -> Op:
     cls = OPS[d["op"]]
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if f.name not in d and f.default is not dataclasses.MISSING:
+            continue  # a field added later, absent from older datasets
         if f.name not in d:
             raise DataError(f"edit op {d['op']}: missing field {f.name!r}")
         value = d[f.name]
@@ -327,7 +330,8 @@ def _move_clause(rng, scenes, avoid):
     ref = refer(obj, *scenes[::-1])
     steps = [(d, (obj.row + d[0], obj.col + d[1])) for d in STEPS]
     steps = [(d, c) for d, c in steps if c in free]
-    if steps and rng.random() < 0.4:
+    relative = bool(steps) and rng.random() < 0.4
+    if relative:
         d, to = rng.choice(steps)
         step = f"one cell {STEPS[d]}"
         phrasings = [f"move {ref} {step}", f"shift {ref} {step}", f"nudge {ref} {step}"]
@@ -335,7 +339,7 @@ def _move_clause(rng, scenes, avoid):
         to = rng.choice(free)
         dest = place_name(to, scene.grid)
         phrasings = [f"move {ref} to {dest}", f"shift {ref} to {dest}", f"relocate {ref} to {dest}"]
-    return Move(obj.cell, to), rng.choice(phrasings)
+    return Move(obj.cell, to, relative), rng.choice(phrasings)
 
 
 def _resize_clause(rng, scenes, avoid):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from earl.agents.plan import PlanError, Step, parse_plan
-from earl.agents.shapes import program_plan, resolve, step_to_op
+from earl.agents.plan import PlanError, Step, parse_plan, step_instruction
+from earl.agents.shapes import op_to_step, program_plan, resolve, step_to_op
 from earl.shapes.dataset import generate_samples
-from earl.shapes.edits import Move, Remove
+from earl.shapes.edits import Move, Remove, op_from_dict
 from earl.shapes.scene import Scene, ShapeObject
 
 
@@ -47,3 +47,21 @@ def test_steps_become_operations_or_unapplicable():
                 Step("recolour", "the square", "mauve")):
         with pytest.raises(PlanError):
             step_to_op(bad, SCENE)
+
+
+def test_a_move_asked_as_a_step_keeps_its_step_form():
+
+    step = op_to_step(Move((1, 1), (0, 1), relative=True), SCENE)
+    assert step == Step("move", "the blue circle", "one cell up")
+    assert step_instruction(step) == "Move the blue circle one cell up."
+    assert step_to_op(step, SCENE) == Move((1, 1), (0, 1), relative=True)
+    assert op_to_step(Move((1, 1), (0, 1)), SCENE).goal == "row 1, column 2"  # asked as a place
+    for goal in ("one cell to the left", "one cell up"):  # off the grid from row 1, column 1
+        with pytest.raises(PlanError, match="leaves the grid"):
+            step_to_op(Step("move", "the small circle", goal), SCENE)
+
+
+def test_relative_moves_are_generated_and_older_programs_still_load():
+    moves = [op for s in generate_samples("simple", 300, seed=5) for op in s.program.ops if isinstance(op, Move)]
+    assert any(m.relative for m in moves) and not all(m.relative for m in moves)
+    assert op_from_dict({"op": "move", "cell": [0, 0], "to_cell": [1, 0]}) == Move((0, 0), (1, 0), relative=False)
