@@ -268,15 +268,22 @@ def _cmd_eval_rewardbench(args) -> None:
     for label, spec in specs.items():
         name, options = parse_verifier_spec(spec)
         verifiers[label] = build_verifier(name, **options)
-    if args.pairs:
+    if args.pairs and args.editreward_bench:
+        raise EarlError("--pairs and --editreward-bench: give one of them")
+    if args.pairs or args.editreward_bench:
+        flag = "--pairs" if args.pairs else "--editreward-bench"
         if args.avg_k > 1 or args.expected_score or args.expected_points:
             raise EarlError("--avg-k, --expected-score and --expected-points apply to ShapesEdit's held-out pairs, "
-                            "not to --pairs files")
+                            f"not to {flag}")
         verifiers = {**{n: build_verifier("rrm", model_path=d, max_new_tokens=args.max_new_tokens)
                         for n, d in rrms.items()},
                      **{n: build_verifier("scalar", model_path=d) for n, d in scalars.items()}, **verifiers}
         if not verifiers:
-            raise EarlError("--pairs needs at least one scorer: --rrm, --scalar or --verifier")
+            raise EarlError(f"{flag} needs at least one scorer: --rrm, --scalar or --verifier")
+    if args.editreward_bench:
+        _eval_editreward_bench(args, rrms, scalars, verifiers)
+        return
+    if args.pairs:
         res = run_pair_file_bench(args.pairs, verifiers, args.out, baselines=args.baseline)
     else:
         res = run_rewardbench(rrms, args.out, samples=args.samples, seed=args.seed,
@@ -285,6 +292,18 @@ def _cmd_eval_rewardbench(args) -> None:
                               expected_score=args.expected_score, expected_points=args.expected_points,
                               baselines=args.baseline)
     print(format_table(res))
+
+
+def _eval_editreward_bench(args, rrms: dict, scalars: dict, verifiers: dict) -> None:
+    """EditScore's EditReward-Bench from a local copy (`earl.rrm.editreward_bench`); the local models'
+    weights are fingerprinted so a rerun into the same --out reuses their results."""
+    from earl.rrm.editreward_bench import format_editreward_table, model_source, run_editreward_bench
+
+    if args.baseline:
+        raise EarlError("--baseline applies to ShapesEdit's held-out pairs and --pairs files, not to --editreward-bench")
+    sources = {**{n: model_source("rrm", d, max_new_tokens=args.max_new_tokens) for n, d in rrms.items()},
+               **{n: model_source("scalar", d) for n, d in scalars.items()}}
+    print(format_editreward_table(run_editreward_bench(args.editreward_bench, verifiers, args.out, sources=sources)))
 
 
 def _judge_backend(args):
@@ -677,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--pairs", default=None,
                     help="real preference pairs (jsonl: source, instruction, image_a, image_b, preferred a|b|same; "
                          "image paths relative to the file) instead of ShapesEdit's held-out pairs")
+    er.add_argument("--editreward-bench", default=None, metavar="DIR",
+                    help="a local copy of EditScore's EditReward-Bench (the Hugging Face dataset's Arrow or Parquet "
+                         "files), scored as its calculate_statistics.py does, instead of ShapesEdit's held-out pairs")
     er.add_argument("--out", required=True)
     er.add_argument("--samples", type=int, default=200, help="held-out samples (about 4 pairs each)")
     er.add_argument("--seed", type=int, default=987_654)
