@@ -1,13 +1,17 @@
 """Pieces every training recipe shares: the accelerator, schedules, checkpoints and metric logs.
 
 Checkpoints: `out_dir/checkpoints/step_0000100/` holds `accelerator.save_state` (model weights in
-safetensors; optimizer, scheduler and RNG states loaded back with `weights_only=True`) plus
-`trainer_state.json`. Each is written to a temporary directory and renamed into place, so a
-crash mid-save leaves the previous checkpoint intact; `--resume` continues from the newest.
+safetensors; optimizer, scheduler and RNG states - Python, NumPy, torch CPU and CUDA - loaded back
+with `weights_only=True`) plus `trainer_state.json` (the step and, in `train_lm`, the data position:
+epoch and batch within it). Each is written to a temporary directory and renamed into place, so a
+crash mid-save leaves the previous checkpoint intact; `--resume` continues from the newest, and
+`train_lm` resumed after a `kill -9` trains on the same batches, with the same random draws, as a
+run never stopped (each epoch's shuffle is a function of the run seed and the epoch).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,9 +23,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration
+from accelerate.utils import load as accelerate_load
 
 from earl.errors import ConfigError
-from earl.io import atomic_write_json
+from earl.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -247,20 +252,42 @@ class Checkpoints:
         return final
 
     def load(self, accelerator: Accelerator, path: Path) -> dict:
+        """Restore everything `save` wrote; returns trainer_state.json (with "step")."""
         accelerator.load_state(str(path))
+        _check_rng_restored(accelerator, path)
         return json.loads((path / "trainer_state.json").read_text())
+
+
+def _check_rng_restored(accelerator: Accelerator, path: Path) -> None:
+    """Fail where `load_state` silently kept the current RNG state (it only logs, at info level, a
+    random_states file it could not read), since the resumed run would then draw other numbers."""
+    file = path / f"random_states_{accelerator.process_index}.pkl"
+    if not file.is_file():
+        return  # a checkpoint written by a tool that keeps no RNG state
+    saved = accelerate_load(file, weights_only=True)["torch_manual_seed"]
+    if not torch.equal(saved, torch.get_rng_state()):
+        raise RuntimeError(f"{file}: the torch RNG state was not restored; the resumed run would not "
+                           "repeat the interrupted one")
 
 
 class MetricLog:
     """Scalars to TensorBoard (and wandb) through accelerate, plus `metrics.jsonl` for plots."""
 
-    def __init__(self, accelerator: Accelerator, out_dir: Path, run_name: str, config: dict):
+    def __init__(self, accelerator: Accelerator, out_dir: Path, run_name: str, config: dict,
+                 resumed_step: int | None = None):
+        """`resumed_step`: the step a resumed run restarts after; what the interrupted run logged past
+        it is dropped (metrics.jsonl) or purged (TensorBoard), as the resumed run logs it again."""
         self.acc = accelerator
         self.path = Path(out_dir) / "metrics.jsonl"
         self.t0 = time.time()
         if accelerator.is_main_process:
             tb_config = {k: v for k, v in _flatten(config).items() if isinstance(v, (int, float, str, bool))}
-            accelerator.init_trackers(run_name, config=tb_config)
+            init_kwargs = {}
+            if resumed_step is not None:
+                drop_metrics_after(self.path, resumed_step)
+                # TensorBoard discards the events at steps >= purge_step written before this writer started
+                init_kwargs = {"tensorboard": {"purge_step": resumed_step + 1}}
+            accelerator.init_trackers(run_name, config=tb_config, init_kwargs=init_kwargs)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.acc.is_main_process:
@@ -272,6 +299,22 @@ class MetricLog:
 
     def close(self) -> None:
         self.acc.end_training()
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Rewrite metrics.jsonl (atomically) without the lines of steps after `step`, so that each step
+    a resumed run logs again appears once; a line torn by the kill (not JSON) goes too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -310,13 +353,81 @@ def load_sources(accelerator: Accelerator, sources: list[str], image_tokenizer, 
                                progress=accelerator.is_main_process) for s in sources]
 
 
-def _forever(loader, start_epoch: int = 0):
-    epoch = start_epoch
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffling seed of one epoch, a function of (run seed, epoch) alone: a resumed run rebuilds
+    the interrupted epoch's order from the two numbers instead of storing it."""
+    return int.from_bytes(hashlib.sha256(f"earl-data:{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+
+
+def shuffle_generators(loader) -> list[torch.Generator]:
+    """The generators behind a loader's order: its sampler's and its own, each given one where missing.
+
+    Without one a RandomSampler seeds itself from the global torch RNG at every epoch, and a
+    DataLoader draws its workers' base seed from it at every iterator; with generators of their own,
+    reseeded per epoch, the order depends on (seed, epoch) only, and the extra iterator a resumed run
+    opens mid-epoch takes nothing from the global RNG that dropout or sampling would have drawn."""
+    batch_sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+    while hasattr(batch_sampler, "batch_sampler"):  # accelerate's per-rank shard wraps the real one
+        batch_sampler = batch_sampler.batch_sampler
+    sampler = getattr(batch_sampler, "sampler", None)
+    if sampler is not None and hasattr(sampler, "generator") and sampler.generator is None:
+        sampler.generator = torch.Generator()
+    base = getattr(loader, "base_dataloader", loader)  # accelerate's wrapper reads, but does not write, through
+    if base.generator is None:
+        base.generator = torch.Generator()
+    found = [base.generator, getattr(sampler, "generator", None)]
+    return [g for i, g in enumerate(found) if g is not None and all(g is not h for h in found[:i])]
+
+
+class DataCursor:
+    """The loader's batches, epoch after epoch, with their position (epoch, batch within it) kept.
+
+    Each epoch reseeds the loader's shuffling from `epoch_seed(seed, epoch)`, so a cursor made at a
+    saved position opens the same epoch order and skips (without loading them) the batches already
+    trained on: the run continues on the batch it would have reached without the interruption."""
+
+    def __init__(self, accelerator: Accelerator, loader, seed: int, epoch: int = 0, batch: int = 0):
+        self.acc, self.loader, self.seed = accelerator, loader, seed
+        self.epoch, self.batch = epoch, batch
+        self._batches = None
+
+    def state(self) -> dict:
+        """The position to save: the epoch and how many of its batches were consumed."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            if self._batches is None:
+                self._batches = iter(self._open_epoch())
+            try:
+                item = next(self._batches)
+            except StopIteration:
+                if self.batch == 0:
+                    raise ValueError("the training data yields no batch (fewer examples than one batch?)") from None
+                self._batches, self.epoch, self.batch = None, self.epoch + 1, 0
+                continue
+            self.batch += 1
+            return item
+
+    def _open_epoch(self):
+        """The loader over this epoch: its order reseeded, the first `self.batch` batches skipped."""
+        for generator in shuffle_generators(self.loader):
+            generator.manual_seed(epoch_seed(self.seed, self.epoch))
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.epoch)
+        return self.acc.skip_first_batches(self.loader, self.batch) if self.batch else self.loader
+
+
+def resume_position(state: dict, step: int, micro_steps: int, epoch_batches: int) -> tuple[int, int]:
+    """(epoch, batch) at which a checkpoint's run stopped; a checkpoint from before the position was
+    saved places it where `step` optimizer steps of `micro_steps` batches each end."""
+    if "data" in state:
+        return state["data"]["epoch"], state["data"]["batch"]
+    log.warning("checkpoint without a data position: continuing after %d batches", step * micro_steps)
+    return divmod(step * micro_steps, max(epoch_batches, 1))
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:
@@ -353,13 +464,15 @@ def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: b
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
-    step = 0
+    step, epoch, batch = 0, 0, 0
     if resume and (last := ckpts.latest()) is not None:
-        step = ckpts.load(accelerator, last)["step"]
-        accelerator.print(f"resumed from {last} at step {step}")
-    log = MetricLog(accelerator, out, name, to_dict(cfg))
+        state = ckpts.load(accelerator, last)
+        step = state["step"]
+        epoch, batch = resume_position(state, step, cfg.run.grad_accum, len(loader))
+        accelerator.print(f"resumed from {last} at step {step} (epoch {epoch}, batch {batch})")
+    log = MetricLog(accelerator, out, name, to_dict(cfg), resumed_step=step if resume else None)
     bar = tqdm(total=cfg.run.steps, initial=step, desc=name, disable=not (progress and accelerator.is_main_process))
-    batches = _forever(loader, start_epoch=step)
+    batches = DataCursor(accelerator, loader, cfg.run.seed, epoch, batch)
     model.train()
     t0, tokens, metrics = time.time(), 0, {}
     while step < cfg.run.steps:
@@ -389,6 +502,6 @@ def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: b
             metrics.update(evaluate(model, step, log))
             model.train()
         if step % cfg.run.save_every == 0 or step == cfg.run.steps:
-            ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
+            ckpts.save(accelerator, step, {"recipe": to_dict(cfg), "data": batches.state()})
     bar.close()
     return finish_run(accelerator, model, editor, out, metrics, step, t0, log)

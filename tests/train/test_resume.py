@@ -1,0 +1,127 @@
+"""Exactly-once, bit-exact resume of the SFT loop (`train_lm`): a run killed with SIGKILL and resumed
+logs each step once and ends with the weights of a run never stopped."""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
+
+from earl.train.common import DataCursor, RunSection, make_accelerator
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS, SAVE_EVERY = 60, 4  # 48 examples in batches of 8: 6 batches an epoch, so saves fall mid-epoch and at its end
+
+
+def _sft_command(tmp: Path, tok_dir: Path, out: Path, resume: bool) -> list[str]:
+    """`earl train sft` on a tiny recipe (no eval): ~20 ms a step, a few seconds a run."""
+    overrides = {
+        "out_dir": out, "model.size": "shapes-test", "model.image_tokenizer": tok_dir, "model.image_size": 32,
+        "data.train": "[shapes:simple:train:48:0]", "data.eval": "null", "data.cache_dir": tmp / "cache",
+        "run.steps": STEPS, "run.batch_size": 8, "run.save_every": SAVE_EVERY, "run.log_every": 1,
+        "run.eval_every": 1000, "optim.lr": 3e-3, "optim.min_lr": 3e-4, "optim.warmup_steps": 1,
+    }
+    return [sys.executable, "-m", "earl.cli", "train", "sft", str(ROOT / "recipes/shapes/sft.yaml"),
+            *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """The trainer as a process of its own (the one the test kills), its output appended to `log`."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log, "ab") as f:
+        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
+
+
+def _finish(proc: subprocess.Popen, log: Path) -> None:
+    """Wait for a run that must succeed; on failure show the end of its output."""
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+
+def _logged_steps(run: Path) -> list[int]:
+    """Steps of the complete lines of metrics.jsonl so far (the last one may be half written)."""
+    if not (run / "metrics.jsonl").is_file():
+        return []
+    steps = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except json.JSONDecodeError:
+            pass
+    return steps
+
+
+def _kill_after(proc: subprocess.Popen, run: Path, target_step: int, extra_delay: float, log: Path) -> None:
+    """SIGKILL the trainer once a checkpoint exists and step `target_step` was logged, `extra_delay`
+    seconds later (so the kill may land mid-step or mid-save)."""
+    deadline = time.time() + 240
+    while not (any((run / "checkpoints").glob("step_*/trainer_state.json"))
+               and max(_logged_steps(run), default=0) >= target_step):
+        assert proc.poll() is None, "the run ended before the kill:\n" + log.read_text()[-3000:]
+        assert time.time() < deadline, "the run did not reach the kill point:\n" + log.read_text()[-3000:]
+        time.sleep(0.005)
+    time.sleep(extra_delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run had finished before the kill landed"
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every line of metrics.jsonl, in file order: a repeated step would show."""
+    return [(r["step"], r["train/loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_sft_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, vq_tokenizer):
+    tok_dir = tmp_path / "tok"
+    vq_tokenizer.save_pretrained(tok_dir)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _finish(_start(_sft_command(tmp_path, tok_dir, ref, resume=False), tmp_path / "ref.log"), tmp_path / "ref.log")
+
+    rng = random.Random(29)  # the kill point: pseudo-random, the same on every run of the test
+    target, delay = rng.randint(SAVE_EVERY + 1, STEPS // 2), rng.uniform(0.0, 0.05)
+    log = tmp_path / "run.log"
+    proc = _start(_sft_command(tmp_path, tok_dir, run, resume=False), log)
+    _kill_after(proc, run, target, delay, log)
+    killed_at = max(_logged_steps(run))
+    _finish(_start(_sft_command(tmp_path, tok_dir, run, resume=True), log), log)
+    resumed_from = int(re.search(r"resumed from \S+ at step (\d+)", log.read_text()).group(1))
+    assert resumed_from < killed_at  # steps were logged after the checkpoint and had to be dropped
+
+    expected = _losses(ref)
+    assert [s for s, _ in expected] == list(range(1, STEPS + 1))
+    assert _losses(run) == expected  # each step once, bit-identical losses
+    a, b = load_file(str(ref / "model/backbone/model.safetensors")), load_file(str(run / "model/backbone/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _assert_tensorboard_steps_once(run / "logs", STEPS)
+
+
+def _assert_tensorboard_steps_once(logs: Path, steps: int) -> None:
+    """TensorBoard shows each step's loss once: the resumed writer purges what the killed run wrote after
+    the checkpoint (purge_step)."""
+    events = [d for d in logs.rglob("*") if d.is_dir() and any(d.glob("events.out.tfevents*"))]
+    scalars = EventAccumulator(str(min(events, key=lambda d: len(d.parts)))).Reload().Scalars("train/loss")
+    assert [e.step for e in scalars] == list(range(1, steps + 1))
+
+
+def test_a_data_cursor_resumed_mid_epoch_repeats_the_order_and_leaves_global_randomness(tmp_path):
+    """A cursor opened at (epoch, batch) yields what an uninterrupted one yields from there, also across
+    the epoch boundary, and opening it draws nothing from the global torch RNG (dropout's, sampling's)."""
+    acc = make_accelerator(RunSection(), tmp_path)
+    loader = acc.prepare(DataLoader(list(range(20)), batch_size=4, shuffle=True))
+    whole = DataCursor(acc, loader, seed=3)
+    seen = [next(whole).tolist() for _ in range(13)]
+    assert sorted(x for b in seen[:5] for x in b) == list(range(20)) and seen[:5] != seen[5:10]  # reshuffled
+    loader = acc.prepare(DataLoader(list(range(20)), batch_size=4, shuffle=True))
+    rest = DataCursor(acc, loader, seed=3, epoch=1, batch=2)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert [next(rest).tolist() for _ in range(6)] == seen[7:13]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert rest.state() == {"epoch": 2, "batch": 3} == whole.state()
