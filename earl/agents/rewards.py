@@ -10,8 +10,9 @@
 - `closed_loop_rrm`: the same execution, judged by the reasoning reward model's E[points] on
   (source, instruction, final image): no oracle and no target needed, as on real data.
 
-Columns come from the dataset (`earl.train.decomposer.build_dataset`): gold_plan, source_scene,
-target_scene, and the prompt (whose image tokens give the source image back).
+Columns come from the dataset (`earl.train.decomposer.build_dataset`, shared by the unified and the
+VLM decomposer's trainers): gold_plan, instruction, source_scene and target_scene (the scenes give the
+source image back, whatever form the prompt shows it in).
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -81,36 +83,46 @@ class DecomposerGRPORecipe:
     save_every: int = 50
 
 
-def build_dataset(editor: UnifiedEditor, data: DecomposerData, part: str = "train") -> datasets.Dataset:
-    """Rows of prompt (string), completion (the ground-truth plan), gold_plan and the sample's scenes."""
+def build_dataset(editor: UnifiedEditor | None, data: DecomposerData, part: str = "train",
+                  prompts: Callable[[list], list[dict]] | None = None) -> datasets.Dataset:
+    """Rows of prompt columns, completion (the ground-truth plan), gold_plan, instruction and the sample's scenes.
+
+    `prompts(samples) -> one dict of prompt columns per sample`; by default the editor's plain-string prompt
+    with the source image as codes. Other policies bring their own (the VLM decomposer: a chat prompt and
+    the image, `earl.train.vlm_decomposer`), so every trainer gets the same samples and reward columns."""
+    prompts = prompts or partial(_editor_prompts, editor)
     rows = []
     for split, n in (("complex", data.complex_samples), ("simple", data.simple_samples)):
         samples = list(generate_samples(split, n, data.seed, part=part))
         for start in range(0, len(samples), 256):
             chunk = samples[start : start + 256]
-            codes = editor.encode_images([editor.preprocess(render(s.source_scene))[0] for s in chunk])
-            for s, c in zip(chunk, codes):
+            for s, p in zip(chunk, prompts(chunk)):
                 plan = program_plan(s.source_scene, s.program)
-                rows.append({"prompt": prompt_text(editor, s.instruction, c), "completion": plan_text(plan),
-                             "gold_plan": json.dumps(plan.to_dict()), "id": s.id, "category": s.category,
+                rows.append({**p, "completion": plan_text(plan), "gold_plan": json.dumps(plan.to_dict()),
+                             "instruction": s.instruction, "id": s.id, "category": s.category,
                              "source_scene": json.dumps(s.source_scene.to_dict()),
                              "target_scene": json.dumps(s.target_scene.to_dict())})
     random.Random(data.seed).shuffle(rows)
     return datasets.Dataset.from_list(rows)
 
 
-def _save(editor: UnifiedEditor, model, out: Path, recipe) -> Path:
+def _editor_prompts(editor: UnifiedEditor, samples: list) -> list[dict]:
+    codes = editor.encode_images([editor.preprocess(render(s.source_scene))[0] for s in samples])
+    return [{"prompt": prompt_text(editor, s.instruction, c)} for s, c in zip(samples, codes)]
+
+
+def _save(editor: UnifiedEditor, model, out: Path) -> Path:
     editor.backbone = model
-    path = editor.save_pretrained(out)
-    atomic_write_json(out / "recipe.json", to_dict(recipe))
-    return path
+    return editor.save_pretrained(out)
 
 
 def _trainer_args(cls, recipe, out: Path, **kw):
+    """trl config shared by the decomposer trainers; `kw` adds to it or overrides it (a VLM trains on GPUs)."""
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "logs"))  # transformers 5 reads the log dir from here
-    return cls(output_dir=str(out / "trainer"), max_steps=recipe.steps, learning_rate=recipe.lr, seed=recipe.seed,
-               logging_steps=recipe.log_every, save_steps=recipe.save_every, save_total_limit=2, use_cpu=True,
-               report_to=["tensorboard"], dataloader_num_workers=0, **kw)
+    args = dict(output_dir=str(out / "trainer"), max_steps=recipe.steps, learning_rate=recipe.lr, seed=recipe.seed,
+                logging_steps=recipe.log_every, save_steps=recipe.save_every, save_total_limit=2, use_cpu=True,
+                report_to=["tensorboard"], dataloader_num_workers=0)
+    return cls(**{**args, **kw})
 
 
 def train_decomposer_sft(recipe: DecomposerSFTRecipe, resume: bool = False) -> dict:
@@ -126,7 +138,8 @@ def train_decomposer_sft(recipe: DecomposerSFTRecipe, resume: bool = False) -> d
                          max_length=None, eos_token=editor.text_tokenizer.eos_token,
                          pad_token=editor.text_tokenizer.pad_token)
     trainer = SFTTrainer(model=editor.backbone, args=args, train_dataset=train, processing_class=editor.text_tokenizer)
-    return _train_and_save(trainer, editor, out, recipe, resume, logged="loss")
+    return _train_and_save(trainer, out, recipe, resume, logged="loss",
+                           save=lambda path: _save(editor, trainer.model, path))
 
 
 def train_decomposer_grpo(recipe: DecomposerGRPORecipe, resume: bool = False) -> dict:
@@ -147,17 +160,24 @@ def train_decomposer_grpo(recipe: DecomposerGRPORecipe, resume: bool = False) ->
                          generation_kwargs={"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
     trainer = GRPOTrainer(model=editor.backbone, reward_funcs=reward_funcs, args=args, train_dataset=train,
                           processing_class=tok)
-    return _train_and_save(trainer, editor, out, recipe, resume, logged="reward")
+    return _train_and_save(trainer, out, recipe, resume, logged="reward",
+                           save=lambda path: _save(editor, trainer.model, path))
 
 
-def _train_and_save(trainer, editor: UnifiedEditor, out: Path, recipe, resume: bool, logged: str) -> dict:
-    """Train (from the newest trainer checkpoint when resuming), save OUT/model as an editor directory, and
-    keep the log rows that carry `logged` in OUT/trainer_log.json (the last three in final_metrics.json)."""
+def _train_and_save(trainer, out: Path, recipe, resume: bool, logged: str,
+                    save: Callable[[Path], object] | None = None) -> dict:
+    """Train (from the newest trainer checkpoint when resuming), save OUT/model with `save(path)` (default
+    `trainer.save_model`: the model and its processing class, gathered from every process under DeepSpeed),
+    and keep the log rows that carry `logged` in OUT/trainer_log.json (the last three in final_metrics.json).
+    Every process saves (ZeRO-3 gathers the weights collectively); only the main one writes the json files."""
     trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
-    _save(editor, trainer.model, out / "model", recipe)
+    (save or (lambda path: trainer.save_model(str(path))))(out / "model")
     log = [r for r in trainer.state.log_history if logged in r]
-    atomic_write_json(out / "trainer_log.json", log)
     report = {"out": str(out / "model"), "log": log[-3:]}
+    if not trainer.is_world_process_zero():
+        return report
+    atomic_write_json(out / "model" / "recipe.json", to_dict(recipe))
+    atomic_write_json(out / "trainer_log.json", log)
     atomic_write_json(out / "final_metrics.json", report)
     return report
 
