@@ -76,6 +76,8 @@ TRAIN_STAGES = {
     # the ImageEdit-R1 decomposition agent, with trl: SFT on ground-truth plans, then GRPO on plan rewards
     "decomposer-sft": ("earl.train.decomposer", "DecomposerSFTRecipe", "train_decomposer_sft", None),
     "decomposer-grpo": ("earl.train.decomposer", "DecomposerGRPORecipe", "train_decomposer_grpo", None),
+    # ... and the same GRPO for a transformers chat VLM (Qwen2.5-VL) as the decomposer
+    "decomposer-vlm-grpo": ("earl.train.vlm_decomposer", "VLMDecomposerGRPORecipe", "train_vlm_decomposer_grpo", None),
 }
 
 
