@@ -37,7 +37,9 @@ def _plan_or_none(completion) -> Plan | None:
 
 
 def format_reward(completions, **_) -> list[float]:
-    """>>> format_reward(["remove | the red circle | nothing", "remove the red circle"])
+    """1 for a completion that parses as a plan, else 0.
+
+    >>> format_reward(["remove | the red circle | nothing", "remove the red circle"])
     [1.0, 0.0]
     """
     return [float(_plan_or_none(c) is not None) for c in completions]

@@ -31,3 +31,14 @@ def test_unknown_reward_names_are_refused():
         make_reward_functions({"f2": 1.0})
     funcs, weights = make_reward_functions({"format": 0.1, "f1": 1.0})
     assert [f.__name__ for f in funcs] == ["format_reward", "f1_reward"] and weights == [0.1, 1.0]
+
+
+def test_the_docstring_examples_hold():
+    import doctest
+
+    import earl.agents.plan
+    import earl.agents.rewards
+
+    for module in (earl.agents.plan, earl.agents.rewards):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
