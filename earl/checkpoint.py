@@ -60,7 +60,12 @@ def _summarise_results(results: dict) -> dict:
         return {"held_out": held_out, "step": results.get("step")}
     overall = {k: results["overall"][k] for k in ("success", "sc", "pq", "overall", "n") if k in results["overall"]}
     per_category = {cat: round(v["success"], 4) for cat, v in sorted(results.get("per_category", {}).items())}
-    return {"overall": overall, "per_category_success": per_category}
+    summary = {"overall": overall, "per_category_success": per_category}
+    if isinstance(results.get("agent"), dict):  # an agent evaluation: how good the plans were, at what cost
+        summary["agent"] = {k: results["agent"][k] for k in ("plan_f1", "exact_plans", "steps_per_edit",
+                                                               "editor_calls_per_edit", "plan_failures")
+                            if k in results["agent"]}
+    return summary
 
 
 def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, command: str,

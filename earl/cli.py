@@ -336,7 +336,8 @@ def _benchmark_agent(args):
     """The agent pipeline as a benchmark's editor: a chat VLM decomposer ('openai', from
     --decomposer-base-url / --decomposer-model or $EARL_DECOMPOSER_BASE_URL / $EARL_DECOMPOSER_MODEL) or an
     earl decomposer directory, in front of the --model editor. A failed plan falls back to the editor
-    alone (the benchmark needs an image per item); how many did is logged."""
+    alone (the benchmark needs an image per item); how many did is logged. Each edit comes with the
+    pipeline's record (plan, steps, failure, editor calls), kept by the runner in OUT/agent/."""
     import logging
 
     from earl.agents.decomposer import ChatDecomposer
@@ -357,7 +358,7 @@ def _benchmark_agent(args):
         if result.failure:
             log.warning("agent: %s on %r (%s); the editor got the instruction itself", result.failure, instruction[:60],
                         result.error)
-        return result.images[0]
+        return result.images[0], result.to_dict()
 
     return edit
 
@@ -389,6 +390,11 @@ def _cmd_eval_benchmark(args) -> None:
     result = run_benchmark(bench, items, specs, args.out, edit=_edit_fn(args), backend=_judge_backend(args),
                            opts=opts, retry_failed=args.retry_failed)
     print(bench.format_table(result))
+    if "agent" in result:
+        a = result["agent"]
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(a["plan_failures"].items())) or "none"
+        print(f"agent: {a['edits']} edits, steps/edit {a['steps_per_edit']:.2f}, editor calls/edit "
+              f"{a['editor_calls_per_edit']:.2f}, plan failures: {fails}, fallbacks {a['fallbacks']}")
     print(f"results: {Path(args.out) / 'results.json'} (also results.csv, results.md)")
 
 

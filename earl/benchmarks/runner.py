@@ -3,6 +3,8 @@
 A benchmark run has two resumable stages, each keeping every result on disk as soon as it exists:
 
     OUT/images/{key}.png                 the edited image of each item (generated once)
+    OUT/agent/{key}.json                 with an agent pipeline as the editor: its record of the item
+                                         (plan, steps, failure, fallback, editor calls), written first
     OUT/judgements/{call}/{key}.json     each judge call's reply, parsed value and error (asked once)
 
 Re-running the same command skips what is already there, so a crash or an interrupted run loses at
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +52,51 @@ def image_path(out_dir: Path, item: BenchItem) -> Path:
     return Path(out_dir) / "images" / f"{_safe(item.key)}.png"
 
 
-def generate_missing(items: list[BenchItem], edit: Callable[[Image.Image, str], Image.Image], out_dir: Path,
-                     progress: bool = True) -> int:
+def agent_path(out_dir: Path, item: BenchItem) -> Path:
+    return Path(out_dir) / "agent" / f"{_safe(item.key)}.json"
+
+
+# An edit function returns the edited image, or (image, record) when an agent pipeline made it: the
+# record (`AgentResult.to_dict()`) is kept next to the image and shown in each item's result row.
+EditFn = Callable[[Image.Image, str], "Image.Image | tuple[Image.Image, dict]"]
+
+
+def generate_missing(items: list[BenchItem], edit: EditFn, out_dir: Path, progress: bool = True) -> int:
     """Edit every item whose output image is not on disk yet; returns how many were generated."""
     todo = [it for it in items if not image_path(out_dir, it).is_file()]
     for it in tqdm(todo, desc="edit", disable=not progress):
-        save_png(edit(it.source(), it.instruction), image_path(out_dir, it))
+        edited = edit(it.source(), it.instruction)
+        if isinstance(edited, tuple):
+            edited, record = edited
+            atomic_write_json(agent_path(out_dir, it), record)  # before the image: an image never lacks its record
+        save_png(edited, image_path(out_dir, it))
     return len(todo)
+
+
+def attach_agent_records(result: dict, items: list[BenchItem], out_dir: Path) -> None:
+    """Give each sample row of `result` whose item has an agent record its plan, step count, failure,
+    fallback and editor calls, and `result` an `agent` summary over them (nothing when there are none)."""
+    by_key = {it.key: agent_path(out_dir, it) for it in items}
+    records = []
+    for row in result.get("samples", []):
+        p = by_key.get(row.get("key"))
+        if p is None or not p.is_file():
+            continue
+        rec = read_json(p)
+        plan = rec.get("plan")
+        row["agent"] = {"plan": [f"{s['action']} | {s['subject']} | {s['goal']}" for s in plan["steps"]] if plan else None,
+                        "n_steps": rec.get("n_steps"), "failure": rec.get("failure"),
+                        "fallback": rec.get("fallback"), "editor_calls": rec.get("editor_calls")}
+        records.append(row["agent"])
+    if records:
+        n = len(records)
+        result["agent"] = {
+            "edits": n,
+            "plan_failures": dict(Counter(r["failure"] for r in records if r["failure"])),
+            "fallbacks": sum(bool(r["fallback"]) for r in records),
+            "steps_per_edit": sum(r["n_steps"] or 0 for r in records) / n,
+            "editor_calls_per_edit": sum(r["editor_calls"] or 0 for r in records) / n,
+        }
 
 
 @dataclass
@@ -171,11 +212,12 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def run_benchmark(bench, items: list[BenchItem], specs: list[JudgeSpec], out_dir: str | Path,
-                  edit: Callable[[Image.Image, str], Image.Image] | None = None, backend: ChatBackend | None = None,
+                  edit: EditFn | None = None, backend: ChatBackend | None = None,
                   opts: JudgeOptions | None = None, retry_failed: bool = False, progress: bool = True) -> dict:
     """Generate missing edits (if `edit` is given), ask missing judgements (if `backend` is given), then
     score what is on disk with `bench` (a module with score, format_table, csv_rows) and write
-    OUT/results.json, results.csv and results.md."""
+    OUT/results.json, results.csv and results.md. Items edited by an agent pipeline (an `edit` that
+    returns (image, record)) carry its record in their result row (`attach_agent_records`)."""
     from earl.io import atomic_write_text
 
     out_dir = Path(out_dir)
@@ -192,6 +234,7 @@ def run_benchmark(bench, items: list[BenchItem], specs: list[JudgeSpec], out_dir
 
         asyncio.run(judge())
     result = bench.score(items, out_dir)
+    attach_agent_records(result, items, out_dir)
     atomic_write_json(out_dir / "results.json", result)
     write_csv(out_dir / "results.csv", *bench.csv_rows(result))
     atomic_write_text(out_dir / "results.md", bench.format_table(result) + "\n")

@@ -334,3 +334,48 @@ def test_imgedit_uge_reads_the_published_edit_list_and_names_bad_inputs(tmp_path
     assert main(["eval", "imgedit-uge", "--edits", str(edits), "--images", str(images), "--prompt",
                  str(tmp_path / "none.txt"), "--out", str(tmp_path / "o"), "--no-judge", "--no-generate"]) == 2
     assert "none.txt: UGE judge prompt not found" in capsys.readouterr().err
+
+
+def test_cli_runs_the_agent_pipeline_through_imgedit(tmp_path, server, capsys):
+    """`earl eval imgedit --agent checkpoints/shapes-decomposer`: the bundled decomposer plans each item, the
+    bundled editor carries the plan out step by step, and each item's result row records the plan it ran."""
+    from earl.agents.decomposer import DecomposeRequest
+    from earl.agents.unified import UnifiedDecomposer
+    from earl.cli import main
+    from earl.io import load_image
+    from earl.shapes.dataset import generate_samples
+    from earl.shapes.render import render
+
+    root = Path(__file__).resolve().parents[2]
+    samples = list(generate_samples("complex", 3, seed=12345))
+    (tmp_path / "bench/images").mkdir(parents=True)
+    edits = {}
+    for i, s in enumerate(samples):
+        render(s.source_scene).save(tmp_path / f"bench/images/{i}.png")
+        edits[str(i)] = {"id": f"{i}.png", "prompt": s.instruction, "edit_type": "replace"}
+    (tmp_path / "bench/basic_edit.json").write_text(json.dumps(edits))
+    reply = "Brief reasoning: ok.\nPrompt Compliance: 3\nVisual Naturalness: 4\nPhysical & Detail Integrity: 5"
+    backend = server(lambda requests: [Completion(reply, 10, 5, "stop") for _ in requests])
+    out = tmp_path / "out"
+    argv = ["eval", "imgedit", "--edits", str(tmp_path / "bench/basic_edit.json"), "--images",
+            str(tmp_path / "bench/images"), "--prompts", str(SHARED / "imgedit/prompts.json"),
+            "--agent", str(root / "checkpoints/shapes-decomposer"), "--model", str(root / "checkpoints/shapes-editor"),
+            "--out", str(out), "--judge-base-url", backend.base_url, "--retries", "0"]
+    assert main(argv) == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert res["overall"]["score"] == 4.0 and len(res["samples"]) == 3
+    # the plans are the bundled decomposer's greedy plans of these very images, and each step was one editor call
+    decomposer = UnifiedDecomposer.from_pretrained(root / "checkpoints/shapes-decomposer")
+    plans = decomposer.decompose([DecomposeRequest(load_image(tmp_path / f"bench/images/{i}.png"), s.instruction)
+                                  for i, s in enumerate(samples)])
+    for row, d in zip(res["samples"], plans):
+        assert d.plan is not None
+        assert row["agent"]["plan"] == [s.text() for s in d.plan.steps], row
+        assert row["agent"]["failure"] is None and row["agent"]["fallback"] is False
+        assert row["agent"]["editor_calls"] == row["agent"]["n_steps"] == len(d.plan)
+        assert json.loads((out / "agent" / f"{row['key']}.json").read_text())["plan"] == d.plan.to_dict()
+    n_steps = sum(len(d.plan) for d in plans)
+    assert n_steps > 3  # at least one multi-step plan: the editor alone would have made 3 calls
+    assert res["agent"] == {"edits": 3, "plan_failures": {}, "fallbacks": 0, "steps_per_edit": n_steps / 3,
+                            "editor_calls_per_edit": n_steps / 3}
+    assert "agent: 3 edits" in capsys.readouterr().out

@@ -45,6 +45,24 @@ def test_pack_records_a_reward_models_held_out_evaluation(tiny_editor, tmp_path)
         pack_checkpoint(tmp_path / "model", tmp_path / "ckpt2", name="rrm", command="", evals={"x": final})
 
 
+def test_pack_records_an_agent_evaluations_plan_figures(tiny_editor, tmp_path):
+    """`earl eval shapes --agent` results carry an `agent` block: the manifest keeps its plan figures (and
+    only those: per-step pass rates and check costs are run details), and an editor's results get none."""
+    agent = {"plan_failures": {"truncated": 2}, "plan_f1": 0.65, "exact_plans": 0.565, "steps_per_edit": 1.65,
+             "step_pass_rate": None, "editor_calls_per_edit": 1.7, "check_calls_per_edit": 0.0, "fallbacks": 0}
+    results = json.loads(_results(tmp_path / "r.json", 0.5).read_text())
+    (tmp_path / "agent.json").write_text(json.dumps({**results, "agent": agent}))
+    manifest = pack_checkpoint(tiny_editor.save_pretrained(tmp_path / "model"), tmp_path / "ckpt", name="d",
+                               command="", evals={"complex-test": tmp_path / "agent.json",
+                                                  "simple-test": tmp_path / "r.json"})
+    assert manifest["metrics"]["complex-test"]["agent"] == {
+        "plan_f1": 0.65, "exact_plans": 0.565, "steps_per_edit": 1.65, "editor_calls_per_edit": 1.7,
+        "plan_failures": {"truncated": 2}}
+    assert manifest["metrics"]["complex-test"]["overall"]["success"] == 0.5
+    assert "agent" not in manifest["metrics"]["simple-test"]
+    assert verify_checkpoint(tmp_path / "ckpt")["metrics"] == manifest["metrics"]
+
+
 def test_verify_catches_a_changed_or_missing_file(tiny_editor, tmp_path):
     pack_checkpoint(tiny_editor.save_pretrained(tmp_path / "model"), tmp_path / "ckpt", name="t", command="")
     weights = tmp_path / "ckpt/backbone/model.safetensors"
