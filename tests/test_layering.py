@@ -67,3 +67,18 @@ def test_generation_and_benchmarks_import_without_training_only_packages():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "refused"
+
+
+def test_the_entry_points_import_from_the_top_level_package_without_loading_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, earl\n"
+            "assert 'torch' not in sys.modules, 'import earl loaded torch'\n"
+            "from earl import AgentPipeline, EditPipeline, UnifiedEditor\n"
+            "import earl.agents.pipeline, earl.model, earl.pipeline\n"
+            "assert EditPipeline is earl.pipeline.EditPipeline and AgentPipeline is earl.agents.pipeline.AgentPipeline\n"
+            "assert UnifiedEditor is earl.model.UnifiedEditor\n"
+            "try:\n    earl.NoSuchThing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no AttributeError')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
