@@ -18,6 +18,8 @@ one with the instruction dropped. At s = 1 the unconditional rows are not comput
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -28,6 +30,21 @@ from transformers import DynamicCache, StaticCache
 from earl.errors import EarlError
 from earl.layout import EditLayout, positions_from_mask
 from earl.lean import LeanLlama, unsupported_reason
+
+
+@functools.cache
+def _cache_argument(forward_cls: type) -> str:
+    """The name a model's forward takes its KV cache by: transformers renamed `past_key_values` to
+    `cache` (the old name warns on every call and goes in 5.40), while older 5.x releases, and the
+    GPU machine's, know only the old one."""
+    params = inspect.signature(forward_cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """`{name: cache}` for `model`'s forward, whichever name its transformers version uses."""
+    return {_cache_argument(type(model)): cache}
+
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +190,7 @@ class _Decoder:
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=ids, attention_mask=self.mask, position_ids=pos,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                            use_cache=True, logits_to_keep=1, **cache_kwargs(self.backbone, self.cache))
         return out.logits[:, -1]  # (R, V)
 
     def _advance(self, ids: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,8 +263,8 @@ class _StaticDecoder(_Decoder):
         if self.length + n > self.mask.shape[1]:
             raise EarlError(f"static decode: {self.length + n} tokens exceed the cache of {self.mask.shape[1]}")
         where = torch.arange(self.length, self.length + n, device=ids.device)
-        out = fn(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
-                 cache_position=where, use_cache=True, logits_to_keep=1)
+        out = fn(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache_position=where, use_cache=True,
+                 logits_to_keep=1, **cache_kwargs(self.backbone, self.cache))
         self.length += n
         return out.logits[:, -1].clone()  # a captured graph reuses its output buffer on the next replay
 

@@ -1,8 +1,11 @@
+import inspect
+
 import pytest
 import torch
+from transformers import LlamaForCausalLM
 
 from earl.errors import EarlError
-from earl.generate import SamplingConfig, logprobs_of, process_logits, reference_greedy, sample_edits
+from earl.generate import SamplingConfig, cache_kwargs, logprobs_of, process_logits, reference_greedy, sample_edits
 
 INSTRUCTIONS = ["make the red circle blue", "change the square to green", "remove the small triangle"]
 
@@ -161,3 +164,15 @@ def test_static_cache_holds_the_thinking_budget(tiny_cot_editor):
     static = sample_edits(ed.backbone, ed.layout, ["add a red circle", "remove the square"], codes, cfg, think=True,
                           static_cache=True)
     assert torch.equal(static.completions, base.completions) and static.thinking == base.thinking
+
+
+def test_the_kv_cache_goes_by_the_name_the_models_forward_takes():
+    """transformers renamed `past_key_values` to `cache` (the old name warns, then goes in 5.40); older
+    releases know only the old name. The sampler passes whichever the forward declares."""
+    class OldForward:
+        def forward(self, input_ids, past_key_values=None, use_cache=False):
+            pass
+
+    expected = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+    assert list(cache_kwargs(LlamaForCausalLM.__new__(LlamaForCausalLM), 1)) == [expected]
+    assert cache_kwargs(OldForward(), 1) == {"past_key_values": 1}
