@@ -5,7 +5,14 @@ import torch
 from transformers import LlamaForCausalLM
 
 from earl.errors import EarlError
-from earl.generate import SamplingConfig, cache_kwargs, logprobs_of, process_logits, reference_greedy, sample_edits
+from earl.generate import (
+    SamplingConfig,
+    cache_kwargs,
+    logprobs_of,
+    process_logits,
+    reference_greedy,
+    sample_edits,
+)
 
 INSTRUCTIONS = ["make the red circle blue", "change the square to green", "remove the small triangle"]
 
