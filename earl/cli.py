@@ -219,6 +219,21 @@ def _cmd_agent_edit(args) -> None:
         print(f"steps: {steps_dir}/step_*.png, strip: {steps_dir / 'strip.png'}")
 
 
+def _cmd_agent_compare(args) -> None:
+    from earl.agents.evaluate import compare_runs, format_comparison
+    from earl.io import atomic_write_text
+
+    runs = _named_paths(args.runs, "run", "LABEL=DIR or DIR (an `earl eval shapes` output directory)", name_optional=True)
+    for d in runs.values():
+        if not (Path(d) / "results.json").is_file():
+            raise EarlError(f"{d}: no results.json (expected an `earl eval shapes` output directory)")
+    table = format_comparison(compare_runs(runs, base=args.base))
+    print(table)
+    if args.out:
+        atomic_write_text(args.out, table + "\n")
+        print(f"wrote {args.out}")
+
+
 def _cmd_eval_shapes(args) -> None:
     from earl.evaluate import run_shapes_eval
     from earl.generate import SamplingConfig
@@ -646,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--seed", type=int, default=0)
     _agent_args(ae)
     ae.set_defaults(func=_cmd_agent_edit)
+    ac = ag.add_parser("compare", help="table of `earl eval shapes` runs on one test set, with paired differences")
+    ac.add_argument("runs", nargs="+", metavar="[LABEL=]DIR")
+    ac.add_argument("--base", default=None, help="the run every other is paired against (its label)")
+    ac.add_argument("--out", default=None, help="also write the markdown table here")
+    ac.set_defaults(func=_cmd_agent_compare)
 
     ev = sub.add_parser("eval", help="evaluate an editor").add_subparsers(dest="what", required=True)
     es = ev.add_parser("shapes", help="edit every sample of a ShapesEdit set, judge with the oracle, report")

@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 from earl.agents.decomposer import DecomposeRequest
 from earl.agents.plan import Plan, plan_f1
 from earl.agents.shapes import program_plan
+from earl.errors import EarlError
 from earl.io import atomic_write_json, load_image, read_json, save_png
 from earl.shapes.dataset import load_dataset
 from earl.shapes.edits import EditProgram
 from earl.shapes.judge import judge_folder
 from earl.shapes.scene import Scene
+from earl.stats import mean_ci, wilson_ci
 from earl.viz import image_grid
 
 
@@ -102,3 +104,58 @@ def format_agent(summary: dict) -> str:
             f"{summary['steps_per_edit']:.2f}, plan failures: {fails}; editor calls/edit "
             f"{summary['editor_calls_per_edit']:.2f}, check calls/edit {summary['check_calls_per_edit']:.2f}"
             + (f", steps passing their check {rate:.3f}" if rate is not None else ""))
+
+
+def compare_runs(runs: dict[str, str | Path], base: str | None = None) -> dict:
+    """Rows for a table of `earl eval shapes` runs on one test set: success with its Wilson 95% interval,
+    per category, the agent's plan figures and cost, and each run's paired difference in success
+    against `base` (same samples, 95% t-interval over per-sample differences), the reading that
+    tells two arms apart on 200 samples where their own intervals overlap."""
+    loaded = {label: read_json(Path(d) / "results.json") for label, d in runs.items()}
+    ids = {label: [s["id"] for s in r["samples"]] for label, r in loaded.items()}
+    first = next(iter(ids.values()), [])
+    for label, got in ids.items():
+        if sorted(got) != sorted(first):
+            raise EarlError(f"{runs[label]}: its samples are not those of {next(iter(runs.values()))} "
+                            "(compare runs on the same test set)")
+    if base is not None and base not in loaded:
+        raise EarlError(f"--base {base!r} is not one of the runs ({', '.join(loaded)})")
+    success = {label: {s["id"]: float(bool(s["success"])) for s in r["samples"]} for label, r in loaded.items()}
+    rows = []
+    for label, r in loaded.items():
+        k, n = int(sum(success[label].values())), len(success[label])
+        agent = r.get("agent") or {}
+        row = {"run": label, "n": n, "success": k / n, "success_ci": wilson_ci(k, n),
+               "per_category": {c: v["success"] for c, v in sorted(r.get("per_category", {}).items())},
+               "plan_f1": agent.get("plan_f1"), "exact_plans": agent.get("exact_plans"),
+               "editor_calls": agent.get("editor_calls_per_edit", 1.0), "check_calls": agent.get("check_calls_per_edit", 0.0)}
+        if base is not None and label != base:
+            diffs = [success[label][i] - success[base][i] for i in first]
+            row["paired_diff"] = sum(diffs) / n
+            row["paired_diff_ci"] = mean_ci(diffs)
+        rows.append(row)
+    return {"base": base, "rows": rows}
+
+
+def format_comparison(table: dict) -> str:
+    """Markdown: one row per run, success in %."""
+    cats = sorted({c for row in table["rows"] for c in row["per_category"]})
+    head = ["run", "n", "success % [95% CI]", *cats, "plan F1", "exact plans", "editor calls/edit", "check calls/edit"]
+    if table["base"]:
+        head.append(f"vs {table['base']} (paired, points)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    opt = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
+    for row in table["rows"]:
+        lo, hi = row["success_ci"]
+        cells = [row["run"], str(row["n"]), f"{pct(row['success'])} [{pct(lo)}, {pct(hi)}]",
+                 *(pct(row["per_category"][c]) if c in row["per_category"] else "" for c in cats),
+                 opt(row["plan_f1"]), opt(row["exact_plans"]), f"{row['editor_calls']:.2f}", f"{row['check_calls']:.2f}"]
+        if table["base"]:
+            if "paired_diff" in row:
+                a, b = row["paired_diff_ci"]
+                cells.append(f"{100 * row['paired_diff']:+.1f} [{100 * a:+.1f}, {100 * b:+.1f}]")
+            else:
+                cells.append("(base)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -9,8 +9,9 @@ import pytest
 from earl.agents.checks import OracleStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer
 from earl.agents.editor import PipelineEditor
-from earl.agents.evaluate import run_agent_eval
+from earl.agents.evaluate import compare_runs, format_comparison, run_agent_eval
 from earl.agents.pipeline import AgentPipeline
+from earl.errors import EarlError
 from earl.shapes.dataset import write_dataset
 
 
@@ -80,3 +81,33 @@ def test_cli_agent_eval_with_the_ground_truth_plan(complex_set, tmp_path):
     assert "plan F1 1.000" in out.stdout and "| all | 6 |" in out.stdout
     res = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert res["model"]["decomposer"] == "ground_truth" and res["model"]["attempts"] == 1
+
+
+def _fake_run(d, successes, agent=None):
+    d.mkdir()
+    samples = [{"id": f"s{i}", "success": ok} for i, ok in enumerate(successes)]
+    results = {"samples": samples, "overall": {"success": sum(successes) / len(successes)},
+               "per_category": {"counting": {"success": sum(successes) / len(successes)}}}
+    if agent:
+        results["agent"] = agent
+    (d / "results.json").write_text(json.dumps(results))
+    return d
+
+
+def test_compare_pairs_each_run_with_the_base_on_the_same_samples(tmp_path):
+    base = _fake_run(tmp_path / "base", [True, False, False, True])
+    better = _fake_run(tmp_path / "better", [True, True, True, True],
+                       {"plan_f1": 0.5, "exact_plans": 0.25, "editor_calls_per_edit": 2.0, "check_calls_per_edit": 1.5})
+    table = compare_runs({"base": base, "better": better}, base="base")
+    row = table["rows"][1]
+    assert row["success"] == 1.0 and row["paired_diff"] == 0.5  # two of four samples turn from fail to pass
+    lo, hi = row["paired_diff_ci"]
+    assert lo < 0.5 < hi and row["editor_calls"] == 2.0 and row["plan_f1"] == 0.5
+    assert "paired_diff" not in table["rows"][0] and table["rows"][0]["editor_calls"] == 1.0  # an editor alone
+    text = format_comparison(table)
+    assert "| better | 4 | 100.0 [" in text and "+50.0 [" in text and "(base)" in text
+    other = _fake_run(tmp_path / "other", [True, True, True])
+    with pytest.raises(EarlError, match="not those of"):
+        compare_runs({"base": base, "other": other}, base="base")
+    with pytest.raises(EarlError, match="--base 'nope'"):
+        compare_runs({"base": base}, base="nope")
