@@ -170,10 +170,12 @@ def _train_and_save(trainer, out: Path, recipe, resume: bool, logged: str,
     `trainer.save_model`: the model and its processing class, gathered from every process under DeepSpeed),
     and keep the log rows that carry `logged` in OUT/trainer_log.json (the last three in final_metrics.json).
     Every process saves (ZeRO-3 gathers the weights collectively); only the main one writes the json files."""
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
+    result = trainer.train(resume_from_checkpoint=_last_checkpoint(out) if resume else None)
     (save or (lambda path: trainer.save_model(str(path))))(out / "model")
     log = [r for r in trainer.state.log_history if logged in r]
-    report = {"out": str(out / "model"), "log": log[-3:]}
+    # the wall time is the cost a comparison of recipes reads (of this process's run, when resumed)
+    report = {"out": str(out / "model"), "train_runtime_s": round(result.metrics.get("train_runtime", float("nan")), 1),
+              "log": log[-3:]}
     if not trainer.is_world_process_zero():
         return report
     atomic_write_json(out / "model" / "recipe.json", to_dict(recipe))
