@@ -284,7 +284,7 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
     step = 0
     if resume and (last := ckpts.latest()) is not None:
         step = ckpts.load(accelerator, last)["step"]
-    log = MetricLog(accelerator, out, "rrm_gcpo", to_dict(cfg))
+    log = MetricLog(accelerator, out, "rrm_gcpo", to_dict(cfg), resumed_step=step if resume else None)
 
     watch = watched_words(layout, cfg.gcpo.score)
     readout = {"written": "written", "expected": "expected_score", "points": "expected_points"}[cfg.gcpo.score]

@@ -269,7 +269,7 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
     if resume and (last := ckpts.latest()) is not None:
         step = ckpts.load(accelerator, last)["step"]
         accelerator.print(f"resumed from {last} at step {step}")
-    log = MetricLog(accelerator, out, "grpo", to_dict(cfg))
+    log = MetricLog(accelerator, out, "grpo", to_dict(cfg), resumed_step=step if resume else None)
     accelerator.print(f"GRPO: {len(data)} prompts, G={G}, P={P} per process, world size {world_size(accelerator)}")
 
     bar = tqdm(total=cfg.run.steps, initial=step, desc="grpo", disable=not (progress and accelerator.is_main_process))

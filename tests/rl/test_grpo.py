@@ -226,3 +226,16 @@ def test_a_learned_reward_is_logged_beside_the_oracles_verdict(tmp_path, start, 
                                                     "grpo.monitor_oracle": "false"}))
     train_grpo(cfg, progress=False, verifier=Zero())
     assert "monitor/oracle_overall" not in (tmp_path / "off/metrics.jsonl").read_text()
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path, start):
+    """Killed after logging step 3 but before checkpointing it (the last checkpoint is step 2): the
+    resumed run logs step 3 again, and metrics.jsonl keeps one line per step."""
+    cfg = load_config(GRPORecipe, ROOT / "recipes/shapes/grpo.yaml", overrides(tmp_path, start, **{"run.steps": 2, "run.save_every": 2}))
+    train_grpo(cfg, progress=False, verifier=Redness())
+    path = tmp_path / "run/metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[-1].replace('"step": 2', '"step": 3')]) + "\n")  # the lost step
+    cfg2 = load_config(GRPORecipe, ROOT / "recipes/shapes/grpo.yaml", overrides(tmp_path, start, **{"run.steps": 4}))
+    train_grpo(cfg2, resume=True, progress=False, verifier=Redness())
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3, 4]
