@@ -14,7 +14,8 @@ for r in f1 closed; do
   [ -f runs/decomposer_grpo_$r/model/editor.json ] || earl train decomposer-grpo recipes/agents/decomposer_grpo_$r.yaml
 done
 ev() { earl eval shapes --data $D/$1_test --out $A/$1/$2 "${@:3}"; }
-ev simple editor_alone                       # the bundled editor on its own
+ev simple editor_alone                       # the bundled editor on its own, one shot
+ev complex editor_alone
 for s in simple complex; do
   ev $s gt_open --agent ground-truth         # the reference: each sample's own program, one step at a time
   ev $s sft2_open --agent runs/decomposer_sft_v2/model
@@ -24,5 +25,12 @@ done
 for c in oracle rrm; do                      # closed loop: each step checked, resampled up to 4 times
   ev complex gt_${c}4 --agent ground-truth --check $c --attempts 4
   ev complex sft2_${c}4 --agent runs/decomposer_sft_v2/model --check $c --attempts 4
-  ev complex grpo_closed_${c}4 --agent runs/decomposer_grpo_closed/model --check $c --attempts 4
+  ev complex grpo_f1_${c}4 --agent runs/decomposer_grpo_f1/model --check $c --attempts 4
 done
+cmp() { earl agent compare "${@:3}" --base $2 --out $A/$1_table.md; }
+cmp complex sft2 editor=$A/complex/editor_alone gt=$A/complex/gt_open sft2=$A/complex/sft2_open grpo_f1=$A/complex/grpo_f1_open \
+  grpo_closed=$A/complex/grpo_closed_open gt+oracle4=$A/complex/gt_oracle4 gt+rrm4=$A/complex/gt_rrm4 \
+  sft2+oracle4=$A/complex/sft2_oracle4 sft2+rrm4=$A/complex/sft2_rrm4 \
+  grpo_f1+oracle4=$A/complex/grpo_f1_oracle4 grpo_f1+rrm4=$A/complex/grpo_f1_rrm4
+cmp simple editor editor=$A/simple/editor_alone gt=$A/simple/gt_open sft2=$A/simple/sft2_open \
+  grpo_f1=$A/simple/grpo_f1_open grpo_closed=$A/simple/grpo_closed_open
