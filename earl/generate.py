@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache, LlamaForCausalLM, StaticCache
 
 from earl.errors import EarlError
 from earl.layout import EditLayout, positions_from_mask
@@ -36,9 +36,13 @@ from earl.lean import LeanLlama, unsupported_reason
 def _cache_argument(forward_cls: type) -> str:
     """The name a model's forward takes its KV cache by: transformers renamed `past_key_values` to
     `cache` (the old name warns on every call and goes in 5.40), while older 5.x releases, and the
-    GPU machine's, know only the old one."""
+    GPU machine's, know only the old one. A wrapper whose forward takes only `**kwargs` gets the name
+    this transformers' own models use."""
     params = inspect.signature(forward_cls.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 def cache_kwargs(model, cache) -> dict:

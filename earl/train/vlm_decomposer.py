@@ -1,5 +1,5 @@
 """GRPO of a transformers chat VLM as the decomposer (e.g. Qwen2.5-VL-3B-Instruct), with trl:
-`earl train decomposer-vlm-grpo recipes/agents/decomposer_grpo_vlm.yaml`.
+`earl train decomposer-vlm-grpo recipes/agents/decomposer_vlm_grpo.yaml`.
 
 The same recipe as `earl.train.decomposer.train_decomposer_grpo` (ImageEdit-R1's format + F1 rewards, or
 the closed-loop ones, all from `earl.agents.rewards`), for the policy ImageEdit-R1 itself trains: a VLM

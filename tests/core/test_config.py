@@ -94,7 +94,8 @@ def test_every_recipe_in_the_repo_loads():
             check_recipes(load_config(StudyRecipe, f))  # the study and every arm's stage recipe
             checked += 1
             continue
-        stage = next((s for s in TRAIN_STAGES if f.stem.startswith(s.replace("-", "_"))), None)
+        # the longest stage name the file's name starts with ("decomposer_vlm_grpo" over "decomposer")
+        stage = max((s for s in TRAIN_STAGES if f.stem.startswith(s.replace("-", "_"))), key=len, default=None)
         # a recipe no stage claims would never be checked: name it after its stage (or teach this test)
         assert stage is not None, f"{f}: no training stage matches its name ({', '.join(TRAIN_STAGES)})"
         module, cls, *_ = TRAIN_STAGES[stage]

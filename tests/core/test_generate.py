@@ -182,4 +182,9 @@ def test_the_kv_cache_goes_by_the_name_the_models_forward_takes():
 
     expected = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
     assert list(cache_kwargs(LlamaForCausalLM.__new__(LlamaForCausalLM), 1)) == [expected]
+    class Wrapper:  # forwards everything to a transformers model
+        def forward(self, **kwargs):
+            pass
+
     assert cache_kwargs(OldForward(), 1) == {"past_key_values": 1}
+    assert list(cache_kwargs(Wrapper(), 1)) == [expected]

@@ -6,7 +6,7 @@ import logging
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from earl.generate import SamplingConfig, sample_edits
+from earl.generate import SamplingConfig, cache_kwargs, sample_edits
 from earl.kernels.hf import NAME, padding_starts, register, use_triton_attention
 
 
@@ -62,8 +62,8 @@ def test_left_padded_prefill_and_cached_decode_match_sdpa(monkeypatch):
         for step in range(3):  # decode steps over the cache: one new token per row
             nxt = a.logits[:, -1].argmax(-1, keepdim=True)
             mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-            a = sdpa(input_ids=nxt, attention_mask=mask, past_key_values=a.past_key_values, use_cache=True)
-            b = tri(input_ids=nxt, attention_mask=mask, past_key_values=b.past_key_values, use_cache=True)
+            a = sdpa(input_ids=nxt, attention_mask=mask, use_cache=True, **cache_kwargs(sdpa, a.past_key_values))
+            b = tri(input_ids=nxt, attention_mask=mask, use_cache=True, **cache_kwargs(tri, b.past_key_values))
             assert torch.allclose(a.logits, b.logits, atol=1e-5), step
     assert calls == {"prefill": 2, "decode": 6}  # 2 layers x (1 prefill + 3 decode steps)
 
