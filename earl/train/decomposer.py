@@ -135,8 +135,7 @@ def train_decomposer_sft(recipe: DecomposerSFTRecipe, resume: bool = False) -> d
     train = build_dataset(editor, recipe.data).select_columns(["prompt", "completion"])
     args = _trainer_args(SFTConfig, recipe, out, per_device_train_batch_size=recipe.batch_size,
                          warmup_steps=recipe.warmup_steps, lr_scheduler_type="cosine", completion_only_loss=True,
-                         max_length=None, eos_token=editor.text_tokenizer.eos_token,
-                         pad_token=editor.text_tokenizer.pad_token)
+                         max_length=None, eos_token=editor.text_tokenizer.eos_token)  # pads with the tokenizer's own
     trainer = SFTTrainer(model=editor.backbone, args=args, train_dataset=train, processing_class=editor.text_tokenizer)
     return _train_and_save(trainer, out, recipe, resume, logged="loss",
                            save=lambda path: _save(editor, trainer.model, path))
