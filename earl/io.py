@@ -170,6 +170,19 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, wha
     return to_rgb(img)
 
 
+def load_dataset_image(value, base: str | os.PathLike | None = None, what: str = "image") -> Image.Image:
+    """An image as a dataset stores it, as RGB: a `datasets.Image` struct ({"bytes", "path"}, as parquet and
+    Arrow files hold it), bytes, a PIL image, or a path, relative to `base` when given (the data file's
+    folder). Unreadable or missing images raise `DataError` naming `what` or the file."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if value is None:
+        raise DataError(f"{what}: no image (neither bytes nor a path)")
+    if isinstance(value, (str, os.PathLike)) and base is not None and not Path(value).is_absolute():
+        value = Path(base) / value
+    return load_image(value, what=what)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB; alpha is composited over white."""
     if img.mode == "RGB":

@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from earl.errors import DataError
-from earl.io import load_image
+from earl.io import load_dataset_image
 
 FORMATS = ("jsonl", "parquet", "hf")
 REQUIRED_FIELDS = ("instruction", "source_image", "target_image")
@@ -120,14 +120,7 @@ def _rows(spec: RecordSpec) -> Iterator[tuple[dict, Path]]:
 
 
 def _image(value, base: Path, root: str | None, what: str) -> Image.Image:
-    if isinstance(value, dict):  # {"bytes": ..., "path": ...} as `datasets` writes images to parquet
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, str):
-        p = Path(value)
-        if not p.is_absolute():
-            p = Path(root) / p if root else base / p
-        value = p
-    return load_image(value, what=what)
+    return load_dataset_image(value, Path(root) if root else base, what=what)
 
 
 def iter_records(spec: RecordSpec, report: ReadReport | None = None) -> Iterator[EditRecord]:

@@ -37,7 +37,7 @@ from PIL import Image
 
 from earl.benchmarks.runner import BenchItem, JudgeSpec, image_path, load_judgements, resize_to_area
 from earl.errors import DataError
-from earl.io import load_image
+from earl.io import load_dataset_image
 
 GROUPS = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human", "style_change",
           "subject-add", "subject-remove", "subject-replace", "text_change", "tone_transfer")
@@ -65,9 +65,7 @@ def load_dataset_dir(path: str | Path):
 
 
 def _as_image(value, where: str) -> Image.Image:
-    if isinstance(value, dict):  # parquet without the Image feature: {"bytes": ..., "path": ...}
-        value = value.get("bytes") or value.get("path")
-    return load_image(value, what=where)
+    return load_dataset_image(value, what=where)  # parquet without the Image feature: {"bytes", "path"}
 
 
 def load_gedit(path: str | Path, language: str = "en") -> list[BenchItem]:

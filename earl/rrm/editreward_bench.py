@@ -48,7 +48,6 @@ can change behind its URL).
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +57,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from earl.errors import DataError
-from earl.io import atomic_write_json, atomic_write_text, read_json
+from earl.io import atomic_write_json, atomic_write_text, load_dataset_image, read_json
 from earl.rrm.bench import _weights_fingerprint
 from earl.verify.base import EditRequest
 
@@ -195,17 +194,7 @@ def load_rows(bench_dir: str | Path) -> list[BenchRow]:
 
 def _open_image(value, folder: Path, where: str, field: str) -> Image.Image:
     """A `datasets.Image` value (bytes, else a path relative to the data file's folder) as RGB."""
-    data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (
-        (value, None) if isinstance(value, bytes) else (None, value))
-    try:
-        if data:
-            with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
-        p = Path(path) if Path(path).is_absolute() else folder / path
-        with Image.open(p) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise DataError(f"{where}: field {field!r}: not a readable image ({e})") from None
+    return load_dataset_image(value, folder, what=f"{where}: field {field!r}")
 
 
 def candidate_requests(bench_dir: str | Path, wanted: set[str]) -> Iterator[tuple[str, EditRequest]]:

@@ -33,7 +33,6 @@ goal` lines. Such rows have no scenes, so only the format and f1 rewards apply t
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass, field, fields
@@ -49,6 +48,7 @@ from earl.agents.decomposer import decompose_messages
 from earl.agents.plan import PlanError, parse_plan
 from earl.agents.rewards import make_reward_functions
 from earl.errors import ConfigError, DataError
+from earl.io import load_dataset_image
 from earl.shapes.render import render
 from earl.train.decomposer import DecomposerData, _train_and_save, _trainer_args, build_dataset
 from earl.verify.messages import split_images
@@ -125,21 +125,9 @@ def file_dataset(path: str | Path, image_size: int | None) -> datasets.Dataset:
             plan = parse_plan(r["plan"])
         except PlanError as e:
             raise DataError(f"{path} row {i}: the gold plan does not parse ({e})") from None
-        rows.append({**chat_prompt(_resize(_open_image(r["image"], path.parent), image_size), r["instruction"]),
+        rows.append({**chat_prompt(_resize(load_dataset_image(r["image"], path.parent, what=f"{path} row {i}: image"), image_size), r["instruction"]),
                      "gold_plan": json.dumps(plan.to_dict()), "instruction": r["instruction"]})
     return datasets.Dataset.from_list(rows)
-
-
-def _open_image(value, root: Path) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, dict) and value.get("bytes"):  # a parquet image feature
-        return Image.open(io.BytesIO(value["bytes"]))
-    name = value.get("path") if isinstance(value, dict) else value
-    p = Path(name) if Path(name).is_absolute() else root / name
-    if not p.is_file():
-        raise DataError(f"image {p}: no such file")
-    return Image.open(p)
 
 
 def train_vlm_decomposer_grpo(recipe: VLMDecomposerGRPORecipe, resume: bool = False) -> dict:

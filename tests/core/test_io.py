@@ -1,3 +1,4 @@
+import io
 import os
 import stat
 
@@ -12,6 +13,7 @@ from earl.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    load_dataset_image,
     load_image,
     read_json,
     save_png,
@@ -107,3 +109,18 @@ def test_bad_images_raise_data_error_naming_the_file(tmp_path):
         bad_json = tmp_path / "r.json"
         bad_json.write_text("{")
         read_json(bad_json)
+
+
+def test_dataset_images_read_from_structs_bytes_and_relative_paths(tmp_path):
+    im = Image.new("RGBA", (4, 3), (255, 0, 0, 0))
+    im.save(tmp_path / "a.png")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    for value, base in [({"bytes": buf.getvalue(), "path": None}, None), ({"bytes": None, "path": "a.png"}, tmp_path),
+                        ("a.png", tmp_path), (buf.getvalue(), None)]:
+        got = load_dataset_image(value, base)
+        assert got.mode == "RGB" and got.size == (4, 3) and got.getpixel((0, 0)) == (255, 255, 255)  # alpha over white
+    with pytest.raises(DataError, match="row 2: field 'x': no image"):
+        load_dataset_image({"bytes": None, "path": None}, what="row 2: field 'x'")
+    with pytest.raises(DataError, match="image file not found"):
+        load_dataset_image("b.png", tmp_path)
