@@ -13,13 +13,13 @@ rate, and editor/check calls per edit.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from earl.agents.decomposer import DecomposeRequest
 from earl.agents.plan import Plan, plan_f1
+from earl.agents.records import summarise_records
 from earl.agents.shapes import program_plan
 from earl.errors import EarlError
 from earl.io import atomic_write_json, load_image, read_json, save_png
@@ -72,13 +72,12 @@ def summarise_agent(ds, rec_dir: Path, results: dict) -> dict:
     """Plan failures by kind, steps, plan F1 vs the ground truth, step pass rate, cost per edit; and
     each sample row of `results` gets its plan, step count and failure."""
     records = {sid: read_json(rec_dir / f"{sid}.json") for sid in ds["id"]}
-    f1s, steps, checked, passed = [], [], 0, 0
+    f1s, checked, passed = [], 0, 0
     for row, sample in zip(ds.select_columns(["id", "program", "source_scene"]), results["samples"]):
         rec = records[row["id"]]
         gold = program_plan(Scene.from_dict(json.loads(row["source_scene"])), EditProgram.from_dict(json.loads(row["program"])))
         plan = Plan.from_dict(rec["plan"]) if rec["plan"] else None
         f1s.append(plan_f1(plan, gold))
-        steps.append(rec["n_steps"])
         for s in rec["steps"]:
             if s["passed"] is not None:
                 checked, passed = checked + 1, passed + bool(s["passed"])
@@ -86,14 +85,10 @@ def summarise_agent(ds, rec_dir: Path, results: dict) -> dict:
                        "fallback": rec["fallback"], "editor_calls": rec["editor_calls"]})
     n = max(1, len(records))
     return {
-        "plan_failures": dict(Counter(r["failure"] for r in records.values() if r["failure"])),
         "plan_f1": sum(f1s) / n,
         "exact_plans": sum(f == 1.0 for f in f1s) / n,
-        "steps_per_edit": sum(steps) / n,
         "step_pass_rate": passed / checked if checked else None,
-        "editor_calls_per_edit": sum(r["editor_calls"] for r in records.values()) / n,
-        "check_calls_per_edit": sum(r["check_calls"] for r in records.values()) / n,
-        "fallbacks": sum(bool(r["fallback"]) for r in records.values()),
+        **summarise_records(list(records.values())),
     }
 
 

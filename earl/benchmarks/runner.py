@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from earl.agents.plan import Plan
+from earl.agents.records import summarise_records
 from earl.io import atomic_write_json, load_image, read_json, save_png
 from earl.verify.chat import ChatBackend, chat_with_retries
 
@@ -83,20 +84,13 @@ def attach_agent_records(result: dict, items: list[BenchItem], out_dir: Path) ->
         if p is None or not p.is_file():
             continue
         rec = read_json(p)
-        plan = rec.get("plan")
-        row["agent"] = {"plan": [f"{s['action']} | {s['subject']} | {s['goal']}" for s in plan["steps"]] if plan else None,
-                        "n_steps": rec.get("n_steps"), "failure": rec.get("failure"),
-                        "fallback": rec.get("fallback"), "editor_calls": rec.get("editor_calls")}
-        records.append(row["agent"])
+        plan = Plan.from_dict(rec["plan"]) if rec.get("plan") else None
+        row["agent"] = {"plan": [s.text() for s in plan.steps] if plan else None, "n_steps": rec.get("n_steps"),
+                        "failure": rec.get("failure"), "fallback": rec.get("fallback"),
+                        "editor_calls": rec.get("editor_calls")}
+        records.append(rec)
     if records:
-        n = len(records)
-        result["agent"] = {
-            "edits": n,
-            "plan_failures": dict(Counter(r["failure"] for r in records if r["failure"])),
-            "fallbacks": sum(bool(r["fallback"]) for r in records),
-            "steps_per_edit": sum(r["n_steps"] or 0 for r in records) / n,
-            "editor_calls_per_edit": sum(r["editor_calls"] or 0 for r in records) / n,
-        }
+        result["agent"] = {"edits": len(records), **summarise_records(records)}
 
 
 @dataclass
