@@ -107,6 +107,12 @@ def compare_runs(runs: dict[str, str | Path], base: str | None = None) -> dict:
     against `base` (same samples, 95% t-interval over per-sample differences), the reading that
     tells two arms apart on 200 samples where their own intervals overlap."""
     loaded = {label: read_json(Path(d) / "results.json") for label, d in runs.items()}
+    for label, r in loaded.items():
+        rows = r.get("samples") if isinstance(r, dict) else None
+        if not rows or not isinstance(rows, list) or not all(isinstance(s, dict) and {"id", "success"} <= s.keys()
+                                                             for s in rows):
+            raise EarlError(f"{Path(runs[label]) / 'results.json'}: expected an `earl eval shapes` result "
+                            "(a 'samples' list of rows with 'id' and 'success')")
     ids = {label: [s["id"] for s in r["samples"]] for label, r in loaded.items()}
     first = next(iter(ids.values()), [])
     for label, got in ids.items():

@@ -111,3 +111,7 @@ def test_compare_pairs_each_run_with_the_base_on_the_same_samples(tmp_path):
         compare_runs({"base": base, "other": other}, base="base")
     with pytest.raises(EarlError, match="--base 'nope'"):
         compare_runs({"base": base}, base="nope")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.json").write_text("{}")
+    with pytest.raises(EarlError, match="empty/results.json: expected an `earl eval shapes` result"):
+        compare_runs({"empty": tmp_path / "empty"})
