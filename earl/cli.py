@@ -160,6 +160,15 @@ def _agent_args(p) -> None:
     p.add_argument("--step-temperature", type=float, default=1.0, help="with --check: temperature of resampled steps")
     p.add_argument("--rrm", default="checkpoints/shapes-rrm-lenient", help="with --check rrm: the reward model")
     p.add_argument("--rrm-threshold", type=float, default=0.9, help="with --check rrm: E[points]/10 needed to pass")
+    p.add_argument("--plan-votes", type=int, default=0, metavar="K",
+                   help="self-consistency: also sample K plans and keep the one written most often (0: greedy plan)")
+    p.add_argument("--plan-temperature", type=float, default=1.0, help="with --plan-votes: temperature of sampled plans")
+    p.add_argument("--plans", type=int, default=1, metavar="M",
+                   help="with --plan-votes and --plan-judge: carry out up to M candidate plans, most-written first, "
+                        "until the judge passes the final image")
+    p.add_argument("--plan-judge", choices=["oracle", "rrm"], default=None,
+                   help="with --plans: judge of the final image against the whole instruction (ShapesEdit oracle "
+                        "success, or the reasoning reward model's E[points]/10 >= --rrm-threshold)")
     p.add_argument("--sequencer", choices=["keep", "dependency"], default="keep")
     p.add_argument("--fallback", action="store_true",
                    help="when the plan fails, give the editor the instruction itself (the failure is still counted)")
@@ -180,16 +189,27 @@ def _agent_pipeline(decomposer: str | None, editor: str | None, args):
         if not path.is_dir():
             raise EarlError(f"decomposer {path}: not a directory")
         dec = UnifiedDecomposer.from_pretrained(path)
+        if args.plan_votes:
+            from earl.agents.decomposer import VotingDecomposer
+
+            dec = VotingDecomposer(dec, args.plan_votes, args.plan_temperature, seed=getattr(args, "seed", 0))
+    from earl.verify.base import build_verifier
+
     check = None
     if args.check == "oracle":
         check = OracleStepCheck()
     elif args.check == "rrm":
-        from earl.verify.base import build_verifier
-
         check = VerifierStepCheck(build_verifier("rrm", model_path=args.rrm, expected_points=True), args.rrm_threshold)
+    judge, threshold = None, 1.0
+    if args.plans > 1:
+        if not args.plan_votes or args.plan_judge is None:
+            raise EarlError("--plans M chooses among sampled plans by judging the results: give --plan-votes K and --plan-judge")
+        judge, threshold = ((build_verifier("oracle", reward="success"), 1.0) if args.plan_judge == "oracle" else
+                            (build_verifier("rrm", model_path=args.rrm, expected_points=True), args.rrm_threshold))
     return AgentPipeline(dec, PipelineEditor.from_pretrained(editor), sequencer=SEQUENCERS[args.sequencer](),
                          check=check, attempts=args.attempts if check else 1, temperature=args.step_temperature,
-                         fallback=args.fallback, seed=getattr(args, "seed", 0))
+                         fallback=args.fallback, seed=getattr(args, "seed", 0), plans=args.plans, plan_judge=judge,
+                         plan_threshold=threshold)
 
 
 def _cmd_agent_edit(args) -> None:

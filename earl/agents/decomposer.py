@@ -155,3 +155,71 @@ class ChatDecomposer:
             else:
                 out.append(Decomposition(None, raw="", failure="error", error=call.error))
         return out
+
+
+@runtime_checkable
+class SamplingDecomposer(Protocol):
+    """A decomposer that can also draw several plans per request at a temperature (`UnifiedDecomposer`)."""
+
+    def sample(self, requests: list[DecomposeRequest], n: int, temperature: float,
+               seeds: list[int]) -> list[list[Decomposition]]: ...
+
+
+def plan_vote_key(plan: Plan) -> tuple:
+    """What two plans must share to count as the same vote: their steps' normalised triples as a
+    multiset (the order is the sequencer's business, as in F1 matching)."""
+    return tuple(sorted(s.key() for s in plan.steps))
+
+
+class VotingDecomposer:
+    """Self-consistency over plans: the greedy plan and `votes` sampled ones, and the plan written most
+    often wins (ties go to the greedy plan's group, then to the earliest sample). Still open loop: no
+    image is edited or judged to choose; the cost is `votes` extra decodings of a short text.
+
+    Why: the decomposer's wrong plans are mostly misread subjects and goals, and a misreading that is
+    not the model's mode tends to differ from sample to sample, while the right plan recurs.
+    Failed samples (unparseable) do not vote; when every candidate fails, the greedy failure is returned.
+    Each request's samples come from a seed of (`seed`, request id), so a result never depends on
+    which other requests share its batch (resumed evaluations write the same plans)."""
+
+    def __init__(self, base: SamplingDecomposer, votes: int = 8, temperature: float = 1.0, seed: int = 0):
+        if votes < 1:
+            raise EarlError(f"votes must be >= 1, got {votes}")
+        if temperature <= 0:
+            raise EarlError(f"plan voting samples plans: temperature must be > 0, got {temperature}")
+        if not isinstance(base, SamplingDecomposer):
+            raise EarlError(f"{type(base).__name__} cannot sample plans, so it cannot vote")
+        self.base, self.votes, self.temperature, self.seed = base, votes, temperature, seed
+        self.name = f"{getattr(base, 'name', 'decomposer')}+vote{votes}"
+
+    def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]:
+        return [ranked[0] for ranked in self.candidates(requests)]
+
+    def candidates(self, requests: list[DecomposeRequest]) -> list[list[Decomposition]]:
+        """Per request, its distinct plans, most-written first (`rank_plans`)."""
+        from earl.evaluate import sample_seed
+
+        greedy = self.base.decompose(requests)
+        seeds = [sample_seed(self.seed, r.meta.get("id", i)) for i, r in enumerate(requests)]
+        samples = self.base.sample(requests, self.votes, self.temperature, seeds)
+        return [rank_plans(g, s) for g, s in zip(greedy, samples)]
+
+
+def rank_plans(greedy: Decomposition, samples: list[Decomposition]) -> list[Decomposition]:
+    """The distinct plans among `greedy` and `samples`, most-written first; ties go to the greedy plan's
+    group, then to the earliest sample. Unparseable ones do not count; if all are, `[greedy]`.
+
+    >>> a, b = read_plan("remove | the red circle | nothing"), read_plan("remove | the blue circle | nothing")
+    >>> [d.plan == b.plan for d in rank_plans(a, [b, b, a, read_plan("oops")])]  # 2 votes each: greedy's first
+    [False, True]
+    >>> rank_plans(a, [b, b, b])[0].plan == b.plan
+    True
+    """
+    groups: dict[tuple, list[Decomposition]] = {}
+    for d in [greedy, *samples]:
+        if d.plan is not None:
+            groups.setdefault(plan_vote_key(d.plan), []).append(d)
+    if not groups:
+        return [greedy]
+    # sorted() is stable and dicts keep insertion order, so equal counts keep the greedy group first
+    return [g[0] for g in sorted(groups.values(), key=len, reverse=True)]

@@ -59,7 +59,8 @@ def run_agent_eval(pipeline, data_dir, out_dir, batch_size: int = 64, progress: 
     results = judge_folder(data_dir, img_dir, progress=progress)
     results["agent"] = summarise_agent(ds, rec_dir, results)
     results["model"] = {"decomposer": getattr(pipeline.decomposer, "name", "?"), "attempts": pipeline.attempts,
-                        "check": getattr(pipeline.check, "name", None), "temperature": pipeline.temperature}
+                        "check": getattr(pipeline.check, "name", None), "temperature": pipeline.temperature,
+                        "plans": pipeline.plans, "plan_judge": getattr(pipeline.plan_judge, "name", None)}
     atomic_write_json(out_dir / "results.json", results)
     k = min(8, len(ds))
     grid = image_grid([[ds[i]["source_image"], ds[i]["target_image"], load_image(img_dir / f"{ids[i]}.png")]
@@ -98,7 +99,8 @@ def format_agent(summary: dict) -> str:
     return (f"plan F1 {summary['plan_f1']:.3f}, exact plans {summary['exact_plans']:.3f}, steps/edit "
             f"{summary['steps_per_edit']:.2f}, plan failures: {fails}; editor calls/edit "
             f"{summary['editor_calls_per_edit']:.2f}, check calls/edit {summary['check_calls_per_edit']:.2f}"
-            + (f", steps passing their check {rate:.3f}" if rate is not None else ""))
+            + (f", steps passing their check {rate:.3f}" if rate is not None else "")
+            + (f", plans tried/edit {summary['plans_tried_per_edit']:.2f}" if summary.get("plans_tried_per_edit", 1) > 1 else ""))
 
 
 def compare_runs(runs: dict[str, str | Path], base: str | None = None) -> dict:

@@ -14,6 +14,12 @@ The flow, for a batch of requests (`run`):
     [check]     StepCheck: did the step do what it says? If not, resample it (temperature > 0, a
                 fresh seed per attempt) up to `attempts` tries; keep the first that passes, else the
                 best-scored one. Not in the paper: the closed loop.
+    [choose]    With `plans=m` and a `plan_judge` (any `earl.verify` verifier): the decomposer's
+                distinct candidate plans (`VotingDecomposer.candidates`, most-written first) are
+                carried out one after another until the judge passes the final image against the
+                whole instruction (reward >= `plan_threshold`), at most m of them; else the
+                best-judged one is kept. Also not in the paper: the decomposer is the agent that loses
+                most (its greedy plan is exact on ~60% of complex edits, one of 16 samples on ~80%).
 
 A request whose plan fails (empty, malformed, truncated, unknown action, too long, a decomposer
 that errs) or whose editor call fails is a named failure in its result. With `fallback=True` the
@@ -69,13 +75,16 @@ class AgentResult:
     error: str | None = None
     fallback: bool = False  # the instruction went to the editor directly after a failure
     editor_calls: int = 0
-    check_calls: int = 0
+    check_calls: int = 0  # verifier calls: step checks and plan judgements
+    plans_tried: int = 1
+    plan_reward: float | None = None  # the plan judge's reward for the kept plan
 
     def to_dict(self) -> dict:
         return {"plan": self.plan.to_dict() if self.plan else None, "n_steps": len(self.steps),
                 "steps": [s.to_dict() for s in self.steps], "failure": self.failure, "error": self.error,
                 "fallback": self.fallback, "decomposer_raw": self.decomposition.raw if self.decomposition else None,
-                "editor_calls": self.editor_calls, "check_calls": self.check_calls}
+                "editor_calls": self.editor_calls, "check_calls": self.check_calls, "plans_tried": self.plans_tried,
+                "plan_reward": self.plan_reward}
 
 
 def attempt_seed(seed: int, key: str, step: int, attempt: int) -> int:
@@ -85,11 +94,17 @@ def attempt_seed(seed: int, key: str, step: int, attempt: int) -> int:
 
 class AgentPipeline:
     def __init__(self, decomposer, editor, sequencer=None, check=None, attempts: int = 1, temperature: float = 1.0,
-                 fallback: bool = False, seed: int = 0):
+                 fallback: bool = False, seed: int = 0, plans: int = 1, plan_judge=None, plan_threshold: float = 1.0):
         if attempts < 1:
             raise EarlError(f"attempts must be >= 1, got {attempts}")
         if attempts > 1 and check is None:
             raise EarlError("attempts > 1 resamples a step that fails its check: give a step check")
+        if plans < 1:
+            raise EarlError(f"plans must be >= 1, got {plans}")
+        if plans > 1 and (plan_judge is None or not hasattr(decomposer, "candidates")):
+            raise EarlError("plans > 1 tries the decomposer's candidate plans in turn: give a plan judge and a "
+                            "decomposer with candidates (a VotingDecomposer)")
+        self.plans, self.plan_judge, self.plan_threshold = plans, plan_judge, plan_threshold
         self.decomposer, self.editor = decomposer, editor
         self.sequencer = sequencer or KeepOrder()
         self.check, self.attempts, self.temperature = check, attempts, temperature
@@ -115,16 +130,10 @@ class AgentPipeline:
 
     def run(self, requests: list[DecomposeRequest]) -> list[AgentResult]:
         """Decompose, order and execute a batch of requests; one `AgentResult` each, in order."""
-        decs = self.decomposer.decompose(requests)
-        results = [AgentResult([r.image], d.plan, decomposition=d, failure=d.failure, error=d.error)
-                   for r, d in zip(requests, decs)]
-        ok = [i for i, r in enumerate(results) if r.plan is not None]
-        for i, o in zip(ok, self.sequencer.order([results[i].plan for i in ok], [requests[i].instruction for i in ok])):
-            if o.plan is None:
-                results[i].plan, results[i].failure, results[i].error = None, "sequencer", o.error
-            else:
-                results[i].plan = o.plan
-        self._execute(requests, results)
+        if self.plans > 1:
+            results = self._choose_plans(requests)
+        else:
+            results = self._carry_out(requests, self.decomposer.decompose(requests))
         if self.fallback:
             failed = [i for i, r in enumerate(results) if r.failure is not None]
             if failed:
@@ -135,6 +144,54 @@ class AgentPipeline:
                     if im is not None:
                         results[i].images = [im]
         return results
+
+    def _carry_out(self, requests: list[DecomposeRequest], decs: list[Decomposition]) -> list[AgentResult]:
+        """Order and execute one decomposition per request."""
+        results = [AgentResult([r.image], d.plan, decomposition=d, failure=d.failure, error=d.error)
+                   for r, d in zip(requests, decs)]
+        ok = [i for i, r in enumerate(results) if r.plan is not None]
+        for i, o in zip(ok, self.sequencer.order([results[i].plan for i in ok], [requests[i].instruction for i in ok])):
+            if o.plan is None:
+                results[i].plan, results[i].failure, results[i].error = None, "sequencer", o.error
+            else:
+                results[i].plan = o.plan
+        self._execute(requests, results)
+        return results
+
+    def _choose_plans(self, requests: list[DecomposeRequest]) -> list[AgentResult]:
+        """Carry out each request's candidate plans in turn (round r: the r-th most-written plan of
+        every request not yet passed) and keep the first the plan judge passes, else the best-judged."""
+        from earl.verify.base import EditRequest
+
+        ranked = self.decomposer.candidates(requests)
+        best: list[AgentResult | None] = [None] * len(requests)
+        calls = [[0, 0, 0] for _ in requests]  # editor calls, verifier calls, plans tried
+        pending = list(range(len(requests)))
+        for rnd in range(self.plans):
+            rows = [i for i in pending if rnd < len(ranked[i])]
+            if not rows:
+                break
+            tried = self._carry_out([requests[i] for i in rows], [ranked[i][rnd] for i in rows])
+            judged = [(i, res) for i, res in zip(rows, tried) if res.failure is None]
+            verdicts = self.plan_judge.score([EditRequest(requests[i].image, requests[i].instruction, res.images[0],
+                                                          meta=requests[i].meta) for i, res in judged])
+            reward = {i: (None if v.failed else float(v.reward)) for (i, _), v in zip(judged, verdicts)}
+            still = []
+            for i, res in zip(rows, tried):
+                calls[i][0] += res.editor_calls
+                calls[i][1] += res.check_calls + (i in reward)
+                calls[i][2] += 1
+                res.plan_reward = reward.get(i)
+                prev = best[i]
+                if prev is None or (res.plan_reward is not None
+                                    and (prev.plan_reward is None or res.plan_reward > prev.plan_reward)):
+                    best[i] = res
+                if res.plan_reward is None or res.plan_reward < self.plan_threshold:
+                    still.append(i)
+            pending = still
+        for res, (editor_calls, verifier_calls, tried) in zip(best, calls):
+            res.editor_calls, res.check_calls, res.plans_tried = editor_calls, verifier_calls, tried
+        return best
 
     def _execute(self, requests, results: list[AgentResult]) -> None:
         longest = max((len(r.plan) for r in results if r.plan is not None), default=0)

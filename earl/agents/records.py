@@ -18,4 +18,5 @@ def summarise_records(records: list[dict]) -> dict:
         "steps_per_edit": sum(r["n_steps"] for r in records) / n,
         "editor_calls_per_edit": sum(r["editor_calls"] for r in records) / n,
         "check_calls_per_edit": sum(r["check_calls"] for r in records) / n,
+        "plans_tried_per_edit": sum(r.get("plans_tried", 1) for r in records) / n,
     }

@@ -25,7 +25,8 @@ from transformers import AddedToken
 from earl.agents.decomposer import DecomposeRequest, Decomposition, read_plan
 from earl.agents.plan import Plan
 from earl.errors import EarlError
-from earl.generate import open_decoder
+from earl.evaluate import sample_seed
+from earl.generate import Generators, SamplingConfig, open_decoder, process_logits, sample_from
 from earl.model import UnifiedEditor
 
 CODE_TOKEN = "<|code_{}|>"
@@ -88,8 +89,9 @@ class UnifiedDecomposer:
 
     @torch.no_grad()
     def write(self, images: list[Image.Image], instructions: list[str], temperature: float = 0.0,
-              generator: torch.Generator | None = None) -> list[tuple[str, bool]]:
-        """(plan text, finished) per request: greedy at temperature 0, else sampled."""
+              generator: Generators = None) -> list[tuple[str, bool]]:
+        """(plan text, finished) per request: greedy at temperature 0, else sampled (`generator`: one
+        for the batch, or one per row so that a row's text depends on its own seed alone)."""
         ed = self.editor
         codes = ed.encode_images([ed.preprocess(im)[0] for im in images])
         batch = ed.layout.pad_prompts([prompt_ids(ed, ins, c) for ins, c in zip(instructions, codes)])
@@ -97,14 +99,9 @@ class UnifiedDecomposer:
         eos, pad = ed.layout.ids.eos, ed.layout.ids.pad
         dec = open_decoder(ed.backbone, batch, self.max_new_tokens)
         done = torch.zeros(len(images), dtype=torch.bool, device=ed.device)
-        rows = []
+        rows, cfg = [], SamplingConfig(temperature=temperature)
         for step in range(self.max_new_tokens):
-            logits = dec.logits.float()
-            if temperature > 0:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            else:
-                nxt = logits.argmax(-1)
+            nxt, _ = sample_from(process_logits(dec.logits, cfg), cfg, generator)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             rows.append(nxt)
             done = done | (nxt == eos)
@@ -122,3 +119,12 @@ class UnifiedDecomposer:
     def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]:
         texts = self.write([r.image for r in requests], [r.instruction for r in requests])
         return [read_plan(text, finished=finished) for text, finished in texts]
+
+    def sample(self, requests: list[DecomposeRequest], n: int, temperature: float,
+               seeds: list[int]) -> list[list[Decomposition]]:
+        """`n` sampled decompositions per request; request i's come from `seeds[i]` alone."""
+        generators = [torch.Generator().manual_seed(sample_seed(s, j)) for s in seeds for j in range(n)]
+        texts = self.write([r.image for r in requests for _ in range(n)],
+                           [r.instruction for r in requests for _ in range(n)], temperature, generators)
+        plans = [read_plan(text, finished=finished) for text, finished in texts]
+        return [plans[i * n:(i + 1) * n] for i in range(len(requests))]
