@@ -55,6 +55,46 @@ def _cmd_data_rrm_traces(args) -> None:
           f"of {counts['images']} images")
 
 
+def _add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="generate or prepare datasets").add_subparsers(dest="what", required=True)
+    d = data.add_parser("shapes", help="write a ShapesEdit dataset (parquet, readable by datasets.load_dataset)")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--n", type=int, required=True, help="number of samples")
+    d.add_argument("--split", choices=["simple", "complex"], default="simple")
+    d.add_argument("--part", choices=["train", "test"], default="train",
+                   help="test = the fixed test set of the split (its seed is reserved; --seed is ignored)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--size", type=int, default=64, help="image side in pixels (multiple of 4 × 8)")
+    d.set_defaults(func=_cmd_data_shapes)
+
+    dt = data.add_parser("tokenize", help="encode an edit dataset into shards of codes once (for training)")
+    dt.add_argument("spec", help="dataset field spec YAML, e.g. recipes/data/magicbrush.yaml")
+    dt.add_argument("overrides", nargs="*", help="key=value overrides of the spec, e.g. path=/data/MagicBrush")
+    dt.add_argument("--model", required=True, help="the editor whose preprocessing and image tokenizer to use")
+    dt.add_argument("--out", required=True, help="shard directory (resumable)")
+    dt.add_argument("--shard-size", type=int, default=1000)
+    dt.add_argument("--limit", type=int, default=0, help="stop after N records (0 = all)")
+    dt.set_defaults(func=_cmd_data_tokenize)
+
+    drt = data.add_parser("rrm-traces", help="cold-start traces for a reward model on real edits (VLM writer + "
+                                             "stronger VLM verifier, best-agreeing trace kept; resumable)")
+    drt.add_argument("--pairs", required=True, help="pair file (jsonl: source, instruction, image_a, image_b, preferred)")
+    drt.add_argument("--out", required=True, help="jsonl to append to (re-runs skip what is there)")
+    drt.add_argument("--writer-base-url", required=True, help="OpenAI-compatible server of the trace-writing VLM")
+    drt.add_argument("--writer-model", default=None)
+    drt.add_argument("--verifier-base-url", required=True, help="server of the stronger VLM whose verdicts are the labels")
+    drt.add_argument("--verifier-model", default=None)
+    drt.add_argument("--principles-base-url", default=None, help="server for the 10 principles (default: the verifier)")
+    drt.add_argument("--principles-model", default=None)
+    drt.add_argument("--principle-cache", default="runs/principles")
+    drt.add_argument("-n", type=int, default=4, help="candidate traces per image")
+    drt.add_argument("--temperature", type=float, default=1.0)
+    drt.add_argument("--retries", type=int, default=2)
+    drt.add_argument("--concurrency", type=int, default=8)
+    drt.add_argument("--timeout", type=float, default=120.0)
+    drt.set_defaults(func=_cmd_data_rrm_traces)
+
+
 def _cmd_judge_shapes(args) -> None:
     from earl.io import atomic_write_json
     from earl.shapes.judge import format_table, judge_folder
@@ -63,6 +103,15 @@ def _cmd_judge_shapes(args) -> None:
     atomic_write_json(args.out, results)
     print(format_table(results))
     print(f"results written to {args.out}")
+
+
+def _add_judge_parser(sub) -> None:
+    judge = sub.add_parser("judge", help="judge edited images").add_subparsers(dest="what", required=True)
+    j = judge.add_parser("shapes", help="judge a folder of edited PNGs (one per sample id) with the ShapesEdit oracle")
+    j.add_argument("--data", required=True, help="ShapesEdit dataset directory")
+    j.add_argument("--images", required=True, help="directory of edited images named {id}.png")
+    j.add_argument("--out", required=True, help="results.json to write")
+    j.set_defaults(func=_cmd_judge_shapes)
 
 
 # stage -> (module, recipe dataclass, train function, report formatter or None)
@@ -93,17 +142,14 @@ def _cmd_train(args) -> None:
     print(getattr(mod, fmt)(report) if fmt else json.dumps(report, indent=2))
 
 
-def _cmd_eval_rrm(args) -> None:
-    from earl.config import load_config
-    from earl.io import atomic_write_json
-    from earl.train.rrm import RRMRecipe, evaluate_saved_rrm
-
-    cfg = load_config(RRMRecipe, args.recipe, args.overrides)
-    metrics = {"model": args.model, "recipe": args.recipe, "overrides": args.overrides,
-               **evaluate_saved_rrm(cfg, args.model)}
-    if args.out:
-        atomic_write_json(args.out, metrics)
-    print(json.dumps(metrics, indent=2))
+def _add_train_parser(sub) -> None:
+    train = sub.add_parser("train", help="train a model from a YAML recipe").add_subparsers(dest="what", required=True)
+    for stage, (module, *_rest) in TRAIN_STAGES.items():
+        t = train.add_parser(stage, help=f"train with {module}")
+        t.add_argument("recipe", help=f"YAML recipe, e.g. recipes/shapes/{stage}.yaml")
+        t.add_argument("overrides", nargs="*", help="key.sub=value overrides of recipe fields")
+        t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+        t.set_defaults(func=_cmd_train, stage=stage)
 
 
 def _check_image_out(value: str, flag: str = "--out") -> Path:
@@ -129,6 +175,12 @@ def _check_image_out(value: str, flag: str = "--out") -> Path:
     return out
 
 
+def _sampling_args(p) -> None:
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _cmd_edit(args) -> None:
     from earl.pipeline import EditPipeline
 
@@ -149,6 +201,22 @@ def _cmd_edit(args) -> None:
     for t in res.thinking:
         if t is not None:
             print(f"thinking: {t}")
+
+
+def _add_edit_parser(sub) -> None:
+    e = sub.add_parser("edit", help="edit one image")
+    e.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
+    e.add_argument("--image", required=True)
+    e.add_argument("--instruction", required=True)
+    e.add_argument("--out", required=True, help="output image, its format from the extension: .png, .jpg, .webp, ... "
+                                                "(with several samples: out_0.png, out_1.png, ...)")
+    _sampling_args(e)
+    e.add_argument("--num-samples", type=int, default=1)
+    e.add_argument("--top-k", type=int, default=0)
+    e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--truncate-instruction", action="store_true",
+                   help="cut an instruction too long for the model to the longest prefix that fits (default: refuse it)")
+    e.set_defaults(func=_cmd_edit)
 
 
 def _agent_args(p) -> None:
@@ -252,6 +320,39 @@ def _cmd_agent_compare(args) -> None:
     if args.out:
         atomic_write_text(args.out, table + "\n")
         print(f"wrote {args.out}")
+
+
+def _add_agent_parser(sub) -> None:
+    ag = sub.add_parser("agent", help="multi-agent editing (decomposer -> sequencer -> editor)").add_subparsers(
+        dest="what", required=True)
+    ae = ag.add_parser("edit", help="edit one image through the agent pipeline; prints the plan")
+    ae.add_argument("--image", required=True)
+    ae.add_argument("--instruction", required=True)
+    ae.add_argument("--out", required=True, help="the final image")
+    ae.add_argument("--steps-dir", default=None, help="write each step's image and a strip of them here")
+    ae.add_argument("--decomposer", default=None, help="decomposer directory (default: the bundled one)")
+    ae.add_argument("--model", default=None, help="editor directory (default: the bundled editor)")
+    ae.add_argument("--seed", type=int, default=0)
+    _agent_args(ae)
+    ae.set_defaults(func=_cmd_agent_edit)
+    ac = ag.add_parser("compare", help="table of `earl eval shapes` runs on one test set, with paired differences")
+    ac.add_argument("runs", nargs="+", metavar="[LABEL=]DIR")
+    ac.add_argument("--base", default=None, help="the run every other is paired against (its label)")
+    ac.add_argument("--out", default=None, help="also write the markdown table here")
+    ac.set_defaults(func=_cmd_agent_compare)
+
+
+def _cmd_eval_rrm(args) -> None:
+    from earl.config import load_config
+    from earl.io import atomic_write_json
+    from earl.train.rrm import RRMRecipe, evaluate_saved_rrm
+
+    cfg = load_config(RRMRecipe, args.recipe, args.overrides)
+    metrics = {"model": args.model, "recipe": args.recipe, "overrides": args.overrides,
+               **evaluate_saved_rrm(cfg, args.model)}
+    if args.out:
+        atomic_write_json(args.out, metrics)
+    print(json.dumps(metrics, indent=2))
 
 
 def _cmd_eval_shapes(args) -> None:
@@ -459,234 +560,7 @@ def _benchmark_args(p) -> None:
     _sampling_args(p)
 
 
-def _cmd_checkpoint_pack(args) -> None:
-    from earl.checkpoint import pack_checkpoint
-    from earl.io import read_json
-
-    evals = _named_paths(args.eval, "--eval", "NAME=PATH/results.json")
-    recipe = read_json(args.recipe_json) if args.recipe_json else None
-    manifest = pack_checkpoint(args.model, args.out, name=args.name or Path(args.out).name, command=args.command,
-                               recipe=recipe, evals=evals, max_bytes=int(args.max_mib * 2**20))
-    print(f"packed {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB, into {args.out}")
-    for name, m in manifest["metrics"].items():
-        if "overall" in m:
-            print(f"  {name}: success {m['overall']['success']:.3f} (n={m['overall'].get('n')})")
-        else:
-            print(f"  {name}: " + ", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in m["held_out"].items()))
-
-
-def _cmd_checkpoint_verify(args) -> None:
-    from earl.checkpoint import verify_checkpoint
-
-    manifest = verify_checkpoint(args.dir)
-    print(f"{args.dir}: {len(manifest['files'])} files match the manifest (commit {manifest.get('commit')})")
-
-
-def _cmd_checkpoint_average(args) -> None:
-    from earl.averaging import average_editors
-
-    out = average_editors(args.models, args.out, weights=args.weights)
-    print(f"wrote {out}: the mean of {len(args.models)} models' backbones")
-
-
-def _cmd_convert_emu3(args) -> None:
-    from earl.emu3_original import load_original_editor
-
-    cot = {"auto": None, "yes": True, "no": False}[args.cot]
-    editor = load_original_editor(args.model, args.vision_tokenizer, cot=cot, image_area=args.image_area)
-    out = editor.save_pretrained(args.out)
-    print(f"wrote {out}: an earl editor (chain-of-thought {'on' if editor.config.cot else 'off'}, EARL's sequence "
-          "order)")
-
-
-def _cmd_demo(args) -> None:
-    from earl.demo import run_demo
-
-    run_demo(Path(args.out), fast=args.fast)
-
-
-def _cmd_study(args) -> None:
-    from earl.config import load_config
-    from earl.study import StudyRecipe, run_study
-
-    cfg = load_config(StudyRecipe, args.recipe, args.overrides)
-    run_study(cfg, progress=not args.no_progress)
-    out = Path(cfg.out_dir)
-    print((out / "report.md").read_text())
-    print(f"results: {out / 'results.json'}; curves: {out / 'curves.png'}")
-
-
-def _cmd_bench_generate(args) -> None:
-    from earl.bench import bench_generate, format_table
-    from earl.io import atomic_write_json
-
-    sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
-    res = bench_generate(size=args.size, image_size=args.image_size, batch_sizes=sizes,
-                         guidance_scale=args.guidance_scale, repeats=args.repeats, seed=args.seed,
-                         num_threads=args.threads, device=args.device, dtype=args.dtype, attention=args.attention)
-    print(format_table(res))
-    if args.out:
-        atomic_write_json(args.out, res)
-        print(f"results written to {args.out}")
-
-
-def _cmd_bench_text(args) -> None:
-    from earl.bench import bench_text, format_text_table
-    from earl.io import atomic_write_json
-
-    res = bench_text(size=args.size, batch_size=args.batch_size, prompt_len=args.prompt_len,
-                     new_tokens=args.new_tokens, prompts=args.prompts, traces=args.traces, repeats=args.repeats,
-                     seed=args.seed, num_threads=args.threads)
-    print(format_text_table(res))
-    if args.out:
-        atomic_write_json(args.out, res)
-        print(f"results written to {args.out}")
-
-
-def _cmd_bench_attention(args) -> None:
-    import os
-
-    import torch
-
-    from earl.io import atomic_write_json
-
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        raise EarlError("earl bench attention needs a GPU (on a CPU, TRITON_INTERPRET=1 runs the code path at tiny "
-                        "sizes, without meaningful times)")
-    from earl.kernels.bench import bench_attention, format_table
-
-    def ints(text):
-        return tuple(int(x) for x in text.split(",") if x.strip())
-
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    res = bench_attention(ints(args.batch_sizes), ints(args.cache_lengths), ints(args.prefill_lengths), args.heads,
-                          args.kv_heads, args.head_dim, dtype, args.repeats)
-    print(format_table(res))
-    if args.out:
-        atomic_write_json(args.out, res)
-
-
-def _cmd_serve_judge(args) -> None:
-    from earl.serve.judge import serve_judge
-
-    serve_judge(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                api_key=args.api_key)
-
-
-def _cmd_app(args) -> None:
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise EarlError('earl app needs gradio: pip install -e ".[app]"') from None
-    from earl.app import serve
-
-    serve(args.model, agent=args.agent, host=args.host, port=args.port)
-
-
-def _cmd_plot_metrics(args) -> None:
-    from earl.viz import plot_metrics
-
-    runs = _named_paths(args.runs, "run", "RUN_DIR or LABEL=RUN_DIR (a training run's output directory)",
-                        name_optional=True)
-    plot_metrics(runs, args.key, args.out, smooth=args.smooth)
-    print(f"wrote {args.out}")
-
-
-def _sampling_args(p) -> None:
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="earl", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    data = sub.add_parser("data", help="generate or prepare datasets").add_subparsers(dest="what", required=True)
-    d = data.add_parser("shapes", help="write a ShapesEdit dataset (parquet, readable by datasets.load_dataset)")
-    d.add_argument("--out", required=True, help="output directory")
-    d.add_argument("--n", type=int, required=True, help="number of samples")
-    d.add_argument("--split", choices=["simple", "complex"], default="simple")
-    d.add_argument("--part", choices=["train", "test"], default="train",
-                   help="test = the fixed test set of the split (its seed is reserved; --seed is ignored)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--size", type=int, default=64, help="image side in pixels (multiple of 4 × 8)")
-    d.set_defaults(func=_cmd_data_shapes)
-
-    dt = data.add_parser("tokenize", help="encode an edit dataset into shards of codes once (for training)")
-    dt.add_argument("spec", help="dataset field spec YAML, e.g. recipes/data/magicbrush.yaml")
-    dt.add_argument("overrides", nargs="*", help="key=value overrides of the spec, e.g. path=/data/MagicBrush")
-    dt.add_argument("--model", required=True, help="the editor whose preprocessing and image tokenizer to use")
-    dt.add_argument("--out", required=True, help="shard directory (resumable)")
-    dt.add_argument("--shard-size", type=int, default=1000)
-    dt.add_argument("--limit", type=int, default=0, help="stop after N records (0 = all)")
-    dt.set_defaults(func=_cmd_data_tokenize)
-
-    drt = data.add_parser("rrm-traces", help="cold-start traces for a reward model on real edits (VLM writer + "
-                                             "stronger VLM verifier, best-agreeing trace kept; resumable)")
-    drt.add_argument("--pairs", required=True, help="pair file (jsonl: source, instruction, image_a, image_b, preferred)")
-    drt.add_argument("--out", required=True, help="jsonl to append to (re-runs skip what is there)")
-    drt.add_argument("--writer-base-url", required=True, help="OpenAI-compatible server of the trace-writing VLM")
-    drt.add_argument("--writer-model", default=None)
-    drt.add_argument("--verifier-base-url", required=True, help="server of the stronger VLM whose verdicts are the labels")
-    drt.add_argument("--verifier-model", default=None)
-    drt.add_argument("--principles-base-url", default=None, help="server for the 10 principles (default: the verifier)")
-    drt.add_argument("--principles-model", default=None)
-    drt.add_argument("--principle-cache", default="runs/principles")
-    drt.add_argument("-n", type=int, default=4, help="candidate traces per image")
-    drt.add_argument("--temperature", type=float, default=1.0)
-    drt.add_argument("--retries", type=int, default=2)
-    drt.add_argument("--concurrency", type=int, default=8)
-    drt.add_argument("--timeout", type=float, default=120.0)
-    drt.set_defaults(func=_cmd_data_rrm_traces)
-
-    judge = sub.add_parser("judge", help="judge edited images").add_subparsers(dest="what", required=True)
-    j = judge.add_parser("shapes", help="judge a folder of edited PNGs (one per sample id) with the ShapesEdit oracle")
-    j.add_argument("--data", required=True, help="ShapesEdit dataset directory")
-    j.add_argument("--images", required=True, help="directory of edited images named {id}.png")
-    j.add_argument("--out", required=True, help="results.json to write")
-    j.set_defaults(func=_cmd_judge_shapes)
-
-    train = sub.add_parser("train", help="train a model from a YAML recipe").add_subparsers(dest="what", required=True)
-    for stage, (module, *_rest) in TRAIN_STAGES.items():
-        t = train.add_parser(stage, help=f"train with {module}")
-        t.add_argument("recipe", help=f"YAML recipe, e.g. recipes/shapes/{stage}.yaml")
-        t.add_argument("overrides", nargs="*", help="key.sub=value overrides of recipe fields")
-        t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
-        t.set_defaults(func=_cmd_train, stage=stage)
-
-    e = sub.add_parser("edit", help="edit one image")
-    e.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
-    e.add_argument("--image", required=True)
-    e.add_argument("--instruction", required=True)
-    e.add_argument("--out", required=True, help="output image, its format from the extension: .png, .jpg, .webp, ... "
-                                                "(with several samples: out_0.png, out_1.png, ...)")
-    _sampling_args(e)
-    e.add_argument("--num-samples", type=int, default=1)
-    e.add_argument("--top-k", type=int, default=0)
-    e.add_argument("--top-p", type=float, default=1.0)
-    e.add_argument("--truncate-instruction", action="store_true",
-                   help="cut an instruction too long for the model to the longest prefix that fits (default: refuse it)")
-    e.set_defaults(func=_cmd_edit)
-
-    ag = sub.add_parser("agent", help="multi-agent editing (decomposer -> sequencer -> editor)").add_subparsers(
-        dest="what", required=True)
-    ae = ag.add_parser("edit", help="edit one image through the agent pipeline; prints the plan")
-    ae.add_argument("--image", required=True)
-    ae.add_argument("--instruction", required=True)
-    ae.add_argument("--out", required=True, help="the final image")
-    ae.add_argument("--steps-dir", default=None, help="write each step's image and a strip of them here")
-    ae.add_argument("--decomposer", default=None, help="decomposer directory (default: the bundled one)")
-    ae.add_argument("--model", default=None, help="editor directory (default: the bundled editor)")
-    ae.add_argument("--seed", type=int, default=0)
-    _agent_args(ae)
-    ae.set_defaults(func=_cmd_agent_edit)
-    ac = ag.add_parser("compare", help="table of `earl eval shapes` runs on one test set, with paired differences")
-    ac.add_argument("runs", nargs="+", metavar="[LABEL=]DIR")
-    ac.add_argument("--base", default=None, help="the run every other is paired against (its label)")
-    ac.add_argument("--out", default=None, help="also write the markdown table here")
-    ac.set_defaults(func=_cmd_agent_compare)
-
+def _add_eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate an editor").add_subparsers(dest="what", required=True)
     es = ev.add_parser("shapes", help="edit every sample of a ShapesEdit set, judge with the oracle, report")
     es.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
@@ -762,6 +636,38 @@ def build_parser() -> argparse.ArgumentParser:
                          "default: the --scalar models)")
     er.set_defaults(func=_cmd_eval_rewardbench)
 
+
+def _cmd_checkpoint_pack(args) -> None:
+    from earl.checkpoint import pack_checkpoint
+    from earl.io import read_json
+
+    evals = _named_paths(args.eval, "--eval", "NAME=PATH/results.json")
+    recipe = read_json(args.recipe_json) if args.recipe_json else None
+    manifest = pack_checkpoint(args.model, args.out, name=args.name or Path(args.out).name, command=args.command,
+                               recipe=recipe, evals=evals, max_bytes=int(args.max_mib * 2**20))
+    print(f"packed {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB, into {args.out}")
+    for name, m in manifest["metrics"].items():
+        if "overall" in m:
+            print(f"  {name}: success {m['overall']['success']:.3f} (n={m['overall'].get('n')})")
+        else:
+            print(f"  {name}: " + ", ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in m["held_out"].items()))
+
+
+def _cmd_checkpoint_verify(args) -> None:
+    from earl.checkpoint import verify_checkpoint
+
+    manifest = verify_checkpoint(args.dir)
+    print(f"{args.dir}: {len(manifest['files'])} files match the manifest (commit {manifest.get('commit')})")
+
+
+def _cmd_checkpoint_average(args) -> None:
+    from earl.averaging import average_editors
+
+    out = average_editors(args.models, args.out, weights=args.weights)
+    print(f"wrote {out}: the mean of {len(args.models)} models' backbones")
+
+
+def _add_checkpoint_parser(sub) -> None:
     ck = sub.add_parser("checkpoint", help="checkpoints: bundle, verify, average").add_subparsers(dest="what", required=True)
     cp = ck.add_parser("pack", help="copy an editor into a checkpoint directory with a manifest (sha256, metrics)")
     cp.add_argument("--model", required=True, help="editor directory (UnifiedEditor.save_pretrained)")
@@ -784,6 +690,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "(normalised; default equal)")
     ca.set_defaults(func=_cmd_checkpoint_average)
 
+
+def _cmd_convert_emu3(args) -> None:
+    from earl.emu3_original import load_original_editor
+
+    cot = {"auto": None, "yes": True, "no": False}[args.cot]
+    editor = load_original_editor(args.model, args.vision_tokenizer, cot=cot, image_area=args.image_area)
+    out = editor.save_pretrained(args.out)
+    print(f"wrote {out}: an earl editor (chain-of-thought {'on' if editor.config.cot else 'off'}, EARL's sequence "
+          "order)")
+
+
+def _add_convert_parser(sub) -> None:
     conv = sub.add_parser("convert", help="write other formats as earl editors").add_subparsers(dest="what",
                                                                                               required=True)
     ce = conv.add_parser("emu3", help="an Emu3 checkpoint in BAAI's original format (EARL's released editors), "
@@ -798,17 +716,90 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 65536, EARL's 256x256)")
     ce.set_defaults(func=_cmd_convert_emu3)
 
+
+def _cmd_demo(args) -> None:
+    from earl.demo import run_demo
+
+    run_demo(Path(args.out), fast=args.fast)
+
+
+def _add_demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="the quickstart job: data -> tokenizer -> report")
     demo.add_argument("--out", default="runs/demo", help="working directory for the demo's outputs")
     demo.add_argument("--fast", action="store_true", help="a smaller run (smoke test)")
     demo.set_defaults(func=_cmd_demo)
 
+
+def _cmd_study(args) -> None:
+    from earl.config import load_config
+    from earl.study import StudyRecipe, run_study
+
+    cfg = load_config(StudyRecipe, args.recipe, args.overrides)
+    run_study(cfg, progress=not args.no_progress)
+    out = Path(cfg.out_dir)
+    print((out / "report.md").read_text())
+    print(f"results: {out / 'results.json'}; curves: {out / 'curves.png'}")
+
+
+def _add_study_parser(sub) -> None:
     st = sub.add_parser("study", help="train and evaluate several recipes over seeds; a table with 95%% CIs (resumable)")
     st.add_argument("recipe", help="study YAML, e.g. recipes/shapes/study.yaml")
     st.add_argument("overrides", nargs="*", help="key=value overrides of the study's fields")
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     st.set_defaults(func=_cmd_study)
 
+
+def _cmd_bench_generate(args) -> None:
+    from earl.bench import bench_generate, format_table
+    from earl.io import atomic_write_json
+
+    sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    res = bench_generate(size=args.size, image_size=args.image_size, batch_sizes=sizes,
+                         guidance_scale=args.guidance_scale, repeats=args.repeats, seed=args.seed,
+                         num_threads=args.threads, device=args.device, dtype=args.dtype, attention=args.attention)
+    print(format_table(res))
+    if args.out:
+        atomic_write_json(args.out, res)
+        print(f"results written to {args.out}")
+
+
+def _cmd_bench_text(args) -> None:
+    from earl.bench import bench_text, format_text_table
+    from earl.io import atomic_write_json
+
+    res = bench_text(size=args.size, batch_size=args.batch_size, prompt_len=args.prompt_len,
+                     new_tokens=args.new_tokens, prompts=args.prompts, traces=args.traces, repeats=args.repeats,
+                     seed=args.seed, num_threads=args.threads)
+    print(format_text_table(res))
+    if args.out:
+        atomic_write_json(args.out, res)
+        print(f"results written to {args.out}")
+
+
+def _cmd_bench_attention(args) -> None:
+    import os
+
+    import torch
+
+    from earl.io import atomic_write_json
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise EarlError("earl bench attention needs a GPU (on a CPU, TRITON_INTERPRET=1 runs the code path at tiny "
+                        "sizes, without meaningful times)")
+    from earl.kernels.bench import bench_attention, format_table
+
+    def ints(text):
+        return tuple(int(x) for x in text.split(",") if x.strip())
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    res = bench_attention(ints(args.batch_sizes), ints(args.cache_lengths), ints(args.prefill_lengths), args.heads,
+                          args.kv_heads, args.head_dim, dtype, args.repeats)
+    print(format_table(res))
+    if args.out:
+        atomic_write_json(args.out, res)
+
+
+def _add_bench_parser(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
     bg = bench.add_parser("generate", help="image tokens/s of earl's sampler vs transformers.generate (CFG)")
     bg.add_argument("--size", default="shapes-tiny",
@@ -851,15 +842,15 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--out", default=None, help="write the results as JSON here")
     ba.set_defaults(func=_cmd_bench_attention)
 
-    plot = sub.add_parser("plot", help="pictures of training runs").add_subparsers(dest="what", required=True)
-    pm = plot.add_parser("metrics", help="training curves from runs' metrics.jsonl (one panel per --key)")
-    pm.add_argument("runs", nargs="+", help="run directories (or LABEL=DIR), e.g. runs/rrm_gcpo_bundle")
-    pm.add_argument("--key", action="append", required=True,
-                    help="a logged metric, e.g. gcpo/pair_correct or eval/pairwise_accuracy (repeatable)")
-    pm.add_argument("--smooth", type=int, default=1, help="moving average over this many logged steps")
-    pm.add_argument("--out", required=True, help="the PNG to write")
-    pm.set_defaults(func=_cmd_plot_metrics)
 
+def _cmd_serve_judge(args) -> None:
+    from earl.serve.judge import serve_judge
+
+    serve_judge(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                api_key=args.api_key)
+
+
+def _add_serve_parser(sub) -> None:
     serve = sub.add_parser("serve", help="servers").add_subparsers(dest="what", required=True)
     sj = serve.add_parser("judge", help="serve a local image-text-to-text model via the OpenAI chat-completions API")
     sj.add_argument("--model", required=True, help="local model directory (AutoModelForImageTextToText + processor)")
@@ -871,12 +862,65 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "$EARL_API_KEY; prefer the variable, arguments show in ps)")
     sj.set_defaults(func=_cmd_serve_judge)
 
+
+def _cmd_app(args) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise EarlError('earl app needs gradio: pip install -e ".[app]"') from None
+    from earl.app import serve
+
+    serve(args.model, agent=args.agent, host=args.host, port=args.port)
+
+
+def _add_app_parser(sub) -> None:
     ap = sub.add_parser("app", help="a web UI for editing (Gradio; needs the app extra)")
     ap.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
     ap.add_argument("--agent", action="store_true", help="edit through the multi-agent pipeline (bundled decomposer)")
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     ap.set_defaults(func=_cmd_app)
+
+
+def _cmd_plot_metrics(args) -> None:
+    from earl.viz import plot_metrics
+
+    runs = _named_paths(args.runs, "run", "RUN_DIR or LABEL=RUN_DIR (a training run's output directory)",
+                        name_optional=True)
+    plot_metrics(runs, args.key, args.out, smooth=args.smooth)
+    print(f"wrote {args.out}")
+
+
+def _add_plot_parser(sub) -> None:
+    plot = sub.add_parser("plot", help="pictures of training runs").add_subparsers(dest="what", required=True)
+    pm = plot.add_parser("metrics", help="training curves from runs' metrics.jsonl (one panel per --key)")
+    pm.add_argument("runs", nargs="+", help="run directories (or LABEL=DIR), e.g. runs/rrm_gcpo_bundle")
+    pm.add_argument("--key", action="append", required=True,
+                    help="a logged metric, e.g. gcpo/pair_correct or eval/pairwise_accuracy (repeatable)")
+    pm.add_argument("--smooth", type=int, default=1, help="moving average over this many logged steps")
+    pm.add_argument("--out", required=True, help="the PNG to write")
+    pm.set_defaults(func=_cmd_plot_metrics)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `earl` parser: one builder per command (group), each beside its handlers; this order is the
+    order of `earl --help`."""
+    p = argparse.ArgumentParser(prog="earl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_data_parser(sub)
+    _add_judge_parser(sub)
+    _add_train_parser(sub)
+    _add_edit_parser(sub)
+    _add_agent_parser(sub)
+    _add_eval_parser(sub)
+    _add_checkpoint_parser(sub)
+    _add_convert_parser(sub)
+    _add_demo_parser(sub)
+    _add_study_parser(sub)
+    _add_bench_parser(sub)
+    _add_plot_parser(sub)
+    _add_serve_parser(sub)
+    _add_app_parser(sub)
     return p
 
 
