@@ -5,7 +5,7 @@ Layering (imports point one way; tests/test_layering.py holds the line):
     earl.shapes (ShapesEdit domain + oracle), earl.text, earl.layout            -- data, vocabulary
     earl.verify (verifiers), earl.model (UnifiedEditor)                         -- judges, the model
     earl.generate (sampler), earl.rl (GRPO math), earl.data, earl.evaluate      -- sampling, evaluation
-    earl.train (recipes), earl.pipeline, earl.agents, earl.bench, earl.serve, earl.demo -- entry points
+    earl.train (recipes), earl.pipeline, earl.agents, earl.generation_bench, earl.serve, earl.demo -- entry points
     earl.cli                                                                    -- top
 """
 

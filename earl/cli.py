@@ -396,7 +396,7 @@ def _named_paths(items: list[str] | None, flag: str, expected: str, name_optiona
 
 
 def _cmd_eval_rewardbench(args) -> None:
-    from earl.rrm.bench import format_table, parse_verifier_spec, run_pair_file_bench, run_rewardbench
+    from earl.rrm.rewardbench import format_table, parse_verifier_spec, run_pair_file_bench, run_rewardbench
     from earl.verify.base import build_verifier
 
     rrms = _named_paths(args.rrm, "--rrm", "NAME=DIR (a model written by `earl train rrm-sft`)")
@@ -750,7 +750,7 @@ def _add_study_parser(sub) -> None:
 
 
 def _cmd_bench_generate(args) -> None:
-    from earl.bench import bench_generate, format_table
+    from earl.generation_bench import bench_generate, format_table
     from earl.io import atomic_write_json
 
     sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
@@ -764,7 +764,7 @@ def _cmd_bench_generate(args) -> None:
 
 
 def _cmd_bench_text(args) -> None:
-    from earl.bench import bench_text, format_text_table
+    from earl.generation_bench import bench_text, format_text_table
     from earl.io import atomic_write_json
 
     res = bench_text(size=args.size, batch_size=args.batch_size, prompt_len=args.prompt_len,
@@ -786,7 +786,7 @@ def _cmd_bench_attention(args) -> None:
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         raise EarlError("earl bench attention needs a GPU (on a CPU, TRITON_INTERPRET=1 runs the code path at tiny "
                         "sizes, without meaningful times)")
-    from earl.kernels.bench import bench_attention, format_table
+    from earl.kernels.timing import bench_attention, format_table
 
     def ints(text):
         return tuple(int(x) for x in text.split(",") if x.strip())

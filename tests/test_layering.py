@@ -56,7 +56,7 @@ def test_generation_and_benchmarks_import_without_training_only_packages():
     code = (
         "import sys\n"
         f"for m in {GPU_MACHINE_LACKS!r}: sys.modules[m] = None\n"
-        "import earl.cli, earl.bench, earl.generate, earl.lean, earl.kernels.bench, earl.kernels.hf, tokenizer\n"
+        "import earl.cli, earl.generation_bench, earl.generate, earl.lean, earl.kernels.timing, earl.kernels.hf, tokenizer\n"
         "from tokenizer import VQConfig, VQTokenizer\n"
         "try:\n"
         "    VQTokenizer(VQConfig())\n"

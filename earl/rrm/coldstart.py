@@ -66,7 +66,7 @@ def scan_form(reason: str) -> str:
     Quoted this way (`data.quote_scan`), a cell point's reason repeats a scan entry token for token,
     so writing it is a copy of what followed the same cell token earlier (what attention heads do
     most easily) rather than a lookup from "row 2, column 1" to "r2c1". Also the form in which
-    reasons of either style are compared (`earl.rrm.bench`)."""
+    reasons of either style are compared (`earl.rrm.rewardbench`)."""
     if m := _CELL_REASON.match(reason):
         return f"r{m.group(1)}c{m.group(2)} {m.group(3)}"
     if m := _BACKGROUND_REASON.match(reason):

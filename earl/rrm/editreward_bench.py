@@ -41,7 +41,7 @@ Deviations from the official script, all where it has no rule:
 OUT/editreward_bench.json and OUT/editreward_bench.md are rewritten after each scorer. A rerun
 into the same OUT on the same benchmark (same rows, by a fingerprint of keys, task types and
 dimensions) reuses a scorer's result when its source is known and unchanged (`--rrm` / `--scalar`
-weights by sha256, as `earl.rrm.bench` does); a `--verifier` is always judged again (a served model
+weights by sha256, as `earl.rrm.rewardbench` does); a `--verifier` is always judged again (a served model
 can change behind its URL).
 """
 
@@ -58,7 +58,7 @@ from PIL import Image
 
 from earl.errors import DataError
 from earl.io import atomic_write_json, atomic_write_text, load_dataset_image, read_json
-from earl.rrm.bench import _weights_fingerprint
+from earl.rrm.rewardbench import _weights_fingerprint
 from earl.verify.base import EditRequest
 
 DIMENSIONS = ("prompt_following", "consistency", "overall")

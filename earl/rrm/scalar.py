@@ -108,8 +108,8 @@ def train_scalar_rm(cfg: ScalarRecipe, resume: bool = False, progress: bool = Tr
     from tqdm.auto import tqdm
 
     from earl.model import UnifiedEditor
-    from earl.rrm.bench import held_out_pairs
     from earl.rrm.pairs import pairwise_accuracy
+    from earl.rrm.rewardbench import held_out_pairs
     from earl.text import build_word_tokenizer
     from tokenizer.vq import VQTokenizer
 

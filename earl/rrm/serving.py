@@ -70,7 +70,7 @@ def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
 
     from earl.generate import context_limit, open_decoder
     from earl.model import UnifiedEditor
-    from earl.rrm.model import judge_prompt, normalise_decoded
+    from earl.rrm.verifier import judge_prompt, normalise_decoded
     from earl.verify.local_vlm import Completion, check_fits, stop_at
 
     editor = UnifiedEditor.from_pretrained(model_dir, device=device)

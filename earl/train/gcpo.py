@@ -65,7 +65,7 @@ class GCPOSection:
     micro_batch: int = 32
     # τ of a trace: "written" (Edit-R1: the score it wrote); earl's extensions, read from the sampler's
     # logits: "expected" (the expectation of the integer after its `<score>`; fewer ties) or "points"
-    # (10 x the mean P(yes) at its verdict words; the benchmark's E[points]). `earl.rrm.model.trace_score`
+    # (10 x the mean P(yes) at its verdict words; the benchmark's E[points]). `earl.rrm.verifier.trace_score`
     score: str = "written"
 
     def __post_init__(self):
@@ -73,7 +73,7 @@ class GCPOSection:
             raise ValueError("GCPO needs traces >= 2 and temperature > 0")
         if self.micro_batch < 1:
             raise ValueError(f"gcpo.micro_batch: {self.micro_batch} (expected traces per forward, >= 1)")
-        from earl.rrm.model import TRACE_SCORES
+        from earl.rrm.verifier import TRACE_SCORES
 
         if self.score not in TRACE_SCORES:
             raise ValueError(f"gcpo.score: {self.score!r} is not one of {', '.join(TRACE_SCORES)}")
@@ -250,9 +250,9 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
     from tqdm.auto import tqdm
 
     from earl.model import UnifiedEditor
-    from earl.rrm.bench import held_out_pairs, rrm_scorer
-    from earl.rrm.model import judge_prompt, trace_score, watched_words
     from earl.rrm.pairs import pairwise_accuracy
+    from earl.rrm.rewardbench import held_out_pairs, rrm_scorer
+    from earl.rrm.verifier import judge_prompt, trace_score, watched_words
 
     out = Path(cfg.out_dir)
     if not Path(cfg.init_from).is_dir():

@@ -113,7 +113,7 @@ def build_held_out(cfg: RRMRecipe, image_tokenizer) -> list[dict]:
 
 def _judge_corpus(examples: list[dict]) -> list[str]:
     """Every text a judge example contains: what the reward model's word vocabulary must cover."""
-    from earl.rrm.model import points_text
+    from earl.rrm.verifier import points_text
 
     corpus = [f"judge : {e['instruction']} points : {points_text(e['points'])}" for e in examples]
     return corpus + [e["trace"] + " <score> </score> 0.5" for e in examples]
@@ -122,8 +122,8 @@ def _judge_corpus(examples: list[dict]) -> list[str]:
 def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str, float]:
     """Greedy verdicts on held-out examples against the oracle's: parse failures, point accuracy, score error."""
     from earl.rrm.coldstart import read_scan
-    from earl.rrm.model import generate_verdicts
     from earl.rrm.trace import parse_trace
+    from earl.rrm.verifier import generate_verdicts
 
     editor.backbone.eval()
     texts = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
@@ -206,7 +206,7 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     from accelerate.utils import set_seed
 
     from earl.model import UnifiedEditor
-    from earl.rrm.model import judge_example
+    from earl.rrm.verifier import judge_example
     from tokenizer.vq import VQTokenizer
 
     out = Path(cfg.out_dir)

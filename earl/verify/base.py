@@ -79,7 +79,7 @@ class Verifier(Protocol):
 VERIFIERS: dict[str, str] = {
     "oracle": "earl.verify.oracle:OracleVerifier",
     "viescore": "earl.verify.viescore:VIEScoreVerifier.from_options",
-    "rrm": "earl.rrm.model:RRMVerifier",  # a reasoning reward model trained by `earl train rrm-sft`
+    "rrm": "earl.rrm.verifier:RRMVerifier",  # a reasoning reward model trained by `earl train rrm-sft`
     "scalar": "earl.rrm.scalar:ScalarVerifier",  # the holistic baseline of `earl train rm-scalar`
 }
 

@@ -103,7 +103,7 @@ def test_bad_shapes_are_refused():
 
 def test_bench_attention_code_path_under_the_interpreter():
     """The GPU benchmark's code at tiny sizes; under the interpreter its times are flagged as not a measurement."""
-    from earl.kernels.bench import bench_attention, format_table
+    from earl.kernels.timing import bench_attention, format_table
 
     res = bench_attention(batch_sizes=(2,), cache_lengths=(40,), prefill_lengths=(24,), heads=4, kv_heads=2,
                           head_dim=64, dtype=torch.float32, repeats=1)

@@ -150,10 +150,10 @@ def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
     """Avg@k batches several examples per sampling call; each score must average that example's k traces."""
     import types
 
-    import earl.rrm.model as rrm_model
     import earl.rrm.trace as trace
+    import earl.rrm.verifier as rrm_verifier
     import earl.train.gcpo as gcpo
-    from earl.rrm.bench import rrm_scorer
+    from earl.rrm.rewardbench import rrm_scorer
 
     calls = []
 
@@ -162,8 +162,8 @@ def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
         return [[p[0] * 10 + j] for p in prompts for j in range(n)]  # prompt-major, like the real one
 
     monkeypatch.setattr(gcpo, "sample_traces", fake_sample)
-    monkeypatch.setattr(rrm_model, "judge_prompt", lambda layout, ins, *a: [int(ins)])
-    monkeypatch.setattr(rrm_model, "normalise_decoded", lambda t: t)
+    monkeypatch.setattr(rrm_verifier, "judge_prompt", lambda layout, ins, *a: [int(ins)])
+    monkeypatch.setattr(rrm_verifier, "normalise_decoded", lambda t: t)
     # trace "10*i + j" parses to that number, except example 1's third trace, which fails
     monkeypatch.setattr(trace, "parse_trace", lambda t, n: None if t == "12" else types.SimpleNamespace(score=float(t)))
     editor = types.SimpleNamespace(layout=types.SimpleNamespace(ids=types.SimpleNamespace(eos=0, pad=0)),
@@ -180,7 +180,7 @@ def test_expected_score_reads_the_softmax_over_0_to_10_after_the_last_score_tag(
     weighted by their values; None where the trace wrote no score; the greedy choice is irrelevant."""
     import types
 
-    from earl.rrm.model import score_expectation
+    from earl.rrm.verifier import score_expectation
     from earl.text import build_word_tokenizer
 
     tok = build_word_tokenizer(["1. r1c1 nothing - yes", "<score>7</score>"])
@@ -212,7 +212,7 @@ def test_expected_points_reads_p_yes_at_each_verdict_word_and_only_there():
     number of verdicts than points gives None."""
     import types
 
-    from earl.rrm.model import point_expectation, verdict_positions
+    from earl.rrm.verifier import point_expectation, verdict_positions
     from earl.text import build_word_tokenizer
 
     tok = build_word_tokenizer(["seen : r1c1 circle 1. r1c1 circle , expected no square - yes 2. no stray colours - no",
@@ -251,12 +251,12 @@ def test_simulated_annotators_follow_bradley_terry():
 
 
 def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsys, monkeypatch):
-    import earl.rrm.bench as bench
+    import earl.rrm.rewardbench as rewardbench
     from earl.cli import main
 
     generations = []
-    real = bench.greedy_readouts
-    monkeypatch.setattr(bench, "greedy_readouts", lambda *a, **k: generations.append(a[3]) or real(*a, **k))
+    real = rewardbench.greedy_readouts
+    monkeypatch.setattr(rewardbench, "greedy_readouts", lambda *a, **k: generations.append(a[3]) or real(*a, **k))
     tiny_editor.save_pretrained(tmp_path / "untrained")
     assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
                  "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2", "--expected-score",
@@ -321,8 +321,8 @@ def test_paired_difference_by_hand():
 def test_a_partial_table_leaves_out_baselines_not_judged_yet():
     """rewardbench rewrites its files after every scorer; the scalar baseline is judged after the
     reasoning models, so the tables written before it must not need it (a fresh run crashed here)."""
-    from earl.rrm.bench import format_table
     from earl.rrm.pairs import Pair, pairwise_accuracy
+    from earl.rrm.rewardbench import format_table
 
     pairs = [Pair(0, "add", {"score": 2.0}, {"score": 1.0}, 1.0), Pair(1, "add", {"score": 0.0}, {"score": 3.0}, -3.0)]
     oracle = pairwise_accuracy(pairs, lambda ex: [e["score"] for e in ex])
@@ -334,8 +334,8 @@ def test_a_partial_table_leaves_out_baselines_not_judged_yet():
 
 def test_point_breakdown_by_hand():
     """A yes-to-everything model that copies the question: passing points all right, failing ones all missed."""
-    from earl.rrm.bench import point_breakdown
     from earl.rrm.principles import EvalPoint
+    from earl.rrm.rewardbench import point_breakdown
     from earl.rrm.trace import Verdicts
 
     points = [EvalPoint("Is the circle red?", "instruction"), EvalPoint("Is the square kept?", "preservation"),
@@ -424,7 +424,7 @@ def test_pair_file_loads_and_reports_what_is_wrong(tmp_path):
 
 
 def test_pair_file_bench_scores_each_image_once(tmp_path):
-    from earl.rrm.bench import run_pair_file_bench
+    from earl.rrm.rewardbench import run_pair_file_bench
     from earl.verify.base import RewardResult
 
     class Brightness:  # a verifier preferring brighter edits, failing on the mid-grey one

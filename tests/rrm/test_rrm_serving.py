@@ -43,7 +43,7 @@ def test_room_only_without_the_reply_budget_names_max_tokens(server):
     import torch
 
     from earl.model import UnifiedEditor
-    from earl.rrm.model import judge_prompt
+    from earl.rrm.verifier import judge_prompt
 
     path = str(__import__("pathlib").Path(__file__).resolve().parents[2] / BUNDLED_RRM)
     layout = UnifiedEditor.from_pretrained(path).layout

@@ -11,8 +11,8 @@ import torch
 
 from earl.config import load_config
 from earl.rrm.coldstart import make_examples, read_scan, scene_scan
-from earl.rrm.model import normalise_decoded
 from earl.rrm.trace import parse_trace
+from earl.rrm.verifier import normalise_decoded
 from earl.shapes.edits import make_sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,8 +112,8 @@ def test_expect_traces_put_each_verdict_beside_the_two_phrases_it_compares(vq_to
     wants>`, and its verdict is what comparing those two phrases gives: equal for object, empty and
     background checks, different for the `not` checks, the word present for attribute and count
     checks. Verdicts, scores and the observed part are those of the quoted trace without it."""
-    from earl.rrm.bench import _same_words
     from earl.rrm.coldstart import EXPECT_SEPARATOR, observed_part
+    from earl.rrm.rewardbench import _same_words
     from tokenizer import pil_to_tensor, tensor_to_pil
 
     samples = [make_sample(random.Random(k), "complex", image_size=32) for k in range(4)]
@@ -258,7 +258,7 @@ def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_toke
     """judge_example's weighted form has the same tokens, with the failing points' lines weighted;
     lm_loss with unit weights is the model's own loss, and weights move it toward the weighted tokens."""
     from earl.model import UnifiedEditor
-    from earl.rrm.model import judge_example
+    from earl.rrm.verifier import judge_example
     from earl.text import build_word_tokenizer
     from earl.train.common import lm_loss
     from earl.train.rrm import _judge_corpus
@@ -294,7 +294,7 @@ def test_failing_observation_weight_marks_only_what_failing_points_saw(vq_tokeni
     line; the tokens stay those of the unweighted example."""
     from earl.model import UnifiedEditor
     from earl.rrm.coldstart import observed_part
-    from earl.rrm.model import judge_example
+    from earl.rrm.verifier import judge_example
     from earl.text import build_word_tokenizer
     from earl.train.rrm import _judge_corpus
     from tokenizer import pil_to_tensor, tensor_to_pil
@@ -342,7 +342,7 @@ def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
 
 def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
     """evaluate_rrm compares a generated scan with the oracle's entry by entry; a missing scan counts wrong."""
-    import earl.rrm.model as rrm_model
+    import earl.rrm.verifier as rrm_verifier
     from earl.train.rrm import evaluate_rrm
     from tokenizer import pil_to_tensor, tensor_to_pil
 
@@ -352,7 +352,7 @@ def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
     first, second = ex[0]["trace"].split("\n", 1), ex[1]["trace"].split("\n", 1)
     wrong_cell = first[0].replace("r1c1 ", "r1c1 large ", 1)  # one of 17 entries misread
     replies = [wrong_cell + "\n" + first[1], second[1]]  # the second reply has no scan at all
-    monkeypatch.setattr(rrm_model, "generate_verdicts", lambda *a, **k: replies)
+    monkeypatch.setattr(rrm_verifier, "generate_verdicts", lambda *a, **k: replies)
 
     class _Editor:
         backbone = torch.nn.Linear(1, 1)
@@ -469,7 +469,7 @@ def test_rrm_verifier_expected_points_rewards_the_mean_p_yes_of_the_greedy_verdi
                                                                                     monkeypatch):
     """expected_points: the verifier asks generate_verdicts for the E[points] readout and rewards it / 10;
     a trace that parses but whose readout cannot be read fails rather than falling back to another scale."""
-    from earl.rrm import model as rrm_model
+    from earl.rrm import verifier as rrm_verifier
     from earl.rrm.trace import format_trace
     from earl.verify.base import build_verifier
 
@@ -483,7 +483,7 @@ def test_rrm_verifier_expected_points_rewards_the_mean_p_yes_of_the_greedy_verdi
         asked.append(readouts)
         return [trace] * len(instructions), {r: [7.25, None] for r in readouts}
 
-    monkeypatch.setattr(rrm_model, "generate_verdicts", fake_generate)
+    monkeypatch.setattr(rrm_verifier, "generate_verdicts", fake_generate)
     good, none_read = v.score(reqs)
     assert asked == [("expected_points",)]
     assert good.reward == pytest.approx(0.725) and good.scores["written_score"] == 8.0

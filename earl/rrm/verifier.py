@@ -1,4 +1,5 @@
-"""The reasoning reward model as earl's own unified token model (the case trainable on a CPU).
+"""Prompts, verdict readouts and the verifier of the reasoning reward model as earl's own unified
+token model (the case trainable on a CPU).
 
 It reads one sequence and writes the verdict text of `earl.rrm.trace`:
 

@@ -73,8 +73,8 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
     leaves its verdicts' `point_breakdown` on the returned function, as `.points`. `readout` (greedy
     only, `greedy_readouts`): "written" the score each trace wrote; "expected_score" the expectation
     of the integer after its `<score>`; "expected_points" 10 x the mean P(yes) of its verdict words."""
-    from earl.rrm.model import sample_verdicts
     from earl.rrm.trace import parse_trace
+    from earl.rrm.verifier import sample_verdicts
 
     if readout != "written" and k != 1:
         raise ValueError(f"rrm_scorer: the {readout} readout reads a greedy trace; it does not combine with Avg@k")
@@ -99,10 +99,10 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
 def greedy_readouts(editor, examples: list[dict], max_new_tokens: int,
                     readouts: tuple[str, ...]) -> tuple[dict[str, list[float | None]], dict]:
     """One greedy verdict per example, read every way in `readouts` ("written", "expected_score",
-    "expected_points"; `earl.rrm.model.generate_verdicts`), and its verdicts' `point_breakdown`.
+    "expected_points"; `earl.rrm.verifier.generate_verdicts`), and its verdicts' `point_breakdown`.
     A trace that does not parse fails (None) whatever the readout."""
-    from earl.rrm.model import generate_verdicts
     from earl.rrm.trace import parse_trace
+    from earl.rrm.verifier import generate_verdicts
 
     from_logits = tuple(r for r in readouts if r != "written")
     got = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],

@@ -2,7 +2,7 @@
 
 import json
 
-from earl.bench import METHODS, bench_generate, format_table
+from earl.generation_bench import METHODS, bench_generate, format_table
 
 
 def test_bench_generate_structure_and_well_formed_grids(tmp_path):
@@ -25,7 +25,7 @@ def test_transformers_path_does_the_same_job_greedy_codes_match_earl():
     """At temperature 0, transformers' CFG (log-softmax mix + grid mask) picks earl's codes exactly."""
     import torch
 
-    from earl.bench import INSTRUCTIONS, build_bench_model, parse_grids, run_earl, run_transformers
+    from earl.generation_bench import INSTRUCTIONS, build_bench_model, parse_grids, run_earl, run_transformers
 
     backbone, layout, grid = build_bench_model("shapes-test", 32)
     assert grid == (4, 4)
@@ -41,7 +41,7 @@ def test_the_matmul_floor_runs_the_feeds_the_sampler_runs(monkeypatch):
     """The floor's shapes are the sampler's: the same tokens per forward after the prefill."""
     import torch
 
-    from earl.bench import INSTRUCTIONS, build_bench_model, feed_sizes, run_earl
+    from earl.generation_bench import INSTRUCTIONS, build_bench_model, feed_sizes, run_earl
     from earl.lean import LeanLlama
 
     backbone, layout, (h, w) = build_bench_model("shapes-test", 32)
@@ -56,7 +56,7 @@ def test_emu3_8b_shape_is_emu3s():
     """The GPU benchmark's stand-in for Emu3-8B, built on the meta device (no memory): 8.49B parameters."""
     import torch
 
-    from earl.bench import build_bench_model
+    from earl.generation_bench import build_bench_model
 
     backbone, layout, grid = build_bench_model("emu3-8b", 256, device="meta", dtype=torch.bfloat16)
     c = backbone.config
@@ -69,8 +69,8 @@ def test_emu3_8b_shape_is_emu3s():
 def test_bench_text_times_both_loops_on_equal_work(tmp_path):
     """`earl bench text`: the lean and Hugging Face loops write the same tokens (same seed), so the
     comparison is of equal work; timings are reported, never asserted."""
-    from earl.bench import TEXT_METHODS, bench_text, format_text_table
     from earl.cli import main
+    from earl.generation_bench import TEXT_METHODS, bench_text, format_text_table
 
     res = bench_text(size="shapes-test", batch_size=3, prompt_len=12, new_tokens=9, prompts=2, traces=2, repeats=1)
     assert set(res["results"]) == set(TEXT_METHODS)
