@@ -121,7 +121,7 @@ TRAIN_STAGES = {
     "grpo": ("earl.train.grpo", "GRPORecipe", "train_grpo", None),
     "rrm-sft": ("earl.train.rrm", "RRMRecipe", "train_rrm_sft", None),  # the reasoning reward model's cold start
     "rrm-gcpo": ("earl.train.gcpo", "GCPORecipe", "train_rrm_gcpo", None),  # ... then GCPO on preference pairs
-    "rm-scalar": ("earl.rrm.scalar", "ScalarRecipe", "train_scalar_rm", None),  # the holistic Bradley-Terry baseline
+    "rm-scalar": ("earl.train.scalar_rm", "ScalarRecipe", "train_scalar_rm", None),  # the holistic Bradley-Terry baseline
     # the ImageEdit-R1 decomposition agent, with trl: SFT on ground-truth plans, then GRPO on plan rewards
     "decomposer-sft": ("earl.train.decomposer", "DecomposerSFTRecipe", "train_decomposer_sft", None),
     "decomposer-grpo": ("earl.train.decomposer", "DecomposerGRPORecipe", "train_decomposer_grpo", None),

@@ -1,4 +1,5 @@
-"""The holistic baseline: a scalar Bradley–Terry reward model (`earl train rm-scalar`).
+"""The holistic baseline: a scalar Bradley–Terry reward model (trained by `earl train rm-scalar`,
+`earl.train.scalar_rm`).
 
 What Edit-R1 compares its reasoning verifier against: one number per (source, instruction, edit),
 no principles and no reasoning. It is earl's unified model reading
@@ -13,27 +14,14 @@ sigmoid(s), in [0, 1] like every other reward.
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from earl.config import to_dict
 from earl.errors import ConfigError
-from earl.io import atomic_path, atomic_write_json
-from earl.rrm.pairs import PairData
-from earl.train.common import (
-    MetricLog,
-    OptimSection,
-    RunSection,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    settle_grad_accum,
-)
+from earl.io import atomic_path
 
 HEAD_FILE = "scalar_head.safetensors"
 
@@ -72,23 +60,6 @@ class ScalarRewardModel(nn.Module):
         return m.eval()
 
 
-@dataclass
-class ScalarRecipe:
-    out_dir: str
-    size: str = "shapes-tiny"
-    image_tokenizer: str = "checkpoints/shapes-editor/image_tokenizer"
-    image_size: int = 64
-    # An editor directory to start from (its backbone, image tokenizer and image size; the three
-    # fields above are then ignored), its vocabulary grown by the judge words - as rrm-sft's init_from.
-    init_from: str | None = None
-    data: PairData = field(default_factory=lambda: PairData(eval_samples=100))
-    optim: OptimSection = field(default_factory=OptimSection)
-    run: RunSection = field(default_factory=lambda: RunSection(steps=1000, batch_size=16))
-
-    def __post_init__(self):
-        settle_grad_accum(self.run, 1, "rm-scalar's one batch of pairs per optimizer step")
-
-
 def scalar_scorer(model: ScalarRewardModel, batch_size: int = 32):
     @torch.no_grad()
     def score(examples: list[dict]) -> list[float]:
@@ -99,80 +70,6 @@ def scalar_scorer(model: ScalarRewardModel, batch_size: int = 32):
         return torch.cat([model(seqs[s : s + batch_size]) for s in range(0, len(seqs), batch_size)]).tolist()
 
     return score
-
-
-def train_scalar_rm(cfg: ScalarRecipe, resume: bool = False, progress: bool = True) -> dict:
-    """Bradley–Terry training on simulated preference pairs; returns the final metrics."""
-    import time
-
-    from tqdm.auto import tqdm
-
-    from earl.model import UnifiedEditor
-    from earl.rrm.pairs import pairwise_accuracy
-    from earl.rrm.rewardbench import held_out_pairs
-    from earl.text import build_word_tokenizer
-    from tokenizer.vq import VQTokenizer
-
-    if resume:
-        raise ConfigError("rm-scalar does not resume (short runs): start it again")
-    out = Path(cfg.out_dir)
-    accelerator = make_accelerator(cfg.run, out, cfg.optim)
-    torch.manual_seed(cfg.run.seed)
-    start = None
-    if cfg.init_from:
-        if not Path(cfg.init_from).is_dir():
-            raise ConfigError(f"init_from: {cfg.init_from} not found (expected an editor directory)")
-        start = UnifiedEditor.from_pretrained(cfg.init_from)
-        tok, cfg.image_size = start.image_tokenizer, start.config.image_size
-    elif not Path(cfg.image_tokenizer).is_dir():
-        raise ConfigError(f"image_tokenizer: {cfg.image_tokenizer} not found (expected a tokenizer directory, "
-                          "e.g. checkpoints/shapes-editor/image_tokenizer)")
-    else:
-        tok = VQTokenizer.from_pretrained(cfg.image_tokenizer)
-    pairs = held_out_pairs(tok, cfg.data.samples, cfg.data.seed, cfg.image_size, cfg.data.pairs_per_sample,
-                           cfg.data.annotator_temperature)
-    evals = held_out_pairs(tok, cfg.data.eval_samples, cfg.data.seed + 7_777_777, cfg.image_size,
-                           annotator_temperature=cfg.data.annotator_temperature)
-    words = [f"judge : {p.preferred['instruction']}" for p in pairs + evals]
-    if start is not None:
-        editor = start.with_words(words)
-    else:
-        editor = UnifiedEditor.build(cfg.size, tok, build_word_tokenizer(words), cfg.image_size, seed=cfg.run.seed)
-    model = ScalarRewardModel(editor)
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "recipe.json", to_dict(cfg))
-    log = MetricLog(accelerator, out, "rm_scalar", to_dict(cfg))
-    layout = editor.layout
-    rng = random.Random(cfg.run.seed)
-    t0, metrics = time.time(), {}
-    for step in tqdm(range(1, cfg.run.steps + 1), desc="rm-scalar", disable=not progress):
-        model.train()
-        batch = rng.sample(pairs, min(cfg.run.batch_size, len(pairs)))
-        seqs = [scalar_prompt(layout, e["instruction"], e["source_codes"], e["codes"])
-                for p in batch for e in (p.preferred, p.rejected)]
-        s = model(seqs).view(-1, 2)
-        loss = -torch.nn.functional.logsigmoid(s[:, 0] - s[:, 1]).mean()
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        metrics = {"train/loss": float(loss.detach()), "train/pair_accuracy": float((s[:, 0] > s[:, 1]).float().mean())}
-        if step % cfg.run.log_every == 0:
-            log.log(step, metrics)
-        if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
-            model.eval()
-            res = pairwise_accuracy(evals, scalar_scorer(model))
-            metrics["eval/pairwise_accuracy"] = res["overall"]["accuracy"]
-            log.log(step, {"eval/pairwise_accuracy": res["overall"]["accuracy"]})
-    model.save(out / "model")
-    final = {**metrics, "step": cfg.run.steps, "wall_time_s": round(time.time() - t0, 1)}
-    atomic_write_json(out / "final_metrics.json", final)
-    log.close()
-    return final
 
 
 class ScalarVerifier:

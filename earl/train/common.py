@@ -330,14 +330,24 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def finish_run(accelerator: Accelerator, model, editor, out_dir: Path, metrics: dict, step: int, t0: float,
                log: MetricLog) -> dict:
     """Save the final editor (main rank) and final_metrics.json; returns the finite final metrics."""
+
+    def save(path: Path) -> None:
+        editor.backbone = accelerator.unwrap_model(model)
+        editor.save_pretrained(path)
+
+    return write_final(accelerator, out_dir, metrics, step, t0, log, save)
+
+
+def write_final(accelerator: Accelerator, out_dir: Path, metrics: dict, step: int, t0: float, log: MetricLog,
+                save) -> dict:
+    """`save(out_dir / "model")` and final_metrics.json on the main rank, after every rank is done."""
     import math
 
     final = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
     final.update(step=step, wall_time_s=round(time.time() - t0, 1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        editor.backbone = accelerator.unwrap_model(model)
-        editor.save_pretrained(Path(out_dir) / "model")
+        save(Path(out_dir) / "model")
         atomic_write_json(Path(out_dir) / "final_metrics.json", final)
     log.close()
     return final
@@ -446,36 +456,26 @@ def lm_loss(model, batch: dict) -> torch.Tensor:
 
 def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: bool, progress: bool,
              evaluate=None) -> dict:
-    """The teacher-forced training loop that SFT and the reward model's SFT share.
+    """Teacher-forced training (SFT and the reward model's SFT) as a step function of `run_loop`.
 
     `cfg` has `out_dir`, `optim` (OptimSection) and `run` (RunSection); `loader` yields collated
-    batches with labels; `evaluate(model, step, log) -> metrics` runs every `run.eval_every` steps.
-    Checkpoints every `run.save_every` steps, resumes from the newest with `resume`, saves the
-    editor and final_metrics.json at the end.
+    batches with labels; `evaluate(model, step) -> metrics` runs every `run.eval_every` steps.
+    The data position (epoch, batch) is part of the checkpoint, so a resumed run trains on the
+    batches the interrupted one would have reached.
     """
-    from tqdm.auto import tqdm
+    from earl.train.loop import run_loop
 
-    from earl.config import to_dict
-
-    out = Path(cfg.out_dir)
     model = editor.backbone
     prepare_backbone(model, cfg.run)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
-    step, epoch, batch = 0, 0, 0
-    if resume and (last := ckpts.latest()) is not None:
-        state = ckpts.load(accelerator, last)
-        step = state["step"]
-        epoch, batch = resume_position(state, step, cfg.run.grad_accum, len(loader))
-        accelerator.print(f"resumed from {last} at step {step} (epoch {epoch}, batch {batch})")
-    log = MetricLog(accelerator, out, name, to_dict(cfg), resumed_step=step if resume else None)
-    bar = tqdm(total=cfg.run.steps, initial=step, desc=name, disable=not (progress and accelerator.is_main_process))
-    batches = DataCursor(accelerator, loader, cfg.run.seed, epoch, batch)
-    model.train()
-    t0, tokens, metrics = time.time(), 0, {}
-    while step < cfg.run.steps:
+    batches = DataCursor(accelerator, loader, cfg.run.seed)
+    t0, tokens = time.time(), 0
+
+    def step_fn(step: int) -> dict:
+        nonlocal tokens
+        model.train()
         for _ in range(cfg.run.grad_accum):
             batch = next(batches)
             with accelerator.accumulate(model):
@@ -488,20 +488,38 @@ def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: b
                 step_schedule(accelerator, scheduler)
                 optimizer.zero_grad(set_to_none=True)
             tokens += int((batch["labels"] != -100).sum())
-        step += 1
-        bar.update(1)
-        if step % cfg.run.log_every == 0 or step == cfg.run.steps:
-            loss_v = accelerator.reduce(loss.detach(), reduction="mean").item()
-            metrics = {"train/loss": loss_v, "train/lr": scheduler.get_last_lr()[0],
-                       "train/target_tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
-            log.log(step, metrics)
-            bar.set_postfix(loss=f"{loss_v:.3f}")
-        if evaluate is not None and (step % cfg.run.eval_every == 0 or step == cfg.run.steps):
-            metrics.update(evaluate(model, step, log))
-            model.train()
-        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
-            ckpts.save(accelerator, step, {"recipe": to_dict(cfg), "data": batches.state()})
-    bar.close()
-    return finish_run(accelerator, model, editor, out, metrics, step, t0, log)
+        if step % cfg.run.log_every and step != cfg.run.steps:
+            return {}
+        metrics = {"train/loss": accelerator.reduce(loss.detach(), reduction="mean").item(),
+                   "train/lr": scheduler.get_last_lr()[0],
+                   "train/target_tokens_per_s": tokens / max(time.time() - t0, 1e-9)}
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        return metrics
+
+    def finish(metrics, step, t_start, log):
+        return finish_run(accelerator, model, editor, cfg.out_dir, metrics, step, t_start, log)
+
+    def run_eval(step: int) -> dict:
+        metrics = evaluate(model, step)
+        model.train()
+        return metrics
+
+    return run_loop(cfg, accelerator, name, step_fn, finish, resume=resume, progress=progress,
+                    evaluate=run_eval if evaluate is not None else None,
+                    state=_CursorState(batches, cfg.run.grad_accum, len(loader)), postfix="train/loss")
+
+
+class _CursorState:
+    """A `DataCursor`'s position as the loop's state (checkpoints of earlier versions kept no position:
+    it is then where `step` optimizer steps of `micro_steps` batches each end)."""
+
+    def __init__(self, cursor: DataCursor, micro_steps: int, epoch_batches: int):
+        self.cursor, self.micro_steps, self.epoch_batches = cursor, micro_steps, epoch_batches
+
+    def state_dict(self) -> dict:
+        return {"data": self.cursor.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor.epoch, self.cursor.batch = resume_position(state, state["step"], self.micro_steps, self.epoch_batches)
+        self.cursor._batches = None

@@ -38,8 +38,6 @@ from earl.rl.gcpo import pair_advantages
 from earl.rl.losses import policy_loss
 from earl.rrm.pairs import PairData
 from earl.train.common import (
-    Checkpoints,
-    MetricLog,
     OptimSection,
     RunSection,
     finish_run,
@@ -49,6 +47,7 @@ from earl.train.common import (
     settle_grad_accum,
     step_schedule,
 )
+from earl.train.loop import run_loop
 
 
 @dataclass
@@ -244,10 +243,7 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
 
 
 def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True) -> dict:
-    import time
-
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from earl.model import UnifiedEditor
     from earl.rrm.pairs import pairwise_accuracy
@@ -280,12 +276,6 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
-    step = 0
-    if resume and (last := ckpts.latest()) is not None:
-        step = ckpts.load(accelerator, last)["step"]
-    log = MetricLog(accelerator, out, "rrm_gcpo", to_dict(cfg), resumed_step=step if resume else None)
-
     watch = watched_words(layout, cfg.gcpo.score)
     readout = {"written": "written", "expected": "expected_score", "points": "expected_points"}[cfg.gcpo.score]
 
@@ -297,17 +287,15 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             accelerator.backward(loss)
 
-    bar = tqdm(total=cfg.run.steps, initial=step, desc="gcpo", disable=not progress)
-    t0, metrics = time.time(), {}
-    while step < cfg.run.steps:
-        rng = random.Random(cfg.run.seed * 7919 + step)  # a resumed run sees the same pairs
-        batch = rng.sample(pairs, min(cfg.gcpo.pairs_per_step, len(pairs)))
+    def step_fn(step: int) -> dict:
+        rng = random.Random(cfg.run.seed * 7919 + step - 1)  # pairs and draws are functions of the step:
+        batch = rng.sample(pairs, min(cfg.gcpo.pairs_per_step, len(pairs)))  # a resumed run sees the same ones
         n_points = [len(p.preferred["points"]) for p in batch]
 
         def parse(ids, k, watched=None, n_points=n_points):
             return trace_score(layout, tok, ids, n_points[k], watched, cfg.gcpo.score)
 
-        gen = torch.Generator(device=editor.device).manual_seed(cfg.run.seed * 104729 + step)
+        gen = torch.Generator(device=editor.device).manual_seed(cfg.run.seed * 104729 + step - 1)
         loss, stats = gcpo_step(model, ref, [prompt(p.preferred) for p in batch],
                                 [prompt(p.rejected) for p in batch], parse, cfg.gcpo, layout.ids.eos,
                                 layout.ids.pad, gen, sampler=accelerator.unwrap_model(model), watch=watch,
@@ -318,17 +306,15 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
             optimizer.step()
             step_schedule(accelerator, scheduler)
             optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        metrics = {**stats, "update/skipped": float(loss is None), "train/lr": scheduler.get_last_lr()[0]}
-        log.log(step, metrics)
-        if step % cfg.run.eval_every == 0 or step == cfg.run.steps:
-            editor.backbone = accelerator.unwrap_model(model)
-            res = pairwise_accuracy(evals, rrm_scorer(editor, cfg.gcpo.max_new_tokens, readout=readout))
-            ev = {"eval/pairwise_accuracy": res["overall"]["accuracy"], "eval/failed": float(res["failed"])}
-            log.log(step, ev)
-            metrics.update(ev)
-        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
-            ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
-    bar.close()
-    return finish_run(accelerator, model, editor, out, metrics, step, t0, log)
+        return {**stats, "update/skipped": float(loss is None), "train/lr": scheduler.get_last_lr()[0]}
+
+    def evaluate(step: int) -> dict:
+        editor.backbone = accelerator.unwrap_model(model)
+        res = pairwise_accuracy(evals, rrm_scorer(editor, cfg.gcpo.max_new_tokens, readout=readout))
+        return {"eval/pairwise_accuracy": res["overall"]["accuracy"], "eval/failed": float(res["failed"])}
+
+    def finish(metrics, step, t0, log):
+        return finish_run(accelerator, model, editor, out, metrics, step, t0, log)
+
+    return run_loop(cfg, accelerator, "rrm_gcpo", step_fn, finish, resume=resume, progress=progress,
+                    evaluate=evaluate, postfix="eval/pairwise_accuracy")

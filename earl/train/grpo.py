@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from earl.config import to_dict
 from earl.data import EncodedEdits
@@ -32,8 +31,6 @@ from earl.io import atomic_write_json, save_png
 from earl.rl.logprobs import Rollout, policy_logprobs, rollout_from_generation
 from earl.rl.losses import LOSS_AGGREGATIONS, BatchCounts, group_advantages, policy_loss, zero_variance_groups
 from earl.train.common import (
-    Checkpoints,
-    MetricLog,
     OptimSection,
     RunSection,
     finish_run,
@@ -46,6 +43,7 @@ from earl.train.common import (
     step_schedule,
     world_size,
 )
+from earl.train.loop import run_loop
 
 
 @dataclass
@@ -264,19 +262,11 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
     # the schedule counts optimizer steps: updates_per_rollout per step (one per pass over the rollout)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps * cfg.grpo.updates_per_rollout)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ckpts = Checkpoints(out, keep=cfg.run.keep_checkpoints)
-    step = 0
-    if resume and (last := ckpts.latest()) is not None:
-        step = ckpts.load(accelerator, last)["step"]
-        accelerator.print(f"resumed from {last} at step {step}")
-    log = MetricLog(accelerator, out, "grpo", to_dict(cfg), resumed_step=step if resume else None)
     accelerator.print(f"GRPO: {len(data)} prompts, G={G}, P={P} per process, world size {world_size(accelerator)}")
 
-    bar = tqdm(total=cfg.run.steps, initial=step, desc="grpo", disable=not (progress and accelerator.is_main_process))
-    t_start, metrics = time.time(), {}
-    while step < cfg.run.steps:
-        # prompts depend only on (seed, step, rank): a resumed run sees the same stream
-        order = torch.Generator().manual_seed(cfg.run.seed * 7919 + step * 104729 + accelerator.process_index)
+    def step_fn(step: int) -> dict:
+        # prompts and draws depend only on (seed, step, rank): a resumed run sees the same stream
+        order = torch.Generator().manual_seed(cfg.run.seed * 7919 + (step - 1) * 104729 + accelerator.process_index)
         prompt_idx = torch.randperm(len(data), generator=order)[:P].tolist()
         editor.backbone = accelerator.unwrap_model(model)
         editor.backbone.eval()
@@ -297,10 +287,10 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
         if float(any_signal) > 0:
             update_stats = _update(cfg, accelerator, model, optimizer, scheduler, editor, ref, rollout, adv, row_ok)
         t3 = time.time()
-        step += 1
-        bar.update(1)
         n_img = int(rollout.is_image.sum())
-        metrics = {
+        if accelerator.is_main_process and cfg.grpo.sample_grid_every and step % cfg.grpo.sample_grid_every == 0:
+            _sample_grid(out / "samples" / f"step_{step:06d}.png", sources, edited, rewards, valid, G)
+        return {
             "reward/mean": float(rewards[valid].mean()) if valid.any() else float("nan"),
             "reward/std": float(rewards[valid].std()) if valid.sum() > 1 else 0.0,
             "reward/failed": float((~valid).sum()),
@@ -314,23 +304,23 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
             **_subscores(results),
             **monitor,
         }
-        log.log(step, metrics)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}")
-        if accelerator.is_main_process and cfg.grpo.sample_grid_every and step % cfg.grpo.sample_grid_every == 0:
-            _sample_grid(out / "samples" / f"step_{step:06d}.png", sources, edited, rewards, valid, G)
-        if evalset is not None and (step % cfg.run.eval_every == 0 or step == cfg.run.steps):
-            if accelerator.is_main_process:
-                from earl.evaluate import oracle_eval
 
-                editor.backbone = accelerator.unwrap_model(model)
-                ev = oracle_eval(editor, evalset, cfg.data.oracle_eval_samples, cfg.eval_sampling)
-                log.log(step, {f"eval/{k}": v for k, v in ev.items()})
-                metrics.update({f"eval/{k}": v for k, v in ev.items()})
-            accelerator.wait_for_everyone()
-        if step % cfg.run.save_every == 0 or step == cfg.run.steps:
-            ckpts.save(accelerator, step, {"recipe": to_dict(cfg)})
-    bar.close()
-    return finish_run(accelerator, model, editor, out, metrics, step, t_start, log)
+    def evaluate(step: int) -> dict:
+        ev = {}
+        if accelerator.is_main_process:
+            from earl.evaluate import oracle_eval
+
+            editor.backbone = accelerator.unwrap_model(model)
+            ev = {f"eval/{k}": v for k, v in oracle_eval(editor, evalset, cfg.data.oracle_eval_samples,
+                                                         cfg.eval_sampling).items()}
+        accelerator.wait_for_everyone()
+        return ev
+
+    def finish(metrics, step, t_start, log):
+        return finish_run(accelerator, model, editor, out, metrics, step, t_start, log)
+
+    return run_loop(cfg, accelerator, "grpo", step_fn, finish, resume=resume, progress=progress,
+                    evaluate=evaluate if evalset is not None else None, postfix="reward/mean")
 
 
 def _update(cfg: GRPORecipe, accelerator, model, optimizer, scheduler, editor, ref, rollout: Rollout,

@@ -248,12 +248,10 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
                           f" points passed ({sum(failing) / max(1, len(failing)):.1%}; data.verifier_miss"
                           f" {cfg.data.verifier_miss})")
 
-    def evaluate(model, step, log):
+    def evaluate(model, step):
         if not accelerator.is_main_process:
             return {}
         editor.backbone = accelerator.unwrap_model(model)
-        metrics = evaluate_rrm(editor, held_out, cfg.data.max_new_tokens)
-        log.log(step, metrics)
-        return metrics
+        return evaluate_rrm(editor, held_out, cfg.data.max_new_tokens)
 
     return train_lm(cfg, accelerator, editor, loader, "rrm_sft", resume, progress, evaluate)

@@ -202,7 +202,7 @@ def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> di
     accelerator.print(f"SFT: {len(train)} examples, world size {world_size(accelerator)}, "
                       f"{sum(p.numel() for p in editor.backbone.parameters()) / 1e6:.2f}M parameters")
     return train_lm(cfg, accelerator, editor, loader, "sft", resume, progress,
-                    lambda model, step, log: evaluate(cfg, accelerator, model, editor, evalset, step, log))
+                    lambda model, step: evaluate(cfg, accelerator, model, editor, evalset, step))
 
 
 def rank_batches(n: int, batch_size: int, rank: int, world: int) -> list[range]:
@@ -236,7 +236,7 @@ def held_out_loss(accelerator, model, ds, collate, batch_size: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(cfg: SFTRecipe, accelerator, model, editor, evalset: EncodedEdits | None, step: int, log) -> dict:
+def evaluate(cfg: SFTRecipe, accelerator, model, editor, evalset: EncodedEdits | None, step: int) -> dict:
     """Teacher-forced loss on the held-out set (all ranks), then oracle metrics on generated edits (main rank)."""
     if evalset is None:
         return {}
@@ -249,5 +249,4 @@ def evaluate(cfg: SFTRecipe, accelerator, model, editor, evalset: EncodedEdits |
         editor.backbone = accelerator.unwrap_model(model)
         oracle = oracle_eval(editor, evalset, cfg.data.oracle_eval_samples, cfg.eval_sampling)
         metrics.update({f"eval/{k}": v for k, v in oracle.items()})
-    log.log(step, metrics)
     return metrics

@@ -156,7 +156,8 @@ def test_rrm_gcpo_trainer_runs_and_saves(tmp_path, tiny_editor, score):
 
 def test_scalar_bradley_terry_model_learns_saves_and_rewards(tmp_path, vq_tokenizer):
     from earl.config import load_config
-    from earl.rrm.scalar import ScalarRecipe, ScalarRewardModel, scalar_scorer, train_scalar_rm
+    from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
+    from earl.train.scalar_rm import ScalarRecipe, train_scalar_rm
     from earl.verify.base import EditRequest, build_verifier
 
     vq_tokenizer.save_pretrained(tmp_path / "tok")
@@ -190,7 +191,8 @@ def test_scalar_recipe_with_a_missing_tokenizer_names_the_field(tmp_path):
 
 def test_scalar_model_can_start_from_an_editor(tmp_path, tiny_editor):
     from earl.config import load_config
-    from earl.rrm.scalar import ScalarRecipe, ScalarRewardModel, train_scalar_rm
+    from earl.rrm.scalar import ScalarRewardModel
+    from earl.train.scalar_rm import ScalarRecipe, train_scalar_rm
 
     tiny_editor.save_pretrained(tmp_path / "editor")
     root = Path(__file__).resolve().parents[2]

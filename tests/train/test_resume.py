@@ -1,5 +1,6 @@
-"""Exactly-once, bit-exact resume of the SFT loop (`train_lm`): a run killed with SIGKILL and resumed
-logs each step once and ends with the weights of a run never stopped."""
+"""Exactly-once, bit-exact resume through the shared training loop (`earl.train.loop`): SFT, GRPO and
+the scalar reward model, each killed with SIGKILL at a pseudo-random point and resumed, log each step
+once, with the metrics, and end with the weights, of a run never stopped."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -73,33 +75,72 @@ def _kill_after(proc: subprocess.Popen, run: Path, target_step: int, extra_delay
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run had finished before the kill landed"
 
 
-def _losses(run: Path) -> list[tuple[int, float]]:
-    """(step, loss) of every line of metrics.jsonl, in file order: a repeated step would show."""
-    return [(r["step"], r["train/loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+def _grpo_command(tmp: Path, start: Path, out: Path, resume: bool) -> list[str]:
+    """`earl train grpo` from the tiny editor with the oracle's graded reward (every group has signal)."""
+    overrides = {
+        "out_dir": out, "init_from": start, "data.train": "[shapes:simple:train:32:0]", "data.eval": "null",
+        "data.cache_dir": tmp / "cache", "data.image_size": 32, "verifier.options": "{reward: overall}",
+        "grpo.group_size": 4, "grpo.prompts_per_step": 2, "grpo.minibatch_size": 4, "grpo.sample_grid_every": 0,
+        "optim.lr": 3e-2, "optim.min_lr": 1e-2, "optim.warmup_steps": 1,
+        "run.steps": 16, "run.save_every": SAVE_EVERY, "run.eval_every": 1000,
+    }
+    return [sys.executable, "-m", "earl.cli", "train", "grpo", str(ROOT / "recipes/shapes/grpo.yaml"),
+            *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
 
 
-def test_sft_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, vq_tokenizer):
-    tok_dir = tmp_path / "tok"
-    vq_tokenizer.save_pretrained(tok_dir)
+def _scalar_command(tmp: Path, tok_dir: Path, out: Path, resume: bool) -> list[str]:
+    overrides = {
+        "out_dir": out, "size": "shapes-test", "image_tokenizer": tok_dir, "image_size": 32, "data.samples": 8,
+        "data.eval_samples": 2, "run.steps": 40, "run.batch_size": 8, "run.log_every": 1, "run.eval_every": 1000,
+        "run.save_every": SAVE_EVERY, "optim.lr": 3e-3, "optim.warmup_steps": 1,
+    }
+    return [sys.executable, "-m", "earl.cli", "train", "rm-scalar", str(ROOT / "recipes/shapes/rm_scalar.yaml"),
+            *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
+
+
+JOBS = {  # job -> (command builder, steps, weight files compared)
+    "sft": (_sft_command, STEPS, ["model/backbone/model.safetensors"]),
+    "grpo": (_grpo_command, 16, ["model/backbone/model.safetensors"]),
+    "rm-scalar": (_scalar_command, 40, ["model/backbone/model.safetensors", "model/scalar_head.safetensors"]),
+}
+
+
+def _rows(run: Path) -> list[dict]:
+    """Every line of metrics.jsonl in file order (a repeated step would show), without wall-clock figures."""
+    timing = ("time", "time/", "rollout/image_tokens_per_s", "train/target_tokens_per_s")
+    return [{k: v for k, v in r.items() if not k.startswith(timing)}
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_a_run_killed_and_resumed_matches_an_uninterrupted_one(job, tmp_path, vq_tokenizer, tiny_editor):
+    build, steps, weights = JOBS[job]
+    start = tmp_path / "start"  # the tokenizer for the jobs that build a model, the editor for GRPO
+    (tiny_editor if job == "grpo" else vq_tokenizer).save_pretrained(start)
     ref, run = tmp_path / "ref", tmp_path / "run"
-    _finish(_start(_sft_command(tmp_path, tok_dir, ref, resume=False), tmp_path / "ref.log"), tmp_path / "ref.log")
+    _finish(_start(build(tmp_path, start, ref, resume=False), tmp_path / "ref.log"), tmp_path / "ref.log")
 
-    rng = random.Random(29)  # the kill point: pseudo-random, the same on every run of the test
-    target, delay = rng.randint(SAVE_EVERY + 1, STEPS // 2), rng.uniform(0.0, 0.05)
+    # the kill point: pseudo-random, the same on every run of the test, one or two steps past a checkpoint
+    # (so that the steps logged after it must be dropped), and a little later (mid-step, or mid-save)
+    rng = random.Random(f"29-{job}")
+    target = SAVE_EVERY * rng.randint(1, steps // (2 * SAVE_EVERY)) + rng.randint(1, 2)
+    delay = rng.uniform(0.0, 0.02)
     log = tmp_path / "run.log"
-    proc = _start(_sft_command(tmp_path, tok_dir, run, resume=False), log)
+    proc = _start(build(tmp_path, start, run, resume=False), log)
     _kill_after(proc, run, target, delay, log)
     killed_at = max(_logged_steps(run))
-    _finish(_start(_sft_command(tmp_path, tok_dir, run, resume=True), log), log)
+    _finish(_start(build(tmp_path, start, run, resume=True), log), log)
     resumed_from = int(re.search(r"resumed from \S+ at step (\d+)", log.read_text()).group(1))
     assert resumed_from < killed_at  # steps were logged after the checkpoint and had to be dropped
 
-    expected = _losses(ref)
-    assert [s for s, _ in expected] == list(range(1, STEPS + 1))
-    assert _losses(run) == expected  # each step once, bit-identical losses
-    a, b = load_file(str(ref / "model/backbone/model.safetensors")), load_file(str(run / "model/backbone/model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    _assert_tensorboard_steps_once(run / "logs", STEPS)
+    expected = _rows(ref)
+    assert [r["step"] for r in expected if not any(k.startswith("eval/") for k in r)] == list(range(1, steps + 1))
+    assert _rows(run) == expected  # each step once, bit-identical metrics
+    for name in weights:
+        a, b = load_file(str(ref / name)), load_file(str(run / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    if job == "sft":
+        _assert_tensorboard_steps_once(run / "logs", steps)
 
 
 def _assert_tensorboard_steps_once(logs: Path, steps: int) -> None:
