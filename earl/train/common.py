@@ -282,11 +282,9 @@ class MetricLog:
         self.t0 = time.time()
         if accelerator.is_main_process:
             tb_config = {k: v for k, v in _flatten(config).items() if isinstance(v, (int, float, str, bool))}
-            init_kwargs = {}
+            init_kwargs = tracker_init_kwargs(accelerator, Path(out_dir), resumed_step)
             if resumed_step is not None:
                 drop_metrics_after(self.path, resumed_step)
-                # TensorBoard discards the events at steps >= purge_step written before this writer started
-                init_kwargs = {"tensorboard": {"purge_step": resumed_step + 1}}
             accelerator.init_trackers(run_name, config=tb_config, init_kwargs=init_kwargs)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -299,6 +297,26 @@ class MetricLog:
 
     def close(self) -> None:
         self.acc.end_training()
+
+
+def tracker_init_kwargs(accelerator: Accelerator, out_dir: Path, resumed_step: int | None) -> dict:
+    """What each tracker needs so that a resumed run shows every step once.
+
+    - TensorBoard: `purge_step` discards the events at steps after the checkpoint that the killed run
+      had written (the resumed run writes them again);
+    - wandb: the same run is continued (`id` kept in `out_dir/wandb_run_id`, `resume="allow"`) instead
+      of a second run starting at step 0. wandb ignores steps below the last one it received: those are
+      the steps the killed run logged past its checkpoint, which a bit-exact resume repeats identically.
+    """
+    kwargs: dict = {}
+    if resumed_step is not None:
+        kwargs["tensorboard"] = {"purge_step": resumed_step + 1}
+    if any(str(getattr(t, "value", t)) == "wandb" for t in accelerator.log_with):
+        id_file = out_dir / "wandb_run_id"
+        if not id_file.is_file():
+            atomic_write_text(id_file, hashlib.sha256(f"{out_dir.resolve()}:{time.time_ns()}".encode()).hexdigest()[:16])
+        kwargs["wandb"] = {"id": id_file.read_text().strip(), "resume": "allow"}
+    return kwargs
 
 
 def drop_metrics_after(path: Path, step: int) -> None:

@@ -166,3 +166,23 @@ def test_a_data_cursor_resumed_mid_epoch_repeats_the_order_and_leaves_global_ran
     assert [next(rest).tolist() for _ in range(6)] == seen[7:13]
     assert torch.equal(torch.get_rng_state(), before)
     assert rest.state() == {"epoch": 2, "batch": 3} == whole.state()
+
+
+def test_a_resumed_run_continues_the_same_wandb_run_and_purges_tensorboard(tmp_path):
+    """wandb is optional (not installed here): what matters is what the trackers are started with."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import LoggerType
+
+    from earl.train.common import tracker_init_kwargs
+
+    both = SimpleNamespace(log_with=[LoggerType.TENSORBOARD, LoggerType.WANDB])
+    first = tracker_init_kwargs(both, tmp_path, None)
+    assert "tensorboard" not in first and first["wandb"]["resume"] == "allow"
+    again = tracker_init_kwargs(both, tmp_path, 40)
+    assert again["wandb"]["id"] == first["wandb"]["id"]  # the same run, continued
+    assert again["tensorboard"] == {"purge_step": 41}
+    other = tmp_path / "other"
+    other.mkdir()
+    assert tracker_init_kwargs(both, other, None)["wandb"]["id"] != first["wandb"]["id"]
+    assert "wandb" not in tracker_init_kwargs(SimpleNamespace(log_with=[LoggerType.TENSORBOARD]), tmp_path, 3)
