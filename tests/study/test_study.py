@@ -195,3 +195,52 @@ def test_grpo_diagnostics_counts_a_step_logged_again_by_a_resumed_run_once(tmp_p
     assert d["reward_mean"] == pytest.approx(0.25)
     assert d["skipped_updates"] == pytest.approx(0.25)  # one skipped update in four steps
     assert (d["eval_success_first"], d["eval_success_last"]) == (0.3, 0.5)
+
+
+def test_a_study_killed_at_a_random_point_and_resumed_reports_what_an_uninterrupted_one_does(tmp_path, tok_dir):
+    """`earl study` as a process of its own, SIGKILLed at a pseudo-random moment (mid-SFT, mid-evaluation
+    or mid-GRPO), run again: the same table, to the last digit, and the same weights as a run never stopped."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    arms = f"""
+  - {{name: sft_simple, kind: sft, recipe: {ROOT}/recipes/shapes/sft.yaml}}
+  - {{name: rl, kind: grpo, recipe: {ROOT}/recipes/shapes/grpo.yaml, start: sft_simple}}
+"""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+    def study(name: str) -> tuple[list[str], Path]:
+        (tmp_path / name).mkdir()
+        f = tiny_study(tmp_path / name, tok_dir, arms=arms, seeds="[0]")
+        f.write_text(f.read_text().replace(f"cache_dir: {tmp_path / name / 'cache'}", f"cache_dir: {tmp_path / 'cache'}"))
+        return [sys.executable, "-m", "earl.cli", "study", str(f)], tmp_path / name / "study"
+
+    ref_cmd, ref = study("ref")
+    assert subprocess.run(ref_cmd, env=env, capture_output=True).returncode == 0
+
+    rng = random.Random(31)
+    trigger = rng.choice(["sft_simple/seed_0/checkpoints", "sft_simple/seed_0/eval_simple.json", "rl/seed_0/metrics.jsonl"])
+    cmd, out = study("run")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / trigger).exists():
+        assert proc.poll() is None and time.time() < deadline, f"the study ended before {trigger} appeared"
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.3))
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "results.json").exists()
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+
+    a, b = (json.loads((d / "results.json").read_text()) for d in (ref, out))
+    assert a["arms"] == b["arms"] and a["paired_differences"] == b["paired_differences"]
+    for arm in ("sft_simple", "rl"):
+        wa, wb = (load_file(str(d / arm / "seed_0/model/backbone/model.safetensors")) for d in (ref, out))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), arm
