@@ -1,7 +1,8 @@
 """Emu3 as an earl editor: its text model is the backbone, its VQ-VAE the image tokenizer.
 
-`UnifiedEditor.from_pretrained(DIR)` calls `load_emu3_editor` when DIR is an Emu3 checkpoint in
-transformers' format (`Emu3ForConditionalGeneration`: config.json with model_type "emu3"). Nothing
+`UnifiedEditor.from_pretrained(DIR)` calls `load_emu3_parts` when DIR is an Emu3 checkpoint in
+transformers' format (`Emu3ForConditionalGeneration`: config.json with model_type "emu3") and builds
+the editor from the parts it returns (`EditorParts`; this module never imports `earl.model`). Nothing
 is copied: the editor's backbone is an `Emu3ForCausalLM` whose body and head are the checkpoint's
 own modules, and its image tokenizer wraps the checkpoint's VQ-VAE.
 
@@ -22,7 +23,9 @@ resized back to the input's size.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,6 +36,17 @@ STRUCTURAL = {"boi": "<|image start|>", "img": "<|image token|>", "eol": "<|extr
 THINK_TOKENS = ("<|extra_100|>", "<|extra_101|>")
 VISUAL_PREFIX = "<|visual token "
 DEFAULT_AREA = 256 * 256
+
+
+@dataclass
+class EditorParts:
+    """What a loader of another checkpoint format returns and `UnifiedEditor.from_parts` assembles."""
+
+    backbone: Any  # a causal LM
+    image_tokenizer: Any  # `tokenizer.ImageTokenizer`
+    text_tokenizer: Any
+    layout: Any  # `earl.layout.EditLayout`
+    config: dict  # the `earl.model.EditorConfig` fields
 
 
 def is_emu3_checkpoint(path: Path) -> bool:
@@ -72,13 +86,13 @@ def _normalisation(path: Path) -> tuple[list[float], list[float]]:
     return [0.5] * 3, [0.5] * 3
 
 
-def load_emu3_editor(path: str | Path, dtype: torch.dtype | None = None, cot: bool = False,
-                     image_area: int = DEFAULT_AREA):
-    """An `UnifiedEditor` over an Emu3 checkpoint directory (weights shared, not copied)."""
+def load_emu3_parts(path: str | Path, dtype: torch.dtype | None = None, cot: bool = False,
+                    image_area: int = DEFAULT_AREA) -> EditorParts:
+    """The parts of an editor over an Emu3 checkpoint directory (weights shared, not copied):
+    `UnifiedEditor.from_parts(load_emu3_parts(path))` is the editor."""
     from transformers import AutoTokenizer, Emu3ForCausalLM, Emu3ForConditionalGeneration
 
     from earl.layout import EditLayout, TextIds
-    from earl.model import EditorConfig, UnifiedEditor
     from tokenizer.emu3 import Emu3VQTokenizer
 
     path = Path(path)
@@ -100,10 +114,9 @@ def load_emu3_editor(path: str | Path, dtype: torch.dtype | None = None, cot: bo
                   think_end=vocab_map[THINK_TOKENS[1]])
     side = int(round(image_area ** 0.5))
     d = image_tokenizer.downsample
-    config = EditorConfig(cot=cot, image_size=side, grid=(side // d, side // d), image_vocab=vocab.to_dict(),
-                          text_ids=ids.to_dict(), image_tokenizer_kind="emu3", resize_rule="area",
-                          image_area=image_area)
-    return UnifiedEditor(backbone, image_tokenizer, text_tokenizer, EditLayout(text_tokenizer, vocab, ids), config)
+    config = dict(cot=cot, image_size=side, grid=(side // d, side // d), image_vocab=vocab.to_dict(),
+                  text_ids=ids.to_dict(), image_tokenizer_kind="emu3", resize_rule="area", image_area=image_area)
+    return EditorParts(backbone, image_tokenizer, text_tokenizer, EditLayout(text_tokenizer, vocab, ids), config)
 
 
 def area_size(width: int, height: int, area: int, factor: int) -> tuple[int, int]:

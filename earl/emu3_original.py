@@ -309,14 +309,23 @@ def _checkpoint_names(path: Path) -> list[str]:
 # ---- the editor ---------------------------------------------------------------------------------
 def load_original_editor(model_dir: str | os.PathLike, vision_tokenizer: str | os.PathLike | None,
                          dtype: torch.dtype | None = None, cot: bool | None = None, image_area: int | None = None):
-    """An `UnifiedEditor` over an EARL / BAAI original-format checkpoint and its vision tokenizer.
+    """An `UnifiedEditor` over an EARL / BAAI original-format checkpoint and its vision tokenizer
+    (`load_original_parts`, assembled by `UnifiedEditor.from_parts`)."""
+    from earl.model import UnifiedEditor
+
+    return UnifiedEditor.from_parts(load_original_parts(model_dir, vision_tokenizer, dtype, cot, image_area))
+
+
+def load_original_parts(model_dir: str | os.PathLike, vision_tokenizer: str | os.PathLike | None,
+                        dtype: torch.dtype | None = None, cot: bool | None = None, image_area: int | None = None):
+    """The parts (`earl.emu3.EditorParts`) of an editor over an EARL / BAAI original-format checkpoint
+    and its vision tokenizer.
 
     `cot` None: chain-of-thought when the resolved path names it ("thinking", as EARL's thinking
     checkpoints do). Images follow earl's Emu3 rule at EARL's 256x256 of area unless `image_area` says.
     """
-    from earl.emu3 import DEFAULT_AREA, THINK_TOKENS, image_vocab_from_map
+    from earl.emu3 import DEFAULT_AREA, THINK_TOKENS, EditorParts, image_vocab_from_map
     from earl.layout import EditLayout, TextIds
-    from earl.model import EditorConfig, UnifiedEditor
 
     model_dir = Path(model_dir)
     cfg = _config(model_dir)
@@ -340,11 +349,12 @@ def load_original_editor(model_dir: str | os.PathLike, vision_tokenizer: str | o
     area = image_area or DEFAULT_AREA
     side = int(round(area ** 0.5))
     d = image_tokenizer.downsample
-    config = EditorConfig(cot=cot, image_size=side, grid=(side // d, side // d), image_vocab=vocab.to_dict(),
-                          text_ids=ids.to_dict(), image_tokenizer_kind="emu3", resize_rule="area", image_area=area,
-                          prompt_order="image_instruction", think_format="cot_text")
-    layout = EditLayout(text_tokenizer, vocab, ids, prompt_order=config.prompt_order, think_format=config.think_format)
-    return UnifiedEditor(backbone, image_tokenizer, text_tokenizer, layout, config)
+    config = dict(cot=cot, image_size=side, grid=(side // d, side // d), image_vocab=vocab.to_dict(),
+                  text_ids=ids.to_dict(), image_tokenizer_kind="emu3", resize_rule="area", image_area=area,
+                  prompt_order="image_instruction", think_format="cot_text")
+    layout = EditLayout(text_tokenizer, vocab, ids, prompt_order=config["prompt_order"],
+                        think_format=config["think_format"])
+    return EditorParts(backbone, image_tokenizer, text_tokenizer, layout, config)
 
 
 def convert(model_dir: str | os.PathLike, vision_tokenizer: str | os.PathLike, out: str | os.PathLike,

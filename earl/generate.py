@@ -362,6 +362,55 @@ def greedy_text(backbone, batch: dict[str, torch.Tensor], max_new_tokens: int, e
     return torch.stack(ids, dim=1), torch.stack(logits, dim=1) if keep_logits else None
 
 
+def sample_traces(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int, eos: int,
+                  pad: int, generator: torch.Generator | None = None) -> list[list[int]]:
+    """n sampled completions per prompt (prompt-major), each ending at eos or the token budget."""
+    return sample_traces_watching(model, prompts, n, temperature, max_new_tokens, eos, pad, generator)[0]
+
+
+def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
+                           eos: int, pad: int, generator: torch.Generator | None = None,
+                           watch: list[int] | None = None,
+                           lean: bool | None = None) -> tuple[list[list[int]], list[torch.Tensor] | None]:
+    """`sample_traces`, and with `watch` also each completion's raw logits (before the temperature) of
+    the `watch` tokens at every step it sampled: one (len(completion), len(watch)) CPU tensor per row.
+    Why: a score read as an expectation (`gcpo.score: expected`) needs the distribution the score
+    word was drawn from, and keeping only a few columns costs nothing next to the forward pass.
+    `lean`: the decoder choice of `earl.generate.open_decoder` (None: `earl.lean` on a CPU)."""
+    rows = [p for p in prompts for _ in range(n)]
+    L = max(len(p) for p in rows)
+    device = next(model.parameters()).device
+    ids = torch.full((len(rows), L), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(rows):
+        ids[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), 1
+    ids, mask = ids.to(device), mask.to(device)
+    out = [[] for _ in rows]
+    seen: list[list[torch.Tensor]] = [[] for _ in rows]
+    cols = torch.tensor(watch, device=device) if watch is not None else None
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    with torch.no_grad():
+        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask.cpu()).to(device)}
+        dec = open_decoder(model, batch, max_new_tokens, lean)
+        for step in range(max_new_tokens):
+            logits = dec.logits.float()
+            probs = torch.softmax(logits / temperature, -1)
+            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            kept = logits[:, cols].cpu() if cols is not None else None
+            for i in torch.nonzero(~done)[:, 0].tolist():
+                out[i].append(int(nxt[i]))
+                if kept is not None:
+                    seen[i].append(kept[i])
+            done |= nxt == eos
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            dec.feed(nxt[:, None])
+    if watch is None:
+        return out, None
+    return out, [torch.stack(s) if s else torch.zeros((0, len(watch))) for s in seen]
+
+
 def decoding_capacity(layout: EditLayout, h: int, w: int, cfg: SamplingConfig, think: bool) -> int:
     """Tokens a generation can feed after its prompt: [<think> text </think>] header, h rows of w codes + <eol>."""
     thinking = len(layout.think_open()) + cfg.max_think_tokens if think else 0

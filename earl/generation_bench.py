@@ -412,8 +412,7 @@ def bench_text(size: str = "shapes-tiny", batch_size: int = 16, prompt_len: int 
     2026-12-01) and with `earl.generate.greedy_text`; GCPO's sampler (`prompts` x `traces` rows at
     temperature 1) over the Hugging Face forward and over `earl.lean`. Same seed, so each pair must
     write the same tokens; `same_output` records whether it did (float rounding may flip a near-tie)."""
-    from earl.generate import greedy_text
-    from earl.train.gcpo import sample_traces_watching
+    from earl.generate import greedy_text, sample_traces_watching
 
     if repeats < 1 or min(batch_size, prompt_len, new_tokens, prompts, traces) < 1:
         raise EarlError("repeats, batch_size, prompt_len, new_tokens, prompts and traces must all be >= 1")

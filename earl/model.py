@@ -175,13 +175,14 @@ class UnifiedEditor(nn.Module):
         meta = path / "editor.json"
         if not path.is_dir():
             raise EarlError(f"{path}: model directory not found")
-        from earl.emu3 import is_emu3_checkpoint, load_emu3_editor
-        from earl.emu3_original import is_original_emu3, load_original_editor, unknown_directory
+        from earl.emu3 import is_emu3_checkpoint, load_emu3_parts
+        from earl.emu3_original import is_original_emu3, load_original_parts, unknown_directory
 
         if not meta.is_file() and is_emu3_checkpoint(path):  # a transformers Emu3 checkpoint, used as is
-            return cls._finish(load_emu3_editor(path, dtype=dtype), device, attention)
+            return cls._finish(cls.from_parts(load_emu3_parts(path, dtype=dtype)), device, attention)
         if not meta.is_file() and is_original_emu3(path):  # BAAI's remote-code layout (EARL's releases)
-            return cls._finish(load_original_editor(path, vision_tokenizer, dtype=dtype, cot=cot), device, attention)
+            parts = load_original_parts(path, vision_tokenizer, dtype=dtype, cot=cot)
+            return cls._finish(cls.from_parts(parts), device, attention)
         if not meta.is_file():
             raise unknown_directory(path)
         try:
@@ -201,6 +202,13 @@ class UnifiedEditor(nn.Module):
         layout = EditLayout(text_tokenizer, ImageVocab.from_dict(config.image_vocab), TextIds.from_dict(config.text_ids),
                             prompt_order=config.prompt_order, think_format=config.think_format)
         return cls._finish(cls(backbone, image_tokenizer, text_tokenizer, layout, config), device, attention)
+
+    @classmethod
+    def from_parts(cls, parts) -> UnifiedEditor:
+        """The editor a loader of another format describes (`earl.emu3.EditorParts`: backbone, tokenizers,
+        layout and the `EditorConfig` fields), as it is: nothing moved or copied."""
+        return cls(parts.backbone, parts.image_tokenizer, parts.text_tokenizer, parts.layout,
+                   EditorConfig(**parts.config))
 
     @staticmethod
     def _finish(editor: UnifiedEditor, device, attention: str) -> UnifiedEditor:

@@ -1,4 +1,6 @@
-"""Imports point one way: tokenizer/ never imports earl; the library never imports the CLI or recipes."""
+"""Imports point one way: tokenizer/ never imports earl; the library never imports the CLI or recipes;
+the reward model never imports training, training never imports the benchmark runner, and the Emu3
+loader never imports the editor it feeds. Function-level imports count (`ast.walk`)."""
 
 import ast
 from pathlib import Path
@@ -11,12 +13,18 @@ FORBIDDEN = {
     "earl.layout": ["earl.model", "earl.generate", "earl.train", "earl.cli"],
     "earl.shapes": ["earl.model", "earl.generate", "earl.train", "earl.cli", "earl.agents", "torch"],
     "earl.agents": ["earl.train", "earl.cli"],
-    "earl.generate": ["earl.train", "earl.cli"],
+    "earl.generate": ["earl.train", "earl.cli", "earl.rrm"],
     "earl.lean": ["earl.model", "earl.generate", "earl.train", "earl.cli"],
     "earl.model": ["earl.train", "earl.cli", "earl.generate"],
-    "earl.train": ["earl.cli"],
+    "earl.train": ["earl.cli", "earl.rrm.rewardbench"],  # training never imports the benchmark runner
     "earl.verify": ["earl.model", "earl.generate", "earl.train", "earl.cli", "earl.serve"],
     "earl.rl": ["earl.train", "earl.cli"],
+    "earl.rrm": ["earl.train", "earl.cli"],
+    "earl.emu3": ["earl.model", "earl.train", "earl.cli"],  # the loader returns parts; UnifiedEditor assembles them
+}
+# (module, import) pairs a rule above still meets, until the module's owner moves the import
+NOT_YET = {
+    ("earl.train.scalar_rm", "earl.rrm.rewardbench"),  # held_out_pairs: from earl.rrm.pairs instead
 }
 
 
@@ -38,7 +46,7 @@ def test_imports_point_one_way():
         for owner, banned in FORBIDDEN.items():
             if mod == owner or mod.startswith(owner + "."):
                 for imp in imports_of(f):
-                    if any(imp == b or imp.startswith(b + ".") for b in banned):
+                    if any(imp == b or imp.startswith(b + ".") for b in banned) and (mod, imp) not in NOT_YET:
                         problems.append(f"{mod} imports {imp}")
     assert not problems, problems
 

@@ -8,6 +8,9 @@ scores the same distribution, so this module recomputes it with gradients: one f
 conditional sequences and, with CFG, one over the unconditional ones (which never saw the
 thinking text, as in sampling). Forced structure carries no log-prob and no loss. Top-k / top-p
 make the sampled distribution depend on a filter and are refused by the RL config.
+
+`sequence_logprobs` is the same for plain text (the reward model's traces, GCPO): each completion
+token under the full vocabulary at the sampling temperature.
 """
 
 from __future__ import annotations
@@ -108,3 +111,30 @@ def policy_logprobs(backbone, layout: EditLayout, rollout: Rollout, sampling: Sa
     is_txt = (rollout.sampled[:, :T_] & ~rollout.is_image[:, :T_]).to(cond.device)
     lp = torch.where(is_img, img_lp, torch.where(is_txt, txt_lp, torch.zeros_like(img_lp)))
     return torch.nn.functional.pad(lp, (0, T - T_))
+
+
+def sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int, temperature: float) -> torch.Tensor:
+    """(N, T) log-probs of each sequence's tokens from `starts[i]` on (right-padded with 0), full vocabulary.
+
+    Rows are left-padded, so every completion ends at the last position: logits are computed for the
+    last T + 1 positions only (`logits_to_keep`), not for the prompts, which are most of each row."""
+    L = max(len(s) for s in seqs)
+    T = max(len(s) - st for s, st in zip(seqs, starts))
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(s)
+        mask[i, L - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    device = next(model.parameters()).device
+    keep = min(L, T + 1)  # logits at positions L - keep .. L - 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                   logits_to_keep=keep).logits
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    out = torch.zeros((len(seqs), T), device=device)
+    for i, (s, st) in enumerate(zip(seqs, starts)):
+        off = L - len(s) - (L - keep)  # row i's left padding, in the kept window's coordinates
+        tgt = torch.tensor(s[st:], device=device)
+        rows = torch.arange(off + st - 1, off + len(s) - 1, device=device)
+        out[i, : len(tgt)] = logp[i, rows].gather(-1, tgt[:, None])[:, 0]
+    return out

@@ -58,7 +58,7 @@ from PIL import Image
 
 from earl.errors import DataError
 from earl.io import atomic_write_json, atomic_write_text, load_dataset_image, read_json
-from earl.rrm.rewardbench import _weights_fingerprint
+from earl.rrm.rewardbench import weights_fingerprint
 from earl.verify.base import EditRequest
 
 DIMENSIONS = ("prompt_following", "consistency", "overall")
@@ -294,7 +294,7 @@ def rows_fingerprint(rows: list[BenchRow]) -> str:
 
 def model_source(kind: str, model_dir: str | Path, **settings) -> dict:
     """What a local model's result depends on (its weights' sha256 and settings), for reuse on a rerun."""
-    return {"verifier": kind, "weights": _weights_fingerprint(model_dir), **settings}
+    return {"verifier": kind, "weights": weights_fingerprint(model_dir), **settings}
 
 
 def _earlier(path: Path, fingerprint: str) -> dict:

@@ -7,6 +7,9 @@ as Edit-R1 excludes them. With temperature 1 a 1-point gap is preferred correctl
 a 3-point gap 95%: labels are noisy the way human ones are, and the oracle's own accuracy on the
 noisy labels is the ceiling a reward model can reach.
 
+`held_out_pairs` draws ShapesEdit samples with a seed and annotates pairs between their candidates:
+the training pairs of the reward-model trainers and, with a seed no training run uses, the benchmark's.
+
 `pairwise_accuracy` scores both images of every pair with any scorer and reports the fraction
 ranked as the annotator did, overall and per edit category and per kind of failure, with 95%
 Wilson intervals; a pair where the scorer failed on either image counts as wrong and is counted.
@@ -62,6 +65,21 @@ def make_pairs(examples: list[dict], categories: list[str], rng: random.Random, 
             w, lo = (a, b) if rng.random() < p_a else (b, a)
             pairs.append(Pair(k, categories[k], w, lo, w["score"] - lo["score"]))
     return pairs
+
+
+def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
+                   annotator_temperature: float = 1.0):
+    return held_out_samples_and_pairs(image_tokenizer, samples, seed, image_size, per_sample, annotator_temperature)[1]
+
+
+def held_out_samples_and_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
+                               annotator_temperature: float = 1.0):
+    """(ShapesEdit samples drawn with `seed`, annotated preference pairs between their candidates)."""
+    from earl.rrm.coldstart import draw_examples
+
+    drawn, examples = draw_examples(image_tokenizer, samples, seed, image_size)
+    return drawn, make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample,
+                             temperature=annotator_temperature)
 
 
 def _summary(hits: list[bool]) -> dict:

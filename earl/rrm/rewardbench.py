@@ -23,28 +23,16 @@ adding a model to the comparison judges only that model.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import torch
 
 from earl.io import atomic_write_json, atomic_write_text
-from earl.rrm.pairs import make_pairs, pairwise_accuracy
-
-
-def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
-                   annotator_temperature: float = 1.0):
-    return held_out_samples_and_pairs(image_tokenizer, samples, seed, image_size, per_sample, annotator_temperature)[1]
-
-
-def held_out_samples_and_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
-                               annotator_temperature: float = 1.0):
-    """(ShapesEdit samples drawn with `seed`, annotated preference pairs between their candidates)."""
-    from earl.rrm.coldstart import draw_examples
-
-    drawn, examples = draw_examples(image_tokenizer, samples, seed, image_size)
-    return drawn, make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample,
-                             temperature=annotator_temperature)
+from earl.rrm.pairs import (
+    held_out_pairs,  # noqa: F401  (earl.train.scalar_rm still imports it from here)
+    held_out_samples_and_pairs,
+    pairwise_accuracy,
+)
 
 
 def shapes_request(image_tokenizer, drawn, seed: int):
@@ -64,102 +52,6 @@ def shapes_request(image_tokenizer, drawn, seed: int):
                                  "target_scene": s.target_scene})
 
     return to_request
-
-
-def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float = 1.0, seed: int = 0,
-               batch_size: int = 32, readout: str = "written"):
-    """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
-    of k sampled traces (those that parse; None only when none of the k parses). A greedy call also
-    leaves its verdicts' `point_breakdown` on the returned function, as `.points`. `readout` (greedy
-    only, `greedy_readouts`): "written" the score each trace wrote; "expected_score" the expectation
-    of the integer after its `<score>`; "expected_points" 10 x the mean P(yes) of its verdict words."""
-    from earl.rrm.trace import parse_trace
-    from earl.rrm.verifier import sample_verdicts
-
-    if readout != "written" and k != 1:
-        raise ValueError(f"rrm_scorer: the {readout} readout reads a greedy trace; it does not combine with Avg@k")
-
-    def score(examples: list[dict]) -> list[float | None]:
-        if k == 1:
-            values, score.points = greedy_readouts(editor, examples, max_new_tokens, (readout,))
-            return values[readout]
-        g = torch.Generator(device=editor.device).manual_seed(seed)
-        texts = sample_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
-                                [e["source_codes"] for e in examples], [e["codes"] for e in examples], k,
-                                temperature, max_new_tokens, batch_size, g)
-        out = []
-        for group, e in zip(texts, examples):
-            vals = [v.score for v in (parse_trace(t, len(e["points"])) for t in group) if v is not None]
-            out.append(sum(vals) / len(vals) if vals else None)
-        return out
-
-    return score
-
-
-def greedy_readouts(editor, examples: list[dict], max_new_tokens: int,
-                    readouts: tuple[str, ...]) -> tuple[dict[str, list[float | None]], dict]:
-    """One greedy verdict per example, read every way in `readouts` ("written", "expected_score",
-    "expected_points"; `earl.rrm.verifier.generate_verdicts`), and its verdicts' `point_breakdown`.
-    A trace that does not parse fails (None) whatever the readout."""
-    from earl.rrm.trace import parse_trace
-    from earl.rrm.verifier import generate_verdicts
-
-    from_logits = tuple(r for r in readouts if r != "written")
-    got = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
-                            [e["source_codes"] for e in examples], [e["codes"] for e in examples],
-                            max_new_tokens=max_new_tokens, readouts=from_logits)
-    texts, values = got if from_logits else (got, {})
-    parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
-    values["written"] = [None if v is None else v.score for v in parsed]
-    out = {r: [None if v is None else x for v, x in zip(parsed, values[r])] for r in readouts}
-    return out, point_breakdown(parsed, examples)
-
-
-def _same_words(a: str, b: str) -> bool:
-    """Reasons compared as words, each in the scan's form (`scan_form`: "row 2, column 1 holds a
-    red circle" and "r2c1 red circle" agree) and without an `, expected ...` tail (`observed_part`): a word-level tokenizer spaces out punctuation
-    ('4 object ( s )')."""
-    import re
-
-    from earl.rrm.coldstart import observed_part, scan_form
-
-    def words(t):
-        return re.findall(r"\w+", scan_form(observed_part(t)).lower())
-
-    return words(a) == words(b)
-
-
-def point_breakdown(parsed, examples: list[dict]) -> dict:
-    """Per principle type, how a reward model's verdicts meet the oracle's: accuracy on the points the
-    oracle passes, the share of the points it fails that the model fails too, and on those failing
-    points how often the model's reason says what the oracle's does (what is really in the image).
-    A model that answers "yes" everywhere, copying the question into its reasons, scores 1 / 0 / ~0.
-    `parsed` are `Verdicts` (None for a failed parse), `examples` carry the oracle's passed and trace."""
-    from earl.rrm.trace import parse_trace
-
-    acc: dict[str, dict[str, int]] = {}
-    for v, e in zip(parsed, examples):
-        if v is None:
-            continue
-        oracle = parse_trace(e["trace"], len(e["points"]))
-        for i, (p, truth) in enumerate(zip(e["points"], e["passed"])):
-            c = acc.setdefault(p.category, {"passing": 0, "passing_right": 0, "failing": 0, "failing_caught": 0,
-                                            "failing_reason_right": 0})
-            if truth:
-                c["passing"] += 1
-                c["passing_right"] += v.passed[i]
-            else:
-                c["failing"] += 1
-                c["failing_caught"] += not v.passed[i]
-                c["failing_reason_right"] += oracle is not None and _same_words(v.reasons[i], oracle.reasons[i])
-
-    def share(a, b):
-        return a / b if b else None
-
-    return {cat: {"passing_points": c["passing"], "passing_accuracy": share(c["passing_right"], c["passing"]),
-                  "failing_points": c["failing"], "failing_caught": share(c["failing_caught"], c["failing"]),
-                  "failing_reason_right": share(c["failing_reason_right"], c["failing"])}
-            for cat, c in sorted(acc.items())}
 
 
 def verifier_scorer(verifier, to_request, batch_size: int = 32):
@@ -245,6 +137,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     (scorer names; default: the scalar models)."""
     from earl.model import UnifiedEditor
     from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
+    from earl.rrm.verifier import greedy_readouts, rrm_scorer
     from tokenizer.vq import VQTokenizer
 
     readouts = ("written", *(["expected_score"] if expected_score else []),
@@ -278,7 +171,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
         _write_results(out_dir, results)
 
     for name, ed in editors.items():
-        source = {"model": _weights_fingerprint(models[name]), "max_new_tokens": max_new_tokens}
+        source = {"model": weights_fingerprint(models[name]), "max_new_tokens": max_new_tokens}
         greedy: dict = {}  # every greedy readout of this model comes from one generation
 
         def read(examples, readout, ed=ed, greedy=greedy):
@@ -297,7 +190,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
             judged(f"{name} Avg@{avg_k}", {**source, "k": avg_k},
                    lambda ed=ed: pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k)))
     for name, m in scalar_models.items():
-        judged(name, {"model": _weights_fingerprint(scalars[name])},
+        judged(name, {"model": weights_fingerprint(scalars[name])},
                lambda m=m: pairwise_accuracy(pairs, scalar_scorer(m)))
     if verifiers:
         to_request = shapes_request(tok, drawn, seed)
@@ -312,7 +205,7 @@ def _write_results(out_dir: Path, results: dict) -> None:
     atomic_write_text(out_dir / "rewardbench.md", format_table(results) + "\n")
 
 
-def _weights_fingerprint(model_dir: str | Path) -> str:
+def weights_fingerprint(model_dir: str | Path) -> str:
     """sha256 over a model directory's weight files (names and contents): a retrained model differs."""
     import hashlib
 

@@ -14,6 +14,9 @@ ShapesEdit oracle when the request carries scene graphs (each cached per source 
 greedy decoding of the verdicts, then `parse_trace`; a reply that does not parse is a failure
 (masked and counted), never a zero. Word-level tokenizers drop newlines and split `<score>` into
 pieces, so decoded text is normalised back to the contract before parsing (`normalise_decoded`).
+
+`rrm_scorer` reads such a model as a pair scorer (`earl.rrm.pairs.pairwise_accuracy`), for GCPO's
+evaluation and `earl eval rewardbench`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import re
 
 import torch
 
-from earl.generate import greedy_text
+from earl.generate import greedy_text, sample_traces
 from earl.layout import Example
 from earl.rrm.principles import EvalPoint
 from earl.rrm.trace import parse_trace
@@ -239,7 +242,7 @@ TRACE_SCORES = ("written", "expected", "points")  # GCPO's τ of a sampled trace
 
 def watched_words(layout, score: str) -> list[int] | None:
     """The token ids whose logits the GCPO sampler keeps at every step for τ read as `score`
-    (`earl.train.gcpo.sample_traces_watching`): the words 0-10 for "expected", yes/no for "points",
+    (`earl.generate.sample_traces_watching`): the words 0-10 for "expected", yes/no for "points",
     none for "written"."""
     if score == "expected":
         return score_words(layout)
@@ -273,8 +276,6 @@ def sample_verdicts(editor, instructions: list[str], points: list[list[EvalPoint
                     generator: torch.Generator | None = None) -> list[list[str]]:
     """k sampled verdict texts per edit (normalised to the contract), for Avg@k self-consistency;
     about `batch_size` sampled rows per call."""
-    from earl.train.gcpo import sample_traces
-
     layout, tok = editor.layout, editor.text_tokenizer
     per_call = max(1, batch_size // k)
     out = []
@@ -287,6 +288,100 @@ def sample_verdicts(editor, instructions: list[str], points: list[list[EvalPoint
         texts = [normalise_decoded(tok.decode(c, skip_special_tokens=True)) for c in comps]
         out += [texts[j * k : (j + 1) * k] for j in range(len(prompts))]
     return out
+
+
+def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float = 1.0, seed: int = 0,
+               batch_size: int = 32, readout: str = "written"):
+    """Scores from a reasoning reward model: greedy (k = 1), or Avg@k self-consistency: the mean score
+    of k sampled traces (those that parse; None only when none of the k parses). A greedy call also
+    leaves its verdicts' `point_breakdown` on the returned function, as `.points`. `readout` (greedy
+    only, `greedy_readouts`): "written" the score each trace wrote; "expected_score" the expectation
+    of the integer after its `<score>`; "expected_points" 10 x the mean P(yes) of its verdict words."""
+    from earl.rrm.trace import parse_trace
+
+    if readout != "written" and k != 1:
+        raise ValueError(f"rrm_scorer: the {readout} readout reads a greedy trace; it does not combine with Avg@k")
+
+    def score(examples: list[dict]) -> list[float | None]:
+        if k == 1:
+            values, score.points = greedy_readouts(editor, examples, max_new_tokens, (readout,))
+            return values[readout]
+        g = torch.Generator(device=editor.device).manual_seed(seed)
+        texts = sample_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
+                                [e["source_codes"] for e in examples], [e["codes"] for e in examples], k,
+                                temperature, max_new_tokens, batch_size, g)
+        out = []
+        for group, e in zip(texts, examples):
+            vals = [v.score for v in (parse_trace(t, len(e["points"])) for t in group) if v is not None]
+            out.append(sum(vals) / len(vals) if vals else None)
+        return out
+
+    return score
+
+
+def greedy_readouts(editor, examples: list[dict], max_new_tokens: int,
+                    readouts: tuple[str, ...]) -> tuple[dict[str, list[float | None]], dict]:
+    """One greedy verdict per example, read every way in `readouts` ("written", "expected_score",
+    "expected_points"; `generate_verdicts`), and its verdicts' `point_breakdown`.
+    A trace that does not parse fails (None) whatever the readout."""
+    from earl.rrm.trace import parse_trace
+
+    from_logits = tuple(r for r in readouts if r != "written")
+    got = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
+                            [e["source_codes"] for e in examples], [e["codes"] for e in examples],
+                            max_new_tokens=max_new_tokens, readouts=from_logits)
+    texts, values = got if from_logits else (got, {})
+    parsed = [parse_trace(t, len(e["points"])) for t, e in zip(texts, examples)]
+    values["written"] = [None if v is None else v.score for v in parsed]
+    out = {r: [None if v is None else x for v, x in zip(parsed, values[r])] for r in readouts}
+    return out, point_breakdown(parsed, examples)
+
+
+def _same_words(a: str, b: str) -> bool:
+    """Reasons compared as words, each in the scan's form (`scan_form`: "row 2, column 1 holds a
+    red circle" and "r2c1 red circle" agree) and without an `, expected ...` tail (`observed_part`): a word-level tokenizer spaces out punctuation
+    ('4 object ( s )')."""
+    import re
+
+    from earl.rrm.coldstart import observed_part, scan_form
+
+    def words(t):
+        return re.findall(r"\w+", scan_form(observed_part(t)).lower())
+
+    return words(a) == words(b)
+
+
+def point_breakdown(parsed, examples: list[dict]) -> dict:
+    """Per principle type, how a reward model's verdicts meet the oracle's: accuracy on the points the
+    oracle passes, the share of the points it fails that the model fails too, and on those failing
+    points how often the model's reason says what the oracle's does (what is really in the image).
+    A model that answers "yes" everywhere, copying the question into its reasons, scores 1 / 0 / ~0.
+    `parsed` are `Verdicts` (None for a failed parse), `examples` carry the oracle's passed and trace."""
+    from earl.rrm.trace import parse_trace
+
+    acc: dict[str, dict[str, int]] = {}
+    for v, e in zip(parsed, examples):
+        if v is None:
+            continue
+        oracle = parse_trace(e["trace"], len(e["points"]))
+        for i, (p, truth) in enumerate(zip(e["points"], e["passed"])):
+            c = acc.setdefault(p.category, {"passing": 0, "passing_right": 0, "failing": 0, "failing_caught": 0,
+                                            "failing_reason_right": 0})
+            if truth:
+                c["passing"] += 1
+                c["passing_right"] += v.passed[i]
+            else:
+                c["failing"] += 1
+                c["failing_caught"] += not v.passed[i]
+                c["failing_reason_right"] += oracle is not None and _same_words(v.reasons[i], oracle.reasons[i])
+
+    def share(a, b):
+        return a / b if b else None
+
+    return {cat: {"passing_points": c["passing"], "passing_accuracy": share(c["passing_right"], c["passing"]),
+                  "failing_points": c["failing"], "failing_caught": share(c["failing_caught"], c["failing"]),
+                  "failing_reason_right": share(c["failing_reason_right"], c["failing"])}
+            for cat, c in sorted(acc.items())}
 
 
 class RRMVerifier:

@@ -31,10 +31,10 @@ import torch
 
 from earl.config import to_dict
 from earl.errors import ConfigError
-from earl.generate import open_decoder
+from earl.generate import sample_traces_watching
 from earl.io import atomic_write_json
-from earl.layout import positions_from_mask
 from earl.rl.gcpo import pair_advantages
+from earl.rl.logprobs import sequence_logprobs
 from earl.rl.losses import policy_loss
 from earl.rrm.pairs import PairData
 from earl.train.common import (
@@ -94,82 +94,6 @@ class GCPORecipe:
         settle_grad_accum(self.run, 1, "GCPO's own accumulation of a step's traces (gcpo.micro_batch)")
 
 
-def _sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int, temperature: float) -> torch.Tensor:
-    """(N, T) log-probs of each sequence's tokens from `starts[i]` on (right-padded with 0), full vocabulary.
-
-    Rows are left-padded, so every completion ends at the last position: logits are computed for the
-    last T + 1 positions only (`logits_to_keep`), not for the prompts, which are most of each row."""
-    L = max(len(s) for s in seqs)
-    T = max(len(s) - st for s, st in zip(seqs, starts))
-    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(s)
-        mask[i, L - len(s):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = next(model.parameters()).device
-    keep = min(L, T + 1)  # logits at positions L - keep .. L - 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                   logits_to_keep=keep).logits
-    logp = torch.log_softmax(logits.float() / temperature, -1)
-    out = torch.zeros((len(seqs), T), device=device)
-    for i, (s, st) in enumerate(zip(seqs, starts)):
-        off = L - len(s) - (L - keep)  # row i's left padding, in the kept window's coordinates
-        tgt = torch.tensor(s[st:], device=device)
-        rows = torch.arange(off + st - 1, off + len(s) - 1, device=device)
-        out[i, : len(tgt)] = logp[i, rows].gather(-1, tgt[:, None])[:, 0]
-    return out
-
-
-def sample_traces(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int, eos: int,
-                  pad: int, generator: torch.Generator | None = None) -> list[list[int]]:
-    """n sampled completions per prompt (prompt-major), each ending at eos or the token budget."""
-    return sample_traces_watching(model, prompts, n, temperature, max_new_tokens, eos, pad, generator)[0]
-
-
-def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
-                           eos: int, pad: int, generator: torch.Generator | None = None,
-                           watch: list[int] | None = None,
-                           lean: bool | None = None) -> tuple[list[list[int]], list[torch.Tensor] | None]:
-    """`sample_traces`, and with `watch` also each completion's raw logits (before the temperature) of
-    the `watch` tokens at every step it sampled: one (len(completion), len(watch)) CPU tensor per row.
-    Why: a score read as an expectation (`gcpo.score: expected`) needs the distribution the score
-    word was drawn from, and keeping only a few columns costs nothing next to the forward pass.
-    `lean`: the decoder choice of `earl.generate.open_decoder` (None: `earl.lean` on a CPU)."""
-    rows = [p for p in prompts for _ in range(n)]
-    L = max(len(p) for p in rows)
-    device = next(model.parameters()).device
-    ids = torch.full((len(rows), L), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(rows):
-        ids[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), 1
-    ids, mask = ids.to(device), mask.to(device)
-    out = [[] for _ in rows]
-    seen: list[list[torch.Tensor]] = [[] for _ in rows]
-    cols = torch.tensor(watch, device=device) if watch is not None else None
-    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    with torch.no_grad():
-        batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask.cpu()).to(device)}
-        dec = open_decoder(model, batch, max_new_tokens, lean)
-        for step in range(max_new_tokens):
-            logits = dec.logits.float()
-            probs = torch.softmax(logits / temperature, -1)
-            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            kept = logits[:, cols].cpu() if cols is not None else None
-            for i in torch.nonzero(~done)[:, 0].tolist():
-                out[i].append(int(nxt[i]))
-                if kept is not None:
-                    seen[i].append(kept[i])
-            done |= nxt == eos
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            dec.feed(nxt[:, None])
-    if watch is None:
-        return out, None
-    return out, [torch.stack(s) if s else torch.zeros((0, len(watch))) for s in seen]
-
-
 def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]],
               parse: Callable[..., float | None], g: GCPOSection, eos: int, pad: int,
               generator: torch.Generator | None = None, sampler=None,
@@ -221,10 +145,10 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
     for j, sl in enumerate(chunks):
         model.eval()
         with torch.no_grad():
-            old = _sequence_logprobs(model, seqs[sl], starts[sl], pad, g.temperature)
-            ref_lp = _sequence_logprobs(ref, seqs[sl], starts[sl], pad, g.temperature) if ref is not None else None
+            old = sequence_logprobs(model, seqs[sl], starts[sl], pad, g.temperature)
+            ref_lp = sequence_logprobs(ref, seqs[sl], starts[sl], pad, g.temperature) if ref is not None else None
         model.train()
-        logp = _sequence_logprobs(model, seqs[sl], starts[sl], pad, g.temperature)
+        logp = sequence_logprobs(model, seqs[sl], starts[sl], pad, g.temperature)
         mask = torch.arange(logp.shape[1], device=logp.device)[None] < loss_tokens[sl, None].to(logp.device)
         loss, lstats = policy_loss(logp, old, adv[sl].to(logp.device), mask, g.clip_low, g.clip_high, ref_lp,
                                    g.beta, "grpo")
@@ -246,9 +170,8 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
     from accelerate.utils import set_seed
 
     from earl.model import UnifiedEditor
-    from earl.rrm.pairs import pairwise_accuracy
-    from earl.rrm.rewardbench import held_out_pairs, rrm_scorer
-    from earl.rrm.verifier import judge_prompt, trace_score, watched_words
+    from earl.rrm.pairs import held_out_pairs, pairwise_accuracy
+    from earl.rrm.verifier import judge_prompt, rrm_scorer, trace_score, watched_words
 
     out = Path(cfg.out_dir)
     if not Path(cfg.init_from).is_dir():

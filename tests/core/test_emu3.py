@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from earl.emu3 import STRUCTURAL, THINK_TOKENS, area_size, image_vocab_from_map, load_emu3_editor
+from earl.emu3 import STRUCTURAL, THINK_TOKENS, area_size, image_vocab_from_map, load_emu3_parts
 from earl.errors import EarlError
 from earl.generate import SamplingConfig, sample_edits
 from earl.model import UnifiedEditor
@@ -47,7 +47,7 @@ def emu3_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def editor(emu3_dir):
-    return load_emu3_editor(emu3_dir, image_area=16 * 16).eval()
+    return UnifiedEditor.from_parts(load_emu3_parts(emu3_dir, image_area=16 * 16)).eval()
 
 
 def test_from_pretrained_recognises_an_emu3_checkpoint(emu3_dir):

@@ -164,7 +164,7 @@ def test_greedy_text_writes_what_hf_generate_writes(lean):
 
 def test_gcpo_traces_are_the_same_on_the_lean_and_hf_forward():
     """The GCPO sampler decodes through `open_decoder`: same seed, same traces and watched logits."""
-    from earl.train.gcpo import sample_traces_watching
+    from earl.generate import sample_traces_watching
 
     model = _tiny_llama()
     prompts = [[3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]

@@ -63,7 +63,7 @@ def test_no_parseable_trace_no_update():
 def test_watched_logits_are_the_logits_each_word_was_sampled_from():
     """`sample_traces_watching` keeps, per sampled step, the raw logits of the watched tokens: the
     same numbers a full forward over prompt + completion gives at those positions."""
-    from earl.train.gcpo import sample_traces_watching
+    from earl.generate import sample_traces_watching
 
     model = tiny_lm().eval()
     watch = list(range(D0, D0 + 10))
@@ -208,13 +208,13 @@ def test_scalar_model_can_start_from_an_editor(tmp_path, tiny_editor):
 def test_sequence_logprobs_are_each_completion_token_s_under_a_plain_forward():
     """Left-padded rows of different prompt and completion lengths, logits for the last T + 1
     positions only: each completion token's log-prob is the one an unpadded forward of its row gives."""
-    from earl.train.gcpo import _sequence_logprobs
+    from earl.rl.logprobs import sequence_logprobs
 
     model = tiny_lm().eval()
     seqs = [[BOS, A, D0 + 3, D0 + 1], [BOS, B, A, B, D0 + 7], [BOS, A, B, D0, D0 + 2, EOS]]
     starts = [2, 4, 3]
     with torch.no_grad():
-        got = _sequence_logprobs(model, seqs, starts, PAD, temperature=0.7)
+        got = sequence_logprobs(model, seqs, starts, PAD, temperature=0.7)
         assert got.shape == (3, 3)
         for i, (s, st) in enumerate(zip(seqs, starts)):
             logp = torch.log_softmax(model(input_ids=torch.tensor([s])).logits[0] / 0.7, -1)

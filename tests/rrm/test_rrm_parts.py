@@ -152,8 +152,7 @@ def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
 
     import earl.rrm.trace as trace
     import earl.rrm.verifier as rrm_verifier
-    import earl.train.gcpo as gcpo
-    from earl.rrm.rewardbench import rrm_scorer
+    from earl.rrm.verifier import rrm_scorer
 
     calls = []
 
@@ -161,7 +160,7 @@ def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
         calls.append(len(prompts))
         return [[p[0] * 10 + j] for p in prompts for j in range(n)]  # prompt-major, like the real one
 
-    monkeypatch.setattr(gcpo, "sample_traces", fake_sample)
+    monkeypatch.setattr(rrm_verifier, "sample_traces", fake_sample)
     monkeypatch.setattr(rrm_verifier, "judge_prompt", lambda layout, ins, *a: [int(ins)])
     monkeypatch.setattr(rrm_verifier, "normalise_decoded", lambda t: t)
     # trace "10*i + j" parses to that number, except example 1's third trace, which fails
@@ -251,12 +250,12 @@ def test_simulated_annotators_follow_bradley_terry():
 
 
 def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsys, monkeypatch):
-    import earl.rrm.rewardbench as rewardbench
+    import earl.rrm.verifier as rrm_verifier
     from earl.cli import main
 
     generations = []
-    real = rewardbench.greedy_readouts
-    monkeypatch.setattr(rewardbench, "greedy_readouts", lambda *a, **k: generations.append(a[3]) or real(*a, **k))
+    real = rrm_verifier.greedy_readouts
+    monkeypatch.setattr(rrm_verifier, "greedy_readouts", lambda *a, **k: generations.append(a[3]) or real(*a, **k))
     tiny_editor.save_pretrained(tmp_path / "untrained")
     assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
                  "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2", "--expected-score",
@@ -335,8 +334,8 @@ def test_a_partial_table_leaves_out_baselines_not_judged_yet():
 def test_point_breakdown_by_hand():
     """A yes-to-everything model that copies the question: passing points all right, failing ones all missed."""
     from earl.rrm.principles import EvalPoint
-    from earl.rrm.rewardbench import point_breakdown
     from earl.rrm.trace import Verdicts
+    from earl.rrm.verifier import point_breakdown
 
     points = [EvalPoint("Is the circle red?", "instruction"), EvalPoint("Is the square kept?", "preservation"),
               EvalPoint("Is the background blue?", "instruction")]

@@ -113,7 +113,7 @@ def test_expect_traces_put_each_verdict_beside_the_two_phrases_it_compares(vq_to
     background checks, different for the `not` checks, the word present for attribute and count
     checks. Verdicts, scores and the observed part are those of the quoted trace without it."""
     from earl.rrm.coldstart import EXPECT_SEPARATOR, observed_part
-    from earl.rrm.rewardbench import _same_words
+    from earl.rrm.verifier import _same_words
     from tokenizer import pil_to_tensor, tensor_to_pil
 
     samples = [make_sample(random.Random(k), "complex", image_size=32) for k in range(4)]
