@@ -28,11 +28,7 @@ from pathlib import Path
 import torch
 
 from earl.io import atomic_write_json, atomic_write_text
-from earl.rrm.pairs import (
-    held_out_pairs,  # noqa: F401  (earl.train.scalar_rm still imports it from here)
-    held_out_samples_and_pairs,
-    pairwise_accuracy,
-)
+from earl.rrm.pairs import held_out_samples_and_pairs, pairwise_accuracy
 
 
 def shapes_request(image_tokenizer, drawn, seed: int):

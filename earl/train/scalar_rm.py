@@ -1,6 +1,6 @@
 """`earl train rm-scalar`: the scalar Bradley–Terry reward model (`earl.rrm.scalar`) on preference pairs.
 
-The same simulated pairs as GCPO (`earl.rrm.rewardbench.held_out_pairs`), the loss
+The same simulated pairs as GCPO (`earl.rrm.pairs.held_out_pairs`), the loss
 -log sigmoid(s_preferred - s_rejected), one batch of pairs per optimizer step, run by the shared loop
 (`earl.train.loop`): each step's pairs are drawn from a generator seeded by (run seed, step), so a
 run killed and resumed trains on the same pairs as one never stopped.
@@ -17,8 +17,7 @@ import torch
 from earl.config import to_dict
 from earl.errors import ConfigError
 from earl.io import atomic_write_json
-from earl.rrm.pairs import PairData, pairwise_accuracy
-from earl.rrm.rewardbench import held_out_pairs
+from earl.rrm.pairs import PairData, held_out_pairs, pairwise_accuracy
 from earl.rrm.scalar import ScalarRewardModel, scalar_prompt, scalar_scorer
 from earl.train.common import (
     OptimSection,
