@@ -15,10 +15,17 @@ seed. The loss is L1 + L2 + the quantiser's auxiliary loss, plus two optional pe
   the backgrounds, then draws every object as a coloured square for thousands of steps;
 - an edge term: L1 between image gradients, which rewards crisp shape boundaries.
 
+Training runs on the shared loop (`earl.train.loop.run_loop`), like the editor's trainers: a run
+killed at any point and resumed (`--resume`) logs each step once and ends with the weights of a run
+never stopped.
+
 Outputs in `out_dir`:
     tokenizer/        the trained tokenizer (`VQTokenizer.from_pretrained` loads it)
-    checkpoint/       resumable state: model + optimizer + RNG tensors in safetensors, the rest in JSON
-    logs/             TensorBoard scalars
+    checkpoints/      resumable state (`earl.train.common.Checkpoints`): model, optimizer and RNGs
+                      through accelerate, the batch generator, loss window and history in
+                      `trainer_state.json`
+    metrics.jsonl     train/* every `log_every` steps, eval/* at evaluations (`earl plot metrics`)
+    logs/             the same scalars for TensorBoard
     recipe.json       the resolved recipe
     report.json       PSNR, codebook usage and perplexity, oracle agreement, timings
     recon_grid.png    a few test originals (top) above their reconstructions (bottom), upscaled
@@ -37,15 +44,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from earl.config import to_dict
-from earl.errors import ConfigError, DataError
-from earl.io import atomic_path, atomic_write_json, read_json, save_png
+from earl.errors import ConfigError
+from earl.io import atomic_write_json, read_json, save_png
 from earl.shapes.edits import random_scene
 from earl.shapes.render import render_array
 from earl.shapes.scene import Scene
+from earl.train.common import Checkpoints, RunSection, make_accelerator
+from earl.train.loop import run_loop
 from tokenizer import VQConfig, VQTokenizer
 
 
@@ -102,7 +109,7 @@ class TrainConfig:
         default=512, metadata={"help": "distinct patches drawn per step for the separation loss"}
     )
     aux_weight: float = field(default=1.0, metadata={"help": "weight of the quantiser's auxiliary loss (vq / lfq)"})
-    log_every: int = field(default=25, metadata={"help": "steps between TensorBoard / progress-bar updates"})
+    log_every: int = field(default=25, metadata={"help": "steps between logged metrics (metrics.jsonl, TensorBoard)"})
     eval_every: int = field(default=500, metadata={"help": "steps between quick test-PSNR evaluations (0 = only at the end)"})
     ckpt_every: int = field(default=500, metadata={"help": "steps between resumable checkpoints (0 = only at the end)"})
     eval_batch_size: int = field(default=100, metadata={"help": "images per forward pass during evaluation"})
@@ -136,6 +143,14 @@ class TokenizerRecipe:
                 f"data.image_size {self.data.image_size} is not a multiple of the model's downsample "
                 f"{self.model.downsample}; change one of them"
             )
+
+    @property
+    def run(self) -> RunSection:
+        """`train`'s steps and cadences as the shared loop (`earl.train.loop.run_loop`) reads them."""
+        tc = self.train
+        return RunSection(steps=tc.steps, batch_size=tc.batch_size, seed=tc.seed, log_every=tc.log_every,
+                          eval_every=tc.eval_every or tc.steps, save_every=tc.ckpt_every or tc.steps,
+                          keep_checkpoints=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,59 +298,64 @@ def save_recon_grid(path: Path, originals_u8: torch.Tensor, recon_u8: torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: tensors in safetensors (loaded without pickle), everything else in JSON.
-
-CKPT_DIR, CKPT_JSON = "checkpoint", "state.json"
+# Training state the accelerator does not checkpoint
 
 
-def save_checkpoint(out_dir: Path, model, optimizer, batch_gen: torch.Generator, meta: dict) -> None:
-    """Write `state-<step>.safetensors`, then `state.json` naming it (the commit point), then drop older files."""
-    ckpt = out_dir / CKPT_DIR
-    ckpt.mkdir(parents=True, exist_ok=True)
-    opt_sd = optimizer.state_dict()
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    optim_scalars = {}
-    for pid, state in opt_sd["state"].items():
-        for name, v in state.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{name}"] = v.detach().cpu().contiguous()
-            else:
-                optim_scalars[f"{pid}.{name}"] = v
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.batches"] = batch_gen.get_state()
-    name = f"state-{meta['step']}.safetensors"
-    with atomic_path(ckpt / name) as tmp:
-        save_file(tensors, str(tmp))
-    meta = {**meta, "tensors": name, "param_groups": opt_sd["param_groups"], "optim_scalars": optim_scalars}
-    atomic_write_json(ckpt / CKPT_JSON, meta)
-    for old in ckpt.glob("state-*.safetensors"):
-        if old.name != name:
-            old.unlink()
+class TrainState:
+    """What a resumed run needs besides weights, optimizer and the global RNGs (which accelerate's
+    checkpoint holds): the batch sampler's generator, the losses since the last log (the window whose
+    mean is `train/loss`), `history` (figures for the report) and the training time so far.
+
+    `state_dict()` is plain JSON (the generator state as hex), kept in the checkpoint's
+    `trainer_state.json` by the shared loop."""
+
+    def __init__(self, seed: int):
+        self.batches = torch.Generator().manual_seed(seed)
+        self.window: list[float] = []
+        self.history: dict = {}
+        self.train_seconds = 0.0
+        self._since: float | None = time.time()  # the clock runs from here; None once stopped
+
+    def seconds(self) -> float:
+        return self.train_seconds + (time.time() - self._since if self._since is not None else 0.0)
+
+    def stop_clock(self) -> None:
+        self.train_seconds, self._since = self.seconds(), None
+
+    def state_dict(self) -> dict:
+        return {"batches": bytes(self.batches.get_state().tolist()).hex(), "window": list(self.window),
+                "history": dict(self.history), "train_seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.set_state(torch.tensor(list(bytes.fromhex(state["batches"])), dtype=torch.uint8))
+        self.window, self.history = list(state["window"]), dict(state["history"])
+        self.train_seconds, self._since = state["train_seconds"], time.time()
 
 
-def load_checkpoint(out_dir: Path, model, optimizer, batch_gen: torch.Generator) -> dict | None:
-    """Restore model, optimizer and RNG state in place; returns the JSON metadata, or None if no checkpoint."""
-    ckpt = out_dir / CKPT_DIR
-    if not (ckpt / CKPT_JSON).is_file():
-        return None
-    meta = read_json(ckpt / CKPT_JSON)
-    try:
-        tensors = load_file(str(ckpt / meta["tensors"]))
-    except Exception as e:
-        raise DataError(f"{ckpt}: checkpoint tensors unreadable ({type(e).__name__}: {e}); delete {ckpt} to start over") from None
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            pid, name = key[6:].split(".", 1)
-            state.setdefault(int(pid), {})[name] = v
-    for key, v in meta["optim_scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    batch_gen.set_state(tensors["rng.batches"])
-    return meta
+OLD_CKPT_DIR = "checkpoint"  # the format before the shared loop (state.json + safetensors): not resumable
+
+
+def _check_resumable(out_dir: Path, cfg: TokenizerRecipe) -> None:
+    """Refuse to resume what cannot be resumed: a checkpoint for a different model or data (instead of
+    a silent restart or a mismatched model), or only a checkpoint in the old `checkpoint/` format."""
+    last = Checkpoints(out_dir).latest()
+    if last is None:
+        old = out_dir / OLD_CKPT_DIR
+        if (old / "state.json").is_file():
+            raise ConfigError(
+                f"{old}: a checkpoint in the tokenizer trainer's old format, which --resume cannot continue "
+                f"(checkpoints now live in {out_dir / 'checkpoints'}); train again without --resume, "
+                "or pick a new out_dir"
+            )
+        return
+    path = last / "trainer_state.json"
+    saved = read_json(path).get("recipe", {})
+    for section in ("model", "data"):
+        if saved.get(section) != json.loads(json.dumps(to_dict(getattr(cfg, section)))):
+            raise ConfigError(
+                f"{path}: the checkpoint was trained with a different {section} config; "
+                f"resume with the same recipe, or pick a new out_dir (or resume=False) to start over"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,18 +365,22 @@ def load_checkpoint(out_dir: Path, model, optimizer, batch_gen: torch.Generator)
 def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = False) -> dict:
     """Train, evaluate and save a tokenizer; returns the report (also written to `out_dir/report.json`).
 
-    With `resume=True` and a checkpoint in `out_dir/checkpoint`, training continues from its step
-    (the model config must match); without a checkpoint it starts from scratch.
+    Runs on the shared loop (`earl.train.loop.run_loop`, single process): with `resume=True` and a
+    checkpoint in `out_dir/checkpoints`, training continues from its step exactly as a run never
+    stopped (the model and data config must match); without a checkpoint it starts from scratch.
     """
-    from torch.utils.tensorboard import SummaryWriter  # slow import; only needed when training
-
     t_start = time.time()
     tc, dc = cfg.train, cfg.data
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     out_dir = Path(cfg.out_dir)
+    if resume:
+        _check_resumable(out_dir, cfg)
+    run = cfg.run
+    accelerator = make_accelerator(run, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "recipe.json", to_dict(cfg))
+    if accelerator.is_main_process:
+        atomic_write_json(out_dir / "recipe.json", to_dict(cfg))
 
     # -- setup
     _, train_u8 = make_scenes(dc.n_train, dc.seed, dc.image_size, dc.grid)  # (N, 3, H, W) uint8
@@ -364,116 +388,98 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
     quick = min(len(test_u8), 200)  # periodic evals use a slice of the test set
     bank_u8 = distinct_patches(train_u8, cfg.model.downsample) if tc.separation_weight > 0 else None  # (K, 3, d, d)
     torch.manual_seed(tc.seed)
-    model = VQTokenizer(cfg.model)
+    net = VQTokenizer(cfg.model)
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in net.parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)  # no weight decay on norms and biases
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr
     )
-    batch_gen = torch.Generator().manual_seed(tc.seed)
-    step, train_seconds, history = 0, 0.0, {}
-    if resume:
-        meta = load_checkpoint(out_dir, model, optimizer, batch_gen) if _check_resumable(out_dir, cfg) else None
-        if meta is not None:
-            step, train_seconds, history = meta["step"], meta["train_seconds"], meta["history"]
-    if step == 0:
-        history["initial_test_l1"] = evaluate(model, test_scenes, test_u8[:quick], tc.eval_batch_size, False)["test_l1"]
+    # The tokenizer trains on the CPU (small convs), also where a GPU is present: the recipe's timings are
+    # CPU timings, and a resumed run repeats an uninterrupted one to the bit there. Single process.
+    model, optimizer = accelerator.prepare(net, optimizer, device_placement=[False, False])
+    state = TrainState(tc.seed)
+    final_eval: dict = {}  # the full evaluation of the last step, once run
 
-    # -- train
-    writer = SummaryWriter(str(out_dir / "logs"))
-    bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="tokenizer", unit="step", dynamic_ncols=True)
-    model.train()
-    t_loop, window = time.time(), []
-    while step < tc.steps:
-        lr = lr_at(step, tc)
+    def step_fn(step: int) -> dict:
+        if "initial_test_l1" not in state.history:  # the untrained model, before the first step
+            state.history["initial_test_l1"] = evaluate(net, test_scenes, test_u8[:quick], tc.eval_batch_size, False)["test_l1"]
+        model.train()
+        lr = lr_at(step - 1, tc)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(train_u8), (tc.batch_size,), generator=batch_gen)
+        idx = torch.randint(len(train_u8), (tc.batch_size,), generator=state.batches)
         x = _to_float(train_u8[idx])  # (B, 3, H, W)
-        decoder_only = step >= tc.steps - tc.decoder_only_steps
+        decoder_only = step > tc.steps - tc.decoder_only_steps
         if decoder_only:
-            recon, aux = model.decode_for_training(model.encode(x)), x.new_zeros(())  # encode: no grad, eval mode
+            recon, aux = net.decode_for_training(net.encode(x)), x.new_zeros(())  # encode: no grad, eval mode
         else:
             recon, _, aux = model(x)
         rec_loss, stats = reconstruction_loss(recon, x, tc)
         loss = rec_loss + tc.aux_weight * aux
         if tc.separation_weight > 0 and not decoder_only:
-            sep = separation_loss(model, bank_u8, tc, batch_gen)
+            sep = separation_loss(net, bank_u8, tc, state.batches)
             stats["separation"] = sep.item()
             loss = loss + tc.separation_weight * sep
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        accelerator.backward(loss)
         if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
-        step += 1
-        window.append(loss.item())
-        bar.update(1)
-        if step % tc.log_every == 0 or step == tc.steps:
-            history["last_train_loss"] = sum(window) / len(window)
-            writer.add_scalar("train/loss", history["last_train_loss"], step)
-            writer.add_scalar("train/aux", aux.item(), step)
-            writer.add_scalar("train/lr", lr, step)
-            for k, v in stats.items():
-                writer.add_scalar(f"train/{k}", v, step)
-            bar.set_postfix(loss=f"{history['last_train_loss']:.4f}", psnr=f"{history.get('last_psnr', 0):.1f}")
-            window = []
-        if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
-            ev = evaluate(model, test_scenes, test_u8[:quick], tc.eval_batch_size, False)
-            model.train()
-            history["last_psnr"] = ev["psnr_db"]
-            writer.add_scalar("eval/psnr_db", ev["psnr_db"], step)
-            writer.add_scalar("eval/codebook_usage", ev["codebook_usage"], step)
-        if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
-            elapsed = train_seconds + time.time() - t_loop
-            meta = {"step": step, "train_seconds": elapsed, "history": history, "recipe": to_dict(cfg)}
-            save_checkpoint(out_dir, model, optimizer, batch_gen, meta)
-    bar.close()
-    train_seconds += time.time() - t_loop
+        state.window.append(loss.item())
+        if step % tc.log_every and step != tc.steps:
+            return {}
+        state.history["last_train_loss"] = sum(state.window) / len(state.window)
+        state.window = []
+        return {"train/loss": state.history["last_train_loss"], "train/aux": aux.item(), "train/lr": lr,
+                **{f"train/{k}": v for k, v in stats.items()}}
 
-    # -- evaluate and save
-    model.eval()
-    ev = evaluate(model, test_scenes, test_u8, tc.eval_batch_size, True)
-    for k in ("psnr_db", "codebook_usage"):
-        writer.add_scalar(f"eval/{k}", ev[k], step)
-    writer.close()
-    tok_dir = model.save_pretrained(out_dir / "tokenizer")
-    n_show = min(8, len(test_u8))
-    save_recon_grid(out_dir / "recon_grid.png", test_u8[:n_show], reconstruct(model, test_u8[:n_show], n_show)[0])
-    weights_mb = (tok_dir / "model.safetensors").stat().st_size / 2**20
-    report = {
-        **ev,
-        "n_test": len(test_u8),
-        "codebook_size": model.codebook_size,
-        "grid": [dc.image_size // model.downsample] * 2,
-        "quantizer": cfg.model.quantizer,
-        "num_parameters": model.num_parameters(),
-        "weights_mb": round(weights_mb, 3),
-        "steps": step,
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.time() - t_start, 1),
-        "initial_test_l1": history.get("initial_test_l1"),
-        "last_train_loss": history.get("last_train_loss"),
-        "tokenizer_dir": str(tok_dir),
-    }
-    atomic_write_json(out_dir / "report.json", report)
-    return report
+    def run_eval(step: int) -> dict:
+        """A quick evaluation (a slice of the test set) every `eval_every` steps; at the last step the
+        full one that the report gives, logged here, before the final checkpoint, so that a run resumed
+        from that checkpoint does not log it a second time."""
+        if step == tc.steps:
+            state.stop_clock()
+            final_eval.update(evaluate(net, test_scenes, test_u8, tc.eval_batch_size, True))
+            ev = final_eval
+        else:
+            ev = evaluate(net, test_scenes, test_u8[:quick], tc.eval_batch_size, False)
+        model.train()
+        return {f"eval/{k}": ev[k] for k in ("psnr_db", "codebook_usage")}
 
+    def finish(metrics: dict, step: int, t0: float, log) -> dict:
+        """The report: the full evaluation (run again where the run resumed from its last checkpoint),
+        the tokenizer, the reconstruction grid."""
+        state.stop_clock()
+        log.close()
+        net.eval()
+        ev = final_eval or evaluate(net, test_scenes, test_u8, tc.eval_batch_size, True)
+        if not accelerator.is_main_process:
+            return {}
+        tok_dir = net.save_pretrained(out_dir / "tokenizer")
+        n_show = min(8, len(test_u8))
+        save_recon_grid(out_dir / "recon_grid.png", test_u8[:n_show], reconstruct(net, test_u8[:n_show], n_show)[0])
+        weights_mb = (tok_dir / "model.safetensors").stat().st_size / 2**20
+        report = {
+            **ev,
+            "n_test": len(test_u8),
+            "codebook_size": net.codebook_size,
+            "grid": [dc.image_size // net.downsample] * 2,
+            "quantizer": cfg.model.quantizer,
+            "num_parameters": net.num_parameters(),
+            "weights_mb": round(weights_mb, 3),
+            "steps": step,
+            "train_seconds": round(state.train_seconds, 1),
+            "total_seconds": round(time.time() - t_start, 1),
+            "initial_test_l1": state.history.get("initial_test_l1"),
+            "last_train_loss": state.history.get("last_train_loss"),
+            "tokenizer_dir": str(tok_dir),
+        }
+        atomic_write_json(out_dir / "report.json", report)
+        return report
 
-def _check_resumable(out_dir: Path, cfg: TokenizerRecipe) -> bool:
-    """True if a checkpoint exists; a checkpoint for a different model or data is an error, not a silent restart."""
-    path = out_dir / CKPT_DIR / CKPT_JSON
-    if not path.is_file():
-        return False
-    saved = read_json(path).get("recipe", {})
-    for section in ("model", "data"):
-        if saved.get(section) != json.loads(json.dumps(to_dict(getattr(cfg, section)))):
-            raise ConfigError(
-                f"{path}: the checkpoint was trained with a different {section} config; "
-                f"resume with the same recipe, or pick a new out_dir (or resume=False) to start over"
-            )
-    return True
+    return run_loop(cfg, accelerator, "tokenizer", step_fn, finish, resume=resume, progress=progress,
+                    evaluate=run_eval, state=state, postfix="train/loss")
 
 
 def format_report(report: dict) -> str:

@@ -1,6 +1,8 @@
-"""The tokenizer recipe: a tiny run learns and writes its outputs; resume continues exactly where it stopped."""
+"""The tokenizer recipe: a tiny run learns and writes its outputs; resume continues exactly where it stopped
+(a run killed with SIGKILL and resumed: tests/train/test_resume.py)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from earl.train.tokenizer import (
     separation_loss,
     train_tokenizer,
 )
+from earl.viz import read_metrics
 from tokenizer import VQTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,10 +37,14 @@ def recipe(tmp_path, *overrides) -> TokenizerRecipe:
     return load_config(TokenizerRecipe, TINY, FAST + [f"out_dir={tmp_path}", *overrides])
 
 
-@pytest.mark.parametrize("name", ["tokenizer.yaml", "tokenizer_tiny.yaml"])
-def test_recipes_load(name):
-    cfg = load_config(TokenizerRecipe, ROOT / "recipes/shapes" / name)
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").rglob("tokenizer*.yaml")), ids=lambda p: p.name)
+def test_recipes_load(path):
+    cfg = load_config(TokenizerRecipe, path)
     assert cfg.data.image_size % cfg.model.downsample == 0
+    run = cfg.run  # what the shared loop reads
+    assert (run.steps, run.log_every, run.batch_size) == (cfg.train.steps, cfg.train.log_every, cfg.train.batch_size)
+    assert run.eval_every == (cfg.train.eval_every or cfg.train.steps)
+    assert run.save_every == (cfg.train.ckpt_every or cfg.train.steps)
 
 
 def test_tiny_run_learns_and_writes_outputs(tmp_path):
@@ -46,6 +53,11 @@ def test_tiny_run_learns_and_writes_outputs(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text()) == report
     assert (tmp_path / "recon_grid.png").is_file() and (tmp_path / "recipe.json").is_file()
     assert any((tmp_path / "logs").iterdir()), "TensorBoard logs missing"
+    rows = read_metrics(tmp_path)  # what `earl plot metrics` reads
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(5, 81, 5))
+    assert [r["step"] for r in rows if "eval/psnr_db" in r] == list(range(10, 81, 10))
+    assert rows[-1]["eval/psnr_db"] == report["psnr_db"]  # the last step's evaluation is the report's
+    assert rows[-2]["train/loss"] == report["last_train_loss"]
     tok = VQTokenizer.from_pretrained(tmp_path / "tokenizer")
     assert tok.encode(torch.rand(1, 3, 32, 32)).shape == (1, 4, 4)
     assert 0 < report["codebook_usage"] <= 1 and report["code_perplexity"] >= 1
@@ -58,8 +70,8 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     const = ["train.warmup=0", "train.min_lr_ratio=1.0", "train.ckpt_every=10"]
     straight = train_tokenizer(recipe(tmp_path / "a", "train.steps=30", *const), progress=False)
     train_tokenizer(recipe(tmp_path / "b", "train.steps=20", *const), progress=False)
-    meta = json.loads((tmp_path / "b/checkpoint/state.json").read_text())
-    assert meta["step"] == 20
+    meta = json.loads((tmp_path / "b/checkpoints/step_0000020/trainer_state.json").read_text())
+    assert meta["step"] == 20 and {"batches", "window", "history"} <= meta["loop_state"].keys()
     resumed = train_tokenizer(recipe(tmp_path / "b", "train.steps=30", *const), progress=False, resume=True)
     assert resumed["steps"] == 30
     a = load_file(str(tmp_path / "a/tokenizer/model.safetensors"))
@@ -67,7 +79,19 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs between a straight run and a resumed run"
     assert resumed["psnr_db"] == straight["psnr_db"]
-    assert [p.name for p in (tmp_path / "b/checkpoint").glob("state-*.safetensors")] == ["state-30.safetensors"]
+    assert resumed["initial_test_l1"] == straight["initial_test_l1"]  # from the checkpoint's history
+    assert sorted(p.name for p in (tmp_path / "b/checkpoints").iterdir()) == ["step_0000020", "step_0000030"]
+    train = [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path / "b") if "train/loss" in r]
+    assert train == [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path / "a") if "train/loss" in r]
+
+
+def test_resume_refuses_a_checkpoint_of_the_old_format(tmp_path):
+    old = tmp_path / "checkpoint"  # written by the trainer before it ran on the shared loop
+    old.mkdir()
+    (old / "state.json").write_text(json.dumps({"step": 20, "tensors": "state-20.safetensors"}))
+    with pytest.raises(ConfigError, match=re.escape(f"{old}: a checkpoint in the tokenizer trainer's old format")):
+        train_tokenizer(recipe(tmp_path, "train.steps=2"), progress=False, resume=True)
+    train_tokenizer(recipe(tmp_path, "train.steps=2"), progress=False)  # without --resume: a new run
 
 
 def test_resume_with_a_different_model_is_an_error(tmp_path):

@@ -1,6 +1,6 @@
-"""Exactly-once, bit-exact resume through the shared training loop (`earl.train.loop`): SFT, GRPO and
-the scalar reward model, each killed with SIGKILL at a pseudo-random point and resumed, log each step
-once, with the metrics, and end with the weights, of a run never stopped."""
+"""Exactly-once, bit-exact resume through the shared training loop (`earl.train.loop`): SFT, GRPO, the
+scalar reward model and the VQ tokenizer, each killed with SIGKILL at a pseudo-random point and
+resumed, log each step once, with the metrics, and end with the weights, of a run never stopped."""
 
 import json
 import os
@@ -98,10 +98,31 @@ def _scalar_command(tmp: Path, tok_dir: Path, out: Path, resume: bool) -> list[s
             *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
 
 
+LOG_EVERY = {"tokenizer": 3}  # job -> steps between logged train metrics, where not 1
+
+
+def _tokenizer_command(tmp: Path, start: Path, out: Path, resume: bool) -> list[str]:
+    """`earl train tokenizer` on a tiny model and data set (~20 ms a step), with quick evaluations inside
+    the run, the batch generator also drawing the separation loss's patches, and a log every 3 steps:
+    the checkpoints (every 4) then fall where the logged loss, a mean over the steps since the last log,
+    is half gathered."""
+    overrides = {
+        "out_dir": out, "data.n_train": 256, "data.n_test": 16, "data.image_size": 32, "data.grid": 2,
+        "model.channels": 8, "model.channel_mult": "[1]", "model.patch_size": 8, "model.encoder_kernel": 1,
+        "model.latent_dim": 8, "model.norm_groups": 4, "model.fsq_code_embedding": "true",
+        "train.steps": STEPS, "train.decoder_only_steps": 10, "train.batch_size": 8, "train.warmup": 5,
+        "train.separation_weight": 1.0, "train.separation_patches": 64, "train.log_every": LOG_EVERY["tokenizer"],
+        "train.eval_every": 10, "train.ckpt_every": SAVE_EVERY, "train.eval_batch_size": 16,
+    }
+    return [sys.executable, "-m", "earl.cli", "train", "tokenizer", str(ROOT / "recipes/shapes/tokenizer_tiny.yaml"),
+            *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
+
+
 JOBS = {  # job -> (command builder, steps, weight files compared)
     "sft": (_sft_command, STEPS, ["model/backbone/model.safetensors"]),
     "grpo": (_grpo_command, 16, ["model/backbone/model.safetensors"]),
     "rm-scalar": (_scalar_command, 40, ["model/backbone/model.safetensors", "model/scalar_head.safetensors"]),
+    "tokenizer": (_tokenizer_command, STEPS, ["tokenizer/model.safetensors"]),
 }
 
 
@@ -134,21 +155,27 @@ def test_a_run_killed_and_resumed_matches_an_uninterrupted_one(job, tmp_path, vq
     assert resumed_from < killed_at  # steps were logged after the checkpoint and had to be dropped
 
     expected = _rows(ref)
-    assert [r["step"] for r in expected if not any(k.startswith("eval/") for k in r)] == list(range(1, steps + 1))
+    every = LOG_EVERY.get(job, 1)
+    logged = [s for s in range(1, steps + 1) if s % every == 0 or s == steps]
+    assert [r["step"] for r in expected if not any(k.startswith("eval/") for k in r)] == logged
     assert _rows(run) == expected  # each step once, bit-identical metrics
     for name in weights:
         a, b = load_file(str(ref / name)), load_file(str(run / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    if job == "sft":
-        _assert_tensorboard_steps_once(run / "logs", steps)
+    if job in ("sft", "tokenizer"):
+        _assert_tensorboard_steps_once(run / "logs", logged)
+    if job == "tokenizer":  # the report of the end (its timings aside) as well
+        timing = ("train_seconds", "total_seconds", "tokenizer_dir")
+        a, b = (json.loads((r / "report.json").read_text()) for r in (ref, run))
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
 
 
-def _assert_tensorboard_steps_once(logs: Path, steps: int) -> None:
+def _assert_tensorboard_steps_once(logs: Path, steps: list[int]) -> None:
     """TensorBoard shows each step's loss once: the resumed writer purges what the killed run wrote after
     the checkpoint (purge_step)."""
     events = [d for d in logs.rglob("*") if d.is_dir() and any(d.glob("events.out.tfevents*"))]
     scalars = EventAccumulator(str(min(events, key=lambda d: len(d.parts)))).Reload().Scalars("train/loss")
-    assert [e.step for e in scalars] == list(range(1, steps + 1))
+    assert [e.step for e in scalars] == steps
 
 
 def test_a_data_cursor_resumed_mid_epoch_repeats_the_order_and_leaves_global_randomness(tmp_path):
