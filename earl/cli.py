@@ -363,6 +363,10 @@ def _cmd_eval_shapes(args) -> None:
     if args.agent is not None:
         from earl.agents.evaluate import format_agent, run_agent_eval
 
+        if args.decoder != "auto":
+            raise EarlError("--decoder applies to the editor's own evaluation; with --agent the editor decodes "
+                            "with 'auto'")
+
         pipe = _agent_pipeline(args.agent or None, args.model, args)
         results = run_agent_eval(pipe, args.data, args.out, batch_size=args.batch_size)
         print(format_table(results))
@@ -374,7 +378,8 @@ def _cmd_eval_shapes(args) -> None:
     from earl.pipeline import default_checkpoint
 
     model = args.model or str(default_checkpoint())
-    results = run_shapes_eval(model, args.data, args.out, sampling, batch_size=args.batch_size, seed=args.seed)
+    results = run_shapes_eval(model, args.data, args.out, sampling, batch_size=args.batch_size, seed=args.seed,
+                              decoder=args.decoder)
     print(format_table(results))
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
@@ -572,6 +577,10 @@ def _add_eval_parser(sub) -> None:
     es.add_argument("--out", required=True, help="output directory (resumable: existing images are kept)")
     es.add_argument("--batch-size", type=int, default=32)
     _sampling_args(es)
+    es.add_argument("--decoder", default="auto", choices=["auto", "hf", "static", "compiled", "lean"],
+                    help="the sampler's decoder (earl.generate.choose_decoder): auto = earl.lean on a CPU where it "
+                         "reproduces the model, else the Hugging Face forward; static = preallocated KV cache; "
+                         "compiled = static + CUDA-graph capture (CUDA only); hf; lean")
     es.set_defaults(func=_cmd_eval_shapes)
 
     eg = ev.add_parser("gedit", help="GEdit-Bench: edit, judge with the benchmark's VIEScore prompts, official scores")

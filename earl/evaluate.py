@@ -12,19 +12,23 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from earl.generate import GenerationOutput, SamplingConfig, sample_edits
+from earl.generate import DecodeCache, GenerationOutput, SamplingConfig, choose_decoder, sample_edits
 
 
 def generate_in_batches(editor, instructions: list[str], source_codes: torch.Tensor, sampling: SamplingConfig,
-                        batch_size: int = 32, seed: int = 0, progress: bool = False) -> GenerationOutput:
-    """`sample_edits` over a long list, in batches; seeded per batch so results don't depend on batch order."""
+                        batch_size: int = 32, seed: int = 0, progress: bool = False, decoder: str = "auto",
+                        cache: DecodeCache | None = None) -> GenerationOutput:
+    """`sample_edits` over a long list, in batches; seeded per batch so results don't depend on batch order.
+    `decoder`: as `sample_edits` takes it; one `DecodeCache` (`cache`, else one made here) serves every
+    batch, so a static or compiled decoder is set up once per shape, not once per batch."""
     outs = []
     n = len(instructions)
+    cache = cache if cache is not None else DecodeCache()
     for b, start in enumerate(tqdm(range(0, n, batch_size), desc="generate", disable=not progress)):
         g = torch.Generator(device=editor.device).manual_seed(seed * 1_000_003 + b)
         outs.append(sample_edits(editor.backbone, editor.layout, instructions[start : start + batch_size],
                                  source_codes[start : start + batch_size], sampling, think=editor.config.cot,
-                                 generator=g))
+                                 generator=g, decoder=decoder, cache=cache))
     return concat_outputs(outs)
 
 
@@ -117,13 +121,14 @@ def sample_seed(seed: int, sample_id) -> int:
 
 
 def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | None = None, batch_size: int = 32,
-                    seed: int = 0, progress: bool = True, editor=None) -> dict:
+                    seed: int = 0, progress: bool = True, editor=None, decoder: str = "auto") -> dict:
     """`earl eval shapes`: generate an edit per sample into OUT/images/{id}.png, judge, report.
 
     Resumable: samples whose PNG already exists are not generated again. Each sample draws from its
     own generator seeded by `sample_seed(seed, id)`, so at temperature > 0 an interrupted and resumed
     run writes the same images as one that ran through, whatever the batch size. Writes OUT/results.json
     (the `earl judge shapes` format), OUT/grid.png (source | target | output) and returns results.
+    `decoder`: as `sample_edits` takes it (one `DecodeCache` serves every batch).
     """
     from pathlib import Path
 
@@ -138,15 +143,17 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     img_dir = out_dir / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     editor = editor or UnifiedEditor.from_pretrained(model_dir)
+    choose_decoder(editor.backbone, editor.device, decoder)  # a decoder that cannot run here fails before any work
     ds = load_dataset(data_dir)
     todo = [i for i, sid in enumerate(ds["id"]) if not (img_dir / f"{sid}.png").is_file()]
     bar = tqdm(total=len(todo), desc="edit", disable=not progress)
+    cache = DecodeCache()
     for start in range(0, len(todo), batch_size):
         rows = ds.select(todo[start : start + batch_size])
         codes = editor.encode_images([editor.preprocess(im)[0] for im in rows["source_image"]])
         gens = [torch.Generator(device=editor.device).manual_seed(sample_seed(seed, sid)) for sid in rows["id"]]
         out = sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
-                           think=editor.config.cot, generator=gens)
+                           think=editor.config.cot, generator=gens, decoder=decoder, cache=cache)
         for sid, im in zip(rows["id"], editor.decode_codes(out.codes)):
             save_png(im, img_dir / f"{sid}.png")  # atomic: a crash never leaves a half-written image
         bar.update(len(rows))

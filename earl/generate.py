@@ -14,6 +14,10 @@ under the distribution it was actually drawn from. The loop is explicit:
 
 CFG: `logits = u + s * (c - u)` on the image slice; the unconditional prompt is the conditional
 one with the instruction dropped. At s = 1 the unconditional rows are not computed at all.
+
+The forward that carries the KV cache is picked by one argument, `decoder=` ("auto" | "hf" | "static" |
+"compiled" | "lean", `choose_decoder`); what a static or compiled decoder keeps between calls lives in
+a `DecodeCache` the caller owns (`cache=`), never on the backbone.
 """
 
 from __future__ import annotations
@@ -214,53 +218,82 @@ class _Decoder:
         return self.logits
 
 
+class DecodeCache:
+    """What the `static` and `compiled` decoders keep between generations; the caller owns it.
+
+    A captured CUDA graph is recorded against its buffers' addresses, so a loop that generates batch
+    after batch reuses both the compiled step and the `StaticCache` (zeroed between calls of the same
+    shape) to replay the graph instead of compiling and recording it again. Make one per backbone and
+    pass it as `cache=` to every call of the loop (an evaluation, a benchmark, a rollout loop); without
+    one each call builds its own and drops it on return. Nothing is stored on the backbone.
+
+    Holds the compiled step and one `StaticCache` (the last shape asked for: bounded memory). `hf` and
+    `lean` keep nothing here (the lean forward reads the weights afresh every generation, so an in-place
+    update of the policy between calls is seen). One generation at a time.
+    """
+
+    def __init__(self):
+        self.backbone = None  # the backbone it was first used with; another one is refused
+        self._step = None
+        self._static: tuple[tuple, StaticCache] | None = None
+
+    def _own(self, backbone) -> None:
+        if self.backbone is None:
+            self.backbone = backbone
+        elif self.backbone is not backbone:
+            raise EarlError("this DecodeCache holds another backbone's compiled step and KV cache: "
+                            "make one DecodeCache per backbone")
+
+    def compiled_step(self, backbone):
+        """`torch.compile(backbone, mode="reduce-overhead", fullgraph=True)`, made once."""
+        self._own(backbone)
+        if self._step is None:
+            self._step = torch.compile(backbone, mode="reduce-overhead", fullgraph=True)
+        return self._step
+
+    def static_cache(self, backbone, rows: int, length: int) -> StaticCache:
+        """The kept `StaticCache`, zeroed, when its shape matches; else a new one, which replaces it."""
+        self._own(backbone)
+        p = next(backbone.parameters())
+        key = (rows, length, p.dtype, p.device)
+        if self._static is not None and self._static[0] == key:
+            self._static[1].reset()
+            return self._static[1]
+        self._static = None  # free the old buffers before allocating the new ones
+        cache = StaticCache(config=backbone.config, max_cache_len=length)
+        self._static = (key, cache)
+        return cache
+
+    def clear(self) -> None:
+        """Drop the compiled step and the KV cache (the next call builds them again)."""
+        self.backbone, self._step, self._static = None, None, None
+
+
 class _StaticDecoder(_Decoder):
     """The same decoder over buffers sized once for the whole generation.
 
     The KV cache (`StaticCache`) and the attention mask are allocated for prompt + every token the
     generation can feed, and each forward writes into them at `cache_position`. Every one-token
     decode forward then has identical shapes and touches only fixed buffers, which is what graph
-    capture needs: with `compile_step` on a CUDA device that forward goes through
+    capture needs: with `compiled` (a CUDA device) that forward goes through
     `torch.compile(mode="reduce-overhead")`, which records it as a CUDA graph and replays it, so a
     decode step costs one graph launch instead of hundreds of kernel launches (small models are
-    launch-bound). The prefill and the two-token row-end feeds run eagerly. Without CUDA there is
-    nothing to capture: the static buffers are used eagerly and that is reported once.
+    launch-bound). The prefill and the two-token row-end feeds run eagerly. The cache and the compiled
+    step come from `store` (a `DecodeCache`), so a caller can keep them across generations.
     """
 
-    _reported: set[str] = set()
-
-    def __init__(self, backbone, batch: dict[str, torch.Tensor], capacity: int, compile_step: bool = False):
+    def __init__(self, backbone, batch: dict[str, torch.Tensor], capacity: int, store: DecodeCache,
+                 compiled: bool = False):
         R, P = batch["input_ids"].shape
         device = batch["input_ids"].device
         self.backbone = backbone
-        self.cache = self._reusable_cache(backbone, R, P + capacity)
+        self.cache = store.static_cache(backbone, R, P + capacity)
         self.mask = torch.zeros(R, P + capacity, dtype=torch.long, device=device)
         self.mask[:, :P] = batch["attention_mask"]
         self.length = 0  # tokens written so far
         self.next_pos = batch["position_ids"][:, -1] + 1
-        self.step = backbone
-        if compile_step:
-            if device.type == "cuda":  # compiled once per backbone, reused by every later generation
-                if "_earl_compiled_step" not in backbone.__dict__:
-                    backbone.__dict__["_earl_compiled_step"] = torch.compile(backbone, mode="reduce-overhead",
-                                                                             fullgraph=True)
-                self.step = backbone.__dict__["_earl_compiled_step"]
-            elif "no CUDA" not in self._reported:
-                self._reported.add("no CUDA")
-                log.warning("static decode: no CUDA device, so no graph capture; the static cache runs eagerly")
+        self.step = store.compiled_step(backbone) if compiled else backbone
         self.logits = self._run(backbone, batch["input_ids"], batch["position_ids"])
-
-    @staticmethod
-    def _reusable_cache(backbone, rows: int, length: int) -> StaticCache:
-        """The backbone's last static cache when the shape matches, zeroed; else a new one. A captured
-        graph is recorded against its buffers' addresses, so a fresh cache per call would re-record."""
-        key, cache = backbone.__dict__.get("_earl_static_cache", (None, None))
-        if key == (rows, length):
-            cache.reset()
-            return cache
-        cache = StaticCache(config=backbone.config, max_cache_len=length)
-        backbone.__dict__["_earl_static_cache"] = ((rows, length), cache)  # one kept: bounded memory
-        return cache
 
     def _run(self, fn, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
@@ -303,49 +336,86 @@ class _LeanDecoder(_Decoder):
         return self.logits
 
 
-_lean_reported: set[str] = set()
+_reported: set[str] = set()  # what was said once: why `auto` keeps the Hugging Face forward, a compile per call
 
 
 LEAN_AUTO_MAX_PARAMS = 1_000_000_000  # the lean forward copies the layer weights once per generation
 
+DECODERS = ("auto", "hf", "static", "compiled", "lean")
 
-def _use_lean(backbone, device: torch.device, lean: bool | None) -> bool:
-    """`lean=None` (auto): the lean forward on a CPU, for a backbone it reproduces and small enough that
-    a second copy of its weights is cheap; said once when it does not reproduce it. `lean=True`
-    insists (an error names why it cannot), `lean=False` keeps the Hugging Face forward."""
-    if lean is False:
-        return False
-    why = unsupported_reason(backbone)
-    if lean and why is not None:
-        raise EarlError(f"lean decoding asked for, but {why}")
-    if lean:
-        return True
+
+def choose_decoder(backbone, device: torch.device | str, decoder: str = "auto") -> str:
+    """The decoder a generation of `backbone` on `device` runs: "hf", "static", "compiled" or "lean".
+
+    The choices: `hf` is the Hugging Face forward with a growing `DynamicCache`; `static` the same
+    forward over a KV cache and mask preallocated for the whole generation; `compiled` that, with the
+    one-token decode forward captured as a CUDA graph by `torch.compile(mode="reduce-overhead")`
+    (CUDA only); `lean` the `earl.lean` forward (only for a backbone it reproduces). All give the same
+    tokens up to float rounding. A named choice is checked and kept (an error says why it cannot run);
+    `auto` picks:
+
+    - on a CPU, `lean` for a backbone it reproduces with at most `LEAN_AUTO_MAX_PARAMS` parameters
+      (it copies the layer weights once per generation), else `hf`, said once. Why: in
+      `docs/PERFORMANCE.md` (shapes-tiny, 2 cores) it made earl's CFG sampling 1.45-1.5x faster at
+      batch 16 and 1.3-1.65x at batch 1 than the Hugging Face forward, and the reward model's greedy
+      verdicts 1.81x and GCPO's sampler 1.66x faster. Not `static`: there it measured within noise
+      of `hf` (51.8-55.1 against 57.2-58.2 ms per image at batch 16); a CPU step is per-op work,
+      not kernel launches.
+    - elsewhere (a GPU), `hf`. `compiled` is the GPU's candidate (one graph launch per decode step
+      instead of hundreds of kernel launches), but it is unmeasured (`docs/PERFORMANCE.md`,
+      `docs/KERNELS.md`: no GPU run yet), costs a compilation per process and a graph recording per
+      batch shape, and pays off only with a caller-owned `DecodeCache`: so it is asked for by name.
+    """
+    if decoder not in DECODERS:
+        raise EarlError(f"decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
+    device = torch.device(device)
+    if decoder == "compiled" and device.type != "cuda":
+        raise EarlError(f"decoder 'compiled' captures the decode step as a CUDA graph and needs a CUDA device, but "
+                        f"the backbone is on {device.type}; 'static' runs the same preallocated cache eagerly")
+    if decoder == "lean":
+        why = unsupported_reason(backbone)
+        if why is not None:
+            raise EarlError(f"decoder 'lean' asked for, but {why}; 'hf' (or 'auto') runs any backbone")
+    if decoder != "auto":
+        return decoder
     if device.type != "cpu" or sum(p.numel() for p in backbone.parameters()) > LEAN_AUTO_MAX_PARAMS:
-        return False
-    if why is not None and why not in _lean_reported:
-        _lean_reported.add(why)
+        return "hf"
+    why = unsupported_reason(backbone)
+    if why is not None and why not in _reported:
+        _reported.add(why)
         log.info("lean CPU decoder off (%s): the Hugging Face forward decodes", why)
-    return why is None
+    return "lean" if why is None else "hf"
 
 
-def open_decoder(backbone, batch: dict[str, torch.Tensor], capacity: int, lean: bool | None = None) -> _Decoder:
+def open_decoder(backbone, batch: dict[str, torch.Tensor], capacity: int, decoder: str = "auto",
+                 cache: DecodeCache | None = None) -> _Decoder:
     """A cache-carrying decoder over a left-padded batch (`EditLayout.pad_prompts`'s keys): `.logits`
     (R, V) at the last position, `.feed(ids (R, n), active)` appends up to `capacity` tokens in all.
-    `earl.lean` where `_use_lean` picks it, else the Hugging Face forward with a growing cache.
+    `decoder`: one of `DECODERS`, resolved by `choose_decoder`; `cache`: a caller-owned `DecodeCache`
+    that the static and compiled decoders reuse (None: a fresh one, dropped with the decoder).
     For generation loops beside `sample_edits` (the reward model's traces)."""
-    if _use_lean(backbone, batch["input_ids"].device, lean):
+    kind = choose_decoder(backbone, batch["input_ids"].device, decoder)
+    if kind == "lean":
         return _LeanDecoder(backbone, batch, capacity)
+    if kind in ("static", "compiled"):
+        if kind == "compiled" and cache is None and "compiled without a cache" not in _reported:
+            _reported.add("compiled without a cache")
+            log.warning("decoder 'compiled' without a DecodeCache: the step is compiled and its graph recorded "
+                        "again on every call; pass cache=DecodeCache() to every call of a loop to reuse them")
+        return _StaticDecoder(backbone, batch, capacity, cache if cache is not None else DecodeCache(),
+                              compiled=kind == "compiled")
     return _Decoder(backbone, batch)
 
 
 @torch.no_grad()
 def greedy_text(backbone, batch: dict[str, torch.Tensor], max_new_tokens: int, eos: int, pad: int,
-                lean: bool | None = None, keep_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                decoder: str = "auto", keep_logits: bool = True,
+                cache: DecodeCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Greedy continuation of a left-padded batch, written as `generate(do_sample=False)` writes it:
     (B, T) new ids, `pad` after a row's `eos`, T the steps until every row ended or the budget; and,
     with `keep_logits`, the raw (B, T, V) logits each id was chosen from (what `output_logits=True`
-    returns), else None."""
-    dec = open_decoder(backbone, batch, max_new_tokens, lean)
+    returns), else None. `decoder`, `cache`: as `open_decoder` takes them."""
+    dec = open_decoder(backbone, batch, max_new_tokens, decoder, cache)
     B = batch["input_ids"].shape[0]
     done = torch.zeros(B, dtype=torch.bool, device=batch["input_ids"].device)
     ids, logits = [], []
@@ -363,20 +433,24 @@ def greedy_text(backbone, batch: dict[str, torch.Tensor], max_new_tokens: int, e
 
 
 def sample_traces(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int, eos: int,
-                  pad: int, generator: torch.Generator | None = None) -> list[list[int]]:
-    """n sampled completions per prompt (prompt-major), each ending at eos or the token budget."""
-    return sample_traces_watching(model, prompts, n, temperature, max_new_tokens, eos, pad, generator)[0]
+                  pad: int, generator: torch.Generator | None = None, decoder: str = "auto",
+                  cache: DecodeCache | None = None) -> list[list[int]]:
+    """n sampled completions per prompt (prompt-major), each ending at eos or the token budget.
+    `decoder`, `cache`: as `open_decoder` takes them."""
+    return sample_traces_watching(model, prompts, n, temperature, max_new_tokens, eos, pad, generator,
+                                  decoder=decoder, cache=cache)[0]
 
 
 def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int,
                            eos: int, pad: int, generator: torch.Generator | None = None,
-                           watch: list[int] | None = None,
-                           lean: bool | None = None) -> tuple[list[list[int]], list[torch.Tensor] | None]:
+                           watch: list[int] | None = None, decoder: str = "auto",
+                           cache: DecodeCache | None = None) -> tuple[list[list[int]], list[torch.Tensor] | None]:
     """`sample_traces`, and with `watch` also each completion's raw logits (before the temperature) of
     the `watch` tokens at every step it sampled: one (len(completion), len(watch)) CPU tensor per row.
     Why: a score read as an expectation (`gcpo.score: expected`) needs the distribution the score
     word was drawn from, and keeping only a few columns costs nothing next to the forward pass.
-    `lean`: the decoder choice of `earl.generate.open_decoder` (None: `earl.lean` on a CPU)."""
+    `decoder`, `cache`: as `open_decoder` takes them ("auto": `earl.lean` on a CPU where it reproduces
+    the model)."""
     rows = [p for p in prompts for _ in range(n)]
     L = max(len(p) for p in rows)
     device = next(model.parameters()).device
@@ -391,7 +465,7 @@ def sample_traces_watching(model, prompts: list[list[int]], n: int, temperature:
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
     with torch.no_grad():
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask.cpu()).to(device)}
-        dec = open_decoder(model, batch, max_new_tokens, lean)
+        dec = open_decoder(model, batch, max_new_tokens, decoder, cache)
         for step in range(max_new_tokens):
             logits = dec.logits.float()
             probs = torch.softmax(logits / temperature, -1)
@@ -490,17 +564,16 @@ def sample_edits(
     cfg: SamplingConfig = SamplingConfig(),
     think: bool = False,
     generator: Generators = None,
-    static_cache: bool = False,
-    compile_decode: bool = False,
-    lean: bool | None = None,
+    decoder: str = "auto",
+    cache: DecodeCache | None = None,
 ) -> GenerationOutput:
     """Sample one edit per (instruction, source grid). Repeat inputs for several samples per prompt.
 
-    The decoder: by default (`lean=None`) `earl.lean` on a CPU where it reproduces the backbone, else
-    the Hugging Face forward with a growing cache; `lean=False` forces the latter.
-    `static_cache`: the Hugging Face forward over a KV cache and mask preallocated for the whole
-    generation (`_StaticDecoder`); `compile_decode` (implies it): its one-token decode forward
-    captured as a CUDA graph on a GPU. All give the same tokens up to float rounding.
+    `decoder`: "auto" | "hf" | "static" | "compiled" | "lean" (`choose_decoder` says what each is and
+    what "auto" picks: `earl.lean` on a CPU where it reproduces the backbone, else the Hugging Face
+    forward with a growing cache). All give the same tokens up to float rounding.
+    `cache`: a `DecodeCache` the caller keeps across calls, so that "static" and "compiled" reuse their
+    KV cache and compiled step (None: this call makes its own; nothing is kept on the backbone).
     `generator`: one `torch.Generator` for the batch, or a list of one per row (on the rows' device),
     so that a row's draws depend on its own seed only, not on which rows share its batch (resumable
     evaluations seed each sample by its id). Per-row generators use the PyTorch draw, not the fused one.
@@ -522,11 +595,7 @@ def sample_edits(
     if cfg.uses_cfg:
         prompts += [layout.prompt(None, src) for src in source_codes.cpu()]
     batch = {k: t.to(device) for k, t in layout.pad_prompts(prompts).items()}
-    capacity = decoding_capacity(layout, h, w, cfg, think)
-    if static_cache or compile_decode:
-        dec = _StaticDecoder(backbone, batch, capacity, compile_step=compile_decode)
-    else:
-        dec = open_decoder(backbone, batch, capacity, lean)
+    dec = open_decoder(backbone, batch, decoding_capacity(layout, h, w, cfg, think), decoder, cache)
     R = batch["input_ids"].shape[0]
 
     pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, logprobs, sampled) chunks (N, n)

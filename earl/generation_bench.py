@@ -46,7 +46,7 @@ import time
 import torch
 
 from earl.errors import EarlError
-from earl.generate import SamplingConfig, sample_edits
+from earl.generate import DecodeCache, SamplingConfig, choose_decoder, sample_edits
 from earl.layout import EditLayout
 
 # A few instructions of different lengths, so the conditional prompts need left padding.
@@ -105,13 +105,18 @@ def build_bench_model(size: str, image_size: int, seed: int = 0, device: str = "
 # ---- the two samplers, each returning (N, T) completions that start with the image header --------
 def run_earl(backbone, layout: EditLayout, instructions: list[str], sources: torch.Tensor,
              guidance_scale: float, generator: torch.Generator | None, temperature: float = 1.0,
-             static: bool = False, fused_step: bool = True, lean: bool | None = None) -> torch.Tensor:
-    """`static`: preallocated cache, and the decode step captured as a CUDA graph on a GPU;
-    `fused_step`: the Triton sampling step on a GPU (`earl.kernels.sampling`); `lean`: the decoder
-    choice of `sample_edits` (None: `earl.lean` on a CPU, False: the Hugging Face forward)."""
+             fused_step: bool = True, decoder: str = "auto", cache: DecodeCache | None = None) -> torch.Tensor:
+    """`fused_step`: the Triton sampling step on a GPU (`earl.kernels.sampling`); `decoder`, `cache`: as
+    `sample_edits` takes them (the benchmark keeps one `DecodeCache` per backbone across its calls)."""
     cfg = SamplingConfig(guidance_scale=guidance_scale, temperature=temperature, fused_step=fused_step)
-    return sample_edits(backbone, layout, instructions, sources, cfg, generator=generator,
-                        compile_decode=static, lean=lean).completions
+    return sample_edits(backbone, layout, instructions, sources, cfg, generator=generator, decoder=decoder,
+                        cache=cache).completions
+
+
+def static_decoder(device: torch.device) -> str:
+    """The benchmark's "earl CFG static" method: the preallocated cache with its decode step captured as
+    a CUDA graph on a GPU ("compiled"), run eagerly elsewhere ("static")."""
+    return "compiled" if torch.device(device).type == "cuda" else "static"
 
 
 def feed_sizes(layout: EditLayout, h: int, w: int) -> list[int]:
@@ -253,28 +258,33 @@ def machine_info() -> dict:
 
 
 def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidance_scale: float, repeats: int,
-                   seed: int) -> dict:
-    """Time the three methods on one batch of B prompts (same sources and instructions for each)."""
+                   seed: int, cache: DecodeCache | None = None) -> dict:
+    """Time the methods on one batch of B prompts (same sources and instructions for each). `cache`: the
+    static methods' `DecodeCache`, kept across calls (a captured graph is recorded once per shape)."""
     sources = torch.randint(0, layout.vocab.codebook_size, (B, h, w), generator=torch.Generator().manual_seed(seed))
     instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(B)]
     device = next(backbone.parameters()).device
+
+    cache = cache if cache is not None else DecodeCache()
+    static = static_decoder(device)
 
     def gen():
         return torch.Generator(device=device).manual_seed(seed)
 
     calls = {
         "earl_cfg": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen()),
-        "earl_cfg_static": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen(), static=True),
+        "earl_cfg_static": lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen(),
+                                            decoder=static, cache=cache),
         "transformers_cfg": lambda: run_transformers(backbone, layout, instructions, sources, guidance_scale, seed),
         "earl_nocfg": lambda: run_earl(backbone, layout, instructions, sources, 1.0, gen()),
     }
     if device.type == "cpu":  # earl's HF-forward path (on a GPU it is earl_cfg itself) and the matmul floor
         calls["earl_cfg_hf"] = lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen(),
-                                                lean=False)
+                                                decoder="hf")
         calls["matmul_floor"] = matmul_floor_call(backbone, layout, instructions, sources, cfg_rows=True)
     if device.type == "cuda":  # the fused sampling step's baseline: the same static run, PyTorch sampling
         calls["earl_cfg_static_unfused"] = lambda: run_earl(backbone, layout, instructions, sources, guidance_scale,
-                                                            gen(), static=True, fused_step=False)
+                                                            gen(), fused_step=False, decoder=static, cache=cache)
     row = {"batch_size": B}
     times, n_checked = _timed_round_robin(
         calls, lambda out: None if out is None else len(parse_grids(layout, out, h, w)), repeats)
@@ -338,7 +348,8 @@ def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=
     weight_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
     bandwidth = copy_bandwidth(dev)
     load_before, busy_before = os.getloadavg(), cpu_busy_fraction()
-    rows = [_measure_batch(backbone, layout, B, h, w, guidance_scale, repeats, seed) for B in batch_sizes]
+    cache = DecodeCache()  # the static methods' cache and compiled step, kept across every call of the run
+    rows = [_measure_batch(backbone, layout, B, h, w, guidance_scale, repeats, seed, cache) for B in batch_sizes]
     machine = {**machine_info(), "cpu_busy_before": busy_before, "loadavg_before": list(load_before),
                "loadavg_after": list(os.getloadavg())}
     if dev.type == "cuda":
@@ -347,6 +358,8 @@ def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=
         "config": {"size": size, "image_size": image_size, "grid": [h, w], "codebook_size": layout.vocab.codebook_size,
                    "backbone_params": sum(p.numel() for p in backbone.parameters()), "device": str(dev),
                    "dtype": dtype, "attention": attention,
+                   "decoders": {"earl_cfg": choose_decoder(backbone, dev), "earl_cfg_static": static_decoder(dev),
+                                **({"earl_cfg_hf": "hf"} if dev.type == "cpu" else {})},
                    "guidance_scale": guidance_scale, "temperature": 1.0, "repeats": repeats, "seed": seed},
         "floor": {"weight_bytes": weight_bytes, "copy_bandwidth_bytes_per_s": bandwidth,
                   "ms_per_decode_step": None if bandwidth is None else 1000 * weight_bytes / bandwidth},
@@ -430,12 +443,13 @@ def bench_text(size: str = "shapes-tiny", batch_size: int = 16, prompt_len: int 
                                 pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
         return out.sequences[:, prompt_len:]
 
-    def sampler(lean):
+    def sampler(decoder):
         return lambda: sample_traces_watching(backbone, rows, traces, 1.0, new_tokens, eos, pad,
-                                              torch.Generator().manual_seed(seed), lean=lean)[0]
+                                              torch.Generator().manual_seed(seed), decoder=decoder)[0]
 
-    calls = {"generate_greedy": hf_greedy, "lean_greedy": lambda: greedy_text(backbone, batch, new_tokens, eos, pad)[0],
-             "hf_sampler": sampler(False), "lean_sampler": sampler(True)}
+    calls = {"generate_greedy": hf_greedy,
+             "lean_greedy": lambda: greedy_text(backbone, batch, new_tokens, eos, pad, decoder="lean")[0],
+             "hf_sampler": sampler("hf"), "lean_sampler": sampler("lean")}
     busy = cpu_busy_fraction()
     times, kept = _timed_round_robin(calls, lambda out: out, repeats)
     outputs = {name: outs[-1] for name, outs in kept.items()}

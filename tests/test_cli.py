@@ -37,7 +37,12 @@ def test_data_judge_edit_eval(tmp_path, tiny_editor):
              "--out", tmp_path / "out.png")
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "out.png").size == (50, 40)
-    r = earl("eval", "shapes", "--model", tmp_path / "model", "--data", data, "--out", tmp_path / "eval")
+    r = earl("eval", "shapes", "--model", tmp_path / "model", "--data", data, "--out", tmp_path / "eval",
+             "--decoder", "compiled")
+    assert r.returncode == 2 and "'compiled'" in r.stderr and "needs a CUDA device" in r.stderr, r.stderr
+    assert not (tmp_path / "eval" / "images").exists() or not any((tmp_path / "eval" / "images").iterdir())
+    r = earl("eval", "shapes", "--model", tmp_path / "model", "--data", data, "--out", tmp_path / "eval",
+             "--decoder", "static")
     assert r.returncode == 0, r.stderr
     out = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert out["overall"]["n"] == 6 and (tmp_path / "eval" / "grid.png").is_file()

@@ -6,8 +6,10 @@ from transformers import LlamaForCausalLM
 
 from earl.errors import EarlError
 from earl.generate import (
+    DecodeCache,
     SamplingConfig,
     cache_kwargs,
+    choose_decoder,
     logprobs_of,
     process_logits,
     reference_greedy,
@@ -146,31 +148,138 @@ def test_bad_sampling_input_is_refused(setup):
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
-def test_static_cache_gives_the_growing_caches_tokens(setup, scale, caplog, monkeypatch):
-    """Preallocated cache and mask (the graph-capture path; without CUDA it runs eagerly and says so once)."""
-    from earl.generate import _StaticDecoder
-
-    monkeypatch.setattr(_StaticDecoder, "_reported", set())
+def test_static_cache_gives_the_growing_caches_tokens(setup, scale):
+    """Preallocated cache and mask (the graph-capture path, run eagerly here)."""
     backbone, layout, codes = setup
     for cfg in (SamplingConfig(temperature=0.0, guidance_scale=scale), SamplingConfig(guidance_scale=scale, top_k=50)):
-        base = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(3))
-        with caplog.at_level("WARNING", logger="earl.generate"):
-            static = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(3),
-                                  compile_decode=True)
+        base = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(3),
+                            decoder="hf")
+        static = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(3),
+                              decoder="static")
         assert torch.equal(static.completions, base.completions)
         assert torch.allclose(static.logprobs, base.logprobs, atol=1e-4)
-    if backbone.device.type == "cpu":
-        assert caplog.text.count("no graph capture") == 1
 
 
 def test_static_cache_holds_the_thinking_budget(tiny_cot_editor):
     ed = tiny_cot_editor
     codes = torch.zeros(2, 4, 4, dtype=torch.long)
     cfg = SamplingConfig(temperature=0.0, max_think_tokens=12)
-    base = sample_edits(ed.backbone, ed.layout, ["add a red circle", "remove the square"], codes, cfg, think=True)
+    base = sample_edits(ed.backbone, ed.layout, ["add a red circle", "remove the square"], codes, cfg, think=True,
+                        decoder="hf")
     static = sample_edits(ed.backbone, ed.layout, ["add a red circle", "remove the square"], codes, cfg, think=True,
-                          static_cache=True)
+                          decoder="static")
     assert torch.equal(static.completions, base.completions) and static.thinking == base.thinking
+
+
+# ---- the decoder choice ----------------------------------------------------------------------
+def test_an_unknown_decoder_is_refused_naming_the_choices(setup):
+    backbone, layout, codes = setup
+    for call in (lambda: sample_edits(backbone, layout, INSTRUCTIONS, codes, decoder="fast"),
+                 lambda: choose_decoder(backbone, "cpu", "Lean")):
+        with pytest.raises(EarlError, match="expected one of auto, hf, static, compiled, lean") as e:
+            call()
+    assert "'Lean'" in str(e.value)
+
+
+def test_compiled_needs_cuda(setup):
+    backbone, layout, codes = setup
+    with pytest.raises(EarlError, match="'compiled'.*needs a CUDA device.*on cpu.*'static'"):
+        sample_edits(backbone, layout, INSTRUCTIONS, codes, SamplingConfig(temperature=0.0), decoder="compiled")
+    assert choose_decoder(backbone, "cuda", "compiled") == "compiled"  # checked by device, not by what is here
+
+
+def test_auto_picks_lean_on_a_cpu_for_a_backbone_it_reproduces_and_hf_elsewhere(setup):
+    backbone = setup[0]
+    assert choose_decoder(backbone, "cpu") == "lean"
+    assert choose_decoder(backbone, "cuda") == "hf"
+    assert [choose_decoder(backbone, "cpu", d) for d in ("hf", "static", "lean")] == ["hf", "static", "lean"]
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_hf_static_and_lean_give_the_same_greedy_codes_and_logprobs(setup, scale):
+    backbone, layout, codes = setup
+    for cfg in (SamplingConfig(temperature=0.0, guidance_scale=scale), SamplingConfig(guidance_scale=scale)):
+        runs = {d: sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, decoder=d,
+                                generator=torch.Generator().manual_seed(6)) for d in ("hf", "static", "lean")}
+        for d in ("static", "lean"):
+            assert torch.equal(runs[d].codes, runs["hf"].codes), d
+            assert torch.equal(runs[d].completions, runs["hf"].completions), d
+            torch.testing.assert_close(runs[d].logprobs, runs["hf"].logprobs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["auto", "hf", "static", "lean"])
+def test_a_generation_leaves_nothing_on_the_backbone(setup, decoder):
+    backbone, layout, codes = setup
+    before = set(vars(backbone))
+    sample_edits(backbone, layout, INSTRUCTIONS, codes, SamplingConfig(temperature=0.0), decoder=decoder,
+                 cache=DecodeCache() if decoder == "static" else None)
+    sample_edits(backbone, layout, INSTRUCTIONS, codes, SamplingConfig(temperature=0.0), decoder=decoder)
+    assert set(vars(backbone)) == before
+    assert not [k for k in vars(backbone) if k.startswith("_earl")]
+    for m in backbone.modules():
+        assert not [k for k in vars(m) if k.startswith("_earl")], type(m).__name__
+
+
+def test_a_cache_the_caller_keeps_gives_what_fresh_calls_give(setup):
+    """Two calls sharing one DecodeCache (the second reuses the zeroed KV cache; then a new shape
+    replaces it) write what two calls with fresh caches write."""
+    backbone, layout, codes = setup
+    cfg = SamplingConfig(guidance_scale=2.0, top_k=40)
+    calls = [(INSTRUCTIONS, codes, 1), (INSTRUCTIONS[::-1], codes.flip(0), 2), (INSTRUCTIONS[:2], codes[:2], 3)]
+
+    def run(ins, src, seed, cache):
+        return sample_edits(backbone, layout, ins, src, cfg, decoder="static", cache=cache,
+                            generator=torch.Generator().manual_seed(seed))
+
+    cache = DecodeCache()
+    kept = [run(*c, cache) for c in calls]
+    fresh = [run(*c, None) for c in calls]
+    for a, b in zip(kept, fresh):
+        assert torch.equal(a.completions, b.completions)
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=0, rtol=0)
+    assert cache.backbone is backbone and cache._static[0][0] == 4  # the last shape's rows: 2 cond + 2 uncond
+    other = type(backbone)(backbone.config).eval()
+    with pytest.raises(EarlError, match="one DecodeCache per backbone"):
+        sample_edits(other, layout, INSTRUCTIONS, codes, cfg, decoder="static", cache=cache)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled decoder captures CUDA graphs")
+def test_compiled_gives_the_hf_codes_and_reuses_the_callers_cache(setup):
+    import copy
+
+    backbone, layout, codes = setup
+    gpu = copy.deepcopy(backbone).cuda()
+    before = set(vars(gpu))
+    cfg = SamplingConfig(temperature=0.0, guidance_scale=3.0, fused_step=False)
+    ref = sample_edits(gpu, layout, INSTRUCTIONS, codes, cfg, decoder="hf")
+    cache = DecodeCache()
+    runs = [sample_edits(gpu, layout, INSTRUCTIONS, codes, cfg, decoder="compiled", cache=cache) for _ in range(2)]
+    step = cache._step
+    for out in runs:
+        assert torch.equal(out.codes, ref.codes)
+        torch.testing.assert_close(out.logprobs, ref.logprobs, atol=1e-4, rtol=1e-4)
+    assert cache._step is step is not None and set(vars(gpu)) == before
+
+
+def test_the_text_loops_take_the_decoder_and_the_cache(setup):
+    """`greedy_text` (the reward model's verdicts) and `sample_traces` (GCPO) through every CPU decoder."""
+    from earl.generate import greedy_text, sample_traces
+
+    backbone = setup[0]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, backbone.config.vocab_size, (3, 9), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(9)[None].expand(3, -1)}
+    cache = DecodeCache()
+    greedy = {d: greedy_text(backbone, batch, 6, eos=2, pad=0, decoder=d, cache=cache) for d in ("hf", "static", "lean")}
+    for d in ("static", "lean"):
+        assert torch.equal(greedy[d][0], greedy["hf"][0])
+        torch.testing.assert_close(greedy[d][1], greedy["hf"][1], atol=1e-5, rtol=1e-5)
+    prompts = [ids[0].tolist(), ids[1, 3:].tolist()]
+    traces = {d: sample_traces(backbone, prompts, 2, 1.0, 6, 2, 0, torch.Generator().manual_seed(1), decoder=d,
+                               cache=cache) for d in ("hf", "static", "lean")}
+    assert traces["static"] == traces["hf"] == traces["lean"]
+    with pytest.raises(EarlError, match="expected one of"):
+        greedy_text(backbone, batch, 6, eos=2, pad=0, decoder="graph")
 
 
 def test_the_kv_cache_goes_by_the_name_the_models_forward_takes():

@@ -17,6 +17,7 @@ def test_bench_generate_structure_and_well_formed_grids(tmp_path):
     assert row["speedup_cfg"] > 0 and row["speedup_cfg_static"] > 0 and row["speedup_cfg_hf"] > 0
     assert row["matmul_floor"]["seconds"] > 0 and row["ceiling_vs_transformers"] > 0
     assert res["floor"]["ms_per_decode_step"] is None  # no bandwidth floor without a GPU
+    assert res["config"]["decoders"] == {"earl_cfg": "lean", "earl_cfg_hf": "hf", "earl_cfg_static": "static"}
     assert "| 2 |" in format_table(res)
     json.dumps(res)  # JSON-serialisable as written by --out
 
@@ -32,9 +33,9 @@ def test_transformers_path_does_the_same_job_greedy_codes_match_earl():
     src = torch.randint(0, layout.vocab.codebook_size, (3, 4, 4), generator=torch.Generator().manual_seed(0))
     ins = INSTRUCTIONS[1:4]  # different lengths: the conditional prompts are left-padded
     theirs = parse_grids(layout, run_transformers(backbone, layout, ins, src, 3.0, seed=0, greedy=True), 4, 4)
-    for static, lean in ((False, None), (False, False), (True, None)):
-        ours = run_earl(backbone, layout, ins, src, 3.0, generator=None, temperature=0.0, static=static, lean=lean)
-        assert torch.equal(parse_grids(layout, ours, 4, 4), theirs)
+    for decoder in ("auto", "hf", "static", "lean"):
+        ours = run_earl(backbone, layout, ins, src, 3.0, generator=None, temperature=0.0, decoder=decoder)
+        assert torch.equal(parse_grids(layout, ours, 4, 4), theirs), decoder
 
 
 def test_the_matmul_floor_runs_the_feeds_the_sampler_runs(monkeypatch):

@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from earl.errors import EarlError
-from earl.generate import SamplingConfig, _Decoder, _LeanDecoder, greedy_text, sample_edits
+from earl.generate import SamplingConfig, _Decoder, _LeanDecoder, choose_decoder, greedy_text, sample_edits
 from earl.lean import LeanLlama, unsupported_reason
 
 INSTRUCTIONS = ["make the red circle blue", "change the square to green", "remove the small triangle"]
@@ -86,8 +86,9 @@ def test_backbones_it_cannot_reproduce_are_refused_and_generation_falls_back(tin
     with pytest.raises(EarlError, match="has a bias"):
         LeanLlama(biased, 1, 4)
     layout, codes = tiny_editor.layout, torch.zeros(1, 4, 4, dtype=torch.long)
-    with pytest.raises(EarlError, match="lean decoding asked for"):
-        sample_edits(biased, layout, INSTRUCTIONS[:1], codes, SamplingConfig(temperature=0.0), lean=True)
+    with pytest.raises(EarlError, match="decoder 'lean' asked for, but .*has a bias"):
+        sample_edits(biased, layout, INSTRUCTIONS[:1], codes, SamplingConfig(temperature=0.0), decoder="lean")
+    assert choose_decoder(biased, "cpu") == "hf"  # auto falls back
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
@@ -96,8 +97,8 @@ def test_sampled_edits_match_the_hf_forward(tiny_editor, scale):
     codes = torch.randint(0, tiny_editor.image_tokenizer.codebook_size, (3, 4, 4),
                           generator=torch.Generator().manual_seed(0))
     cfg = SamplingConfig(temperature=1.0, guidance_scale=scale)
-    runs = [sample_edits(tiny_editor.backbone, tiny_editor.layout, INSTRUCTIONS, codes, cfg, lean=lean,
-                         generator=torch.Generator().manual_seed(4)) for lean in (True, False)]
+    runs = [sample_edits(tiny_editor.backbone, tiny_editor.layout, INSTRUCTIONS, codes, cfg, decoder=decoder,
+                         generator=torch.Generator().manual_seed(4)) for decoder in ("lean", "hf")]
     assert torch.equal(runs[0].completions, runs[1].completions)
     torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
 
@@ -107,7 +108,7 @@ def test_thinking_rows_match_the_hf_forward(tiny_cot_editor):
     codes = torch.zeros(2, 4, 4, dtype=torch.long)
     cfg = SamplingConfig(temperature=1.0, max_think_tokens=8, guidance_scale=2.0)
     runs = [sample_edits(tiny_cot_editor.backbone, tiny_cot_editor.layout, INSTRUCTIONS[:2], codes, cfg, think=True,
-                         lean=lean, generator=torch.Generator().manual_seed(2)) for lean in (True, False)]
+                         decoder=decoder, generator=torch.Generator().manual_seed(2)) for decoder in ("lean", "hf")]
     assert torch.equal(runs[0].completions, runs[1].completions)
     assert runs[0].thinking == runs[1].thinking
 
@@ -142,8 +143,8 @@ def test_a_wrapper_that_changes_the_forward_is_not_bypassed():
     assert "own forward" in unsupported_reason(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("lean", [True, False])
-def test_greedy_text_writes_what_hf_generate_writes(lean):
+@pytest.mark.parametrize("decoder", ["lean", "hf", "static"])
+def test_greedy_text_writes_what_hf_generate_writes(decoder):
     """The reward model's verdicts used `generate(do_sample=False, output_logits=True)`: same ids (pad
     after eos, stop when every row ended) and the same raw logits per step. The eos is an id that some
     rows write and others never do, so both the padding and the budget are exercised."""
@@ -155,7 +156,7 @@ def test_greedy_text_writes_what_hf_generate_writes(lean):
     pad = 0
     ref = model.generate(**batch, max_new_tokens=24, do_sample=False, top_k=None, eos_token_id=eos,
                          pad_token_id=pad, output_logits=True, return_dict_in_generate=True)
-    new, logits = greedy_text(model, batch, 24, eos, pad, lean=lean)
+    new, logits = greedy_text(model, batch, 24, eos, pad, decoder=decoder)
     ended = (new == eos).any(-1)
     assert ended.any() and not ended.all()  # the case is not trivial
     assert torch.equal(new, ref.sequences[:, batch["input_ids"].shape[1]:])
@@ -169,7 +170,7 @@ def test_gcpo_traces_are_the_same_on_the_lean_and_hf_forward():
     model = _tiny_llama()
     prompts = [[3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]
     runs = [sample_traces_watching(model, prompts, 3, 1.0, 12, eos=2, pad=0, generator=torch.Generator().manual_seed(0),
-                                   watch=[3, 4], lean=lean) for lean in (True, False)]
+                                   watch=[3, 4], decoder=decoder) for decoder in ("lean", "hf")]
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
