@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from einops import rearrange
 
 from earl.config import to_dict
 from earl.errors import ConfigError
@@ -123,7 +124,7 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
         s = parse(c, (r // N) % P) if watched is None else parse(c, (r // N) % P, watched[r])
         if s is not None:
             tau[r], valid[r] = s, True
-    tau, valid = tau.view(2, P, N), valid.view(2, P, N)
+    tau, valid = (rearrange(x, "(side p n) -> side p n", side=2, p=P) for x in (tau, valid))  # preferred, rejected
     a_w, a_l = pair_advantages(tau[0], tau[1], valid[0], valid[1])
     adv = torch.cat([a_w.flatten(), a_l.flatten()])
     both = valid[0][:, :, None] & valid[1][:, None, :]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from einops import rearrange
 
 from earl.config import to_dict
 from earl.data import EncodedEdits
@@ -159,7 +160,7 @@ def rewards_of(results, G: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards (P, G) and the valid mask (P, G) of verifier results; a failed result is masked, never zeroed."""
     valid = torch.tensor([not r.failed and r.reward is not None and math.isfinite(r.reward) for r in results])
     rewards = torch.tensor([r.reward if v else 0.0 for r, v in zip(results, valid.tolist())], dtype=torch.float32)
-    return rewards.view(-1, G), valid.view(-1, G)
+    return rearrange(rewards, "(p g) -> p g", g=G), rearrange(valid, "(p g) -> p g", g=G)
 
 
 def score_rollout(editor, verifier, data: EncodedEdits, prompt_idx: list[int], rollout: Rollout, G: int):

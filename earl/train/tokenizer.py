@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from PIL import Image
 
 from earl.config import to_dict
@@ -198,9 +199,8 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, tc: TrainConf
 
 def distinct_patches(images_u8: torch.Tensor, patch: int) -> torch.Tensor:
     """Every distinct `patch` x `patch` tile of the code grid in (N, 3, H, W) uint8 images: (K, 3, patch, patch)."""
-    tiles = images_u8.unfold(2, patch, patch).unfold(3, patch, patch)  # (N, 3, h, w, p, p)
-    tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * patch * patch)  # (N*h*w, 3p^2)
-    return torch.unique(tiles, dim=0).reshape(-1, 3, patch, patch)
+    tiles = rearrange(images_u8, "n c (h p) (w q) -> (n h w) (c p q)", p=patch, q=patch)
+    return rearrange(torch.unique(tiles, dim=0), "k (c p q) -> k c p q", c=3, p=patch)
 
 
 def separation_loss(model: VQTokenizer, bank_u8: torch.Tensor, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
