@@ -23,8 +23,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from earl.agents.pipeline import AgentPipeline  # noqa: E402
 from earl.errors import DataError, EarlError  # noqa: E402
 from earl.io import load_image, save_image  # noqa: E402
+from earl.pipeline import EditPipeline  # noqa: E402
+from earl.shapes.dataset import generate_samples  # noqa: E402
+from earl.shapes.render import render  # noqa: E402
 
 SAMPLE_SPLIT, N_SAMPLES = "complex", 4
 # The samples are 64x64 pictures of flat shapes: show them large, without blurring.
@@ -34,21 +38,14 @@ CSS = """.pixelated img { image-rendering: pixelated; }
 
 def sample_scenes(n: int = N_SAMPLES) -> list[tuple[Image.Image, str]]:
     """The first `n` samples of ShapesEdit's fixed complex test set: (source image, instruction)."""
-    from earl.shapes.dataset import generate_samples
-    from earl.shapes.render import render
-
     return [(render(s.source_scene), s.instruction) for s in generate_samples(SAMPLE_SPLIT, n, 0, part="test")]
 
 
 def load_pipelines(model: str | None = None, agent: bool = False):
     """(editor pipeline or None, agent pipeline or None, notice for the page). Agent mode without a
     usable decomposer falls back to the editor and says why."""
-    from earl.pipeline import EditPipeline
-
     notice = ""
     if agent:
-        from earl.agents.pipeline import AgentPipeline
-
         try:
             return None, AgentPipeline.from_pretrained(editor=model), ""
         except EarlError as e:

@@ -17,10 +17,21 @@ interrupted demo continues where it stopped. `--fast` is a smoke-sized run (abou
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
 from earl.config import load_config
+from earl.evaluate import run_shapes_eval
+from earl.io import save_png
+from earl.pipeline import EditPipeline, default_checkpoint
+from earl.shapes.dataset import write_dataset
+from earl.shapes.edits import make_sample
+from earl.shapes.judge import format_table
+from earl.shapes.render import render
+from earl.train.sft import SFTRecipe, train_sft
+from earl.train.tokenizer import TokenizerRecipe, format_report, train_tokenizer
+from earl.viz import image_grid
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "shapes"
 
@@ -31,13 +42,6 @@ def _stage(title: str) -> float:
 
 
 def run_demo(out: Path, fast: bool = False) -> dict:
-    from earl.evaluate import run_shapes_eval
-    from earl.pipeline import default_checkpoint
-    from earl.shapes.dataset import write_dataset
-    from earl.shapes.judge import format_table
-    from earl.train.sft import SFTRecipe, train_sft
-    from earl.train.tokenizer import TokenizerRecipe, format_report, train_tokenizer
-
     out = Path(out)
     t_all = time.time()
     n_train, n_test = (400, 32) if fast else (6000, 100)
@@ -86,14 +90,6 @@ def run_demo(out: Path, fast: bool = False) -> dict:
 
 
 def _edit_samples(out: Path) -> None:
-    import random
-
-    from earl.io import save_png
-    from earl.pipeline import EditPipeline
-    from earl.shapes.edits import make_sample
-    from earl.shapes.render import render
-    from earl.viz import image_grid
-
     pipe = EditPipeline.from_pretrained()
     rng = random.Random(7)
     rows = []

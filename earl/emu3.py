@@ -30,6 +30,8 @@ from typing import Any
 import torch
 
 from earl.errors import EarlError
+from earl.layout import EditLayout, ImageVocab, TextIds
+from tokenizer.emu3 import Emu3VQTokenizer
 
 STRUCTURAL = {"boi": "<|image start|>", "img": "<|image token|>", "eol": "<|extra_200|>",
               "eof": "<|extra_201|>", "eoi": "<|image end|>"}
@@ -61,8 +63,6 @@ def is_emu3_checkpoint(path: Path) -> bool:
 
 def image_vocab_from_map(vocab_map: dict[str, int], codebook_size: int):
     """The `ImageVocab` of an Emu3 vocabulary: contiguous visual ids and the structural tokens."""
-    from earl.layout import ImageVocab
-
     visual = sorted((int(name[len(VISUAL_PREFIX):-2]), i) for name, i in vocab_map.items()
                     if name.startswith(VISUAL_PREFIX))
     if len(visual) != codebook_size or [c for c, _ in visual] != list(range(codebook_size)):
@@ -91,9 +91,6 @@ def load_emu3_parts(path: str | Path, dtype: torch.dtype | None = None, cot: boo
     """The parts of an editor over an Emu3 checkpoint directory (weights shared, not copied):
     `UnifiedEditor.from_parts(load_emu3_parts(path))` is the editor."""
     from transformers import AutoTokenizer, Emu3ForCausalLM, Emu3ForConditionalGeneration
-
-    from earl.layout import EditLayout, TextIds
-    from tokenizer.emu3 import Emu3VQTokenizer
 
     path = Path(path)
     full = Emu3ForConditionalGeneration.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True)

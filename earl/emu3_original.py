@@ -33,8 +33,12 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from earl.emu3 import DEFAULT_AREA, THINK_TOKENS, EditorParts, _normalisation, image_vocab_from_map
 from earl.errors import EarlError
+from earl.layout import EditLayout, TextIds
+from tokenizer.emu3 import Emu3VQTokenizer
 
 TIKTOKEN_FILE = "emu3.tiktoken"
 VISION_TOKENS_FILE = "emu3_vision_tokens.txt"
@@ -248,8 +252,6 @@ def vq_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     files = sorted(path.glob("*.safetensors"))
     if files:
         state = {}
@@ -268,9 +270,6 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def load_vision_tokenizer(path: str | os.PathLike | None):
     """BAAI's Emu3-VisionTokenizer directory as earl's `Emu3VQTokenizer` (float32, frozen)."""
     from transformers import Emu3VQVAE
-
-    from earl.emu3 import _normalisation
-    from tokenizer.emu3 import Emu3VQTokenizer
 
     if path is None:
         raise EarlError("an Emu3 checkpoint in BAAI's original format has no image tokenizer of its own: pass "
@@ -311,7 +310,7 @@ def load_original_editor(model_dir: str | os.PathLike, vision_tokenizer: str | o
                          dtype: torch.dtype | None = None, cot: bool | None = None, image_area: int | None = None):
     """An `UnifiedEditor` over an EARL / BAAI original-format checkpoint and its vision tokenizer
     (`load_original_parts`, assembled by `UnifiedEditor.from_parts`)."""
-    from earl.model import UnifiedEditor
+    from earl.model import UnifiedEditor  # here, not at the top: earl.model imports this module
 
     return UnifiedEditor.from_parts(load_original_parts(model_dir, vision_tokenizer, dtype, cot, image_area))
 
@@ -324,9 +323,6 @@ def load_original_parts(model_dir: str | os.PathLike, vision_tokenizer: str | os
     `cot` None: chain-of-thought when the resolved path names it ("thinking", as EARL's thinking
     checkpoints do). Images follow earl's Emu3 rule at EARL's 256x256 of area unless `image_area` says.
     """
-    from earl.emu3 import DEFAULT_AREA, THINK_TOKENS, EditorParts, image_vocab_from_map
-    from earl.layout import EditLayout, TextIds
-
     model_dir = Path(model_dir)
     cfg = _config(model_dir)
     if cfg is None or not is_original_emu3(model_dir):

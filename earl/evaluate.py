@@ -7,12 +7,19 @@ training log shows and the numbers an evaluation reports come from one piece of 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from earl.generate import DecodeCache, GenerationOutput, SamplingConfig, choose_decoder, sample_edits
+from earl.io import atomic_write_json, load_image
+from earl.model import UnifiedEditor
+from earl.shapes.oracle import judge
+from earl.shapes.scene import Scene
+from earl.viz import image_grid
 
 
 def generate_in_batches(editor, instructions: list[str], source_codes: torch.Tensor, sampling: SamplingConfig,
@@ -77,11 +84,6 @@ def decode_grids(editor, grids) -> list:
 def oracle_scores(images, source_scenes_json: list[str], target_scenes_json: list[str],
                   instructions: list[str]) -> list[dict]:
     """Judge each image against its sample's scenes; one dict per sample (success, sc, pq, overall, principles)."""
-    import json
-
-    from earl.shapes.oracle import judge
-    from earl.shapes.scene import Scene
-
     out = []
     for img, s, t, ins in zip(images, source_scenes_json, target_scenes_json, instructions):
         j = judge(Scene.from_dict(json.loads(s)), Scene.from_dict(json.loads(t)), img, instruction=ins)
@@ -130,13 +132,10 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     (the `earl judge shapes` format), OUT/grid.png (source | target | output) and returns results.
     `decoder`: as `sample_edits` takes it (one `DecodeCache` serves every batch).
     """
-    from pathlib import Path
-
-    from earl.io import atomic_write_json, load_image, save_png
-    from earl.model import UnifiedEditor
-    from earl.shapes.dataset import load_dataset
-    from earl.shapes.judge import judge_folder
-    from earl.viz import image_grid
+    # here, not at the top: tests/core/test_evaluate.py patches earl.io.save_png
+    from earl.io import save_png
+    from earl.shapes.dataset import load_dataset  # here, not at the top: it loads datasets
+    from earl.shapes.judge import judge_folder  # here, not at the top: it loads datasets
 
     sampling = sampling or SamplingConfig(temperature=0.0)
     out_dir = Path(out_dir)

@@ -19,6 +19,7 @@ and an interrupted training resumes from its last checkpoint. Layout of `out_dir
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -28,11 +29,17 @@ import torch
 from tqdm.auto import tqdm
 
 from earl.config import load_config, to_dict
+from earl.data import encode_dataset, resolve_source
 from earl.errors import ConfigError
+from earl.evaluate import generate_in_batches, oracle_scores
 from earl.generate import SamplingConfig
 from earl.io import atomic_write_json, atomic_write_text, read_json
+from earl.model import UnifiedEditor
+from earl.shapes.edits import SPLITS
 from earl.stats import mean_ci, wilson_ci
-from earl.viz import metric_points, read_metrics
+from earl.train.grpo import GRPORecipe, train_grpo
+from earl.train.sft import SFTRecipe, train_sft
+from earl.viz import metric_points, moving_average, read_metrics, save_figure
 
 ARM_KINDS = ("given", "sft", "grpo", "best_of_n")
 
@@ -133,13 +140,9 @@ def arm_recipe(cfg: StudyRecipe, arm: ArmSection, seed: int):
     that kind, then the arm's overrides, then the study's own fields (output, seed, start model)."""
     out = run_dir(cfg, arm.name, seed)
     if arm.kind == "sft":
-        from earl.train.sft import SFTRecipe, train_sft
-
         base = [f"model.image_tokenizer={cfg.image_tokenizer}", f"data.cache_dir={cfg.cache_dir}"]
         return train_sft, load_config(SFTRecipe, arm.recipe, base + cfg.sft_overrides + arm.overrides
                                       + [f"out_dir={out}", f"run.seed={seed}"])
-    from earl.train.grpo import GRPORecipe, train_grpo
-
     start = model_dir(cfg, _arm(cfg, arm.start), seed)
     return train_grpo, load_config(GRPORecipe, arm.recipe, [f"data.cache_dir={cfg.cache_dir}"] + cfg.grpo_overrides
                                    + arm.overrides + [f"out_dir={out}", f"run.seed={seed}", f"init_from={start}"])
@@ -167,8 +170,6 @@ def train_arm(cfg: StudyRecipe, arm: ArmSection, seed: int, progress: bool) -> N
 
 
 def _eval_set(cfg: StudyRecipe, source: str, editor):
-    from earl.data import encode_dataset, resolve_source
-
     cache = Path(cfg.cache_dir)
     return encode_dataset(resolve_source(source, cache, editor.config.image_size), editor.image_tokenizer,
                           Path(cfg.image_tokenizer), cache, progress=False)
@@ -176,9 +177,6 @@ def _eval_set(cfg: StudyRecipe, source: str, editor):
 
 def evaluate_arm(cfg: StudyRecipe, arm: ArmSection, seed: int, set_name: str, progress: bool) -> dict:
     """Per-sample oracle verdicts of one (arm, seed) on one test set; best-of-N keeps the best of N samples."""
-    from earl.evaluate import generate_in_batches, oracle_scores
-    from earl.model import UnifiedEditor
-
     model_arm = _arm(cfg, arm.start) if arm.kind == "best_of_n" else arm
     editor = UnifiedEditor.from_pretrained(model_dir(cfg, model_arm, seed))
     data = _eval_set(cfg, cfg.eval_sets[set_name], editor)
@@ -277,8 +275,6 @@ def aggregate(cfg: StudyRecipe) -> dict:
             if runs[0] and "mean_of_n" in runs[0][0]:
                 entry["mean_of_n_success"] = _seed_ci(
                     [sum(x["mean_of_n"]["success"] for x in r) / len(r) for r in runs], (0.0, 1.0))
-            from earl.shapes.edits import SPLITS
-
             order = [c for split in SPLITS.values() for c in split]
             categories = sorted({x["category"] for x in runs[0]}, key=lambda c: order.index(c) if c in order else 99)
             entry["category_n"] = {c: sum(x["category"] == c for x in runs[0]) for c in categories}
@@ -351,8 +347,6 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def machine_description() -> dict:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -444,8 +438,6 @@ def plot_curves(cfg: StudyRecipe, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from earl.viz import moving_average, save_figure
 
     has_sft = any(a.kind == "sft" for a in cfg.arms)  # a study of given editors has no SFT curves to draw
     fig, axes = plt.subplots(1, 3 if has_sft else 2, figsize=(15 if has_sft else 10, 4))

@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from earl.errors import DataError, EarlError
+from earl.io import atomic_path
 
 
 def image_grid(rows: list[list[Image.Image]], col_labels: list[str] | None = None, scale: int = 2,
@@ -107,8 +108,6 @@ def save_figure(fig, path: str | Path) -> None:
     """Lay out a matplotlib figure, write it as a PNG atomically (a reader never sees half a file) and
     free it (pyplot keeps every open figure alive)."""
     import matplotlib.pyplot as plt
-
-    from earl.io import atomic_path
 
     fig.tight_layout()
     with atomic_path(path) as tmp:

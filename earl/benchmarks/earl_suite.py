@@ -38,6 +38,7 @@ from earl.benchmarks.gedit import _summary, viescore_rows
 from earl.benchmarks.runner import BenchItem, JudgeSpec
 from earl.errors import DataError
 from earl.io import load_image
+from earl.verify.viescore import parse_scores, perceptual_messages, semantic_messages
 
 BENCHMARKS = ("omniedit", "emuedit", "aurora", "magicbrush", "vismin", "i2ebench")
 NAMES = {"omniedit": "OmniEdit", "emuedit": "EmuEdit", "aurora": "AURORA", "magicbrush": "MagicBrush",
@@ -97,8 +98,6 @@ def load_suite(root: str | Path, benchmarks: list[str] | None = None) -> list[Be
 
 def judge_specs() -> list[JudgeSpec]:
     """earl's two VIEScore calls: semantic [source, edited] and perceptual [edited], two scores each."""
-    from earl.verify.viescore import parse_scores, perceptual_messages, semantic_messages
-
     def sc_messages(item: BenchItem, edited: Image.Image) -> list[dict]:
         return semantic_messages(item.source().convert("RGB"), edited.convert("RGB"), item.instruction)
 

@@ -38,6 +38,7 @@ from PIL import Image
 from earl.benchmarks.runner import BenchItem, JudgeSpec, image_path, load_judgements, resize_to_area
 from earl.errors import DataError
 from earl.io import load_dataset_image
+from earl.verify.viescore import parse_scores
 
 GROUPS = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human", "style_change",
           "subject-add", "subject-remove", "subject-replace", "text_change", "tone_transfer")
@@ -123,8 +124,6 @@ def _judge_source(item: BenchItem) -> Image.Image:
 
 
 def judge_specs(prompts: dict[str, str]) -> list[JudgeSpec]:
-    from earl.verify.viescore import parse_scores
-
     def sc_messages(item: BenchItem, edited: Image.Image) -> list[dict]:
         text = prompts["sc"].replace("<instruction>", item.instruction)
         return [{"role": "user", "content": [

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from earl.agents.plan import Plan
 from earl.agents.records import summarise_records
-from earl.io import atomic_write_json, load_image, read_json, save_png
+from earl.io import atomic_write_json, atomic_write_text, load_image, read_json, save_png
 from earl.verify.chat import ChatBackend, chat_with_retries
 
 
@@ -192,8 +192,6 @@ def resize_to_area(image: Image.Image, area: int) -> Image.Image:
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     """A small CSV written atomically (values are numbers and plain names: no quoting needed beyond commas)."""
-    from earl.io import atomic_write_text
-
     def cell(v) -> str:
         if v is None:
             return ""
@@ -212,8 +210,6 @@ def run_benchmark(bench, items: list[BenchItem], specs: list[JudgeSpec], out_dir
     score what is on disk with `bench` (a module with score, format_table, csv_rows) and write
     OUT/results.json, results.csv and results.md. Items edited by an agent pipeline (an `edit` that
     returns (image, record)) carry its record in their result row (`attach_agent_records`)."""
-    from earl.io import atomic_write_text
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if edit is not None:

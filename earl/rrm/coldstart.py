@@ -41,8 +41,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from earl.rrm.principles import EvalPoint, shapes_points, verify_point
 from earl.rrm.trace import format_trace
-from earl.shapes.edits import cell_name
-from earl.shapes.scene import BACKGROUNDS, PALETTE, Scene
+from earl.shapes.edits import cell_name, make_sample
+from earl.shapes.oracle import parse_scene
+from earl.shapes.render import render
+from earl.shapes.scene import BACKGROUNDS, PALETTE, Scene, ShapeObject
 
 UNMENTIONED_PENALTY = 2.0
 SCAN_PREFIX = "seen :"
@@ -80,8 +82,6 @@ EXPECT_SEPARATOR = " , expected "
 def expectation(point: EvalPoint) -> str | None:
     """What a point's check says should be seen, in the scan's words ("small red circle", "nothing",
     "not white", "3"), or None for checks with no single expected content (extra objects, quality)."""
-    from earl.shapes.scene import ShapeObject
-
     c = point.check
     kind = c.get("kind")
     if kind == "background":
@@ -153,8 +153,6 @@ class Candidate:
 
 
 def candidates(source: Scene, target: Scene, rng: random.Random) -> list[Candidate]:
-    from earl.shapes.render import render
-
     out = [Candidate("target", target, render(target)), Candidate("source", source, render(source))]
     changed = [(r, c) for r in range(target.grid) for c in range(target.grid)
                if source.object_at(r, c) != target.object_at(r, c)]
@@ -266,8 +264,6 @@ def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: I
     `rng`) and the score follows them (`score_rule`); the reasons and the scan still say what the
     oracle saw, so a missed failure reads `3. r1c2 nothing , expected small red circle - yes`: the
     image seen right and judged wrong."""
-    from earl.shapes.oracle import parse_scene
-
     if quote_scan and not scan:
         raise ValueError("quote_scan needs scan: the reasons quote the scan's entries")
     if expect and not quote_scan:
@@ -309,8 +305,6 @@ def make_examples(samples, encode, decode, seed: int = 0, reason_first: bool = T
     (`lenient_verdicts`), drawn from their own generator so that the samples and candidates are
     those of the same seed without it; each example's `true_passed` keeps the oracle's verdicts.
     """
-    from earl.shapes.render import render
-
     rng = random.Random(seed)
     misses = random.Random(f"verifier-miss-{seed}")
     out = []
@@ -336,8 +330,7 @@ def draw_examples(image_tokenizer, n: int, seed: int, image_size: int,
     examples through `image_tokenizer`; returns (samples, examples)."""
     import torch
 
-    from earl.shapes.edits import make_sample
-    from tokenizer import pil_to_tensor, tensor_to_pil
+    from tokenizer import pil_to_tensor, tensor_to_pil  # here, not at the top: it loads torch
 
     rng = random.Random(seed)
     samples = [make_sample(rng, rng.choice(list(splits)), image_size=image_size) for _ in range(n)]

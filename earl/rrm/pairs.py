@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earl.errors import DataError
+from earl.rrm.coldstart import draw_examples
 from earl.stats import mean_ci, wilson_ci
 
 
@@ -75,8 +76,6 @@ def held_out_pairs(image_tokenizer, samples: int, seed: int, image_size: int, pe
 def held_out_samples_and_pairs(image_tokenizer, samples: int, seed: int, image_size: int, per_sample: int = 4,
                                annotator_temperature: float = 1.0):
     """(ShapesEdit samples drawn with `seed`, annotated preference pairs between their candidates)."""
-    from earl.rrm.coldstart import draw_examples
-
     drawn, examples = draw_examples(image_tokenizer, samples, seed, image_size)
     return drawn, make_pairs(examples, [s.category for s in drawn], random.Random(seed + 1), per_sample=per_sample,
                              temperature=annotator_temperature)

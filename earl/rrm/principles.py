@@ -14,10 +14,12 @@ varied templates (seeded), so a model cannot key on one wording.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,9 @@ from PIL import Image
 
 from earl.io import atomic_write_json, read_json
 from earl.shapes.edits import cell_name
-from earl.shapes.scene import Scene
+from earl.shapes.oracle import CLEAN_MIN, IMPURITY_MAX, STRAY_MAX
+from earl.shapes.scene import Scene, ShapeObject
+from earl.verify.chat import chat_with_retries
 
 CATEGORIES = ("instruction", "preservation", "quality")
 N_POINTS = 10
@@ -141,9 +145,6 @@ def shapes_points(source: Scene, target: Scene, seed: int = 0) -> list[EvalPoint
 
 def verify_point(point: EvalPoint, source: Scene, target: Scene, parsed) -> bool:
     """The ground-truth verdict of a ShapesEdit point on a parsed edited image (`earl.shapes.oracle.parse_scene`)."""
-    from earl.shapes.oracle import CLEAN_MIN, IMPURITY_MAX, STRAY_MAX
-    from earl.shapes.scene import ShapeObject
-
     c, found = point.check, parsed.scene
     kind = c.get("kind")
     if kind == "background":
@@ -231,8 +232,6 @@ _COUNTS = {"instruction": (3, 4), "preservation": (3, 4), "quality": (2, 3)}
 
 def parse_points(text: str) -> list[EvalPoint] | None:
     """Exactly 10 points with 3-4 / 3-4 / 2-3 per category from a reply, or None."""
-    import re
-
     if not isinstance(text, str):
         return None
     fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
@@ -268,10 +267,6 @@ def decompose_messages(source: Image.Image, instruction: str) -> list[dict]:
 def llm_points(backend, source: Image.Image, instruction: str, cache: PrincipleCache | None = None,
                retries: int = 2, max_tokens: int = 800) -> list[EvalPoint] | None:
     """Principles from a multimodal LLM (any `earl.verify.chat` backend), cached; None if every try failed."""
-    import asyncio
-
-    from earl.verify.chat import chat_with_retries
-
     def ask():
         async def run():
             try:

@@ -28,7 +28,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+from tqdm import tqdm
+
+from earl.io import atomic_write_text
+from earl.rrm.coldstart import select_trace
+from earl.rrm.pairs import load_pair_file
+from earl.rrm.principles import PrincipleCache, llm_points
+from earl.rrm.serving import rrm_messages
 from earl.rrm.trace import parse_trace
+from earl.verify.chat import chat_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +72,6 @@ def _read_done(path: Path) -> set[str]:
 
 
 async def _one(example: dict, points, writer, verifier, opt: TraceOptions, sem: asyncio.Semaphore) -> dict:
-    from PIL import Image
-
-    from earl.rrm.serving import rrm_messages
-    from earl.verify.chat import chat_with_retries
-
     def load(p):
         with Image.open(p) as im:
             return im.convert("RGB")
@@ -88,8 +92,6 @@ async def _one(example: dict, points, writer, verifier, opt: TraceOptions, sem: 
         return {"error": f"verifier failed: {reference.error}"}
     if not candidates:
         return {"error": f"no candidate trace parsed ({calls[1].error})"}
-    from earl.rrm.coldstart import select_trace
-
     best = candidates[select_trace([c.value.passed for c in candidates], reference.value.passed)]
     agree = sum(a == b for a, b in zip(best.value.passed, reference.value.passed)) / len(points)
     prompt = [{"type": "image", "image": str(example["source"])}, {"type": "image", "image": str(example["image"])},
@@ -112,11 +114,6 @@ def write_real_traces(pair_file: str | Path, out: str | Path, writer, verifier, 
                       principle_cache: str | Path | None = None, options: TraceOptions | None = None,
                       progress: bool = True) -> dict:
     """Build the cold-start file; returns counts {images, written, skipped_done, failed}."""
-    from tqdm import tqdm
-
-    from earl.rrm.pairs import load_pair_file
-    from earl.rrm.principles import PrincipleCache, llm_points
-
     options = options or TraceOptions()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +125,6 @@ def write_real_traces(pair_file: str | Path, out: str | Path, writer, verifier, 
     cache = PrincipleCache(principle_cache) if principle_cache else None
     counts = {"images": len(examples), "written": 0, "skipped_done": len(examples) - len(todo), "failed": 0}
     failures = []
-    from PIL import Image
-
     with out.open("a") as f:
         for e in tqdm(todo, desc="rrm traces", disable=not progress):
             with Image.open(e["source"]) as im:
@@ -149,7 +144,5 @@ def write_real_traces(pair_file: str | Path, out: str | Path, writer, verifier, 
             f.write(json.dumps({**base, "points": [p.public() for p in points], **row}) + "\n")
             f.flush()
             counts["written"] += 1
-    from earl.io import atomic_write_text
-
     atomic_write_text(failed_path, "".join(json.dumps(r) + "\n" for r in failures))
     return counts

@@ -23,20 +23,26 @@ adding a model to the comparison judges only that model.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
+import yaml
+from PIL import Image
 
-from earl.io import atomic_write_json, atomic_write_text
-from earl.rrm.pairs import held_out_samples_and_pairs, pairwise_accuracy
+from earl.checkpoint import sha256_file
+from earl.errors import ConfigError, DataError
+from earl.io import atomic_write_json, atomic_write_text, read_json
+from earl.rrm.pairs import held_out_samples_and_pairs, load_pair_file, paired_difference, pairwise_accuracy
+from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
+from earl.verify.base import EditRequest
+from tokenizer import tensor_to_pil
+from tokenizer.vq import VQTokenizer
 
 
 def shapes_request(image_tokenizer, drawn, seed: int):
     """ShapesEdit example -> `EditRequest`: source and candidate decoded by the tokenizer (what every
     scorer sees), the sample's scene graphs in `meta` (for the oracle and the rrm's principles)."""
-    from earl.verify.base import EditRequest
-    from tokenizer import tensor_to_pil
-
     @torch.no_grad()
     def decode(codes):
         return tensor_to_pil(image_tokenizer.decode(codes[None]))[0]
@@ -64,10 +70,6 @@ def verifier_scorer(verifier, to_request, batch_size: int = 32):
 
 def image_file_request(example: dict):
     """An `EditRequest` from a real pair's example (image paths; the source is opened once per pair file)."""
-    from PIL import Image
-
-    from earl.verify.base import EditRequest
-
     def load(p):
         with Image.open(p) as im:
             return im.convert("RGB")
@@ -79,10 +81,6 @@ def image_file_request(example: dict):
 def parse_verifier_spec(spec: str) -> tuple[str, dict]:
     """"viescore,base_url=http://host:8000/v1,model=qwen" -> ("viescore", {"base_url": ..., "model": ...});
     values are read as YAML scalars (numbers and booleans typed)."""
-    import yaml
-
-    from earl.errors import ConfigError
-
     name, *opts = [p.strip() for p in spec.split(",")]
     options = {}
     for o in opts:
@@ -97,8 +95,6 @@ def parse_verifier_spec(spec: str) -> tuple[str, dict]:
 
 def _check_baselines(baselines: list[str] | None, names: list[str]) -> None:
     """Refuse, before any model loads, a baseline that is not one of this run's scorers."""
-    from earl.errors import ConfigError
-
     missing = [b for b in baselines or [] if b not in names]
     if missing:
         raise ConfigError(f"--baseline {', '.join(missing)}: no such scorer in this run (scorers: {', '.join(names)})")
@@ -108,8 +104,6 @@ def run_pair_file_bench(pair_file: str | Path, verifiers: dict, out_dir: str | P
                         baselines: list[str] | None = None) -> dict:
     """Pairwise accuracy of verifiers on real preference pairs from a jsonl file; each is also
     compared pair by pair with each of `baselines` (verifier labels)."""
-    from earl.rrm.pairs import load_pair_file
-
     _check_baselines(baselines, list(verifiers))
     pairs, same = load_pair_file(pair_file)
     results = {"pairs": len(pairs), "excluded_same": same, "pair_file": str(pair_file), "seed": None,
@@ -131,10 +125,8 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     `avg_k` > 1, `expected_score` and `expected_points` add each reasoning model's Avg@k, E[score]
     and E[points] readouts. Every scorer is also compared, pair by pair, with each of `baselines`
     (scorer names; default: the scalar models)."""
-    from earl.model import UnifiedEditor
-    from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
-    from earl.rrm.verifier import greedy_readouts, rrm_scorer
-    from tokenizer.vq import VQTokenizer
+    from earl.model import UnifiedEditor  # here, not at the top: it loads transformers
+    from earl.rrm.verifier import greedy_readouts, rrm_scorer  # here, not at the top: it loads transformers
 
     readouts = ("written", *(["expected_score"] if expected_score else []),
                 *(["expected_points"] if expected_points else []))
@@ -203,10 +195,6 @@ def _write_results(out_dir: Path, results: dict) -> None:
 
 def weights_fingerprint(model_dir: str | Path) -> str:
     """sha256 over a model directory's weight files (names and contents): a retrained model differs."""
-    import hashlib
-
-    from earl.checkpoint import sha256_file
-
     d = Path(model_dir)
     h = hashlib.sha256()
     for f in sorted(d.rglob("*.safetensors")):
@@ -216,9 +204,6 @@ def weights_fingerprint(model_dir: str | Path) -> str:
 
 def _earlier_scorers(path: Path, samples: int, seed: int, n_pairs: int) -> dict:
     """Scorer results of an earlier run on the same held-out pairs, by name ({} if none or unreadable)."""
-    from earl.errors import DataError
-    from earl.io import read_json
-
     try:
         old = read_json(path)
     except (DataError, OSError):
@@ -232,8 +217,6 @@ def _paired_lines(results: dict) -> list[str]:
     """Each scorer minus each baseline on the same pairs (`paired_difference`), for the baselines judged
     so far. Every scorer has its per-pair outcomes: a result from before they were kept is judged
     again, never reused."""
-    from earl.rrm.pairs import paired_difference
-
     scorers = results["scorers"]
     rows = []
     for base in results.get("baselines", []):

@@ -22,6 +22,7 @@ from torch import nn
 
 from earl.errors import ConfigError
 from earl.io import atomic_path
+from earl.verify.base import RewardResult
 
 HEAD_FILE = "scalar_head.safetensors"
 
@@ -50,7 +51,7 @@ class ScalarRewardModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> ScalarRewardModel:
-        from earl.model import UnifiedEditor
+        from earl.model import UnifiedEditor  # here, not at the top: it loads transformers
 
         path = Path(path)
         if not (path / HEAD_FILE).is_file():
@@ -82,8 +83,6 @@ class ScalarVerifier:
 
     @torch.no_grad()
     def score(self, requests):
-        from earl.verify.base import RewardResult
-
         ed = self.model.editor
         src = ed.encode_images([ed.preprocess(r.source)[0] for r in requests])
         edt = ed.encode_images([ed.preprocess(r.edited)[0] for r in requests])

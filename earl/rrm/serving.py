@@ -12,9 +12,11 @@ verdict text of `earl.rrm.trace`, which the client parses exactly as the in-proc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from earl.errors import DataError
 from earl.rrm.principles import EvalPoint
+from earl.verify.local_vlm import Completion, check_fits, stop_at
 
 RRM_PROMPT = """You verify an image edit. The first image is the source, the second is the edited result.
 Instruction: {instruction}
@@ -68,10 +70,10 @@ def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
     only (`engine.greedy_only`): the server refuses a temperature above 0."""
     import torch
 
+    # here, not at the top: these load transformers, and earl.rrm.verifier imports this module
     from earl.generate import context_limit, open_decoder
     from earl.model import UnifiedEditor
     from earl.rrm.verifier import judge_prompt, normalise_decoded
-    from earl.verify.local_vlm import Completion, check_fits, stop_at
 
     editor = UnifiedEditor.from_pretrained(model_dir, device=device)
     layout = editor.layout
@@ -131,6 +133,4 @@ def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
 
 def is_rrm_dir(path) -> bool:
     """An earl editor directory (editor.json): served by `rrm_engine`, not as a transformers VLM."""
-    from pathlib import Path
-
     return (Path(path) / "editor.json").is_file()

@@ -21,15 +21,23 @@ evaluation and `earl eval rewardbench`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 
 import torch
 
+from earl.errors import ConfigError
 from earl.generate import greedy_text, sample_traces
 from earl.layout import Example
-from earl.rrm.principles import EvalPoint
-from earl.rrm.trace import parse_trace
+from earl.model import UnifiedEditor
+from earl.rrm.coldstart import observed_part, scan_form
+from earl.rrm.principles import EvalPoint, PrincipleCache, llm_points, shapes_points
+from earl.rrm.serving import rrm_messages
+from earl.rrm.trace import parse_trace, reason_span
+from earl.verify.base import RewardResult
+from earl.verify.chat import build_chat_backend, chat_with_retries
+from earl.verify.oracle import scene_from_meta
 
 
 def points_text(points: list[EvalPoint]) -> str:
@@ -93,9 +101,6 @@ def _observation_pieces(line: str) -> list[tuple[str, bool]]:
     """A reason-first verdict line cut into (text, is_observation) pieces: the number, what was seen
     (the reason without its `, expected ...` tail, `earl.rrm.coldstart.observed_part`), then the
     expectation (if any) and the verdict."""
-    from earl.rrm.coldstart import observed_part
-    from earl.rrm.trace import reason_span
-
     span = reason_span(line)
     if span is None:
         raise ValueError(f"failing_observation_weight needs reason-first lines (`k. reason - yes`), got {line!r}")
@@ -297,6 +302,7 @@ def rrm_scorer(editor, max_new_tokens: int = 320, k: int = 1, temperature: float
     leaves its verdicts' `point_breakdown` on the returned function, as `.points`. `readout` (greedy
     only, `greedy_readouts`): "written" the score each trace wrote; "expected_score" the expectation
     of the integer after its `<score>`; "expected_points" 10 x the mean P(yes) of its verdict words."""
+    # here, not at the top: tests/rrm/test_rrm_parts.py patches earl.rrm.trace.parse_trace
     from earl.rrm.trace import parse_trace
 
     if readout != "written" and k != 1:
@@ -324,8 +330,6 @@ def greedy_readouts(editor, examples: list[dict], max_new_tokens: int,
     """One greedy verdict per example, read every way in `readouts` ("written", "expected_score",
     "expected_points"; `generate_verdicts`), and its verdicts' `point_breakdown`.
     A trace that does not parse fails (None) whatever the readout."""
-    from earl.rrm.trace import parse_trace
-
     from_logits = tuple(r for r in readouts if r != "written")
     got = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
                             [e["source_codes"] for e in examples], [e["codes"] for e in examples],
@@ -341,10 +345,6 @@ def _same_words(a: str, b: str) -> bool:
     """Reasons compared as words, each in the scan's form (`scan_form`: "row 2, column 1 holds a
     red circle" and "r2c1 red circle" agree) and without an `, expected ...` tail (`observed_part`): a word-level tokenizer spaces out punctuation
     ('4 object ( s )')."""
-    import re
-
-    from earl.rrm.coldstart import observed_part, scan_form
-
     def words(t):
         return re.findall(r"\w+", scan_form(observed_part(t)).lower())
 
@@ -357,8 +357,6 @@ def point_breakdown(parsed, examples: list[dict]) -> dict:
     points how often the model's reason says what the oracle's does (what is really in the image).
     A model that answers "yes" everywhere, copying the question into its reasons, scores 1 / 0 / ~0.
     `parsed` are `Verdicts` (None for a failed parse), `examples` carry the oracle's passed and trace."""
-    from earl.rrm.trace import parse_trace
-
     acc: dict[str, dict[str, int]] = {}
     for v, e in zip(parsed, examples):
         if v is None:
@@ -419,10 +417,6 @@ class RRMVerifier:
                  principles_base_url: str | None = None, principles_model: str | None = None,
                  principle_cache: str | None = "runs/principles", expected_score: bool = False,
                  expected_points: bool = False):
-        from earl.errors import ConfigError
-        from earl.rrm.principles import PrincipleCache
-        from earl.verify.chat import build_chat_backend
-
         if sum(x is not None for x in (model_path, base_url, vlm_path)) != 1:
             raise ConfigError("rrm verifier: give exactly one of model_path (earl's model, in process), base_url "
                               "(a server) or vlm_path (a transformers image-text-to-text model, in process)")
@@ -443,8 +437,6 @@ class RRMVerifier:
         self.generator = torch.Generator().manual_seed(seed)  # one stream for the verifier's life: calls differ
         self.editor = self.backend = None
         if model_path is not None:
-            from earl.model import UnifiedEditor
-
             self.editor = UnifiedEditor.from_pretrained(model_path, device=device)
         elif base_url is not None:
             self.backend = build_chat_backend("openai", base_url=base_url, model=model, timeout=timeout,
@@ -460,16 +452,11 @@ class RRMVerifier:
 
     def points_for(self, req) -> list[EvalPoint] | None:
         """The request's principles; None when the LLM decomposition failed on every try."""
-        from earl.rrm.principles import llm_points, shapes_points
-        from earl.verify.oracle import scene_from_meta
-
         meta = req.meta or {}
         if meta.get("source_scene") and meta.get("target_scene"):
             seed = int(hashlib.sha256(f"{meta.get('id', '')}|{req.instruction}".encode()).hexdigest()[:8], 16)
             return shapes_points(scene_from_meta(meta, "source_scene"), scene_from_meta(meta, "target_scene"), seed=seed)
         if self.principles_backend is None:
-            from earl.errors import ConfigError
-
             raise ConfigError("rrm verifier: this request has no ShapesEdit scene graphs, so its principles must "
                               "come from a multimodal LLM: set principles_base_url (and principles_model)")
         return llm_points(self.principles_backend, req.source, req.instruction, self.principle_cache,
@@ -497,11 +484,6 @@ class RRMVerifier:
                                self.max_new_tokens, self.batch_size * self.samples, self.generator), None
 
     def _judge_http(self, instructions, points, source_images, edited_images) -> list[str]:
-        import asyncio
-
-        from earl.rrm.serving import rrm_messages
-        from earl.verify.chat import chat_with_retries
-
         async def run():
             sem = asyncio.Semaphore(self.concurrency)
 
@@ -522,8 +504,6 @@ class RRMVerifier:
         return list(asyncio.run(run()))
 
     def score(self, requests):
-        from earl.verify.base import RewardResult
-
         points = [self.points_for(r) for r in requests]
         ok = [i for i, p in enumerate(points) if p is not None]
         judged, expectations = self._judge([requests[i].instruction for i in ok], [points[i] for i in ok],

@@ -64,6 +64,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from earl.errors import DataError, EarlError
+from earl.rrm.serving import is_rrm_dir, rrm_engine
 from earl.verify.local_vlm import ChatRequest, Completion, LocalVLM, MicroBatcher, stop_at
 from earl.verify.messages import MAX_IMAGE_PIXELS, from_openai
 
@@ -453,8 +454,6 @@ def serve_judge(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_b
     model (an editor directory from `earl train rrm-sft`) through `earl.rrm.serving.rrm_engine`.
     `api_key` (default $EARL_API_KEY): required of clients as `Authorization: Bearer <key>`.
     """
-    from earl.rrm.serving import is_rrm_dir, rrm_engine
-
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     if is_rrm_dir(model_dir):
         engine = rrm_engine(model_dir, device=device or "cpu")  # carries its own `validate`
