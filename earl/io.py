@@ -30,6 +30,13 @@ def _staging_name(path: Path, suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter before Python 3.13's os)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _create_staging_file(path: Path) -> Path:
     """A new empty file next to `path`, mode 0666 & ~umask (O_EXCL: never an existing file)."""
     while True:
@@ -61,6 +68,7 @@ def atomic_path(path: str | os.PathLike):
     tmp = _create_staging_file(path)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # a writer that recreates the file (safetensors) gets 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

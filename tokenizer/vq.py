@@ -31,7 +31,7 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -542,11 +542,20 @@ def _check_state_matches(model: nn.Module, state: dict[str, torch.Tensor], weigh
 
 @contextlib.contextmanager
 def _atomic_path(path: Path):
-    """A temporary file next to `path`, renamed over it on success (same idea as `earl.io.atomic_path`)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """A temporary file next to `path`, renamed over it on success (same idea as `earl.io.atomic_path`).
+    Created with mode 0666 & ~umask, as `open` would, not mkstemp's private 0600 that the rename keeps."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield Path(tmp)
+        mask = os.umask(0o022)  # read the umask: safetensors recreates the file with mode 0600
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

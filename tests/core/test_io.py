@@ -4,7 +4,9 @@ import stat
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from earl.errors import DataError
 from earl.io import (
@@ -75,6 +77,9 @@ def test_atomic_writers_give_the_usual_permissions(tmp_path, umask, mask):
     with atomic_path(tmp_path / "p.bin") as tmp:
         tmp.write_bytes(b"x")
     assert _mode(tmp_path / "p.bin") == 0o666 & ~mask
+    with atomic_path(tmp_path / "w.safetensors") as tmp:  # a writer that recreates the file (as 0600)
+        save_file({"w": torch.zeros(2)}, str(tmp))
+    assert _mode(tmp_path / "w.safetensors") == 0o666 & ~mask
     with atomic_directory(tmp_path / "d") as d:
         (d / "f").write_text("x")
     assert _mode(tmp_path / "d") == 0o777 & ~mask

@@ -219,3 +219,17 @@ def test_local_encoder_needs_a_single_level():
         VQConfig(encoder_kernel=1, channel_mult=(1, 2))
     with pytest.raises(ValueError, match="odd"):
         VQConfig(encoder_kernel=2, patch_size=8, channel_mult=(1,))
+
+
+def test_saved_files_are_readable_by_others_as_open_would_make_them(tmp_path):
+    """Atomic writes must not carry a temp file's private 0600 into the result (a shared checkpoint
+    that only its writer can read)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        d = make_model("fsq").save_pretrained(tmp_path / "tok")
+    finally:
+        os.umask(old)
+    for f in d.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644, f
