@@ -45,13 +45,17 @@ ev simple grpo3_open --agent $V3
 ev complex grpo3_open --agent $V3
 ev complex grpo3_vote8_plans4_rrm --agent $V3 --plan-votes 8 --plans 4 --plan-judge rrm
 ev complex grpo3_vote16_plans8_oracle+oracle4 --agent $V3 --plan-votes 16 --plans 8 --plan-judge oracle --check oracle --attempts 4
+ev complex grpo3_vote32_plans16_oracle+oracle4 --agent $V3 --plan-votes 32 --plans 16 --plan-judge oracle --check oracle --attempts 4
 cmp() { earl agent compare "${@:3}" --base $2 --out $A/$1_table.md; }
 cmp complex sft2 editor=$A/complex/editor_alone gt=$A/complex/gt_open sft2=$A/complex/sft2_open grpo_f1=$A/complex/grpo_f1_open \
   grpo_closed=$A/complex/grpo_closed_open gt+oracle4=$A/complex/gt_oracle4 gt+rrm4=$A/complex/gt_rrm4 \
   sft2+oracle4=$A/complex/sft2_oracle4 sft2+rrm4=$A/complex/sft2_rrm4 \
-  grpo_f1+oracle4=$A/complex/grpo_f1_oracle4 grpo_f1+rrm4=$A/complex/grpo_f1_rrm4 sft3=$A/complex/sft3_open \
+  grpo_f1+oracle4=$A/complex/grpo_f1_oracle4 grpo_f1+rrm4=$A/complex/grpo_f1_rrm4 \
   vote8=$A/complex/vote8 vote8+plans4_oracle=$A/complex/vote8_plans4_oracle vote8+plans4_rrm=$A/complex/vote8_plans4_rrm \
-  vote16+plans8_oracle+oracle4=$A/complex/vote16_plans8_oracle+oracle4 grpo3=$A/complex/grpo3_open \
-  grpo3+vote8+plans4_rrm=$A/complex/grpo3_vote8_plans4_rrm grpo3+vote16+plans8_oracle+oracle4=$A/complex/grpo3_vote16_plans8_oracle+oracle4
+  vote16+plans8_oracle+oracle4=$A/complex/vote16_plans8_oracle+oracle4
+cmp complex_stage3 sft3 editor=$A/complex/editor_alone gt=$A/complex/gt_open gt+oracle4=$A/complex/gt_oracle4 \
+  gt+rrm4=$A/complex/gt_rrm4 sft3=$A/complex/sft3_open grpo3=$A/complex/grpo3_open \
+  grpo3+vote8+plans4_rrm=$A/complex/grpo3_vote8_plans4_rrm grpo3+vote16+plans8_oracle+oracle4=$A/complex/grpo3_vote16_plans8_oracle+oracle4 \
+  grpo3+vote32+plans16_oracle+oracle4=$A/complex/grpo3_vote32_plans16_oracle+oracle4
 cmp simple editor editor=$A/simple/editor_alone gt=$A/simple/gt_open sft2=$A/simple/sft2_open \
   grpo_f1=$A/simple/grpo_f1_open grpo_closed=$A/simple/grpo_closed_open sft3=$A/simple/sft3_open vote8=$A/simple/vote8 grpo3=$A/simple/grpo3_open
