@@ -13,7 +13,7 @@
 # is ~2,100 forwards a call), so the device session is two calls on one warm machine:
 #
 #   bash recipes/gpu/fetch_wheels.sh                                   # here, once
-#   STEPS="kernel_tests bench_attention bench_generate_shapes" bash recipes/gpu/checks.sh  # ~5 min
+#   STEPS="kernel_tests compiled_decoder bench_attention bench_generate_shapes" bash recipes/gpu/checks.sh  # ~5 min
 #   STEPS=bench_generate_emu3 bash recipes/gpu/checks.sh                                   # ~6 min
 #   (device run: carry [".whl"], timeout_s 600; then give_back)
 set -uo pipefail
@@ -40,6 +40,7 @@ step() {  # step NAME COMMAND...: run it with a time limit, its output also in $
     | tee "$OUT/machine.txt"
 step kernel_tests python3 -m pytest -q -p no:cacheprovider tests/kernels/test_attention.py \
     tests/kernels/test_sampling.py -k "not sample_edits and not fused_sampled"
+step compiled_decoder python3 -m pytest -q -p no:cacheprovider -m gpu tests/core/test_generate.py
 step bench_attention python3 -m earl.cli bench attention --out "$OUT/bench_attention.json"
 step bench_generate_shapes python3 -m earl.cli bench generate --device cuda --repeats 3 \
     --out "$OUT/bench_generate_shapes.json"

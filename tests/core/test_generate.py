@@ -243,7 +243,7 @@ def test_a_cache_the_caller_keeps_gives_what_fresh_calls_give(setup):
         sample_edits(other, layout, INSTRUCTIONS, codes, cfg, decoder="static", cache=cache)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled decoder captures CUDA graphs")
+@pytest.mark.gpu  # CUDA graphs: deselected on CPU runs, run by recipes/gpu/checks.sh (step compiled_decoder)
 def test_compiled_gives_the_hf_codes_and_reuses_the_callers_cache(setup):
     import copy
 
