@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS, SAVE_EVERY = 60, 4  # 48 examples in batches of 8: 6 batches an epoch, so saves fall mid-epoch and at its end
 
 
-def _sft_command(tmp: Path, tok_dir: Path, out: Path, resume: bool) -> list[str]:
+def _sft_command(tmp: Path, tok_dir: Path, out: Path, resume: bool, recipe: str = "sft.yaml") -> list[str]:
     """`earl train sft` on a tiny recipe (no eval): ~20 ms a step, a few seconds a run."""
     overrides = {
         "out_dir": out, "model.size": "shapes-test", "model.image_tokenizer": tok_dir, "model.image_size": 32,
@@ -32,8 +32,13 @@ def _sft_command(tmp: Path, tok_dir: Path, out: Path, resume: bool) -> list[str]
         "run.steps": STEPS, "run.batch_size": 8, "run.save_every": SAVE_EVERY, "run.log_every": 1,
         "run.eval_every": 1000, "optim.lr": 3e-3, "optim.min_lr": 3e-4, "optim.warmup_steps": 1,
     }
-    return [sys.executable, "-m", "earl.cli", "train", "sft", str(ROOT / "recipes/shapes/sft.yaml"),
+    return [sys.executable, "-m", "earl.cli", "train", "sft", str(ROOT / "recipes/shapes" / recipe),
             *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
+
+
+def _cot_command(tmp: Path, tok_dir: Path, out: Path, resume: bool) -> list[str]:
+    """The same with the reasoning trace before the target image (`sft_cot.yaml`)."""
+    return _sft_command(tmp, tok_dir, out, resume, recipe="sft_cot.yaml")
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -132,6 +137,7 @@ def _gcpo_command(tmp: Path, start: Path, out: Path, resume: bool) -> list[str]:
 
 JOBS = {  # job -> (command builder, steps, weight files compared)
     "sft": (_sft_command, STEPS, ["model/backbone/model.safetensors"]),
+    "sft-cot": (_cot_command, STEPS, ["model/backbone/model.safetensors"]),
     "grpo": (_grpo_command, 16, ["model/backbone/model.safetensors"]),
     "rm-scalar": (_scalar_command, 40, ["model/backbone/model.safetensors", "model/scalar_head.safetensors"]),
     "tokenizer": (_tokenizer_command, STEPS, ["tokenizer/model.safetensors"]),
@@ -177,7 +183,7 @@ def test_a_run_killed_and_resumed_matches_an_uninterrupted_one(job, tmp_path, vq
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     if job == "rrm-gcpo":  # the comparison means something only if steps updated the weights
         assert any(r.get("update/skipped") == 0.0 for r in expected)
-    if job in ("sft", "tokenizer"):
+    if job in ("sft", "sft-cot", "tokenizer"):
         _assert_tensorboard_steps_once(run / "logs", logged)
     if job == "tokenizer":  # the report of the end (its timings aside) as well
         timing = ("train_seconds", "total_seconds", "tokenizer_dir")
