@@ -506,6 +506,8 @@ class RRMVerifier:
     def score(self, requests):
         points = [self.points_for(r) for r in requests]
         ok = [i for i, p in enumerate(points) if p is not None]
+        if not ok:  # nothing to judge (an empty batch, or no principles anywhere): no model call
+            return [RewardResult.failure("no principles: the decomposition failed on every try") for _ in points]
         judged, expectations = self._judge([requests[i].instruction for i in ok], [points[i] for i in ok],
                                            [requests[i].source for i in ok], [requests[i].edited for i in ok])
         texts = dict(zip(ok, judged))

@@ -36,3 +36,10 @@ def test_bundled_reward_model_reads_held_out_images():
     assert metrics["eval/parse_failed"] <= 0.25, metrics
     assert metrics["eval/scan_objects_right"] >= 0.7, metrics
     assert metrics["eval/point_accuracy"] >= 0.75, metrics
+
+
+def test_an_empty_batch_is_judged_without_a_model_call():
+    """The agent pipeline's checks may hand a verifier no request at all (every step unapplicable)."""
+    from earl.verify.base import build_verifier
+
+    assert build_verifier("rrm", model_path=str(BUNDLE), expected_points=True).score([]) == []
