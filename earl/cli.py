@@ -250,6 +250,9 @@ def _agent_pipeline(decomposer: str | None, editor: str | None, args):
     from earl.agents.sequencer import SEQUENCERS
     from earl.agents.unified import UnifiedDecomposer
 
+    if (args.plans > 1) != (args.plan_judge is not None) or (args.plans > 1 and not args.plan_votes):
+        raise EarlError("--plans M chooses among sampled plans by judging the results: give --plans M (> 1), "
+                        "--plan-votes K and --plan-judge together")
     if decomposer == "ground-truth":
         dec = GroundTruthDecomposer()
     else:
@@ -263,17 +266,19 @@ def _agent_pipeline(decomposer: str | None, editor: str | None, args):
             dec = VotingDecomposer(dec, args.plan_votes, args.plan_temperature, seed=getattr(args, "seed", 0))
     from earl.verify.base import build_verifier
 
+    rrm = None  # one reward model, loaded once, when it both checks steps and judges plans
+    if "rrm" in (args.check, args.plan_judge):
+        rrm = build_verifier("rrm", model_path=args.rrm, expected_points=True)
     check = None
     if args.check == "oracle":
         check = OracleStepCheck()
     elif args.check == "rrm":
-        check = VerifierStepCheck(build_verifier("rrm", model_path=args.rrm, expected_points=True), args.rrm_threshold)
+        check = VerifierStepCheck(rrm, args.rrm_threshold)
     judge, threshold = None, 1.0
-    if args.plans > 1:
-        if not args.plan_votes or args.plan_judge is None:
-            raise EarlError("--plans M chooses among sampled plans by judging the results: give --plan-votes K and --plan-judge")
-        judge, threshold = ((build_verifier("oracle", reward="success"), 1.0) if args.plan_judge == "oracle" else
-                            (build_verifier("rrm", model_path=args.rrm, expected_points=True), args.rrm_threshold))
+    if args.plan_judge == "oracle":
+        judge = build_verifier("oracle", reward="success")
+    elif args.plan_judge == "rrm":
+        judge, threshold = rrm, args.rrm_threshold
     return AgentPipeline(dec, PipelineEditor.from_pretrained(editor), sequencer=SEQUENCERS[args.sequencer](),
                          check=check, attempts=args.attempts if check else 1, temperature=args.step_temperature,
                          fallback=args.fallback, seed=getattr(args, "seed", 0), plans=args.plans, plan_judge=judge,

@@ -83,6 +83,15 @@ def test_cli_agent_eval_with_the_ground_truth_plan(complex_set, tmp_path):
     assert res["model"]["decomposer"] == "ground_truth" and res["model"]["attempts"] == 1
 
 
+@pytest.mark.parametrize("flags", [["--plan-judge", "oracle"], ["--plans", "4", "--plan-judge", "oracle"],
+                                   ["--plans", "4", "--plan-votes", "8"]])
+def test_cli_plan_choice_needs_its_three_options_together(complex_set, tmp_path, flags):
+    from earl.cli import main
+
+    assert main(["eval", "shapes", "--agent", "--data", str(complex_set), "--out", str(tmp_path / "o"), *flags]) == 2
+    assert not (tmp_path / "o").exists()
+
+
 def _fake_run(d, successes, agent=None):
     d.mkdir()
     samples = [{"id": f"s{i}", "success": ok} for i, ok in enumerate(successes)]
