@@ -243,46 +243,13 @@ def _agent_args(p) -> None:
 
 
 def _agent_pipeline(decomposer: str | None, editor: str | None, args):
-    from earl.agents.checks import OracleStepCheck, VerifierStepCheck
-    from earl.agents.decomposer import GroundTruthDecomposer
-    from earl.agents.editor import PipelineEditor
-    from earl.agents.pipeline import AgentPipeline, default_decomposer
-    from earl.agents.sequencer import SEQUENCERS
-    from earl.agents.unified import UnifiedDecomposer
+    from earl.agents.build import AgentOptions, build_agent_pipeline
 
-    if (args.plans > 1) != (args.plan_judge is not None) or (args.plans > 1 and not args.plan_votes):
-        raise EarlError("--plans M chooses among sampled plans by judging the results: give --plans M (> 1), "
-                        "--plan-votes K and --plan-judge together")
-    if decomposer == "ground-truth":
-        dec = GroundTruthDecomposer()
-    else:
-        path = Path(decomposer or default_decomposer())
-        if not path.is_dir():
-            raise EarlError(f"decomposer {path}: not a directory")
-        dec = UnifiedDecomposer.from_pretrained(path)
-        if args.plan_votes:
-            from earl.agents.decomposer import VotingDecomposer
-
-            dec = VotingDecomposer(dec, args.plan_votes, args.plan_temperature, seed=getattr(args, "seed", 0))
-    from earl.verify.base import build_verifier
-
-    rrm = None  # one reward model, loaded once, when it both checks steps and judges plans
-    if "rrm" in (args.check, args.plan_judge):
-        rrm = build_verifier("rrm", model_path=args.rrm, expected_points=True)
-    check = None
-    if args.check == "oracle":
-        check = OracleStepCheck()
-    elif args.check == "rrm":
-        check = VerifierStepCheck(rrm, args.rrm_threshold)
-    judge, threshold = None, 1.0
-    if args.plan_judge == "oracle":
-        judge = build_verifier("oracle", reward="success")
-    elif args.plan_judge == "rrm":
-        judge, threshold = rrm, args.rrm_threshold
-    return AgentPipeline(dec, PipelineEditor.from_pretrained(editor), sequencer=SEQUENCERS[args.sequencer](),
-                         check=check, attempts=args.attempts if check else 1, temperature=args.step_temperature,
-                         fallback=args.fallback, seed=getattr(args, "seed", 0), plans=args.plans, plan_judge=judge,
-                         plan_threshold=threshold)
+    options = AgentOptions(check=args.check, attempts=args.attempts, step_temperature=args.step_temperature,
+                           rrm=args.rrm, rrm_threshold=args.rrm_threshold, plan_votes=args.plan_votes,
+                           plan_temperature=args.plan_temperature, plans=args.plans, plan_judge=args.plan_judge,
+                           sequencer=args.sequencer, fallback=args.fallback)
+    return build_agent_pipeline(decomposer, editor, options, seed=getattr(args, "seed", 0))
 
 
 def _cmd_agent_edit(args) -> None:
@@ -746,9 +713,11 @@ def _add_demo_parser(sub) -> None:
 
 def _cmd_study(args) -> None:
     from earl.config import load_config
-    from earl.study import StudyRecipe, run_study
+    from earl.study import StudyRecipe, run_study, select_arms
 
     cfg = load_config(StudyRecipe, args.recipe, args.overrides)
+    if args.arms:
+        cfg = select_arms(cfg, [a.strip() for a in args.arms.split(",") if a.strip()])
     run_study(cfg, progress=not args.no_progress)
     out = Path(cfg.out_dir)
     print((out / "report.md").read_text())
@@ -759,6 +728,8 @@ def _add_study_parser(sub) -> None:
     st = sub.add_parser("study", help="train and evaluate several recipes over seeds; a table with 95%% CIs (resumable)")
     st.add_argument("recipe", help="study YAML, e.g. recipes/shapes/study.yaml")
     st.add_argument("overrides", nargs="*", help="key=value overrides of the study's fields")
+    st.add_argument("--arms", default=None, metavar="A,B",
+                    help="run only these arms (and the arms they start from), e.g. to re-run one elsewhere")
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
     st.set_defaults(func=_cmd_study)
 

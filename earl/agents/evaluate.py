@@ -83,7 +83,8 @@ def summarise_agent(ds, rec_dir: Path, results: dict) -> dict:
             if s["passed"] is not None:
                 checked, passed = checked + 1, passed + bool(s["passed"])
         sample.update({"plan": rec["plan"], "n_steps": rec["n_steps"], "agent_failure": rec["failure"],
-                       "fallback": rec["fallback"], "editor_calls": rec["editor_calls"]})
+                       "fallback": rec["fallback"], "editor_calls": rec["editor_calls"],
+                       "check_calls": rec["check_calls"]})
     n = max(1, len(records))
     return {
         "plan_f1": sum(f1s) / n,
