@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from earl.agents.build import GROUND_TRUTH, AgentOptions, build_agent_pipeline
+from earl.agents.evaluate import run_agent_eval
 from earl.config import load_config, to_dict
 from earl.data import encode_dataset, resolve_source
 from earl.errors import ConfigError
@@ -38,34 +40,50 @@ from earl.model import UnifiedEditor
 from earl.shapes.edits import SPLITS
 from earl.stats import mean_ci, wilson_ci
 from earl.train.grpo import GRPORecipe, train_grpo
+from earl.train.scalar_rm import ScalarRecipe, train_scalar_rm
 from earl.train.sft import SFTRecipe, train_sft
 from earl.viz import metric_points, moving_average, read_metrics, save_figure
 
-ARM_KINDS = ("given", "sft", "grpo", "best_of_n")
+ARM_KINDS = ("given", "sft", "grpo", "best_of_n", "agent", "scalar_rm")
+TRAINED_KINDS = ("sft", "grpo", "scalar_rm")  # arms with a training stage
+EDITOR_KINDS = ("given", "sft", "grpo")  # arms that hold an editor another arm can start from
 
 
 @dataclass
 class ArmSection:
     name: str  # a directory name and a table row, e.g. "sft_simple"
-    kind: str  # "given" | "sft" | "grpo" | "best_of_n"
-    recipe: str | None = None  # the stage's YAML (sft, grpo); best_of_n has none
+    kind: str  # one of ARM_KINDS
+    recipe: str | None = None  # the stage's YAML (sft, grpo, scalar_rm)
     model: str | None = None  # given: an editor directory (the same for every seed), never trained
     overrides: list[str] = field(default_factory=list)  # key=value, applied after the study's defaults
-    start: str | None = None  # grpo and best_of_n: the arm whose model (same seed) they start from
+    # grpo, best_of_n, agent: the arm whose editor (same seed) they start from or use; sft, scalar_rm:
+    # an optional editor arm to continue from (model.init_from / init_from)
+    start: str | None = None
     n: int = 8  # best_of_n: samples per prompt
     temperature: float = 1.0  # best_of_n: sampling temperature of the N samples
+    # This arm's seeds (default: the study's). One seed for an arm whose result no seed changes (a given
+    # editor, greedy decoding, a greedy agent): its intervals are then across test prompts, not seeds.
+    seeds: list[int] | None = None
+    sets: list[str] | None = None  # the eval sets this arm is evaluated on (default: all of the study's)
+    reward_model: str | None = None  # grpo: a scalar_rm arm whose model is the reward (verifier "scalar")
+    decomposer: str | None = None  # agent: a decomposer directory, or "ground-truth"; None: the bundled one
+    agent: AgentOptions = field(default_factory=AgentOptions)  # agent: step check, sampled plans, plan judge
 
     def __post_init__(self):
         if self.kind not in ARM_KINDS:
             raise ValueError(f"arm {self.name!r}: kind must be one of {', '.join(ARM_KINDS)}, got {self.kind!r}")
         if (self.kind == "given") != (self.model is not None):
             raise ValueError(f"arm {self.name!r}: `model` (an editor directory) is for, and needed by, a given arm")
-        if self.kind in ("sft", "grpo") and not self.recipe:
+        if self.kind in TRAINED_KINDS and not self.recipe:
             raise ValueError(f"arm {self.name!r}: a {self.kind} arm needs a recipe")
-        if self.kind in ("grpo", "best_of_n") and not self.start:
-            raise ValueError(f"arm {self.name!r}: a {self.kind} arm needs `start` (an SFT or given arm's name)")
+        if self.kind in ("grpo", "best_of_n", "agent") and not self.start:
+            raise ValueError(f"arm {self.name!r}: a {self.kind} arm needs `start` (an editor arm's name)")
         if self.kind == "best_of_n" and (self.n < 2 or self.temperature <= 0):
             raise ValueError(f"arm {self.name!r}: best_of_n needs n >= 2 and temperature > 0")
+        if self.reward_model is not None and self.kind != "grpo":
+            raise ValueError(f"arm {self.name!r}: `reward_model` is for grpo arms")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"arm {self.name!r}: seeds must be a non-empty list of distinct integers")
 
 
 @dataclass
@@ -94,15 +112,65 @@ class StudyRecipe:
         for arm in self.arms:
             if arm.name in seen:
                 raise ValueError(f"arms: the name {arm.name!r} is used twice")
-            if arm.start is not None:
-                if arm.start not in seen:
-                    raise ValueError(f"arm {arm.name!r}: start {arm.start!r} must name an earlier arm")
-                if seen[arm.start].kind == "best_of_n":
-                    raise ValueError(f"arm {arm.name!r}: start {arm.start!r} is a best_of_n arm (it has no model)")
+            unknown = [s for s in arm.sets or [] if s not in self.eval_sets]
+            if unknown:
+                raise ValueError(f"arm {arm.name!r}: sets {unknown} are not among eval_sets ({', '.join(self.eval_sets)})")
+            for key, ref, kinds, what in (("start", arm.start, EDITOR_KINDS, "an editor arm (given, sft or grpo)"),
+                                          ("reward_model", arm.reward_model, ("scalar_rm",), "a scalar_rm arm")):
+                if ref is None:
+                    continue
+                if ref not in seen:
+                    raise ValueError(f"arm {arm.name!r}: {key} {ref!r} must name an earlier arm")
+                if seen[ref].kind not in kinds:
+                    raise ValueError(f"arm {arm.name!r}: {key} {ref!r} is a {seen[ref].kind} arm; expected {what}")
+                theirs = arm_seeds(self, seen[ref])
+                if len(theirs) > 1 and not set(arm_seeds(self, arm)) <= set(theirs):
+                    raise ValueError(f"arm {arm.name!r}: its seeds {arm_seeds(self, arm)} are not all among "
+                                     f"{ref!r}'s {theirs}")
             seen[arm.name] = arm
         for pair in self.compare:
             if len(pair) != 2 or any(a not in seen for a in pair):
                 raise ValueError(f"compare: each entry must be [arm, baseline] with known arm names, got {pair}")
+            if any(seen[a].kind == "scalar_rm" for a in pair):
+                raise ValueError(f"compare {pair}: a scalar_rm arm is a reward model, not an editor; it has no results")
+            a, b = (arm_seeds(self, seen[x]) for x in pair)
+            if len(a) > 1 and len(b) > 1 and a != b:
+                raise ValueError(f"compare {pair}: the two arms have different seeds ({a} and {b})")
+            sa, sb = (set(arm_sets(self, seen[x])) for x in pair)
+            if not sa & sb:
+                raise ValueError(f"compare {pair}: the two arms share no eval set")
+
+
+def arm_seeds(cfg: StudyRecipe, arm: ArmSection) -> list[int]:
+    return list(arm.seeds) if arm.seeds is not None else list(cfg.seeds)
+
+
+def arm_sets(cfg: StudyRecipe, arm: ArmSection) -> list[str]:
+    """The eval sets an arm is evaluated on (none for a reward model), in the study's order."""
+    if arm.kind == "scalar_rm":
+        return []
+    return [s for s in cfg.eval_sets if arm.sets is None or s in arm.sets]
+
+
+def select_arms(cfg: StudyRecipe, names: list[str]) -> StudyRecipe:
+    """The study restricted to `names` and the arms they start from (e.g. to re-run one arm elsewhere);
+    comparisons among the kept arms stay."""
+    by_name = {a.name: a for a in cfg.arms}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"--arms: no arm named {', '.join(unknown)} (arms: {', '.join(by_name)})")
+    keep = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        a = by_name[name]
+        todo += [r for r in (a.start, a.reward_model) if r]
+    return StudyRecipe(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
+                          "arms": [a for a in cfg.arms if a.name in keep],
+                          "compare": [p for p in cfg.compare if set(p) <= keep]})
 
 
 # ---- one stage at a time ------------------------------------------------------------------------
@@ -122,30 +190,45 @@ def run_dir(cfg: StudyRecipe, arm: str, seed: int) -> Path:
     return Path(cfg.out_dir) / arm / f"seed_{seed}"
 
 
-def model_dir(cfg: StudyRecipe, arm: ArmSection, seed: int) -> Path:
-    """Where an arm's editor for one seed lives: its training run's model/, or a given arm's directory."""
-    return Path(arm.model) if arm.kind == "given" else run_dir(cfg, arm.name, seed) / "model"
-
-
 def _arm(cfg: StudyRecipe, name: str) -> ArmSection:
     return next(a for a in cfg.arms if a.name == name)
 
 
-def _trained(d: Path) -> bool:
-    return (d / "final_metrics.json").is_file() and (d / "model" / "editor.json").is_file()
+def _their_seed(cfg: StudyRecipe, other: ArmSection, seed: int) -> int:
+    """The seed of `other` (a start or a reward model) that an arm's `seed` uses: the same one, or the
+    other arm's only seed when it has one (a given editor, a reward model trained once)."""
+    theirs = arm_seeds(cfg, other)
+    return seed if seed in theirs else theirs[0]
+
+
+def model_dir(cfg: StudyRecipe, arm: ArmSection, seed: int) -> Path:
+    """Where an arm's model for one seed lives: its training run's model/, or a given arm's directory."""
+    return Path(arm.model) if arm.kind == "given" else run_dir(cfg, arm.name, _their_seed(cfg, arm, seed)) / "model"
+
+
+def _trained(d: Path, kind: str) -> bool:
+    done = (d / "model" / "editor.json") if kind != "scalar_rm" else (d / "model")
+    return (d / "final_metrics.json").is_file() and done.exists()
 
 
 def arm_recipe(cfg: StudyRecipe, arm: ArmSection, seed: int):
     """(train function, recipe) of one trained (arm, seed): the stage YAML, then the study's defaults for
     that kind, then the arm's overrides, then the study's own fields (output, seed, start model)."""
     out = run_dir(cfg, arm.name, seed)
+    start = model_dir(cfg, _arm(cfg, arm.start), seed) if arm.start else None
     if arm.kind == "sft":
         base = [f"model.image_tokenizer={cfg.image_tokenizer}", f"data.cache_dir={cfg.cache_dir}"]
-        return train_sft, load_config(SFTRecipe, arm.recipe, base + cfg.sft_overrides + arm.overrides
-                                      + [f"out_dir={out}", f"run.seed={seed}"])
-    start = model_dir(cfg, _arm(cfg, arm.start), seed)
+        tail = [f"out_dir={out}", f"run.seed={seed}"] + ([f"model.init_from={start}"] if start else [])
+        return train_sft, load_config(SFTRecipe, arm.recipe, base + cfg.sft_overrides + arm.overrides + tail)
+    if arm.kind == "scalar_rm":
+        tail = [f"out_dir={out}", f"run.seed={seed}"] + ([f"init_from={start}"] if start else [])
+        return train_scalar_rm, load_config(ScalarRecipe, arm.recipe, arm.overrides + tail)
+    reward = []
+    if arm.reward_model:
+        rm = model_dir(cfg, _arm(cfg, arm.reward_model), seed)
+        reward = ["verifier.name=scalar", f"verifier.options={{model_path: {rm}}}"]
     return train_grpo, load_config(GRPORecipe, arm.recipe, [f"data.cache_dir={cfg.cache_dir}"] + cfg.grpo_overrides
-                                   + arm.overrides + [f"out_dir={out}", f"run.seed={seed}", f"init_from={start}"])
+                                   + arm.overrides + reward + [f"out_dir={out}", f"run.seed={seed}", f"init_from={start}"])
 
 
 def check_recipes(cfg: StudyRecipe) -> None:
@@ -155,10 +238,15 @@ def check_recipes(cfg: StudyRecipe) -> None:
             if not (Path(arm.model) / "editor.json").is_file():
                 raise ConfigError(f"arm {arm.name!r}: model {arm.model} is not a saved editor (no editor.json)")
             continue
+        if arm.kind == "agent":
+            if arm.decomposer not in (None, GROUND_TRUTH) and not Path(arm.decomposer).is_dir():
+                raise ConfigError(f"arm {arm.name!r}: decomposer {arm.decomposer} is not a directory (a saved "
+                                  "decomposer, or 'ground-truth')")
+            continue
         if arm.kind == "best_of_n":
             continue
         try:
-            arm_recipe(cfg, arm, cfg.seeds[0])
+            arm_recipe(cfg, arm, arm_seeds(cfg, arm)[0])
         except ConfigError as e:
             raise ConfigError(f"arm {arm.name!r}: {e}") from None
 
@@ -176,7 +264,10 @@ def _eval_set(cfg: StudyRecipe, source: str, editor):
 
 
 def evaluate_arm(cfg: StudyRecipe, arm: ArmSection, seed: int, set_name: str, progress: bool) -> dict:
-    """Per-sample oracle verdicts of one (arm, seed) on one test set; best-of-N keeps the best of N samples."""
+    """Per-sample oracle verdicts of one (arm, seed) on one test set, with the editor and judge calls each
+    edit cost; best-of-N keeps the best of N samples, an agent arm runs the whole pipeline."""
+    if arm.kind == "agent":
+        return evaluate_agent_arm(cfg, arm, seed, set_name, progress)
     model_arm = _arm(cfg, arm.start) if arm.kind == "best_of_n" else arm
     editor = UnifiedEditor.from_pretrained(model_dir(cfg, model_arm, seed))
     data = _eval_set(cfg, cfg.eval_sets[set_name], editor)
@@ -196,12 +287,31 @@ def evaluate_arm(cfg: StudyRecipe, arm: ArmSection, seed: int, set_name: str, pr
         best = max(range(n), key=lambda g: group[g]["overall"])  # first of the ties
         v = group[best]
         row = {"id": data.ids[p], "category": data.categories[p], "success": bool(v["success"]),
-               "sc": v["sc"], "pq": v["pq"], "overall": v["overall"]}
+               "sc": v["sc"], "pq": v["pq"], "overall": v["overall"], "editor_calls": n,
+               "judge_calls": n if n > 1 else 0}
         if n > 1:  # the unselected draws: what sampling at this temperature gives without a verifier
             row["mean_of_n"] = {k: sum(float(g[k]) for g in group) / n for k in ("success", "overall")}
         samples.append(row)
     return {"arm": arm.name, "seed": seed, "set": set_name, "n_samples_per_prompt": n,
             "sampling": to_dict(sampling), "samples": samples}
+
+
+def evaluate_agent_arm(cfg: StudyRecipe, arm: ArmSection, seed: int, set_name: str, progress: bool) -> dict:
+    """The agent pipeline (decomposer -> editor of the `start` arm, same seed) on one test set, through
+    `earl eval shapes --agent`'s runner (its images and per-edit records kept under agent_{set}/, and
+    resumed sample by sample). Judge calls count the step checks and the plan judge's verdicts."""
+    editor_dir = model_dir(cfg, _arm(cfg, arm.start), seed)
+    image_size = read_json(editor_dir / "editor.json")["image_size"]
+    data_dir = resolve_source(cfg.eval_sets[set_name], Path(cfg.cache_dir), image_size)
+    pipe = build_agent_pipeline(arm.decomposer, str(editor_dir), arm.agent, seed=seed)
+    res = run_agent_eval(pipe, data_dir, run_dir(cfg, arm.name, seed) / f"agent_{set_name}",
+                         batch_size=cfg.eval_batch_size, progress=progress)
+    samples = [{"id": r["id"], "category": r["category"], "success": bool(r["success"]), "sc": r["sc"],
+                "pq": r["pq"], "overall": r["overall"], "editor_calls": r["editor_calls"],
+                "judge_calls": r["check_calls"], "plan": r["plan"], "agent_failure": r["agent_failure"]}
+               for r in res["samples"]]
+    return {"arm": arm.name, "seed": seed, "set": set_name, "agent": res["agent"], "model": res["model"],
+            "samples": samples}
 
 
 def run_study(cfg: StudyRecipe, progress: bool = True) -> dict:
@@ -214,21 +324,23 @@ def run_study(cfg: StudyRecipe, progress: bool = True) -> dict:
     check_recipes(cfg)
     atomic_write_json(out / "study.json", to_dict(cfg))
     times = StageTimes(out / "stage_times.json")
-    stages = [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]  # seed-major: seed 0 of every arm first
+    seeds = list(dict.fromkeys([*cfg.seeds, *(s for a in cfg.arms for s in arm_seeds(cfg, a))]))
+    # seed-major: seed 0 of every arm first, so an interrupted study has every arm's first seed
+    stages = [(arm, seed) for seed in seeds for arm in cfg.arms if seed in arm_seeds(cfg, arm)]
     for arm, seed in tqdm(stages, desc="study", disable=not progress):
         d = run_dir(cfg, arm.name, seed)
-        if arm.kind in ("sft", "grpo") and not _trained(d):
+        if arm.kind in TRAINED_KINDS and not _trained(d, arm.kind):
             t0 = time.time()
             train_arm(cfg, arm, seed, progress)
             times.record(f"{arm.name}/seed_{seed}/train", time.time() - t0)
-        for set_name in cfg.eval_sets:
+        for set_name in arm_sets(cfg, arm):
             path = d / f"eval_{set_name}.json"
             if path.is_file():
                 continue
             t0 = time.time()
             atomic_write_json(path, evaluate_arm(cfg, arm, seed, set_name, progress))
             times.record(f"{arm.name}/seed_{seed}/eval_{set_name}", time.time() - t0)
-    results = aggregate(cfg)
+    results = aggregate(cfg, times.times)
     results["stage_times_s"] = times.times
     results["total_time_s"] = round(sum(times.times.values()), 1)
     results["machine"] = machine_description()
@@ -255,48 +367,83 @@ def _prompt_ci(rows: list[dict], key: str, bounds: tuple[float, float]) -> dict:
             "across": "prompts"}
 
 
-def aggregate(cfg: StudyRecipe) -> dict:
-    """Mean +- 95% t-interval across seeds, per arm and test set, overall and per category. With one seed
-    there is no spread across seeds: the intervals are then across test prompts (`"across": "prompts"`),
-    and paired differences are per prompt (both arms answered the same prompts)."""
+def aggregate(cfg: StudyRecipe, times: dict[str, float] | None = None) -> dict:
+    """Mean +- 95% t-interval across an arm's seeds, per test set, overall and per category. An arm with one
+    seed has no spread across seeds: its intervals are then across test prompts (`"across": "prompts"`).
+    Paired differences: across seeds when either arm has several (a one-seed arm pairs with each of the
+    other's), per prompt when both have one (both arms answered the same prompts). `times` (stage wall
+    times) adds each arm's training minutes to its cost."""
     table: dict = {}
-    one_seed = len(cfg.seeds) == 1
     for arm in cfg.arms:
+        if arm.kind == "scalar_rm":
+            continue
+        seeds = arm_seeds(cfg, arm)
         table[arm.name] = {}
-        for set_name in cfg.eval_sets:
-            runs = [read_json(run_dir(cfg, arm.name, s) / f"eval_{set_name}.json")["samples"] for s in cfg.seeds]
-            if one_seed:
+        for set_name in arm_sets(cfg, arm):
+            runs = [read_json(run_dir(cfg, arm.name, s) / f"eval_{set_name}.json")["samples"] for s in seeds]
+            if len(seeds) == 1:
                 entry = {"success": _prompt_ci(runs[0], "success", (0.0, 1.0)),
                          "overall": _prompt_ci(runs[0], "overall", (0.0, 10.0)), "n_per_seed": len(runs[0])}
             else:
                 entry = {"success": _seed_ci([_mean(r, "success") for r in runs], (0.0, 1.0)),
                          "overall": _seed_ci([_mean(r, "overall") for r in runs], (0.0, 10.0)),
                          "n_per_seed": len(runs[0])}
+            entry["seeds"] = seeds
             if runs[0] and "mean_of_n" in runs[0][0]:
                 entry["mean_of_n_success"] = _seed_ci(
                     [sum(x["mean_of_n"]["success"] for x in r) / len(r) for r in runs], (0.0, 1.0))
+            for key in ("editor_calls", "judge_calls"):  # the cost of one test edit, mean over seeds
+                if runs[0] and key in runs[0][0]:
+                    entry[f"{key}_per_edit"] = sum(_mean(r, key) for r in runs) / len(runs)
             order = [c for split in SPLITS.values() for c in split]
             categories = sorted({x["category"] for x in runs[0]}, key=lambda c: order.index(c) if c in order else 99)
             entry["category_n"] = {c: sum(x["category"] == c for x in runs[0]) for c in categories}
-            entry["per_category"] = {c: _seed_ci([_mean([x for x in r if x["category"] == c], "success")
-                                                  for r in runs], (0.0, 1.0)) for c in categories}
+            pick = _seed_ci if len(seeds) > 1 else (lambda v, b: {**_seed_ci(v, b), "ci": [None, None]})
+            entry["per_category"] = {c: pick([_mean([x for x in r if x["category"] == c], "success")
+                                              for r in runs], (0.0, 1.0)) for c in categories}
+            if len(seeds) == 1:  # one seed: Wilson over the category's prompts
+                for c in categories:
+                    rows = [x for x in runs[0] if x["category"] == c]
+                    entry["per_category"][c]["ci"] = list(wilson_ci(sum(bool(x["success"]) for x in rows), len(rows)))
             table[arm.name][set_name] = entry
     paired = {}
+    by_name = {a.name: a for a in cfg.arms}
     for arm, base in cfg.compare:
-        if one_seed:
-            paired[f"{arm} - {base}"] = {s: _paired_per_prompt(cfg, arm, base, s) for s in cfg.eval_sets}
+        sa, sb = arm_seeds(cfg, by_name[arm]), arm_seeds(cfg, by_name[base])
+        sets = [s for s in arm_sets(cfg, by_name[arm]) if s in arm_sets(cfg, by_name[base])]
+        if len(sa) == 1 and len(sb) == 1:
+            paired[f"{arm} - {base}"] = {s: _paired_per_prompt(cfg, arm, sa[0], base, sb[0], s) for s in sets}
             continue
-        paired[f"{arm} - {base}"] = {
-            s: _seed_ci([a - b for a, b in zip(table[arm][s]["success"]["per_seed"],
-                                                table[base][s]["success"]["per_seed"])], (-1.0, 1.0))
-            for s in cfg.eval_sets}
-    return {"seeds": cfg.seeds, "arms": table, "paired_differences": paired, "grpo_diagnostics": grpo_diagnostics(cfg)}
+        per = {}
+        for s in sets:
+            a, b = table[arm][s]["success"]["per_seed"], table[base][s]["success"]["per_seed"]
+            if len(a) == 1:
+                a = a * len(b)
+            if len(b) == 1:
+                b = b * len(a)
+            per[s] = _seed_ci([x - y for x, y in zip(a, b)], (-1.0, 1.0))
+        paired[f"{arm} - {base}"] = per
+    return {"seeds": cfg.seeds, "arms": table, "paired_differences": paired,
+            "grpo_diagnostics": grpo_diagnostics(cfg), "training_min": training_minutes(cfg, times or {})}
 
 
-def _paired_per_prompt(cfg: StudyRecipe, arm: str, base: str, set_name: str) -> dict:
-    """Success of `arm` minus `base` prompt by prompt (one seed), mean and 95% t-interval across prompts."""
-    seed = cfg.seeds[0]
-    a, b = (read_json(run_dir(cfg, name, seed) / f"eval_{set_name}.json")["samples"] for name in (arm, base))
+def training_minutes(cfg: StudyRecipe, times: dict[str, float]) -> dict:
+    """Per arm: its own training wall time (minutes, mean over seeds) and with everything it was built on
+    (its start's and its reward model's, recursively), from the stage times."""
+    own = {}
+    for arm in cfg.arms:
+        per_seed = [times[k] for s in arm_seeds(cfg, arm) if (k := f"{arm.name}/seed_{s}/train") in times]
+        own[arm.name] = sum(per_seed) / len(per_seed) / 60 if per_seed else 0.0
+    total = {}
+    for arm in cfg.arms:  # recipe order: what an arm builds on comes first
+        total[arm.name] = own[arm.name] + sum(total[r] for r in (arm.start, arm.reward_model) if r)
+    return {name: {"own": own[name], "total": total[name]} for name in own}
+
+
+def _paired_per_prompt(cfg: StudyRecipe, arm: str, arm_seed: int, base: str, base_seed: int, set_name: str) -> dict:
+    """Success of `arm` minus `base` prompt by prompt (one seed each), mean and 95% t-interval across prompts."""
+    a = read_json(run_dir(cfg, arm, arm_seed) / f"eval_{set_name}.json")["samples"]
+    b = read_json(run_dir(cfg, base, base_seed) / f"eval_{set_name}.json")["samples"]
     if [x["id"] for x in a] != [x["id"] for x in b]:
         raise ConfigError(f"compare [{arm}, {base}]: their {set_name} evaluations are on different prompts")
     diffs = [float(x["success"]) - float(y["success"]) for x, y in zip(a, b)]
@@ -315,7 +462,7 @@ def grpo_diagnostics(cfg: StudyRecipe, window: int = 10) -> dict:
             "oracle_overall": "monitor/oracle_overall", "pair_agreement": "monitor/pair_agreement"}
     for arm in (a for a in cfg.arms if a.kind == "grpo"):
         per_seed = []
-        for seed in cfg.seeds:
+        for seed in arm_seeds(cfg, arm):
             log = run_dir(cfg, arm.name, seed) / "metrics.jsonl"
             if not log.is_file():
                 continue
@@ -368,37 +515,54 @@ def _fmt(x: dict, pct: bool = True) -> str:
     return f"{x['mean'] * scale:.1f}{ci}"
 
 
+def _across(entry: dict) -> str:
+    return "test prompts" if entry["success"].get("across") == "prompts" else f"{len(entry['seeds'])} seeds"
+
+
 def format_report(cfg: StudyRecipe, results: dict) -> str:
     sets = list(cfg.eval_sets)
     m = results["machine"]
+    one_seed_each = all(len(arm_seeds(cfg, a)) == 1 for a in cfg.arms)
     spread = ("one seed; each cell: the mean [95% interval across the test prompts: Wilson for success, t for "
-              "overall], in %" if len(cfg.seeds) == 1 else "each cell: mean over seeds [95% t-interval across seeds], in %")
+              "overall], in %" if one_seed_each else
+              "each cell: the mean over an arm's seeds [95% t-interval across them], in %; an arm with one seed (a "
+              "result no seed changes) has its interval across the test prompts (Wilson for success, t for overall)")
     lines = [f"Seeds {cfg.seeds}; {spread}. "
              f"Test sets: " + ", ".join(f"{k} = `{v}`" for k, v in cfg.eval_sets.items()) + ".",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
-             f"finished {m['date']}; total stage time {results['total_time_s'] / 60:.1f} min.", "",
-             "| arm | kind | " + " | ".join(f"{s} success | {s} overall (0-10)" for s in sets) + " | per seed (success) |",
-             "|---|---|" + "---:|---:|" * len(sets) + "---|"]
+             f"finished {m['date']}; total stage time {results['total_time_s'] / 60:.1f} min."]
     kinds = {a.name: a for a in cfg.arms}
+    train = results.get("training_min", {})
+    for s in sets:
+        rows = [(name, row[s]) for name, row in results["arms"].items() if s in row]
+        lines += ["", f"**{s}** test set. Cost: editor and judge calls per test edit; training minutes per seed, the "
+                  "arm's own and with what it starts from.", "",
+                  "| arm | kind | success | overall (0-10) | interval across | editor calls | judge calls | "
+                  "training min (own / total) | per seed (success) |", "|---|---|---:|---:|---|---:|---:|---:|---|"]
+        for name, e in rows:
+            a = kinds[name]
+            kind = a.kind + (f" (start: {a.start})" if a.start else "") + (f" (`{a.model}`)" if a.model else "")
+            t = train.get(name, {"own": 0.0, "total": 0.0})
+            per_seed = ", ".join(f"{v * 100:.1f}" for v in e["success"]["per_seed"])
+            lines.append(f"| {name} | {kind} | {_fmt(e['success'])} | {_fmt(e['overall'], pct=False)} | {_across(e)} | "
+                         f"{e.get('editor_calls_per_edit', 1.0):.2f} | {e.get('judge_calls_per_edit', 0.0):.2f} | "
+                         f"{t['own']:.1f} / {t['total']:.1f} | {per_seed} |")
     for name, row in results["arms"].items():
-        a = kinds[name]
-        kind = a.kind + (f" (start: {a.start})" if a.start else "") + (f" (`{a.model}`)" if a.model else "")
-        cells = " | ".join(f"{_fmt(row[s]['success'])} | {_fmt(row[s]['overall'], pct=False)}" for s in sets)
-        per_seed = "; ".join(s + ": " + ", ".join(f"{v * 100:.1f}" for v in row[s]["success"]["per_seed"])
-                             for s in sets)
-        lines.append(f"| {name} | {kind} | {cells} | {per_seed} |")
-    for name, row in results["arms"].items():
-        if "mean_of_n_success" in row[sets[0]]:
+        first = next(iter(row.values()), {})
+        if "mean_of_n_success" in first:
             a = kinds[name]
             lines += ["", f"`{name}`: the same {a.n} samples per prompt at temperature {a.temperature} without the "
                       "verifier's choice (mean success of the draws): "
-                      + ", ".join(f"{s} {_fmt(row[s]['mean_of_n_success'])}" for s in sets) + "."]
+                      + ", ".join(f"{s} {_fmt(row[s]['mean_of_n_success'])}" for s in row) + "."]
     if results["paired_differences"]:
-        unit = "per prompt, same seed" if len(cfg.seeds) == 1 else "per seed, same seed's start"
-        lines += ["", f"Paired differences in success ({unit}), percentage points:", "",
-                  "| comparison | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+        lines += ["", "Paired differences in success, percentage points: across seeds (each seed against the same "
+                  "seed's baseline, or a one-seed baseline), or per prompt, same seed, when both arms have one seed:", "",
+                  "| comparison | " + " | ".join(sets) + " | across |", "|---|" + "---:|" * len(sets) + "---|"]
         for name, diff in results["paired_differences"].items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(diff[s]) for s in sets) + " |")
+            first = next(iter(diff.values()))
+            across = "prompts" if first.get("across") == "prompts" else f"{len(first['per_seed'])} seeds"
+            lines.append(f"| {name} | " + " | ".join(_fmt(diff[s]) if s in diff else "" for s in sets)
+                         + f" | {across} |")
     diag = results.get("grpo_diagnostics") or {}
     if diag:
         lines += ["", "GRPO diagnostics (means over seeds; first / last 10 steps of training). The rollout reward is "
@@ -420,14 +584,15 @@ def format_report(cfg: StudyRecipe, results: dict) -> str:
                          f"{pair('pair_agreement', '{:.2f}')} | {pair('zero_var_groups', '{:.1f}')} | {pair('entropy')} | "
                          f"{ev} | {d['skipped_updates']:.0%} | {times} | {d.get('image_tokens_per_s_mean', 0):.0f} |")
     for s in sets:
-        cats = list(next(iter(results["arms"].values()))[s]["per_category"])
-        lines += ["", f"Per category, {s} test set (success %, mean over seeds [95% CI]):", "",
-                  "| category | n | " + " | ".join(results["arms"]) + " |",
-                  "|---|---:|" + "---:|" * len(results["arms"])]
-        n_of = next(iter(results["arms"].values()))[s]["category_n"]
-        for c in cats:
-            lines.append(f"| {c} | {n_of[c]} | " + " | ".join(_fmt(results["arms"][a][s]["per_category"][c])
-                                                  for a in results["arms"]) + " |")
+        arms = [name for name, row in results["arms"].items() if s in row]
+        if not arms:
+            continue
+        first = results["arms"][arms[0]][s]
+        lines += ["", f"Per category, {s} test set (success %, mean [95% CI], as above):", "",
+                  "| category | n | " + " | ".join(arms) + " |", "|---|---:|" + "---:|" * len(arms)]
+        for c in first["per_category"]:
+            lines.append(f"| {c} | {first['category_n'][c]} | "
+                         + " | ".join(_fmt(results["arms"][a][s]["per_category"][c]) for a in arms) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -445,7 +610,7 @@ def plot_curves(cfg: StudyRecipe, path: Path) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, arm in enumerate(a for a in cfg.arms if a.kind in ("sft", "grpo")):
         color = colors[i % len(colors)]
-        for j, seed in enumerate(cfg.seeds):
+        for j, seed in enumerate(arm_seeds(cfg, arm)):
             log = run_dir(cfg, arm.name, seed) / "metrics.jsonl"
             if not log.is_file():
                 continue

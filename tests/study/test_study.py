@@ -244,3 +244,70 @@ def test_a_study_killed_at_a_random_point_and_resumed_reports_what_an_uninterrup
     for arm in ("sft_simple", "rl"):
         wa, wb = (load_file(str(d / arm / "seed_0/model/backbone/model.safetensors")) for d in (ref, out))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), arm
+
+
+def test_agent_and_scalar_reward_model_arms_with_their_own_seeds_sets_and_costs(tmp_path, tok_dir, tiny_editor):
+    """A scalar reward model trained once (seed 0) is the reward of a GRPO arm's every seed; an agent arm runs
+    the pipeline (here the ground-truth plan, its steps checked by the oracle) over the editor of its start,
+    on its own eval sets; an arm with one seed gets intervals across prompts and pairs with each seed of a
+    three-seed arm; every evaluated edit records its editor and judge calls, which the report's cost shows."""
+    from earl.study import aggregate, select_arms
+
+    tiny_editor.save_pretrained(tmp_path / "editor")
+    rm = ("[data.samples=3, data.eval_samples=1, run.steps=2, run.batch_size=4, run.eval_every=2, "
+          f"run.save_every=2, image_tokenizer={tmp_path / 'nowhere'}]")
+    arms = f"""
+  - {{name: start, kind: given, model: {tmp_path / "editor"}, seeds: [0]}}
+  - {{name: rm, kind: scalar_rm, recipe: {ROOT}/recipes/shapes/rm_scalar_from_editor.yaml, start: start,
+     seeds: [0], overrides: {rm}}}
+  - {{name: rl_scalar, kind: grpo, recipe: {ROOT}/recipes/shapes/grpo.yaml, start: start, reward_model: rm}}
+  - {{name: gt, kind: agent, start: start, decomposer: ground-truth, sets: [complex],
+     agent: {{check: oracle, attempts: 2}}}}
+  - {{name: gt_rl, kind: agent, start: rl_scalar, decomposer: ground-truth, seeds: [1], sets: [complex]}}
+"""
+    f = tiny_study(tmp_path, tok_dir, arms)
+    f.write_text(f.read_text().replace("compare: []", "compare: [[gt, start], [rl_scalar, start]]"))
+    cfg = load_config(StudyRecipe, f)
+    results = run_study(cfg, progress=False)
+    out = tmp_path / "study"
+    assert (out / "rm/seed_0/model").is_dir() and not (out / "rm/seed_1").exists()
+    for seed in (0, 1):
+        recipe = json.loads((out / f"rl_scalar/seed_{seed}/recipe.json").read_text())
+        assert recipe["verifier"]["name"] == "scalar"
+        assert recipe["verifier"]["options"]["model_path"] == str(out / "rm/seed_0/model")
+    assert "rm" not in results["arms"] and not (out / "gt/seed_0/eval_simple.json").exists()
+    assert set(results["arms"]["gt"]) == {"complex"} and set(results["arms"]["start"]) == {"simple", "complex"}
+    # the agent ran on the same seed's... GRPO-trained editor, and recorded its plan and calls per edit
+    rows = json.loads((out / "gt_rl/seed_1/eval_complex.json").read_text())["samples"]
+    assert len(rows) == 6 and all(r["plan"] for r in rows) and all(r["editor_calls"] >= 1 for r in rows)
+    assert json.loads((out / "gt_rl/seed_1/agent_complex/results.json").read_text())["samples"]
+    checked = [json.loads((out / f"gt/seed_{s}/eval_complex.json").read_text())["samples"] for s in (0, 1)]
+    assert all(r["judge_calls"] >= r["editor_calls"] >= 1 for rows in checked for r in rows)  # every try judged
+    entry = results["arms"]["gt"]["complex"]
+    assert entry["judge_calls_per_edit"] == pytest.approx(sum(r["judge_calls"] for rows in checked for r in rows) / 12)
+    assert results["arms"]["start"]["simple"]["success"]["across"] == "prompts"
+    # a one-seed baseline pairs with each seed of the other arm
+    start = results["arms"]["start"]["complex"]["success"]["mean"]
+    diff = results["paired_differences"]["gt - start"]["complex"]["per_seed"]
+    assert diff == pytest.approx([v - start for v in entry["success"]["per_seed"]])
+    assert "simple" not in results["paired_differences"]["gt - start"]
+    assert results["training_min"]["rl_scalar"]["total"] > results["training_min"]["rl_scalar"]["own"] > 0
+    report = (out / "report.md").read_text()
+    assert "editor calls" in report and "test prompts" in report and "| gt |" in report
+    # re-running one arm elsewhere takes what it starts from along, and nothing else
+    assert [a.name for a in select_arms(cfg, ["gt_rl"]).arms] == ["start", "rm", "rl_scalar", "gt_rl"]
+    assert aggregate(select_arms(cfg, ["gt"]))["arms"].keys() == {"start", "gt"}
+
+
+@pytest.mark.parametrize("arms,match", [
+    ("\n  - {name: s, kind: given, model: m}\n  - {name: a, kind: agent, start: s, sets: [hard]}\n", "not among eval_sets"),
+    ("\n  - {name: s, kind: given, model: m}\n  - {name: r, kind: grpo, recipe: g.yaml, start: s, reward_model: s}\n",
+     "expected a scalar_rm arm"),
+    ("\n  - {name: s, kind: sft, recipe: r.yaml, seeds: [0, 1]}\n  - {name: a, kind: agent, start: s, seeds: [2]}\n",
+     "not all among 's'"),
+    ("\n  - {name: s, kind: given, model: m}\n  - {name: b, kind: best_of_n, start: s}\n"
+     "  - {name: a, kind: agent, start: b}\n", "expected an editor arm"),
+])
+def test_bad_arm_references_name_the_problem(tmp_path, tok_dir, arms, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(StudyRecipe, tiny_study(tmp_path, tok_dir, arms))
