@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from PIL import Image
 
 from earl.agents.plan import PlanError, Step, step_instruction
+from earl.agents.shapes import step_to_op
+from earl.shapes.oracle import judge, parse_scene
+from earl.verify.base import EditRequest
 
 
 @dataclass
@@ -34,9 +37,6 @@ class StepVerdict:
 
 def _scene_pair(before: Image.Image, step: Step):
     """(scene read from `before`, the scene the step should produce) or PlanError."""
-    from earl.agents.shapes import step_to_op
-    from earl.shapes.oracle import parse_scene
-
     scene = parse_scene(before).scene
     return scene, step_to_op(step, scene).apply(scene)
 
@@ -45,8 +45,6 @@ class OracleStepCheck:
     name = "oracle"
 
     def check(self, befores, steps, afters) -> list[StepVerdict]:
-        from earl.shapes.oracle import judge
-
         out = []
         for before, step, after in zip(befores, steps, afters):
             try:
@@ -66,8 +64,6 @@ class VerifierStepCheck:
         self.name = getattr(verifier, "name", "verifier")
 
     def check(self, befores, steps, afters) -> list[StepVerdict]:
-        from earl.verify.base import EditRequest
-
         reqs, verdicts = [], [None] * len(steps)
         for i, (before, step, after) in enumerate(zip(befores, steps, afters)):
             meta = {}

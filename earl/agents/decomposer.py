@@ -24,7 +24,11 @@ from typing import Any, Protocol, runtime_checkable
 from PIL import Image
 
 from earl.agents.plan import ACTIONS, MAX_STEPS, Plan, PlanError, parse_plan
+from earl.agents.shapes import program_plan
 from earl.errors import EarlError
+from earl.shapes.edits import EditProgram
+from earl.shapes.scene import Scene
+from earl.verify.chat import build_chat_backend, chat_with_retries
 
 
 @dataclass
@@ -67,10 +71,6 @@ class GroundTruthDecomposer:
     name = "ground_truth"
 
     def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]:
-        from earl.agents.shapes import program_plan
-        from earl.shapes.edits import EditProgram
-        from earl.shapes.scene import Scene
-
         out = []
         for r in requests:
             if "program" not in r.meta or "source_scene" not in r.meta:
@@ -128,16 +128,12 @@ class ChatDecomposer:
     @classmethod
     def from_options(cls, backend: str = "openai", base_url: str | None = None, model: str | None = None,
                      model_path: str | None = None, timeout: float = 120.0, **kw) -> ChatDecomposer:
-        from earl.verify.chat import build_chat_backend
-
         return cls(build_chat_backend(backend, base_url=base_url, model=model, model_path=model_path, timeout=timeout), **kw)
 
     def decompose(self, requests: list[DecomposeRequest]) -> list[Decomposition]:
         return asyncio.run(self._decompose(requests))
 
     async def _decompose(self, requests):
-        from earl.verify.chat import chat_with_retries
-
         def parse(reply: str):
             d = read_plan(reply, max_steps=self.max_steps)
             return d if d.plan is not None else None
@@ -197,7 +193,7 @@ class VotingDecomposer:
 
     def candidates(self, requests: list[DecomposeRequest]) -> list[list[Decomposition]]:
         """Per request, its distinct plans, most-written first (`rank_plans`)."""
-        from earl.evaluate import sample_seed
+        from earl.evaluate import sample_seed  # here, not at the top: pulls torch into a torch-free module
 
         greedy = self.base.decompose(requests)
         seeds = [sample_seed(self.seed, r.meta.get("id", i)) for i, r in enumerate(requests)]

@@ -23,6 +23,7 @@ from PIL import Image
 from earl.generate import SamplingConfig, sample_edits
 from earl.model import UnifiedEditor
 from earl.pipeline import default_checkpoint
+from earl.verify.messages import data_url_to_image, image_to_data_url
 
 CODES_KEY = "earl_codes"  # PIL info key of the code grid an image was decoded from
 
@@ -92,8 +93,6 @@ class HTTPEditor:
 
     def edit(self, images, instructions, temperature: float = 0.0, seeds=None):
         import httpx
-
-        from earl.verify.messages import data_url_to_image, image_to_data_url
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         seeds = seeds if seeds is not None else [0] * len(images)

@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from earl.agents.checks import StepVerdict
-from earl.agents.decomposer import DecomposeRequest, Decomposition
+from earl.agents.decomposer import DecomposeRequest, Decomposition, ScriptedDecomposer
 from earl.agents.editor import PipelineEditor
 from earl.agents.plan import Plan, Step, step_instruction
 from earl.agents.sequencer import KeepOrder
+from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
 from earl.io import load_image
+from earl.verify.base import EditRequest
 
 BUNDLED_DECOMPOSER = "shapes-decomposer"
 
@@ -114,8 +116,6 @@ class AgentPipeline:
     def from_pretrained(cls, decomposer: str | None = None, editor: str | None = None, device: str = "cpu",
                         **kw) -> AgentPipeline:
         """The bundled decomposer and editor (or the given directories)."""
-        from earl.agents.unified import UnifiedDecomposer
-
         path = decomposer or default_decomposer()
         if not os.path.isdir(path):
             raise EarlError(f"decomposer {path}: not a directory (train one with `earl train decomposer-sft`)")
@@ -161,8 +161,6 @@ class AgentPipeline:
     def _choose_plans(self, requests: list[DecomposeRequest]) -> list[AgentResult]:
         """Carry out each request's candidate plans in turn (round r: the r-th most-written plan of
         every request not yet passed) and keep the first the plan judge passes, else the best-judged."""
-        from earl.verify.base import EditRequest
-
         ranked = self.decomposer.candidates(requests)
         best: list[AgentResult | None] = [None] * len(requests)
         calls = [[0, 0, 0] for _ in requests]  # editor calls, verifier calls, plans tried
@@ -247,8 +245,6 @@ class AgentPipeline:
 
 def execute_plans(editor, sources: list[Image.Image], plans: list[Plan | None]) -> list[Image.Image | None]:
     """Open-loop execution of given plans (None for a plan that failed): the final images."""
-    from earl.agents.decomposer import ScriptedDecomposer
-
     pipe = AgentPipeline(ScriptedDecomposer(lambda r: ""), editor)
     results = [AgentResult([im], p) for im, p in zip(sources, plans)]
     pipe._execute([DecomposeRequest(im, "") for im in sources], results)

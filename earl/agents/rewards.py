@@ -20,6 +20,11 @@ from __future__ import annotations
 import json
 
 from earl.agents.plan import Plan, PlanError, parse_plan, plan_f1
+from earl.errors import ConfigError
+from earl.shapes.oracle import judge as oracle_judge
+from earl.shapes.render import render
+from earl.shapes.scene import Scene
+from earl.verify.base import EditRequest, build_verifier
 
 
 def _text(completion) -> str:
@@ -61,21 +66,17 @@ class ClosedLoopReward:
     """
 
     def __init__(self, editor_dir: str | None = None, judge: str = "oracle", rrm_dir: str | None = None):
-        from earl.agents.editor import PipelineEditor
+        from earl.agents.editor import PipelineEditor  # here, not at the top: pulls torch
 
         self.editor = PipelineEditor.from_pretrained(editor_dir)
         self.judge = judge
         self.__name__ = "closed_loop" if judge == "oracle" else "closed_loop_rrm"
         self.rrm = None
         if judge == "rrm":
-            from earl.verify.base import build_verifier
-
             self.rrm = build_verifier("rrm", model_path=rrm_dir, expected_points=True)
 
     def __call__(self, completions, source_scene, target_scene, instruction=None, **_) -> list[float]:
-        from earl.agents.pipeline import execute_plans
-        from earl.shapes.render import render
-        from earl.shapes.scene import Scene
+        from earl.agents.pipeline import execute_plans  # here, not at the top: pulls torch and the editor
 
         plans = [_plan_or_none(c) for c in completions]
         sources = [render(Scene.from_dict(json.loads(s))) for s in source_scene]
@@ -85,15 +86,11 @@ class ClosedLoopReward:
             if plan is None or final is None:
                 out.append(0.0)
             elif self.judge == "oracle":
-                from earl.shapes.oracle import judge
-
-                j = judge(Scene.from_dict(json.loads(source_scene[i])), Scene.from_dict(json.loads(target_scene[i])), final)
+                j = oracle_judge(Scene.from_dict(json.loads(source_scene[i])), Scene.from_dict(json.loads(target_scene[i])), final)
                 out.append(float(j.success))
             else:
                 out.append(None)
         if self.judge == "rrm":
-            from earl.verify.base import EditRequest
-
             todo = [i for i, v in enumerate(out) if v is None]
             reqs = [EditRequest(sources[i], instruction[i], finals[i],
                                 meta={"source_scene": source_scene[i], "target_scene": target_scene[i]}) for i in todo]
@@ -104,8 +101,6 @@ class ClosedLoopReward:
 
 def make_reward_functions(weights: dict[str, float], editor_dir: str | None = None, rrm_dir: str | None = None):
     """(reward functions, their weights) for trl's GRPOTrainer from a recipe's {name: weight}."""
-    from earl.errors import ConfigError
-
     makers = {"format": lambda: format_reward, "f1": lambda: f1_reward,
               "closed_loop": lambda: ClosedLoopReward(editor_dir, "oracle"),
               "closed_loop_rrm": lambda: ClosedLoopReward(editor_dir, "rrm", rrm_dir)}

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from earl.agents.plan import Plan, normalise
+from earl.verify.chat import chat_with_retries
 
 _PLACE = re.compile(r"(row \d+, column \d+|the (?:top|bottom)-(?:left|right) corner)")
 
@@ -83,8 +84,6 @@ class ChatSequencer:
         return asyncio.run(self._order(plans, instructions or [""] * len(plans)))
 
     async def _order(self, plans, instructions):
-        from earl.verify.chat import chat_with_retries
-
         async def one(plan: Plan, instruction: str) -> Ordering:
             if len(plan) < 2:
                 return Ordering(plan)

@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, ProjectConfiguration
 from accelerate.utils import load as accelerate_load
 
+from earl.data import encode_dataset, resolve_source
 from earl.errors import ConfigError
 from earl.io import atomic_write_json, atomic_write_text
 
@@ -374,8 +375,6 @@ def write_final(accelerator: Accelerator, out_dir: Path, metrics: dict, step: in
 def load_sources(accelerator: Accelerator, sources: list[str], image_tokenizer, tokenizer_dir: Path,
                  cache_dir: Path, image_size: int):
     """Resolve and encode data sources; the main rank generates/encodes first, the others read its cache."""
-    from earl.data import encode_dataset, resolve_source
-
     with accelerator.main_process_first():
         return [encode_dataset(resolve_source(s, cache_dir, image_size), image_tokenizer, tokenizer_dir, cache_dir,
                                progress=accelerator.is_main_process) for s in sources]
@@ -481,7 +480,7 @@ def train_lm(cfg, accelerator: Accelerator, editor, loader, name: str, resume: b
     The data position (epoch, batch) is part of the checkpoint, so a resumed run trains on the
     batches the interrupted one would have reached.
     """
-    from earl.train.loop import run_loop
+    from earl.train.loop import run_loop  # here, not at the top: earl.train.loop imports this module
 
     model = editor.backbone
     prepare_backbone(model, cfg.run)

@@ -34,10 +34,12 @@ from earl.config import to_dict
 from earl.errors import ConfigError
 from earl.generate import sample_traces_watching
 from earl.io import atomic_write_json
+from earl.model import UnifiedEditor
 from earl.rl.gcpo import pair_advantages
 from earl.rl.logprobs import sequence_logprobs
 from earl.rl.losses import policy_loss
-from earl.rrm.pairs import PairData
+from earl.rrm.pairs import PairData, held_out_pairs, pairwise_accuracy
+from earl.rrm.verifier import TRACE_SCORES, judge_prompt, rrm_scorer, trace_score, watched_words
 from earl.train.common import (
     OptimSection,
     RunSection,
@@ -73,7 +75,6 @@ class GCPOSection:
             raise ValueError("GCPO needs traces >= 2 and temperature > 0")
         if self.micro_batch < 1:
             raise ValueError(f"gcpo.micro_batch: {self.micro_batch} (expected traces per forward, >= 1)")
-        from earl.rrm.verifier import TRACE_SCORES
 
         if self.score not in TRACE_SCORES:
             raise ValueError(f"gcpo.score: {self.score!r} is not one of {', '.join(TRACE_SCORES)}")
@@ -169,10 +170,6 @@ def gcpo_step(model, ref, prompts_w: list[list[int]], prompts_l: list[list[int]]
 
 def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True) -> dict:
     from accelerate.utils import set_seed
-
-    from earl.model import UnifiedEditor
-    from earl.rrm.pairs import held_out_pairs, pairwise_accuracy
-    from earl.rrm.verifier import judge_prompt, rrm_scorer, trace_score, watched_words
 
     out = Path(cfg.out_dir)
     if not Path(cfg.init_from).is_dir():

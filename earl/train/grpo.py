@@ -27,10 +27,13 @@ from einops import rearrange
 from earl.config import to_dict
 from earl.data import EncodedEdits
 from earl.errors import ConfigError
+from earl.evaluate import concat_outputs, decode_grids, oracle_eval, stack_grids
 from earl.generate import SamplingConfig, sample_edits
 from earl.io import atomic_write_json, save_png
+from earl.model import UnifiedEditor
 from earl.rl.logprobs import Rollout, policy_logprobs, rollout_from_generation
 from earl.rl.losses import LOSS_AGGREGATIONS, BatchCounts, group_advantages, policy_loss, zero_variance_groups
+from earl.shards import ShardedEdits
 from earl.train.common import (
     OptimSection,
     RunSection,
@@ -45,6 +48,9 @@ from earl.train.common import (
     world_size,
 )
 from earl.train.loop import run_loop
+from earl.verify.base import EditRequest, build_verifier
+from earl.verify.oracle import OracleVerifier
+from earl.viz import image_grid
 
 
 @dataclass
@@ -122,8 +128,6 @@ def settle_micro_batching(cfg: GRPORecipe) -> int:
 # ---- rollout and reward ---------------------------------------------------------------------
 def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRPOSection, generator) -> Rollout:
     """G samples per prompt from the policy's sampler, in batches whose source grids share one shape."""
-    from earl.evaluate import concat_outputs, stack_grids
-
     G = grpo.group_size
     rows = [i for i in prompt_idx for _ in range(G)]  # prompt-major: row r belongs to prompt r // G
     instructions = [data.instructions[i] for i in rows]
@@ -143,9 +147,6 @@ def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRP
 
 def rollout_requests(editor, data: EncodedEdits, prompt_idx: list[int], rollout: Rollout, G: int):
     """The rollout as verifier requests (prompt-major), with the decoded edits and sources."""
-    from earl.evaluate import decode_grids
-    from earl.verify.base import EditRequest
-
     rows = [i for i in prompt_idx for _ in range(G)]
     edited = decode_grids(editor, rollout.codes)
     sources = decode_grids(editor, [data.source_codes[i] for i in prompt_idx])
@@ -179,8 +180,6 @@ def oracle_monitor(reqs, rewards: torch.Tensor, valid: torch.Tensor) -> dict[str
     two over valid samples; monitor/pair_agreement: of the pairs inside a group that the oracle tells
     apart, the share the verifier orders the same way (a tie counts as wrong) - the reward benchmark's
     pairwise accuracy, measured on exactly the samples the policy is being trained on."""
-    from earl.verify.oracle import OracleVerifier
-
     verdicts = OracleVerifier("overall").score(reqs)
     if any(v.failed for v in verdicts):
         return {}
@@ -207,8 +206,6 @@ def oracle_monitor(reqs, rewards: torch.Tensor, valid: torch.Tensor) -> dict[str
 def load_prompts(accelerator, sources: list[str], editor, tok_dir: Path, cache: Path, image_size: int) -> EncodedEdits:
     """GRPO prompts from ShapesEdit/dataset sources and from `tokenized:DIR` shards (whose grids may differ:
     then the code columns are lists of grids)."""
-    from earl.shards import ShardedEdits
-
     parts = []
     for name in sources:
         if name.startswith("tokenized:"):
@@ -230,8 +227,6 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
     """Run the recipe. `verifier` (any object with `.score(requests)`) overrides the recipe's by-name verifier."""
     from accelerate.utils import set_seed
 
-    from earl.model import UnifiedEditor
-
     out = Path(cfg.out_dir)
     G, P = cfg.grpo.group_size, cfg.grpo.prompts_per_step
     settle_micro_batching(cfg)  # again: the sections may have changed since the recipe was built
@@ -241,8 +236,6 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
         raise ConfigError(f"init_from: {cfg.init_from} not found (expected an SFT editor directory)")
     editor = UnifiedEditor.from_pretrained(cfg.init_from)
     if verifier is None:
-        from earl.verify.base import build_verifier
-
         verifier = build_verifier(cfg.verifier.name, **cfg.verifier.options)
     monitored = cfg.grpo.monitor_oracle and getattr(verifier, "name", None) != "oracle"
     cache = Path(cfg.data.cache_dir)
@@ -309,8 +302,6 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
     def evaluate(step: int) -> dict:
         ev = {}
         if accelerator.is_main_process:
-            from earl.evaluate import oracle_eval
-
             editor.backbone = accelerator.unwrap_model(model)
             ev = {f"eval/{k}": v for k, v in oracle_eval(editor, evalset, cfg.data.oracle_eval_samples,
                                                          cfg.eval_sampling).items()}
@@ -393,8 +384,6 @@ def _subscores(results) -> dict[str, float]:
 
 def _sample_grid(path: Path, sources, edited, rewards, valid, G: int, max_prompts: int = 4) -> None:
     from PIL import ImageDraw
-
-    from earl.viz import image_grid
 
     rows = []
     for p in range(min(max_prompts, len(sources))):

@@ -23,7 +23,13 @@ from torch.utils.data import DataLoader
 from earl.config import to_dict
 from earl.errors import ConfigError
 from earl.io import atomic_write_json
+from earl.model import UnifiedEditor
+from earl.rrm.coldstart import draw_examples, phrase_verdict, read_scan, split_expectation
+from earl.rrm.trace import parse_trace
+from earl.rrm.verifier import generate_verdicts, judge_example, points_text
+from earl.text import build_word_tokenizer
 from earl.train.common import OptimSection, RunSection, make_accelerator, train_lm
+from tokenizer.vq import VQTokenizer
 
 
 @dataclass
@@ -98,8 +104,6 @@ class RRMRecipe:
 
 
 def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int, verifier_miss: float = 0.0) -> list[dict]:
-    from earl.rrm.coldstart import draw_examples
-
     return draw_examples(image_tokenizer, n, seed, cfg.model.image_size, cfg.data.splits, cfg.data.reason_first,
                          cfg.data.scan, cfg.data.quote_scan, cfg.data.expect, verifier_miss)[1]
 
@@ -113,18 +117,12 @@ def build_held_out(cfg: RRMRecipe, image_tokenizer) -> list[dict]:
 
 def _judge_corpus(examples: list[dict]) -> list[str]:
     """Every text a judge example contains: what the reward model's word vocabulary must cover."""
-    from earl.rrm.verifier import points_text
-
     corpus = [f"judge : {e['instruction']} points : {points_text(e['points'])}" for e in examples]
     return corpus + [e["trace"] + " <score> </score> 0.5" for e in examples]
 
 
 def evaluate_rrm(editor, examples: list[dict], max_new_tokens: int) -> dict[str, float]:
     """Greedy verdicts on held-out examples against the oracle's: parse failures, point accuracy, score error."""
-    from earl.rrm.coldstart import read_scan
-    from earl.rrm.trace import parse_trace
-    from earl.rrm.verifier import generate_verdicts
-
     editor.backbone.eval()
     texts = generate_verdicts(editor, [e["instruction"] for e in examples], [e["points"] for e in examples],
                               [e["source_codes"] for e in examples], [e["codes"] for e in examples],
@@ -159,9 +157,6 @@ def expect_diagnostics(parsed, examples: list[dict]) -> dict[str, float]:
       (`phrase_verdict`), right or wrong: whether the comparison step is learned."""
     import re
 
-    from earl.rrm.coldstart import phrase_verdict, split_expectation
-    from earl.rrm.trace import parse_trace
-
     def words(t):
         return re.findall(r"\w+", t.lower())
 
@@ -192,8 +187,6 @@ def expect_diagnostics(parsed, examples: list[dict]) -> dict[str, float]:
 
 def evaluate_saved_rrm(cfg: RRMRecipe, model_dir: str) -> dict[str, float]:
     """The recipe's held-out evaluation (`build_held_out`) re-run on a reward model saved by `train_rrm_sft`, e.g. to add a metric to a finished run."""
-    from earl.model import UnifiedEditor
-
     if not (Path(model_dir) / "editor.json").is_file():
         raise ConfigError(f"{model_dir}: not a model written by `earl train rrm-sft` (no editor.json)")
     editor = UnifiedEditor.from_pretrained(model_dir)
@@ -204,10 +197,6 @@ def evaluate_saved_rrm(cfg: RRMRecipe, model_dir: str) -> dict[str, float]:
 
 def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -> dict:
     from accelerate.utils import set_seed
-
-    from earl.model import UnifiedEditor
-    from earl.rrm.verifier import judge_example
-    from tokenizer.vq import VQTokenizer
 
     out = Path(cfg.out_dir)
     accelerator = make_accelerator(cfg.run, out, cfg.optim)
@@ -228,8 +217,6 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     if start is not None:
         editor = start.with_words(corpus)
     else:
-        from earl.text import build_word_tokenizer
-
         editor = UnifiedEditor.build(cfg.model.size, image_tokenizer, build_word_tokenizer(corpus),
                                      cfg.model.image_size, seed=cfg.run.seed)
     layout = editor.layout

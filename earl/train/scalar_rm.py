@@ -17,8 +17,10 @@ import torch
 from earl.config import to_dict
 from earl.errors import ConfigError
 from earl.io import atomic_write_json
+from earl.model import UnifiedEditor
 from earl.rrm.pairs import PairData, held_out_pairs, pairwise_accuracy
 from earl.rrm.scalar import ScalarRewardModel, scalar_prompt, scalar_scorer
+from earl.text import build_word_tokenizer
 from earl.train.common import (
     OptimSection,
     RunSection,
@@ -30,6 +32,7 @@ from earl.train.common import (
     write_final,
 )
 from earl.train.loop import run_loop
+from tokenizer.vq import VQTokenizer
 
 
 @dataclass
@@ -51,9 +54,6 @@ class ScalarRecipe:
 
 def _start_editor(cfg: ScalarRecipe):
     """(editor to grow the judge words into, or None; the image tokenizer); checks the paths."""
-    from earl.model import UnifiedEditor
-    from tokenizer.vq import VQTokenizer
-
     if cfg.init_from:
         if not Path(cfg.init_from).is_dir():
             raise ConfigError(f"init_from: {cfg.init_from} not found (expected an editor directory)")
@@ -68,9 +68,6 @@ def _start_editor(cfg: ScalarRecipe):
 
 def train_scalar_rm(cfg: ScalarRecipe, resume: bool = False, progress: bool = True) -> dict:
     """Bradley–Terry training on simulated preference pairs; returns the final metrics."""
-    from earl.model import UnifiedEditor
-    from earl.text import build_word_tokenizer
-
     out = Path(cfg.out_dir)
     accelerator = make_accelerator(cfg.run, out, cfg.optim)
     torch.manual_seed(cfg.run.seed)

@@ -18,8 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 from earl.config import to_dict
 from earl.data import EncodedEdits
 from earl.errors import ConfigError
+from earl.evaluate import oracle_eval
 from earl.generate import SamplingConfig
 from earl.io import atomic_write_json
+from earl.model import UnifiedEditor
+from earl.shapes.edits import make_sample
+from earl.shards import ShardedEdits, tokenizer_fingerprint
+from earl.text import build_word_tokenizer
 from earl.train.common import (
     OptimSection,
     RunSection,
@@ -28,6 +33,7 @@ from earl.train.common import (
     train_lm,
     world_size,
 )
+from tokenizer.vq import VQTokenizer
 
 
 @dataclass
@@ -117,9 +123,6 @@ def _build_text_tokenizer(data: list[EncodedEdits]):
     """Word-level tokenizer over the training texts plus a fixed draw of ShapesEdit texts (full vocabulary)."""
     import random
 
-    from earl.shapes.edits import make_sample
-    from earl.text import build_word_tokenizer
-
     rng = random.Random(1234)
     extra = [t for _ in range(3000) for s in [make_sample(rng, rng.choice(["simple", "complex"]))]
              for t in (s.instruction, s.reasoning)]
@@ -128,9 +131,6 @@ def _build_text_tokenizer(data: list[EncodedEdits]):
 
 
 def setup(cfg: SFTRecipe, accelerator):
-    from earl.model import UnifiedEditor
-    from tokenizer.vq import VQTokenizer
-
     out = Path(cfg.out_dir)
     cache = Path(cfg.data.cache_dir)
     if cfg.model.init_from:
@@ -152,7 +152,6 @@ def setup(cfg: SFTRecipe, accelerator):
 
     if not cfg.data.train:
         raise ConfigError("data.train: at least one data source is needed")
-    from earl.shards import ShardedEdits
 
     sources = [split_weight(s) for s in cfg.data.train]
     # each source: ShapesEdit data and dataset directories encoded through the code cache, or the shards
@@ -170,7 +169,6 @@ def setup(cfg: SFTRecipe, accelerator):
     if any(isinstance(p, ShardedEdits) for p in parts) and not cfg.model.init_from:
         raise ConfigError("data.train: tokenized sources need model.init_from (the editor whose image tokenizer "
                           "made the shards, e.g. an Emu3 checkpoint)")
-    from earl.shards import tokenizer_fingerprint
 
     for (name, _), p in zip(sources, parts):
         if isinstance(p, ShardedEdits) and p.manifest["tokenizer"] != tokenizer_fingerprint(editor):
@@ -240,7 +238,6 @@ def evaluate(cfg: SFTRecipe, accelerator, model, editor, evalset: EncodedEdits |
     """Teacher-forced loss on the held-out set (all ranks), then oracle metrics on generated edits (main rank)."""
     if evalset is None:
         return {}
-    from earl.evaluate import oracle_eval
 
     model.eval()
     ds = EditExamples(evalset, editor.layout, cfg.model.cot)

@@ -342,7 +342,7 @@ def test_a_non_positive_failing_point_weight_is_refused_naming_the_field():
 
 def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
     """evaluate_rrm compares a generated scan with the oracle's entry by entry; a missing scan counts wrong."""
-    import earl.rrm.verifier as rrm_verifier
+    import earl.train.rrm as train_rrm
     from earl.train.rrm import evaluate_rrm
     from tokenizer import pil_to_tensor, tensor_to_pil
 
@@ -352,7 +352,7 @@ def test_evaluation_scores_the_scan_entry_by_entry(vq_tokenizer, monkeypatch):
     first, second = ex[0]["trace"].split("\n", 1), ex[1]["trace"].split("\n", 1)
     wrong_cell = first[0].replace("r1c1 ", "r1c1 large ", 1)  # one of 17 entries misread
     replies = [wrong_cell + "\n" + first[1], second[1]]  # the second reply has no scan at all
-    monkeypatch.setattr(rrm_verifier, "generate_verdicts", lambda *a, **k: replies)
+    monkeypatch.setattr(train_rrm, "generate_verdicts", lambda *a, **k: replies)
 
     class _Editor:
         backbone = torch.nn.Linear(1, 1)
