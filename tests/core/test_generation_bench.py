@@ -18,7 +18,13 @@ def test_bench_generate_structure_and_well_formed_grids(tmp_path):
     assert row["matmul_floor"]["seconds"] > 0 and row["ceiling_vs_transformers"] > 0
     assert res["floor"]["ms_per_decode_step"] is None  # no bandwidth floor without a GPU
     assert res["config"]["decoders"] == {"earl_cfg": "lean", "earl_cfg_hf": "hf", "earl_cfg_static": "static"}
-    assert "| 2 |" in format_table(res)
+    table = format_table(res)
+    assert "| 2 |" in table
+    floor_row = next(line for line in table.splitlines()[table.splitlines().index(
+        next(x for x in table.splitlines() if "time over the matmul floor" in x)):] if line.startswith("| 2 |"))
+    ratios = [f"{row[k]['seconds'] / row['matmul_floor']['seconds']:.2f}x"
+              for k in ("earl_cfg", "earl_cfg_hf", "earl_cfg_static", "transformers_cfg")]
+    assert floor_row.split(" | ")[2:] == [*ratios[:-1], ratios[-1] + " |"]  # each path's ratio to the floor
     json.dumps(res)  # JSON-serialisable as written by --out
 
 
