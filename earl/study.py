@@ -346,6 +346,7 @@ def run_study(cfg: StudyRecipe, progress: bool = True) -> dict:
     results["machine"] = machine_description()
     atomic_write_json(out / "results.json", results)
     plot_curves(cfg, out / "curves.png")
+    plot_success(results, out / "success.png")
     atomic_write_text(out / "report.md", format_report(cfg, results))
     return results
 
@@ -594,6 +595,34 @@ def format_report(cfg: StudyRecipe, results: dict) -> str:
             lines.append(f"| {c} | {first['category_n'][c]} | "
                          + " | ".join(_fmt(results["arms"][a][s]["per_category"][c]) for a in arms) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_success(results: dict, path: Path) -> None:
+    """One panel per test set: each arm's success with its 95% interval (and its seeds as dots), arms in
+    recipe order from the top, so the table's headline reads at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(s for row in results["arms"].values() for s in row))
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 0.45 * len(results["arms"]) + 1.5), squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        names = [n for n, row in results["arms"].items() if s in row]
+        for y, name in enumerate(names):
+            e = results["arms"][name][s]["success"]
+            lo, hi = e["ci"]
+            ax.barh(y, 100 * e["mean"], color="tab:blue", alpha=0.6)
+            if lo is not None:
+                ax.errorbar(100 * e["mean"], y, xerr=[[100 * (e["mean"] - lo)], [100 * (hi - e["mean"])]],
+                            color="black", capsize=3)
+            if len(e["per_seed"]) > 1:
+                ax.plot([100 * v for v in e["per_seed"]], [y] * len(e["per_seed"]), "o", color="tab:orange", ms=3)
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set(xlim=(0, 100), xlabel="success % (95% CI; dots: seeds)", title=f"{s} test set")
+        ax.grid(axis="x", alpha=0.3)
+    save_figure(fig, path)
 
 
 def plot_curves(cfg: StudyRecipe, path: Path) -> None:

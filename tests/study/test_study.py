@@ -294,6 +294,7 @@ def test_agent_and_scalar_reward_model_arms_with_their_own_seeds_sets_and_costs(
     assert results["training_min"]["rl_scalar"]["total"] > results["training_min"]["rl_scalar"]["own"] > 0
     report = (out / "report.md").read_text()
     assert "editor calls" in report and "test prompts" in report and "| gt |" in report
+    assert (out / "success.png").stat().st_size > 1000
     # re-running one arm elsewhere takes what it starts from along, and nothing else
     assert [a.name for a in select_arms(cfg, ["gt_rl"]).arms] == ["start", "rm", "rl_scalar", "gt_rl"]
     assert aggregate(select_arms(cfg, ["gt"]))["arms"].keys() == {"start", "gt"}
