@@ -1,19 +1,26 @@
-"""The recipe study: `earl study recipes/shapes/study.yaml`.
+"""The recipe study: `earl study recipes/shapes/study_complex.yaml`.
 
-Trains and evaluates several arms (SFT, SFT-CoT, SFT on more data, SFT -> GRPO, best-of-N
-sampling from an SFT model, or a `given` editor from a directory, evaluated as is and a start for
-GRPO arms) over several seeds on ShapesEdit, with one shared image tokenizer,
-and reports each arm as mean +- 95% CI across seeds. Best-of-N draws N samples per prompt from
-the SFT model and keeps the one the RL verifier (the oracle) likes best: the control that tells
-a gain from sampling apart from a gain in the policy itself.
+Trains and evaluates several arms over several seeds on ShapesEdit, with one shared image tokenizer,
+and reports each arm as mean +- 95% CI across its seeds (across test prompts for an arm with one seed).
+Arm kinds:
+    given       an editor from a directory, evaluated as is; a start for other arms
+    sft         SFT from scratch, or continued from an editor arm (`start`)
+    grpo        GRPO from an editor arm, rewarded by its recipe's verifier or a `scalar_rm` arm's model
+    best_of_n   N samples per prompt from an editor arm, the oracle keeping the best: the control that
+                tells a gain from the verifier at test time apart from a gain in the policy
+    agent       the agent pipeline (decomposer -> editor of an editor arm), with its step checks and
+                sampled-plan choice (`earl.agents.build.AgentOptions`)
+    scalar_rm   a Bradley-Terry reward model trained inside the study, for GRPO arms to use
+Each evaluated edit records its editor and judge calls, and each stage its wall time: the report's cost.
 
 Resumable at every level: a finished stage (a trained model, an evaluation file) is never redone,
 and an interrupted training resumes from its last checkpoint. Layout of `out_dir`:
 
     {arm}/seed_{s}/            a training run (its model/, metrics.jsonl, checkpoints/)
-    {arm}/seed_{s}/eval_{set}.json   per-sample oracle verdicts and the summary on one test set
-    stage_times.json           wall time of every finished stage (sums across resumed sessions)
-    results.json, report.md, curves.png   the aggregate, rewritten at the end of every run
+    {arm}/seed_{s}/eval_{set}.json   per-sample oracle verdicts (and calls) on one test set
+    {arm}/seed_{s}/agent_{set}/      an agent arm's images and per-edit records (plans, steps)
+    stage_times.json           wall time of every finished stage (sums across resumed runs)
+    results.json, report.md, curves.png, success.png   the aggregate, rewritten at the end of every run
 """
 
 from __future__ import annotations
