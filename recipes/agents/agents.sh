@@ -2,7 +2,7 @@
 # The multi-agent (ImageEdit-R1) results of docs/AGENTS.md, on the fixed ShapesEdit test sets:
 # the decomposer's three SFT stages and GRPO with each reward, then `earl eval shapes --agent` for
 # the ground-truth plan, each decomposer, open and closed loop. Every step is skipped when its output
-# exists (evaluations also resume sample by sample). About 5 h on 2 CPU cores: SFT ~2.5 h, GRPO ~1 h, the plan-choice evaluations ~1 h.
+# exists (evaluations also resume sample by sample). About 5.5 h on 2 CPU cores: SFT ~2.5 h, GRPO ~1.5 h, the plan-choice evaluations ~1 h.
 set -euo pipefail
 D=runs/data; A=runs/agents
 for s in simple complex; do
@@ -46,6 +46,12 @@ ev complex grpo3_open --agent $V3
 ev complex grpo3_vote8_plans4_rrm --agent $V3 --plan-votes 8 --plans 4 --plan-judge rrm
 ev complex grpo3_vote16_plans8_oracle+oracle4 --agent $V3 --plan-votes 16 --plans 8 --plan-judge oracle --check oracle --attempts 4
 ev complex grpo3_vote32_plans16_oracle+oracle4 --agent $V3 --plan-votes 32 --plans 16 --plan-judge oracle --check oracle --attempts 4
+# F1-GRPO from the third SFT stage again with seeds 1 and 2 (the bundled one is seed 0): RL vs SFT with seeds
+for seed in 1 2; do
+  [ -f runs/decomposer_grpo_f1_v3_seed$seed/model/editor.json ] || earl train decomposer-grpo \
+      recipes/agents/decomposer_grpo_f1_stage3.yaml seed=$seed out_dir=runs/decomposer_grpo_f1_v3_seed$seed
+  ev complex grpo3_seed${seed}_open --agent runs/decomposer_grpo_f1_v3_seed$seed/model
+done
 cmp() { earl agent compare "${@:3}" --base $2 --out $A/$1_table.md; }
 cmp complex sft2 editor=$A/complex/editor_alone gt=$A/complex/gt_open sft2=$A/complex/sft2_open grpo_f1=$A/complex/grpo_f1_open \
   grpo_closed=$A/complex/grpo_closed_open gt+oracle4=$A/complex/gt_oracle4 gt+rrm4=$A/complex/gt_rrm4 \
@@ -56,6 +62,7 @@ cmp complex sft2 editor=$A/complex/editor_alone gt=$A/complex/gt_open sft2=$A/co
 cmp complex_stage3 sft3 editor=$A/complex/editor_alone gt=$A/complex/gt_open gt+oracle4=$A/complex/gt_oracle4 \
   gt+rrm4=$A/complex/gt_rrm4 sft3=$A/complex/sft3_open grpo3=$A/complex/grpo3_open \
   grpo3+vote8+plans4_rrm=$A/complex/grpo3_vote8_plans4_rrm grpo3+vote16+plans8_oracle+oracle4=$A/complex/grpo3_vote16_plans8_oracle+oracle4 \
-  grpo3+vote32+plans16_oracle+oracle4=$A/complex/grpo3_vote32_plans16_oracle+oracle4
+  grpo3+vote32+plans16_oracle+oracle4=$A/complex/grpo3_vote32_plans16_oracle+oracle4 \
+  grpo3_seed1=$A/complex/grpo3_seed1_open grpo3_seed2=$A/complex/grpo3_seed2_open
 cmp simple editor editor=$A/simple/editor_alone gt=$A/simple/gt_open sft2=$A/simple/sft2_open \
   grpo_f1=$A/simple/grpo_f1_open grpo_closed=$A/simple/grpo_closed_open sft3=$A/simple/sft3_open vote8=$A/simple/vote8 grpo3=$A/simple/grpo3_open
