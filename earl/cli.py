@@ -245,10 +245,13 @@ def _agent_args(p) -> None:
 def _agent_pipeline(decomposer: str | None, editor: str | None, args):
     from earl.agents.build import AgentOptions, build_agent_pipeline
 
-    options = AgentOptions(check=args.check, attempts=args.attempts, step_temperature=args.step_temperature,
-                           rrm=args.rrm, rrm_threshold=args.rrm_threshold, plan_votes=args.plan_votes,
-                           plan_temperature=args.plan_temperature, plans=args.plans, plan_judge=args.plan_judge,
-                           sequencer=args.sequencer, fallback=args.fallback)
+    try:
+        options = AgentOptions(check=args.check, attempts=args.attempts, step_temperature=args.step_temperature,
+                               rrm=args.rrm, rrm_threshold=args.rrm_threshold, plan_votes=args.plan_votes,
+                               plan_temperature=args.plan_temperature, plans=args.plans, plan_judge=args.plan_judge,
+                               sequencer=args.sequencer, fallback=args.fallback)
+    except ValueError as e:
+        raise EarlError(f"agent options: {e}") from None
     return build_agent_pipeline(decomposer, editor, options, seed=getattr(args, "seed", 0))
 
 

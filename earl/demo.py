@@ -127,7 +127,8 @@ def _complex_edits(out: Path, data: Path, fast: bool, t_all: float) -> dict:
     if not (runs["agent pipeline"] / "results.json").is_file():
         print(f"agent pipeline: {n_prompts} complex edits (decomposer -> plan -> one editor call per step)")
         run_agent_eval(build_agent_pipeline(None, None, AgentOptions()), test, runs["agent pipeline"])
-    table = format_comparison(compare_runs(runs, base="bundled editor"))
+    comparison = compare_runs(runs, base="bundled editor")
+    table = format_comparison(comparison)
     atomic_write_text(out / "complex_table.md", table + "\n")
     print(table)
     ds = load_dataset(test)
@@ -141,7 +142,7 @@ def _complex_edits(out: Path, data: Path, fast: bool, t_all: float) -> dict:
     print(f"\ntable: {out / 'complex_table.md'}   grid: {out / 'complex_grid.png'}\n"
           "The three-seed study of these arms, with the reasoning reward model and more: "
           "earl study recipes/shapes/study_complex.yaml (docs/RESULTS.md)")
-    return compare_runs(runs, base="bundled editor")
+    return comparison
 
 
 def _edit_samples(out: Path) -> None:

@@ -37,15 +37,17 @@ class AgentOptions:
     fallback: bool = False  # a failed plan gives the editor the instruction itself
 
     def __post_init__(self):
+        """ValueError, so that a recipe's bad agent options are reported with its file and field (the CLI
+        reports them as a usage error)."""
         if self.check not in ("none", "oracle", "rrm"):
-            raise EarlError(f"agent check must be none, oracle or rrm, got {self.check!r}")
+            raise ValueError(f"check must be none, oracle or rrm, got {self.check!r}")
         if self.plan_judge not in (None, "oracle", "rrm"):
-            raise EarlError(f"plan judge must be oracle or rrm, got {self.plan_judge!r}")
+            raise ValueError(f"plan_judge must be oracle or rrm, got {self.plan_judge!r}")
         if (self.plans > 1) != (self.plan_judge is not None) or (self.plans > 1 and not self.plan_votes):
-            raise EarlError("--plans M chooses among sampled plans by judging the results: give --plans M (> 1), "
-                            "--plan-votes K and --plan-judge together")
+            raise ValueError("choosing among sampled plans by judging the results needs plans M (> 1), plan_votes K "
+                             "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")
         if self.sequencer not in SEQUENCERS:
-            raise EarlError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
+            raise ValueError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
 
 
 def build_agent_pipeline(decomposer: str | None, editor: str | None, options: AgentOptions,
@@ -63,8 +65,11 @@ def build_agent_pipeline(decomposer: str | None, editor: str | None, options: Ag
         if o.plan_votes:
             dec = VotingDecomposer(dec, o.plan_votes, o.plan_temperature, seed=seed)
     rrm = build_verifier("rrm", model_path=o.rrm, expected_points=True) if "rrm" in (o.check, o.plan_judge) else None
-    check = {"none": None, "oracle": OracleStepCheck() if o.check == "oracle" else None,
-             "rrm": VerifierStepCheck(rrm, o.rrm_threshold) if o.check == "rrm" else None}[o.check]
+    check = None
+    if o.check == "oracle":
+        check = OracleStepCheck()
+    elif o.check == "rrm":
+        check = VerifierStepCheck(rrm, o.rrm_threshold)
     judge, threshold = None, 1.0
     if o.plan_judge == "oracle":
         judge = build_verifier("oracle", reward="success")
