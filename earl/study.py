@@ -29,7 +29,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -89,6 +89,8 @@ class ArmSection:
             raise ValueError(f"arm {self.name!r}: best_of_n needs n >= 2 and temperature > 0")
         if self.reward_model is not None and self.kind != "grpo":
             raise ValueError(f"arm {self.name!r}: `reward_model` is for grpo arms")
+        if self.kind != "agent" and (self.decomposer is not None or self.agent != AgentOptions()):
+            raise ValueError(f"arm {self.name!r}: `decomposer` and `agent` are for agent arms")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"arm {self.name!r}: seeds must be a non-empty list of distinct integers")
 
@@ -175,9 +177,8 @@ def select_arms(cfg: StudyRecipe, names: list[str]) -> StudyRecipe:
         keep.add(name)
         a = by_name[name]
         todo += [r for r in (a.start, a.reward_model) if r]
-    return StudyRecipe(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
-                          "arms": [a for a in cfg.arms if a.name in keep],
-                          "compare": [p for p in cfg.compare if set(p) <= keep]})
+    return replace(cfg, arms=[a for a in cfg.arms if a.name in keep],
+                               compare=[p for p in cfg.compare if set(p) <= keep])
 
 
 # ---- one stage at a time ------------------------------------------------------------------------

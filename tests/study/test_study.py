@@ -308,6 +308,7 @@ def test_agent_and_scalar_reward_model_arms_with_their_own_seeds_sets_and_costs(
      "not all among 's'"),
     ("\n  - {name: s, kind: given, model: m}\n  - {name: b, kind: best_of_n, start: s}\n"
      "  - {name: a, kind: agent, start: b}\n", "expected an editor arm"),
+    ("\n  - {name: s, kind: given, model: m, agent: {check: oracle}}\n", "are for agent arms"),
     ("\n  - {name: s, kind: given, model: m}\n  - {name: a, kind: agent, start: s, agent: {plans: 4}}\n",
      r"study.yaml: arms\[1\].agent: .*plans M \(> 1\), plan_votes K and plan_judge together"),
 ])
