@@ -92,12 +92,12 @@ def run_demo(out: Path, fast: bool = False) -> dict:
         print(f"demo finished in {time.time() - t_all:.0f} s (no bundled editor: the complex-edit stages skipped)")
         return {"from_scratch": results}
 
-    complex_test = _complex_edits(out, data, fast, t_all)
+    complex_test = _complex_edits(out, data, fast)
     print(f"demo finished in {time.time() - t_all:.0f} s")
     return {"from_scratch": results, "complex": complex_test}
 
 
-def _complex_edits(out: Path, data: Path, fast: bool, t_all: float) -> dict:
+def _complex_edits(out: Path, data: Path, fast: bool) -> dict:
     """Stages 5 and 6: GRPO from the bundled editor, then the editor, the GRPO-trained editor and the agent
     pipeline on the same complex test edits, in one table and one grid."""
     _stage("5/6 GRPO from the bundled editor, the exact oracle as verifier")
