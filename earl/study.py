@@ -407,13 +407,10 @@ def aggregate(cfg: StudyRecipe, times: dict[str, float] | None = None) -> dict:
             order = [c for split in SPLITS.values() for c in split]
             categories = sorted({x["category"] for x in runs[0]}, key=lambda c: order.index(c) if c in order else 99)
             entry["category_n"] = {c: sum(x["category"] == c for x in runs[0]) for c in categories}
-            pick = _seed_ci if len(seeds) > 1 else (lambda v, b: {**_seed_ci(v, b), "ci": [None, None]})
-            entry["per_category"] = {c: pick([_mean([x for x in r if x["category"] == c], "success")
-                                              for r in runs], (0.0, 1.0)) for c in categories}
-            if len(seeds) == 1:  # one seed: Wilson over the category's prompts
-                for c in categories:
-                    rows = [x for x in runs[0] if x["category"] == c]
-                    entry["per_category"][c]["ci"] = list(wilson_ci(sum(bool(x["success"]) for x in rows), len(rows)))
+            by_cat = {c: [[x for x in r if x["category"] == c] for r in runs] for c in categories}
+            entry["per_category"] = {  # one seed: Wilson over the category's prompts, as for the whole set
+                c: (_seed_ci([_mean(rows, "success") for rows in per_run], (0.0, 1.0)) if len(seeds) > 1
+                    else _prompt_ci(per_run[0], "success", (0.0, 1.0))) for c, per_run in by_cat.items()}
             table[arm.name][set_name] = entry
     paired = {}
     by_name = {a.name: a for a in cfg.arms}
