@@ -243,7 +243,8 @@ def _agent_args(p) -> None:
 
 
 def _agent_pipeline(decomposer: str | None, editor: str | None, args):
-    from earl.agents.build import AgentOptions, build_agent_pipeline
+    from earl.agents.build import AgentOptions
+    from earl.agents.pipeline import build_agent_pipeline
 
     try:
         options = AgentOptions(check=args.check, attempts=args.attempts, step_temperature=args.step_temperature,

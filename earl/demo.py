@@ -21,8 +21,9 @@ import random
 import time
 from pathlib import Path
 
-from earl.agents.build import AgentOptions, build_agent_pipeline
+from earl.agents.build import AgentOptions
 from earl.agents.evaluate import compare_runs, format_comparison, run_agent_eval
+from earl.agents.pipeline import build_agent_pipeline
 from earl.config import load_config
 from earl.evaluate import run_shapes_eval
 from earl.io import atomic_write_text, load_image, save_png

@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from earl.agents.build import GROUND_TRUTH, AgentOptions, build_agent_pipeline
+from earl.agents.build import GROUND_TRUTH, AgentOptions
 from earl.agents.evaluate import run_agent_eval
+from earl.agents.pipeline import build_agent_pipeline
 from earl.config import load_config, to_dict
 from earl.data import encode_dataset, resolve_source
 from earl.errors import ConfigError

@@ -1,25 +1,34 @@
-"""One way to assemble an `AgentPipeline` from named options, shared by the CLI and `earl study`.
+"""One way to assemble an `AgentPipeline` from named options, shared by `AgentPipeline.from_pretrained`,
+the CLI and `earl study`.
 
 `AgentOptions` holds what a user picks (a step check and its tries, self-consistency votes, how many
-sampled plans to carry out and who judges them); `build_agent_pipeline` turns it into objects. The
-reasoning reward model is loaded once when it both checks steps and judges plans.
+sampled plans to carry out and who judges them); `agent_parts` turns it into the pipeline's parts. The
+reasoning reward model is loaded once when it both checks steps and judges plans. This module does not
+import the pipeline, so that the pipeline can build itself from here.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from earl.agents.checks import OracleStepCheck, VerifierStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer, VotingDecomposer
 from earl.agents.editor import PipelineEditor
-from earl.agents.pipeline import AgentPipeline, default_decomposer
 from earl.agents.sequencer import SEQUENCERS
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
 from earl.verify.base import build_verifier
 
 GROUND_TRUTH = "ground-truth"  # the decomposer name that reads the plan from the ShapesEdit program
+BUNDLED_DECOMPOSER = "shapes-decomposer"
+_CHECKPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "checkpoints")
+
+
+def default_decomposer() -> str:
+    """$EARL_DECOMPOSER, else `checkpoints/shapes-decomposer` in the source tree."""
+    return os.environ.get("EARL_DECOMPOSER") or os.path.normpath(os.path.join(_CHECKPOINTS, BUNDLED_DECOMPOSER))
 
 
 @dataclass
@@ -50,21 +59,32 @@ class AgentOptions:
             raise ValueError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
 
 
-def build_agent_pipeline(decomposer: str | None, editor: str | None, options: AgentOptions,
-                         seed: int = 0) -> AgentPipeline:
-    """The pipeline for a decomposer directory (None: the bundled one; "ground-truth": the program's own
-    plan, ShapesEdit only) and an editor directory (None: the bundled editor)."""
+def _rrm_dir(path: str) -> str:
+    """The reward model's directory. The default name, relative to the repository root, also resolves
+    against the source tree, so that the Python API finds the bundled model from any directory."""
+    if path == AgentOptions.rrm and not Path(path).is_dir():
+        return os.path.normpath(os.path.join(_CHECKPOINTS, Path(path).name))
+    return path
+
+
+def agent_parts(decomposer: str | None, editor: str | None, options: AgentOptions, seed: int = 0,
+                device: str = "cpu") -> dict:
+    """The keyword arguments of `AgentPipeline` for a decomposer directory (None: the bundled one;
+    "ground-truth": the program's own plan, ShapesEdit only) and an editor directory (None: the bundled
+    editor)."""
     o = options
     if decomposer == GROUND_TRUTH:
         dec = GroundTruthDecomposer()
     else:
         path = Path(decomposer or default_decomposer())
         if not path.is_dir():
-            raise EarlError(f"decomposer {path}: not a directory")
-        dec = UnifiedDecomposer.from_pretrained(path)
+            raise EarlError(f"decomposer {path}: not a directory (train one with `earl train decomposer-sft`)")
+        dec = UnifiedDecomposer.from_pretrained(path, device=device)
         if o.plan_votes:
             dec = VotingDecomposer(dec, o.plan_votes, o.plan_temperature, seed=seed)
-    rrm = build_verifier("rrm", model_path=o.rrm, expected_points=True) if "rrm" in (o.check, o.plan_judge) else None
+    rrm = None
+    if "rrm" in (o.check, o.plan_judge):
+        rrm = build_verifier("rrm", model_path=_rrm_dir(o.rrm), expected_points=True, device=device)
     check = None
     if o.check == "oracle":
         check = OracleStepCheck()
@@ -75,6 +95,7 @@ def build_agent_pipeline(decomposer: str | None, editor: str | None, options: Ag
         judge = build_verifier("oracle", reward="success")
     elif o.plan_judge == "rrm":
         judge, threshold = rrm, o.rrm_threshold
-    return AgentPipeline(dec, PipelineEditor.from_pretrained(editor), sequencer=SEQUENCERS[o.sequencer](),
-                         check=check, attempts=o.attempts if check else 1, temperature=o.step_temperature,
-                         fallback=o.fallback, seed=seed, plans=o.plans, plan_judge=judge, plan_threshold=threshold)
+    return dict(decomposer=dec, editor=PipelineEditor.from_pretrained(editor, device=device),
+                sequencer=SEQUENCERS[o.sequencer](), check=check, attempts=o.attempts if check else 1,
+                temperature=o.step_temperature, fallback=o.fallback, seed=seed, plans=o.plans, plan_judge=judge,
+                plan_threshold=threshold)

@@ -29,28 +29,18 @@ original instruction is then given to the editor directly (the result still name
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from PIL import Image
 
+from earl.agents.build import AgentOptions, agent_parts, default_decomposer  # noqa: F401 (re-exported)
 from earl.agents.checks import StepVerdict
 from earl.agents.decomposer import DecomposeRequest, Decomposition, ScriptedDecomposer
-from earl.agents.editor import PipelineEditor
 from earl.agents.plan import Plan, Step, step_instruction
 from earl.agents.sequencer import KeepOrder
-from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
 from earl.io import load_image
 from earl.verify.base import EditRequest
-
-BUNDLED_DECOMPOSER = "shapes-decomposer"
-
-
-def default_decomposer() -> str:
-    """$EARL_DECOMPOSER, else `checkpoints/shapes-decomposer` in the source tree."""
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "checkpoints", BUNDLED_DECOMPOSER)
-    return os.environ.get("EARL_DECOMPOSER") or os.path.normpath(here)
 
 
 @dataclass
@@ -114,13 +104,26 @@ class AgentPipeline:
 
     @classmethod
     def from_pretrained(cls, decomposer: str | None = None, editor: str | None = None, device: str = "cpu",
-                        **kw) -> AgentPipeline:
-        """The bundled decomposer and editor (or the given directories)."""
-        path = decomposer or default_decomposer()
-        if not os.path.isdir(path):
-            raise EarlError(f"decomposer {path}: not a directory (train one with `earl train decomposer-sft`)")
-        return cls(UnifiedDecomposer.from_pretrained(path, device=device),
-                   PipelineEditor.from_pretrained(editor, device=device), **kw)
+                        seed: int = 0, **options) -> AgentPipeline:
+        """The bundled decomposer and editor (or the given directories), open loop unless `options` (the
+        fields of `AgentOptions`, as `earl agent edit` takes them) close it:
+
+            AgentPipeline.from_pretrained(plans=8, plan_judge="rrm", check="rrm")
+
+        samples 16 plans besides the greedy one (`plan_votes`: twice `plans` unless given, the ratio of
+        every measured run), carries out up to 8 distinct ones until the reasoning reward model passes the
+        final image, and has the same model check each step (4 tries). On ShapesEdit the reward model
+        writes its principles from the request's scene graphs (`DecomposeRequest.meta`, as
+        `earl.agents.evaluate` builds it)."""
+        if options.get("plans", 1) > 1:
+            options.setdefault("plan_votes", 2 * options["plans"])
+        try:
+            opts = AgentOptions(**options)
+        except TypeError:
+            unknown = sorted(set(options) - {f.name for f in fields(AgentOptions)})
+            raise EarlError(f"AgentPipeline.from_pretrained: unknown option(s) {', '.join(unknown)}; valid: "
+                            f"{', '.join(f.name for f in fields(AgentOptions))}") from None
+        return cls(**agent_parts(decomposer, editor, opts, seed=seed, device=device))
 
     def __call__(self, image, instruction: str) -> AgentResult:
         if not isinstance(instruction, str) or not instruction.strip():
@@ -241,6 +244,12 @@ class AgentPipeline:
                 if not v.passed and v.retry:
                     still.append(j)
             pending = still
+
+
+def build_agent_pipeline(decomposer: str | None, editor: str | None, options: AgentOptions,
+                         seed: int = 0) -> AgentPipeline:
+    """The pipeline `options` describe (`earl agent`, `earl eval shapes --agent`, `earl study`, the demo)."""
+    return AgentPipeline(**agent_parts(decomposer, editor, options, seed=seed))
 
 
 def execute_plans(editor, sources: list[Image.Image], plans: list[Plan | None]) -> list[Image.Image | None]:

@@ -6,8 +6,14 @@ import json
 import pytest
 from PIL import Image
 
-from earl.agents.checks import OracleStepCheck, StepVerdict
-from earl.agents.decomposer import ChatDecomposer, DecomposeRequest, GroundTruthDecomposer, ScriptedDecomposer
+from earl.agents.checks import OracleStepCheck, StepVerdict, VerifierStepCheck
+from earl.agents.decomposer import (
+    ChatDecomposer,
+    DecomposeRequest,
+    GroundTruthDecomposer,
+    ScriptedDecomposer,
+    VotingDecomposer,
+)
 from earl.agents.editor import PipelineEditor
 from earl.agents.pipeline import AgentPipeline, attempt_seed
 from earl.agents.plan import Plan, Step
@@ -179,3 +185,54 @@ def test_ground_truth_plans_through_the_bundled_editor_with_the_oracle_check():
         if all(rec.passed for rec in r.steps):
             assert final_ok, s.instruction  # every step verified right => the whole edit is right
     assert sum(judge(s.source_scene, s.target_scene, r.images[0]).success for s, r in zip(samples, results)) >= 3
+
+
+def _judged_calls(verifier):
+    """Wrap a verifier's `score` to record each request's (id, reward): step checks send ids `step{i}`,
+    the plan judge the request's own id."""
+    seen, score = [], verifier.score
+
+    def recording(requests):
+        out = score(requests)
+        seen.extend((r.meta.get("id"), None if v.failed else float(v.reward)) for r, v in zip(requests, out))
+        return out
+
+    verifier.score = recording
+    return seen
+
+
+@pytest.mark.slow
+def test_from_pretrained_closes_the_loop_with_the_reward_model():
+    """One call gives the closed loop: sampled plans chosen by the bundled reasoning reward model and
+    each step checked by the same model (loaded once). Every verdict is accounted for, and the kept
+    plan is the first the judge passes, else the best-judged one."""
+    pipe = AgentPipeline.from_pretrained(plans=8, plan_judge="rrm", check="rrm")
+    assert isinstance(pipe.decomposer, VotingDecomposer) and pipe.decomposer.votes == 16 and pipe.plans == 8
+    assert isinstance(pipe.check, VerifierStepCheck) and pipe.plan_judge is pipe.check.verifier
+    assert pipe.plan_judge.name == "rrm" and pipe.attempts == 4 and pipe.plan_threshold == 0.9
+    samples = list(generate_samples("complex", 2, seed=5))
+    reqs = [DecomposeRequest(render(s.source_scene), s.instruction,
+                             meta={"id": f"r{i}", "source_scene": json.dumps(s.source_scene.to_dict()),
+                                   "target_scene": json.dumps(s.target_scene.to_dict())}) for i, s in enumerate(samples)]
+
+    def run(pipe, reqs, steps_checked=True):
+        seen = _judged_calls(pipe.plan_judge)
+        results = pipe.run(reqs)
+        checks = sum(1 for key, _ in seen if key.startswith("step"))
+        # check_calls also counts a step verdict given without the model (a step whose subject is not in the image)
+        assert (checks > 0) == steps_checked and len(seen) <= sum(r.check_calls for r in results)
+        for req, res in zip(reqs, results):
+            rewards = [v for key, v in seen if key == req.meta["id"]]  # one plan judgement per plan carried out
+            assert res.failure is None and len(rewards) == res.plans_tried >= 1
+            passed = [v for v in rewards if v is not None and v >= pipe.plan_threshold]
+            if passed:  # the first plan the judge passes ends the search and is kept
+                assert passed == rewards[-1:] and res.plan_reward == passed[0]
+            else:
+                assert res.plan_reward == max(v for v in rewards if v is not None)
+        return results
+
+    run(pipe, reqs)
+    # a judge nothing passes: every distinct candidate plan is carried out, the best-judged one kept
+    strict = AgentPipeline.from_pretrained(plans=8, plan_judge="rrm", rrm_threshold=1.01)
+    (res,) = run(strict, reqs[:1], steps_checked=False)
+    assert res.plans_tried == min(8, len(strict.decomposer.candidates(reqs[:1])[0])) >= 2
