@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What only a GPU can show (issue 6), as one call of the device tool (about 8 minutes on an H200):
+# What only a GPU can show, in about 11 minutes on an H200:
 #   1. the Triton kernels compiled, against float64 references, in fp32, fp16 and bf16
 #      (the CPU tests run them under the interpreter, whose bf16 tl.dot is wrong: triton#11584);
 #   2. `earl bench attention`: decode and prefill attention at Emu3-8B's heads in bf16, against SDPA
@@ -7,15 +7,13 @@
 #   3. `earl bench generate` on the GPU: the ShapesEdit model (launch-bound: the CUDA-graph decode and
 #      the fused sampling step matter here), then the Emu3-8B shape at 256^2, batch 1 (the decode-step
 #      floor is printed beside the measured ms per code).
-# Each step's output goes to $OUT (the device tool's result folder; runs/gpu elsewhere). A failing step
-# does not stop the later ones; the exit status says whether any failed. STEPS picks steps by name.
-# The four do not fit one 10-minute call with a margin (transformers' generate of the 8B shape alone
-# is ~2,100 forwards a call), so the device session is two calls on one warm machine:
+# Each step's output goes to $OUT (runs/gpu by default). A failing step does not stop the later ones;
+# the exit status says whether any failed. STEPS picks steps by name, so the run can be split in two
+# commands of under 10 minutes each (transformers' generate of the 8B shape alone is ~2,100 forwards):
 #
-#   bash recipes/gpu/fetch_wheels.sh                                   # here, once
+#   bash recipes/gpu/fetch_wheels.sh     # once, on a machine with pip access, if the GPU machine has none
 #   STEPS="kernel_tests compiled_decoder bench_attention bench_generate_shapes" bash recipes/gpu/checks.sh  # ~5 min
 #   STEPS=bench_generate_emu3 bash recipes/gpu/checks.sh                                   # ~6 min
-#   (device run: carry [".whl"], timeout_s 600; then give_back)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/gpu}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run here (a machine with pip access) before `checks.sh` goes to the lent GPU machine, which has torch,
-# transformers, triton and accelerate but not vector-quantize-pytorch (the shapes models' tokenizer)
-# and can fetch nothing. The wheels land in .whl/ (ignored by git, named in the device call's carry).
-# Versions are the ones earl's CI installs; the machine runs Python 3.12 on x86-64.
+# For a GPU machine without network access that has torch, transformers, triton and accelerate but not
+# vector-quantize-pytorch (the shapes models' tokenizer): run this on a machine with pip access, copy
+# .whl/ (ignored by git) beside the checkout, and `checks.sh` installs the wheels. Versions are the ones
+# earl's CI installs, for Python 3.12 on x86-64.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
