@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from earl.errors import EarlError
+from earl.hub import resolve_model
 from earl.io import atomic_directory, load_image
 from earl.layout import EditLayout, ImageVocab, TextIds
 from tokenizer import ImageTokenizer, pil_to_tensor, tensor_to_pil
@@ -164,14 +165,16 @@ class UnifiedEditor(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu", attention: str = "sdpa",
-                        vision_tokenizer: str | os.PathLike | None = None, cot: bool | None = None) -> UnifiedEditor:
+                        vision_tokenizer: str | os.PathLike | None = None, cot: bool | None = None,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> UnifiedEditor:
         """Load an editor directory. `attention="earl_triton"` runs the backbone on earl's Triton kernels
         (`earl.kernels`; a GPU and triton needed, otherwise it stays on SDPA and says so).
 
         Also takes, as they are, a transformers Emu3 checkpoint (`earl.emu3`) and a checkpoint in BAAI's
         original Emu3 format such as EARL's released editors (`earl.emu3_original`: needs `vision_tokenizer`,
-        the Emu3-VisionTokenizer directory; `cot` None reads chain-of-thought from the path's name)."""
-        path = Path(path)
+        the Emu3-VisionTokenizer directory; `cot` None reads chain-of-thought from the path's name).
+        `path` may be a Hub id, `org/name[@revision]`, fetched into `cache_dir` (`earl.hub`)."""
+        path = resolve_model(path, revision, cache_dir)
         meta = path / "editor.json"
         if not path.is_dir():
             raise EarlError(f"{path}: model directory not found")

@@ -41,6 +41,7 @@ from earl.agents.plan import Plan, Step, step_instruction
 from earl.agents.sequencer import KeepOrder
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
+from earl.hub import resolve_model
 from earl.io import load_image
 from earl.verify.base import EditRequest
 
@@ -116,7 +117,7 @@ class AgentPipeline:
     def from_pretrained(cls, decomposer: str | None = None, editor: str | None = None, device: str = "cpu",
                         **kw) -> AgentPipeline:
         """The bundled decomposer and editor (or the given directories)."""
-        path = decomposer or default_decomposer()
+        path = resolve_model(decomposer or default_decomposer(), what="decomposer")
         if not os.path.isdir(path):
             raise EarlError(f"decomposer {path}: not a directory (train one with `earl train decomposer-sft`)")
         return cls(UnifiedDecomposer.from_pretrained(path, device=device),
