@@ -118,3 +118,33 @@ def _cache_dir(cache_dir) -> str:
     from huggingface_hub import constants
 
     return os.fspath(cache_dir or constants.HF_HUB_CACHE)
+
+
+
+def upload(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool | None = None,
+           commit_message: str | None = None) -> str:
+    """Upload `folder` as it is to the model repository `repo_id` (created if absent); returns the commit's URL.
+
+    `token` None: the one `huggingface_hub` finds (HF_TOKEN, or `hf auth login`); it needs write access.
+    `private` None keeps an existing repository's visibility (a new one is public)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EarlError(f"{folder}: not a directory (expected a model saved by earl)")
+    parsed = split_hub_id(repo_id)
+    if parsed is None or parsed[1] is not None:
+        raise EarlError(f"repo id {repo_id!r}: expected 'org/name' (a Hub model repository, no @revision)")
+    if offline():
+        raise EarlError(f"cannot push {folder} to {repo_id}: HF_HUB_OFFLINE is set; unset it to upload")
+    api = HfApi(token=token, library_name="earl")
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+                                 commit_message=commit_message or f"Upload {folder.name} with earl")
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        fix = " (set HF_TOKEN to a token with write access to it)" if status in (401, 403) else ""
+        raise EarlError(f"push to {repo_id} failed{fix}: {e}") from None
+    return str(getattr(info, "commit_url", info))
