@@ -122,8 +122,9 @@ def _cache_dir(cache_dir) -> str:
 
 
 def upload(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool | None = None,
-           commit_message: str | None = None) -> str:
-    """Upload `folder` as it is to the model repository `repo_id` (created if absent); returns the commit's URL.
+           commit_message: str | None = None, repo_type: str = "model") -> str:
+    """Upload `folder` as it is to the `repo_type` repository `repo_id` (created if absent); returns the
+    commit's URL.
 
     `token` None: the one `huggingface_hub` finds (HF_TOKEN, or `hf auth login`); it needs write access.
     `private` None keeps an existing repository's visibility (a new one is public)."""
@@ -132,16 +133,16 @@ def upload(folder: str | os.PathLike, repo_id: str, token: str | None = None, pr
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise EarlError(f"{folder}: not a directory (expected a model saved by earl)")
+        raise EarlError(f"{folder}: not a directory (expected a {repo_type} folder written by earl)")
     parsed = split_hub_id(repo_id)
     if parsed is None or parsed[1] is not None:
-        raise EarlError(f"repo id {repo_id!r}: expected 'org/name' (a Hub model repository, no @revision)")
+        raise EarlError(f"repo id {repo_id!r}: expected 'org/name' (a Hub {repo_type} repository, no @revision)")
     if offline():
         raise EarlError(f"cannot push {folder} to {repo_id}: HF_HUB_OFFLINE is set; unset it to upload")
     api = HfApi(token=token, library_name="earl")
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type,
                                  commit_message=commit_message or f"Upload {folder.name} with earl")
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
