@@ -76,11 +76,13 @@ def _summarise_results(results: dict) -> dict:
 
 def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, command: str,
                     recipe: dict | None = None, evals: dict[str, str | os.PathLike] | None = None,
-                    max_bytes: int | None = None, repo: str | os.PathLike | None = None) -> dict:
-    """Copy the editor at `model_dir` to `out_dir` with a manifest; returns the manifest.
+                    max_bytes: int | None = None, repo: str | os.PathLike | None = None,
+                    card: dict | None = None) -> dict:
+    """Copy the editor at `model_dir` to `out_dir` with a manifest and a model card; returns the manifest.
 
     `evals` maps an evaluation's name (e.g. "simple-test") to its results.json. Refuses a model
     larger than `max_bytes`. An existing `out_dir` is replaced only once the new one is complete.
+    `card`: `earl.cards.write_model_card` fields (repo_id, license, base_model, datasets, tags).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "editor.json").is_file():
@@ -118,7 +120,7 @@ def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             "total_bytes": total,
         }
         atomic_write_json(staging / MANIFEST, manifest)
-        write_model_card(staging, repo_id=name)  # from the manifest, so outside its hashed files
+        write_model_card(staging, **{"repo_id": name, **(card or {})})  # from the manifest: not hashed
     return manifest
 
 

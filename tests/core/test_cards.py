@@ -66,8 +66,12 @@ def test_card_is_outside_the_hashes_and_the_round_trip_keeps_the_weights(tiny_ed
     a, b = loaded.backbone.state_dict(), tiny_editor.backbone.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # re-packing a checkpoint that has a card: the old card is not hashed in, a new one is written
-    again = pack_checkpoint(packed, tmp_path / "again", name="again", command="repack")
+    again = pack_checkpoint(packed, tmp_path / "again", name="again", command="repack",
+                            card={"repo_id": "org/again", "license": "mit", "datasets": ["org/shapesedit"]})
     assert CARD not in again["files"] and "`repack`" in (tmp_path / "again" / CARD).read_text()
+    card = ModelCard.load(tmp_path / "again" / CARD)
+    assert (card.data.license, card.data.datasets) == ("mit", ["org/shapesedit"])
+    assert 'from_pretrained("org/again")' in card.text
     verify_checkpoint(tmp_path / "again")
 
 
