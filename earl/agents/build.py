@@ -8,7 +8,6 @@ reasoning reward model is loaded once when it both checks steps and judges plans
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from earl.agents.checks import OracleStepCheck, VerifierStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer, VotingDecomposer
@@ -17,6 +16,7 @@ from earl.agents.pipeline import AgentPipeline, default_decomposer
 from earl.agents.sequencer import SEQUENCERS
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
+from earl.hub import resolve_model
 from earl.verify.base import build_verifier
 
 GROUND_TRUTH = "ground-truth"  # the decomposer name that reads the plan from the ShapesEdit program
@@ -58,7 +58,7 @@ def build_agent_pipeline(decomposer: str | None, editor: str | None, options: Ag
     if decomposer == GROUND_TRUTH:
         dec = GroundTruthDecomposer()
     else:
-        path = Path(decomposer or default_decomposer())
+        path = resolve_model(decomposer or default_decomposer(), what="decomposer")  # a directory or a Hub id
         if not path.is_dir():
             raise EarlError(f"decomposer {path}: not a directory")
         dec = UnifiedDecomposer.from_pretrained(path)
