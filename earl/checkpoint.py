@@ -28,7 +28,7 @@ from pathlib import Path
 
 from earl.cards import CARD, write_model_card
 from earl.errors import EarlError
-from earl.hub import upload
+from earl.hub import resolve_model, upload
 from earl.io import atomic_directory, atomic_write_json, read_json
 
 FORMAT = "earl-checkpoint"
@@ -84,7 +84,7 @@ def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     larger than `max_bytes`. An existing `out_dir` is replaced only once the new one is complete.
     `card`: `earl.cards.write_model_card` fields (repo_id, license, base_model, datasets, tags).
     """
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = resolve_model(model_dir), Path(out_dir)  # a directory, or a Hub id fetched
     if not (model_dir / "editor.json").is_file():
         raise EarlError(f"{model_dir}: not an editor directory (no editor.json); expected UnifiedEditor.save_pretrained output")
     derived = {CARD, MANIFEST}  # re-packing a packed checkpoint writes both afresh

@@ -135,3 +135,17 @@ def test_save_pretrained_push_to_hub(tiny_editor, tmp_path, hub_calls):
     path = tiny_editor.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="org/tiny")
     assert [c[0] for c in hub_calls] == ["create", "upload"] and hub_calls[1][2]["folder_path"] == path
     assert 'from_pretrained("org/tiny")' in (path / CARD).read_text()
+
+
+def test_an_average_gets_its_own_card_and_a_pack_takes_an_id(tiny_editor, tmp_path, monkeypatch):
+    from earl.averaging import average_editors
+    from tests.hub_cache import add_snapshot
+
+    a, b = tiny_editor.save_pretrained(tmp_path / "a"), tiny_editor.save_pretrained(tmp_path / "b")
+    out = average_editors([a, b], tmp_path / "soup")
+    assert 'from_pretrained("soup")' in (out / CARD).read_text()
+    add_snapshot(tmp_path / "hub", "org/tiny", a, "c" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    manifest = pack_checkpoint("org/tiny", tmp_path / "ckpt", name="tiny", command="")
+    assert verify_checkpoint(tmp_path / "ckpt") == manifest and "editor.json" in manifest["files"]
