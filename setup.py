@@ -17,6 +17,7 @@ setup(
         "einops>=0.8",
         "vector-quantize-pytorch>=1.20",
         "datasets>=3.0",
+        "huggingface_hub>=1.0",  # Hub ids, model cards and uploads (earl.hub)
         "safetensors>=0.4",
         "pillow>=10.0",
         "pyyaml>=6.0",

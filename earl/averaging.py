@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from earl.cards import CARD, write_model_card
 from earl.errors import EarlError
 from earl.io import atomic_directory, atomic_write_json
 
@@ -127,7 +128,7 @@ def average_editors(models: list[str | os.PathLike], out_dir: str | os.PathLike,
 
     with atomic_directory(out_dir) as tmp:
         for item in first.iterdir():  # tokenizers, editor.json, backbone config; weights replaced below
-            if item.name in ("manifest.json", RECORD):  # a bundle's hashes, an earlier average's record
+            if item.name in ("manifest.json", RECORD, CARD):  # a bundle's hashes, an average's record, a card
                 continue
             if item.name == BACKBONE:
                 shutil.copytree(item, tmp / item.name, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -148,6 +149,7 @@ def average_editors(models: list[str | os.PathLike], out_dir: str | os.PathLike,
             save_file(averaged, tmp / BACKBONE / shard.name, metadata=metadata)
         atomic_write_json(tmp / RECORD, {"models": [str(p) for p in paths], "weights": weights,
                                          "what": "mean of the backbones' weights; tokenizers from the first"})
+        write_model_card(tmp, repo_id=out_dir.name)
     return out_dir
 
 

@@ -9,8 +9,12 @@ A bundled checkpoint is a `UnifiedEditor` directory plus `manifest.json`:
      per-category success, or for a reward model its run's held-out "eval/..." figures}),
      "files" ({relative path: {"sha256", "bytes"}}), "total_bytes"}
 
+plus `README.md`, the model card (`earl.cards`), written from the manifest and therefore not among its
+hashed files: a card edited on the Hub never fails verification, and the weights never go unchecked.
+
 `pack_checkpoint` writes the whole directory next to the destination and renames it into place,
-so a reader never sees half a checkpoint; `verify_checkpoint` recomputes every hash.
+so a reader never sees half a checkpoint; `verify_checkpoint` recomputes every hash; `push_to_hub`
+verifies, then uploads the directory as it is.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from earl.cards import CARD, write_model_card
 from earl.errors import EarlError
+from earl.hub import resolve_model, upload
 from earl.io import atomic_directory, atomic_write_json, read_json
 
 FORMAT = "earl-checkpoint"
@@ -70,16 +76,19 @@ def _summarise_results(results: dict) -> dict:
 
 def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, command: str,
                     recipe: dict | None = None, evals: dict[str, str | os.PathLike] | None = None,
-                    max_bytes: int | None = None, repo: str | os.PathLike | None = None) -> dict:
-    """Copy the editor at `model_dir` to `out_dir` with a manifest; returns the manifest.
+                    max_bytes: int | None = None, repo: str | os.PathLike | None = None,
+                    card: dict | None = None) -> dict:
+    """Copy the editor at `model_dir` to `out_dir` with a manifest and a model card; returns the manifest.
 
     `evals` maps an evaluation's name (e.g. "simple-test") to its results.json. Refuses a model
     larger than `max_bytes`. An existing `out_dir` is replaced only once the new one is complete.
+    `card`: `earl.cards.write_model_card` fields (repo_id, license, base_model, datasets, tags).
     """
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir, out_dir = resolve_model(model_dir), Path(out_dir)  # a directory, or a Hub id fetched
     if not (model_dir / "editor.json").is_file():
         raise EarlError(f"{model_dir}: not an editor directory (no editor.json); expected UnifiedEditor.save_pretrained output")
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    derived = {CARD, MANIFEST}  # re-packing a packed checkpoint writes both afresh
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.relative_to(model_dir).as_posix() not in derived)
     total = sum(p.stat().st_size for p in files)
     if max_bytes is not None and total > max_bytes:
         raise EarlError(f"{model_dir}: {total / 2**20:.1f} MiB is over the {max_bytes / 2**20:.1f} MiB limit for a bundled checkpoint")
@@ -111,6 +120,7 @@ def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             "total_bytes": total,
         }
         atomic_write_json(staging / MANIFEST, manifest)
+        write_model_card(staging, **{"repo_id": name, **(card or {})})  # from the manifest: not hashed
     return manifest
 
 
@@ -133,3 +143,19 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike) -> dict:
     if problems:
         raise EarlError(f"{ckpt_dir}: checkpoint does not match its manifest: " + "; ".join(problems))
     return manifest
+
+
+def push_to_hub(model_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool | None = None,
+                commit_message: str | None = None) -> str:
+    """Upload a saved editor or packed checkpoint to the Hub (`earl checkpoint push`); returns the commit's URL.
+
+    A packed checkpoint is verified against its manifest first, so what is uploaded is what was evaluated;
+    a directory without a card gets one (`earl.cards`) naming `repo_id`."""
+    model_dir = Path(model_dir)
+    if (model_dir / MANIFEST).is_file():
+        verify_checkpoint(model_dir)
+    elif not (model_dir / "editor.json").is_file():
+        raise EarlError(f"{model_dir}: not an editor directory (no editor.json) nor a checkpoint (no {MANIFEST})")
+    if not (model_dir / CARD).is_file():
+        write_model_card(model_dir, repo_id=repo_id)
+    return upload(model_dir, repo_id, token=token, private=private, commit_message=commit_message)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from earl.errors import EarlError
+from earl.hub import resolve_model
 from earl.layout import EditLayout, ImageVocab, TextIds
 from tokenizer.emu3 import Emu3VQTokenizer
 
@@ -92,7 +93,7 @@ def load_emu3_parts(path: str | Path, dtype: torch.dtype | None = None, cot: boo
     `UnifiedEditor.from_parts(load_emu3_parts(path))` is the editor."""
     from transformers import AutoTokenizer, Emu3ForCausalLM, Emu3ForConditionalGeneration
 
-    path = Path(path)
+    path = resolve_model(path)
     full = Emu3ForConditionalGeneration.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True)
     text_cfg = full.config.text_config
     with torch.device("meta"):  # an empty shell; its two parts are the checkpoint's modules

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 
 from earl.emu3 import DEFAULT_AREA, THINK_TOKENS, EditorParts, _normalisation, image_vocab_from_map
 from earl.errors import EarlError
+from earl.hub import resolve_model
 from earl.layout import EditLayout, TextIds
 from tokenizer.emu3 import Emu3VQTokenizer
 
@@ -275,7 +276,7 @@ def load_vision_tokenizer(path: str | os.PathLike | None):
         raise EarlError("an Emu3 checkpoint in BAAI's original format has no image tokenizer of its own: pass "
                         "vision_tokenizer=<directory of BAAI/Emu3-VisionTokenizer> (earl convert emu3 "
                         "--vision-tokenizer DIR)")
-    path = Path(path)
+    path = resolve_model(path, what="vision tokenizer")
     cfg = _config(path)
     if cfg is None or cfg.get("model_type") != "Emu3VisionVQ":
         raise EarlError(f"{path}: not an Emu3 vision tokenizer; expected config.json with model_type "
@@ -323,7 +324,7 @@ def load_original_parts(model_dir: str | os.PathLike, vision_tokenizer: str | os
     `cot` None: chain-of-thought when the resolved path names it ("thinking", as EARL's thinking
     checkpoints do). Images follow earl's Emu3 rule at EARL's 256x256 of area unless `image_area` says.
     """
-    model_dir = Path(model_dir)
+    model_dir = resolve_model(model_dir)
     cfg = _config(model_dir)
     if cfg is None or not is_original_emu3(model_dir):
         raise unknown_directory(model_dir)

@@ -25,7 +25,9 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from earl.cards import write_model_card
 from earl.errors import EarlError
+from earl.hub import resolve_model, upload
 from earl.io import atomic_directory, load_image
 from earl.layout import EditLayout, ImageVocab, TextIds
 from tokenizer import ImageTokenizer, pil_to_tensor, tensor_to_pil
@@ -164,14 +166,16 @@ class UnifiedEditor(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu", attention: str = "sdpa",
-                        vision_tokenizer: str | os.PathLike | None = None, cot: bool | None = None) -> UnifiedEditor:
+                        vision_tokenizer: str | os.PathLike | None = None, cot: bool | None = None,
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> UnifiedEditor:
         """Load an editor directory. `attention="earl_triton"` runs the backbone on earl's Triton kernels
         (`earl.kernels`; a GPU and triton needed, otherwise it stays on SDPA and says so).
 
         Also takes, as they are, a transformers Emu3 checkpoint (`earl.emu3`) and a checkpoint in BAAI's
         original Emu3 format such as EARL's released editors (`earl.emu3_original`: needs `vision_tokenizer`,
-        the Emu3-VisionTokenizer directory; `cot` None reads chain-of-thought from the path's name)."""
-        path = Path(path)
+        the Emu3-VisionTokenizer directory; `cot` None reads chain-of-thought from the path's name).
+        `path` may be a Hub id, `org/name[@revision]`, fetched into `cache_dir` (`earl.hub`)."""
+        path = resolve_model(path, revision, cache_dir)
         meta = path / "editor.json"
         if not path.is_dir():
             raise EarlError(f"{path}: model directory not found")
@@ -222,14 +226,21 @@ class UnifiedEditor(nn.Module):
             raise EarlError(f"attention must be 'sdpa' or 'earl_triton', got {attention!r}")
         return editor
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write the editor directory atomically (build it beside the target, then swap it in); returns it."""
+    def save_pretrained(self, path: str | os.PathLike, push_to_hub: bool = False, repo_id: str | None = None,
+                        private: bool | None = None) -> Path:
+        """Write the editor directory atomically (build it beside the target, then swap it in), with its model
+        card (`earl.cards`); returns it. `push_to_hub=True` then uploads it to `repo_id` (`earl.hub.upload`)."""
         path = Path(path)
+        if push_to_hub and not repo_id:
+            raise EarlError("save_pretrained(push_to_hub=True) needs repo_id='org/name'")
         with atomic_directory(path) as tmp:
             self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
             self.image_tokenizer.save_pretrained(tmp / "image_tokenizer")
             self.text_tokenizer.save_pretrained(tmp / "text_tokenizer")
             (tmp / "editor.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            write_model_card(tmp, repo_id=repo_id or path.name)
+        if push_to_hub:
+            upload(path, repo_id, private=private)
         return path
 
     # -- pixels <-> codes -----------------------------------------------------------------

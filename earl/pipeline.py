@@ -44,9 +44,11 @@ class EditPipeline:
         self.editor = editor.eval()
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu") -> EditPipeline:
-        path = Path(path) if path is not None else default_checkpoint()
-        return cls(UnifiedEditor.from_pretrained(path, device=device))
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu",
+                        revision: str | None = None) -> EditPipeline:
+        """The editor at `path`: a directory or a Hub id (`earl.hub`); the bundled one when None."""
+        path = path if path is not None else default_checkpoint()
+        return cls(UnifiedEditor.from_pretrained(path, device=device, revision=revision))
 
     def __call__(self, image, instruction: str, num_samples: int = 1, guidance_scale: float = 1.0,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,

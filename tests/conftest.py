@@ -12,6 +12,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Tests never download: a model reference that is not a local directory is looked up in the Hub cache only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 # Tiny test models gain nothing from several threads, and on a busy 2-core machine threads fight
 # each other (a small matmul was seen to go from 0.1 ms to 9 ms): one thread keeps tests steady.
 torch.set_num_threads(1)

@@ -19,6 +19,7 @@ from earl.agents.editor import PipelineEditor
 from earl.agents.sequencer import SEQUENCERS
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
+from earl.hub import resolve_model
 from earl.verify.base import build_verifier
 
 GROUND_TRUTH = "ground-truth"  # the decomposer name that reads the plan from the ShapesEdit program
@@ -76,7 +77,7 @@ def agent_parts(decomposer: str | None, editor: str | None, options: AgentOption
     if decomposer == GROUND_TRUTH:
         dec = GroundTruthDecomposer()
     else:
-        path = Path(decomposer or default_decomposer())
+        path = resolve_model(decomposer or default_decomposer(), what="decomposer")  # a directory or a Hub id
         if not path.is_dir():
             raise EarlError(f"decomposer {path}: not a directory (train one with `earl train decomposer-sft`)")
         dec = UnifiedDecomposer.from_pretrained(path, device=device)

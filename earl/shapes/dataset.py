@@ -1,11 +1,13 @@
 """Writing and reading ShapesEdit datasets.
 
-On disk a dataset is a directory with two files:
+On disk a dataset is a directory with three files:
   data.parquet  one row per sample, written through `datasets` with `datasets.Image()` features, so
                 `datasets.load_dataset("parquet", data_files=f"{d}/data.parquet")["train"]` yields
                 PIL images. Columns: id, split, part, category, instruction, source_image,
                 target_image (PNG bytes), source_scene, target_scene, program (JSON strings), reasoning.
   meta.json     format version, generator arguments, counts per category, the creating command.
+  README.md     the dataset card (`earl.shapes.publish`): `datasets.load_dataset(d)` reads data.parquet
+                as the split named by the part; fields, counts, and how the oracle judges.
 
 Determinism: sample i of (split, part, seed) comes from its own `random.Random` seeded with a
 string naming all four, so a dataset is a pure function of (split, n, seed, part, image_size), the
@@ -39,6 +41,7 @@ from tqdm.auto import tqdm
 from earl.errors import DataError
 from earl.io import atomic_path, atomic_write_json, read_json
 from earl.shapes.edits import SPLITS, EditProgram, Sample, make_sample
+from earl.shapes.publish import write_dataset_card
 from earl.shapes.render import render
 from earl.shapes.scene import DEFAULT_GRID, Scene
 
@@ -183,6 +186,7 @@ def write_dataset(
         "samples_per_second": round(n / max(seconds, 1e-9), 1),
     }
     atomic_write_json(out_dir / META_FILE, meta)
+    write_dataset_card(out_dir, meta, DATA_FILE)  # makes `datasets.load_dataset(out_dir)` read data.parquet
     return out_dir
 
 

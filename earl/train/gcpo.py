@@ -33,6 +33,7 @@ from einops import rearrange
 from earl.config import to_dict
 from earl.errors import ConfigError
 from earl.generate import sample_traces_watching
+from earl.hub import resolve_model
 from earl.io import atomic_write_json
 from earl.model import UnifiedEditor
 from earl.rl.gcpo import pair_advantages
@@ -172,7 +173,8 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
     from accelerate.utils import set_seed
 
     out = Path(cfg.out_dir)
-    if not Path(cfg.init_from).is_dir():
+    init = resolve_model(cfg.init_from, what="init_from")  # a directory, or a Hub id fetched into the cache
+    if not init.is_dir():
         raise ConfigError(f"init_from: {cfg.init_from} not found (expected a model from `earl train rrm-sft`)")
     rows = 2 * cfg.gcpo.pairs_per_step * cfg.gcpo.traces
     if cfg.run.deepspeed and cfg.gcpo.micro_batch < rows:
@@ -181,7 +183,7 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
                           f"DeepSpeed run cannot accumulate; set it to {rows} or more with run.deepspeed")
     accelerator = make_accelerator(cfg.run, out, cfg.optim)
     set_seed(cfg.run.seed)
-    editor = UnifiedEditor.from_pretrained(cfg.init_from)
+    editor = UnifiedEditor.from_pretrained(init)
     layout, tok = editor.layout, editor.text_tokenizer
     size = editor.config.image_size
     pairs = held_out_pairs(editor.image_tokenizer, cfg.data.samples, cfg.data.seed, size, cfg.data.pairs_per_sample,

@@ -29,6 +29,7 @@ from earl.data import EncodedEdits
 from earl.errors import ConfigError
 from earl.evaluate import concat_outputs, decode_grids, oracle_eval, stack_grids
 from earl.generate import SamplingConfig, sample_edits
+from earl.hub import resolve_model
 from earl.io import atomic_write_json, save_png
 from earl.model import UnifiedEditor
 from earl.rl.logprobs import Rollout, policy_logprobs, rollout_from_generation
@@ -232,14 +233,15 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
     settle_micro_batching(cfg)  # again: the sections may have changed since the recipe was built
     accelerator = make_accelerator(cfg.run, out, cfg.optim)
     set_seed(cfg.run.seed + accelerator.process_index)
-    if not Path(cfg.init_from).is_dir():
+    init = resolve_model(cfg.init_from, what="init_from")  # a directory, or a Hub id fetched into the cache
+    if not init.is_dir():
         raise ConfigError(f"init_from: {cfg.init_from} not found (expected an SFT editor directory)")
-    editor = UnifiedEditor.from_pretrained(cfg.init_from)
+    editor = UnifiedEditor.from_pretrained(init)
     if verifier is None:
         verifier = build_verifier(cfg.verifier.name, **cfg.verifier.options)
     monitored = cfg.grpo.monitor_oracle and getattr(verifier, "name", None) != "oracle"
     cache = Path(cfg.data.cache_dir)
-    tok_dir = Path(cfg.init_from) / "image_tokenizer"
+    tok_dir = init / "image_tokenizer"
     data = load_prompts(accelerator, cfg.data.train, editor, tok_dir, cache, cfg.data.image_size)
     evalset = (load_sources(accelerator, [cfg.data.eval], editor.image_tokenizer, tok_dir, cache, cfg.data.image_size)[0]
                if cfg.data.eval else None)

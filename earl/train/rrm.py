@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from earl.config import to_dict
 from earl.errors import ConfigError
+from earl.hub import resolve_model
 from earl.io import atomic_write_json
 from earl.model import UnifiedEditor
 from earl.rrm.coldstart import draw_examples, phrase_verdict, read_scan, split_expectation
@@ -203,9 +204,10 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     set_seed(cfg.run.seed)
     start = None
     if cfg.model.init_from:
-        if not Path(cfg.model.init_from).is_dir():
+        init = resolve_model(cfg.model.init_from, what="model.init_from")  # a directory or a Hub id
+        if not init.is_dir():
             raise ConfigError(f"model.init_from: {cfg.model.init_from} not found (expected an editor directory)")
-        start = UnifiedEditor.from_pretrained(cfg.model.init_from)
+        start = UnifiedEditor.from_pretrained(init)
         image_tokenizer, cfg.model.image_size = start.image_tokenizer, start.config.image_size
     elif not Path(cfg.model.image_tokenizer).is_dir():
         raise ConfigError(f"model.image_tokenizer: {cfg.model.image_tokenizer} not found")

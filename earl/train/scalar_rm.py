@@ -16,6 +16,7 @@ import torch
 
 from earl.config import to_dict
 from earl.errors import ConfigError
+from earl.hub import resolve_model
 from earl.io import atomic_write_json
 from earl.model import UnifiedEditor
 from earl.rrm.pairs import PairData, held_out_pairs, pairwise_accuracy
@@ -55,9 +56,10 @@ class ScalarRecipe:
 def _start_editor(cfg: ScalarRecipe):
     """(editor to grow the judge words into, or None; the image tokenizer); checks the paths."""
     if cfg.init_from:
-        if not Path(cfg.init_from).is_dir():
+        init = resolve_model(cfg.init_from, what="init_from")  # a directory or a Hub id
+        if not init.is_dir():
             raise ConfigError(f"init_from: {cfg.init_from} not found (expected an editor directory)")
-        start = UnifiedEditor.from_pretrained(cfg.init_from)
+        start = UnifiedEditor.from_pretrained(init)
         cfg.image_size = start.config.image_size
         return start, start.image_tokenizer
     if not Path(cfg.image_tokenizer).is_dir():

@@ -20,6 +20,7 @@ from earl.data import EncodedEdits
 from earl.errors import ConfigError
 from earl.evaluate import oracle_eval
 from earl.generate import SamplingConfig
+from earl.hub import resolve_model
 from earl.io import atomic_write_json
 from earl.model import UnifiedEditor
 from earl.shapes.edits import make_sample
@@ -134,11 +135,12 @@ def setup(cfg: SFTRecipe, accelerator):
     out = Path(cfg.out_dir)
     cache = Path(cfg.data.cache_dir)
     if cfg.model.init_from:
-        editor = UnifiedEditor.from_pretrained(cfg.model.init_from)
+        init = resolve_model(cfg.model.init_from, what="model.init_from")  # a directory or a Hub id
+        editor = UnifiedEditor.from_pretrained(init)
         if editor.config.cot != cfg.model.cot:
             raise ConfigError(f"model.cot={cfg.model.cot} but {cfg.model.init_from} was trained with cot="
                               f"{editor.config.cot}")
-        tok_dir = Path(cfg.model.init_from) / "image_tokenizer"
+        tok_dir = init / "image_tokenizer"
         image_tokenizer = editor.image_tokenizer
     else:
         tok_dir = Path(cfg.model.image_tokenizer)

@@ -103,7 +103,7 @@ def test_readable_by_plain_datasets(simple_dir):
 
 
 def test_no_temporary_files_left(simple_dir):
-    assert sorted(p.name for p in simple_dir.iterdir()) == ["data.parquet", "meta.json"]
+    assert sorted(p.name for p in simple_dir.iterdir()) == ["README.md", "data.parquet", "meta.json"]
 
 
 def test_bad_arguments():
