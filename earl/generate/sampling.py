@@ -108,7 +108,7 @@ def _image_code_sampler(device, cfg: SamplingConfig, n: int, code_range: tuple[i
     img_start, img_stop = code_range
     per_row = isinstance(generator, (list, tuple))  # the kernel's random stream is one seed for all rows
     if (not per_row or cfg.temperature == 0) and _use_fused_step(device, cfg):
-        from earl.kernels.sampling import cfg_sample
+        from earl.kernels.sampling import cfg_sample  # here: it imports triton, an optional GPU package
 
         if per_row:  # greedy: nothing is drawn, the seed is unused
             generator = None

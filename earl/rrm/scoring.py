@@ -66,7 +66,8 @@ def sample_traces(editor, prompts: list[list[int]], k: int, temperature: float, 
     `generator`: one for all rows, or one per row."""
     ids = editor.layout.ids
     rows = [p for p in prompts for _ in range(k)]
-    got = decode_text(editor.backbone, left_pad(rows, ids.pad, editor.device), TextStops(ids.eos, ids.pad, max_new_tokens),
+    batch = left_pad(rows, ids.pad, editor.device)
+    got = decode_text(editor.backbone, batch, TextStops(ids.eos, ids.pad, max_new_tokens),
                       TextSampling(temperature, 1.0, generator))
     return [got.row(i) for i in range(len(rows))]
 
