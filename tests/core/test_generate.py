@@ -327,3 +327,38 @@ def test_the_kv_cache_goes_by_the_name_the_models_forward_takes():
 
     assert cache_kwargs(OldForward(), 1) == {"past_key_values": 1}
     assert list(cache_kwargs(Wrapper(), 1)) == [expected]
+
+
+def test_the_text_loop_keeps_each_row_s_own_settings(setup):
+    """`decode_text` with rows that each ask for something else: greedy, sampled from their own seed,
+    a nucleus of one token (the greedy text again), their own budgets, a stop string, a cancelled caller.
+    A sampled row writes what it writes alone with its seed; log-probs are those of the distribution drawn from."""
+    import threading
+
+    from earl.generate import TextSampling, TextStops, decode_text, greedy_text
+
+    backbone = setup[0]
+    ids = torch.randint(5, backbone.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(4)).expand(5, -1)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(9)[None].expand(5, -1)}
+    eos, pad = 2, 0
+    greedy = greedy_text(backbone, {k: v[:1] for k, v in batch.items()}, 8, eos, pad, keep_logits=False)[0][0].tolist()
+    gens = [torch.Generator().manual_seed(s) for s in range(5)]
+    cancelled = threading.Event()
+    cancelled.set()
+    stop_word = str(greedy[2])
+    stops = TextStops(eos, pad, [8, 8, 5, 8, 8], stop_strings=[(), (), (), (stop_word,), ()],
+                      decode=lambda row: " ".join(map(str, row)),
+                      cancel=[threading.Event(), threading.Event(), threading.Event(), threading.Event(), cancelled])
+    got = decode_text(backbone, batch, stops, TextSampling([0.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1e-6, 1.0, 1.0], gens),
+                      logprobs=True)
+    alone = decode_text(backbone, {k: v[1:2] for k, v in batch.items()}, TextStops(eos, pad, 8),
+                        TextSampling(1.0, 1.0, [torch.Generator().manual_seed(1)]), logprobs=True)
+    assert got.row(0) == greedy[: got.lengths[0]] and got.row(2) == greedy[:5]  # top_p 1e-6: the argmax
+    assert got.row(1) == alone.row(0) and got.row(1) != greedy[: got.lengths[1]]
+    torch.testing.assert_close(got.logprobs[1, : got.lengths[1]], alone.logprobs[0, : got.lengths[1]])
+    assert (got.logprobs[2, :5] == 0).all() and (got.logprobs[0, : got.lengths[0]] < 0).all()
+    assert got.row(3) == greedy[: greedy.index(greedy[2]) + 1] and got.finished[3]  # ends at its stop string
+    assert got.lengths[4] == 1 and not got.finished[4]  # its caller is gone: one step, then padding
+    assert got.lengths[2] == 5 and not got.finished[2] and (got.ids[2, 5:] == pad).all()
+    for i in range(5):
+        assert got.finished[i] == (eos in got.row(i) or i == 3)
