@@ -76,11 +76,12 @@ class EditPipeline:
         pil, original_size = self.editor.preprocess(image)
         codes = self.editor.encode_images([pil]).repeat(num_samples, 1, 1)
         if truncate_instruction:
-            budget = instruction_budget(self.editor.backbone, self.editor.layout, *codes.shape[1:], sampling, think)
+            budget = instruction_budget(self.editor.backbone, self.editor.layout, *codes.shape[1:], sampling, think,
+                                        self.editor.image_tokenizer.downsample)
             if budget is not None:
                 instruction = fit_instruction(self.editor.layout, instruction, budget)
         g = torch.Generator(device=self.editor.device).manual_seed(seed)
         out = sample_edits(self.editor.backbone, self.editor.layout, [instruction] * num_samples, codes, sampling,
-                           think=think, generator=g)
+                           think=think, generator=g, pixels_per_code=self.editor.image_tokenizer.downsample)
         images = [self.editor.postprocess(im, original_size) for im in self.editor.decode_codes(out.codes)]
         return EditResult(images=images, thinking=out.thinking)

@@ -26,7 +26,7 @@ from earl.agents.decomposer import DecomposeRequest, Decomposition, read_plan
 from earl.agents.plan import Plan
 from earl.errors import EarlError
 from earl.evaluate import sample_seed
-from earl.generate import Generators, SamplingConfig, open_decoder, process_logits, sample_from
+from earl.generate import Generators, TextSampling, TextStops, decode_text
 from earl.model import UnifiedEditor
 
 CODE_TOKEN = "<|code_{}|>"
@@ -96,23 +96,13 @@ class UnifiedDecomposer:
         codes = ed.encode_images([ed.preprocess(im)[0] for im in images])
         batch = ed.layout.pad_prompts([prompt_ids(ed, ins, c) for ins, c in zip(instructions, codes)])
         batch = {k: v.to(ed.device) for k, v in batch.items()}
-        eos, pad = ed.layout.ids.eos, ed.layout.ids.pad
-        dec = open_decoder(ed.backbone, batch, self.max_new_tokens)
-        done = torch.zeros(len(images), dtype=torch.bool, device=ed.device)
-        rows, cfg = [], SamplingConfig(temperature=temperature)
-        for step in range(self.max_new_tokens):
-            nxt, _ = sample_from(process_logits(dec.logits, cfg), cfg, generator)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            rows.append(nxt)
-            done = done | (nxt == eos)
-            if bool(done.all()) or step == self.max_new_tokens - 1:
-                break
-            dec.feed(nxt[:, None])
-        ids = torch.stack(rows, dim=1).tolist()
+        eos = ed.layout.ids.eos
+        got = decode_text(ed.backbone, batch, TextStops(eos, ed.layout.ids.pad, self.max_new_tokens),
+                          TextSampling(temperature, 1.0, generator))
         out = []
-        for row in ids:
-            finished = eos in row
-            row = row[: row.index(eos)] if finished else row
+        for i in range(len(images)):
+            row, finished = got.row(i), got.finished[i]
+            row = row[:-1] if finished else row
             out.append((ed.text_tokenizer.decode(row, skip_special_tokens=False), finished))
         return out
 

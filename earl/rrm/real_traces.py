@@ -32,10 +32,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from earl.io import atomic_write_text
+from earl.rrm.chat import rrm_messages
 from earl.rrm.coldstart import select_trace
 from earl.rrm.pairs import load_pair_file
 from earl.rrm.principles import PrincipleCache, llm_points
-from earl.rrm.serving import rrm_messages
 from earl.rrm.trace import parse_trace
 from earl.verify.chat import chat_with_retries
 

@@ -126,7 +126,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     and E[points] readouts. Every scorer is also compared, pair by pair, with each of `baselines`
     (scorer names; default: the scalar models)."""
     from earl.model import UnifiedEditor  # here, not at the top: it loads transformers
-    from earl.rrm.verifier import greedy_readouts, rrm_scorer  # here, not at the top: it loads transformers
+    from earl.rrm.scoring import greedy_readouts, rrm_scorer  # here, not at the top: it loads transformers
 
     readouts = ("written", *(["expected_score"] if expected_score else []),
                 *(["expected_points"] if expected_points else []))

@@ -1,87 +1,49 @@
-"""The reasoning reward model over HTTP: `earl serve judge --model RRM_DIR` and the `rrm` verifier's client.
+"""The reasoning reward model over HTTP: the engine behind `earl serve judge --model RRM_DIR`.
 
-A training job (or several, sharing one server) asks for verdicts with an OpenAI chat request:
-one user message holding the source image, the edited image, and a text part that states the task
-and the output contract in words (so a general VLM served by vLLM, or one loaded locally, can
-follow it) and ends with the request as one JSON line {"instruction", "points": [{"question",
-"category"}, ...]}, which earl's own server reads instead of the words. Either replies with the
-verdict text of `earl.rrm.trace`, which the client parses exactly as the in-process verifier does
-(an unparseable reply is a failure, after retries).
+A training job (or several, sharing one server) asks for verdicts with an OpenAI chat request
+(`earl.rrm.chat`: two images and a text part ending with the request as one JSON line). The engine
+replies with the verdict text of `earl.rrm.trace`, which the client parses exactly as the in-process
+verifier does (an unparseable reply is a failure, after retries). It decodes as the in-process
+reward model does (`earl.generate.decode_text`), each row with its request's temperature, top_p,
+seed, max_tokens and stop strings, so a seeded request gets the traces the same seed gives in process
+(`earl.rrm.scoring.sample_verdicts` with `verdict_generators`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import torch
+
 from earl.errors import DataError
-from earl.rrm.principles import EvalPoint
-from earl.verify.local_vlm import Completion, check_fits, stop_at
-
-RRM_PROMPT = """You verify an image edit. The first image is the source, the second is the edited result.
-Instruction: {instruction}
-Check the edited image against each evaluation point:
-{points}
-Answer every point in order, one line each, as "N. yes - short reason" or "N. no - short reason" \
-(answer no when unsure). Then give an overall score from 0 to 10 (decimals allowed) as <score>X</score>. \
-The score may deduct more than the failed points: for changes the instruction did not ask for, \
-and an edited image nearly identical to the source scores 0.
-"""
-REQUEST_TAG = "Request (JSON): "
-
-
-def rrm_messages(source, edited, instruction: str, points: list[EvalPoint]) -> list[dict]:
-    listed = "\n".join(f"{i}. {p.question}" for i, p in enumerate(points, 1))
-    request = json.dumps({"instruction": instruction, "points": [p.public() for p in points]})
-    text = RRM_PROMPT.format(instruction=instruction, points=listed) + REQUEST_TAG + request
-    return [{"role": "user", "content": [{"type": "image", "image": source}, {"type": "image", "image": edited},
-                                         {"type": "text", "text": text}]}]
-
-
-def _unpack(messages: list[dict]):
-    parts = [p for m in messages if m["role"] == "user" and isinstance(m["content"], list) for p in m["content"]]
-    images = [p["image"] for p in parts if p["type"] == "image"]
-    texts = [p["text"] for p in parts if p["type"] == "text"]
-    if len(images) != 2 or len(texts) != 1:
-        raise DataError(f"a reward-model request needs two images (source, edited) and one text part, got "
-                        f"{len(images)} image(s) and {len(texts)} text part(s)")
-    body = texts[0].rpartition(REQUEST_TAG)[2]  # the JSON line at the end (or a bare JSON text)
-    try:
-        body = json.loads(body)
-        points = [EvalPoint(p["question"], p["category"]) for p in body["points"]]
-        if not isinstance(body["instruction"], str) or not all(
-                isinstance(p.question, str) and isinstance(p.category, str) for p in points):
-            raise TypeError("instruction, question and category must be strings")
-        return images[0], images[1], body["instruction"], points
-    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError) as e:
-        raise DataError(f"the text part must end with {REQUEST_TAG}{{instruction, points: [{{question, category}}]}} "
-                        f"({type(e).__name__}: {e})") from None
+from earl.generate import TextSampling, TextStops, context_limit, decode_text
+from earl.model import UnifiedEditor
+from earl.rrm.chat import unpack_request
+from earl.rrm.prompt import judge_prompt, normalise_decoded
+from earl.rrm.scoring import row_generator
+from earl.verify.local_vlm import ChatRequest, Completion, check_fits, stop_at
 
 
 def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
-    """A `JudgeServer` engine: list[ChatRequest] -> list[Completion], one batched greedy generation per call.
+    """A `JudgeServer` engine: list[ChatRequest] -> list[Completion], one batched generation per call.
 
     Its `validate(request)` (which the server calls before queueing a request) does all the per-request
     work: it reads the request (`DataError` for one it cannot read), preprocesses both images and counts
     the prompt (`RequestTooLong` when prompt and reply budget exceed the backbone's
     `max_position_embeddings`), and leaves the result on `request.prepared`; a batch then only encodes
-    the images and generates. Each row stops at its own `max_tokens` (finish_reason "length") or at the
-    end of its verdict ("stop"), or when its caller is gone; usage is counted in tokens. It is greedy
-    only (`engine.greedy_only`): the server refuses a temperature above 0."""
-    import torch
-
-    # here, not at the top: these load transformers, and earl.rrm.verifier imports this module
-    from earl.generate import context_limit, open_decoder
-    from earl.model import UnifiedEditor
-    from earl.rrm.verifier import judge_prompt, normalise_decoded
-
+    the images and generates. Each row is greedy at temperature 0, else sampled with its own top_p and
+    seeded generator; it stops at its own `max_tokens` (finish_reason "length"), at the end of its
+    verdict or one of its stop strings ("stop"), or when its caller is gone; usage is counted in tokens."""
     editor = UnifiedEditor.from_pretrained(model_dir, device=device)
     layout = editor.layout
     limit = context_limit(editor.backbone)
     blank = torch.zeros(tuple(editor.config.grid), dtype=torch.long)  # the grid's token count, not its content
 
-    def validate(request) -> None:
-        src, edt, instruction, points = _unpack(request.messages)
+    def decode(ids: list[int]) -> str:
+        return normalise_decoded(editor.text_tokenizer.decode(ids, skip_special_tokens=True))
+
+    def validate(request: ChatRequest) -> None:
+        src, edt, instruction, points = unpack_request(request.messages)
         try:
             prompt_tokens = len(judge_prompt(layout, instruction, points, blank, blank))
             images = [editor.preprocess(src)[0], editor.preprocess(edt)[0]]
@@ -91,7 +53,7 @@ def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
         request.prepared = (images, instruction, points)
 
     @torch.no_grad()
-    def engine(requests):
+    def engine(requests: list[ChatRequest]) -> list[Completion]:
         for r in requests:
             if r.prepared is None:
                 validate(r)
@@ -100,35 +62,29 @@ def rrm_engine(model_dir: str, max_new_tokens: int = 320, device: str = "cpu"):
         seqs = [judge_prompt(layout, r.prepared[1], r.prepared[2], a.cpu(), b.cpu())
                 for r, a, b in zip(requests, src, edt)]
         batch = {k: v.to(editor.device) for k, v in layout.pad_prompts(seqs).items()}
-        budgets = torch.tensor([min(max_new_tokens, r.max_tokens) for r in requests], device=editor.device)
-        eos, pad = layout.ids.eos, layout.ids.pad
-        dec = open_decoder(editor.backbone, batch, int(budgets.max()))
-        done = torch.zeros(len(requests), dtype=torch.bool, device=editor.device)
-        ids = []
-        for step in range(int(budgets.max())):  # greedy_text's loop, each row with its own budget
-            nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), dec.logits.float().argmax(-1))
-            ids.append(nxt)
-            cancelled = torch.tensor([r.cancel.is_set() for r in requests], device=editor.device)
-            done = done | (nxt == eos) | (budgets <= step + 1) | cancelled
-            if bool(done.all()):
-                break
-            dec.feed(nxt[:, None])
-        out = []
-        for r, seq, row in zip(requests, seqs, torch.stack(ids, dim=1).tolist()):
-            row = row[:min(max_new_tokens, r.max_tokens)]
-            end = row.index(eos) if eos in row else None
-            kept = row if end is None else row[:end]
-            text = normalise_decoded(editor.text_tokenizer.decode(kept, skip_special_tokens=True))
-            cut = stop_at(text, r.stop)
-            if cut is not None:
-                out.append(Completion(text[:cut], len(seq), len(kept), "stop"))
-            else:
-                out.append(Completion(text, len(seq), len(kept) + (end is not None), "stop" if end is not None else "length"))
-        return out
+        stops = TextStops(layout.ids.eos, layout.ids.pad, [min(max_new_tokens, r.max_tokens) for r in requests],
+                          stop_strings=[r.stop for r in requests] if any(r.stop for r in requests) else (),
+                          decode=decode, cancel=[r.cancel for r in requests])
+        sampling = TextSampling([r.temperature for r in requests], [r.top_p for r in requests],
+                                [row_generator(r.seed, editor.device) for r in requests])
+        got = decode_text(editor.backbone, batch, stops, sampling)
+        return [_completion(r, len(seq), got.row(i), got.finished[i], layout.ids.eos, decode)
+                for i, (r, seq) in enumerate(zip(requests, seqs))]
 
     engine.validate = validate
-    engine.greedy_only = True
     return engine
+
+
+def _completion(request: ChatRequest, prompt_tokens: int, ids: list[int], finished: bool, eos: int,
+                decode) -> Completion:
+    """One row's reply: its text up to its end of turn or first stop string, and what it cost in tokens."""
+    at_eos = finished and bool(ids) and ids[-1] == eos
+    kept = ids[:-1] if at_eos else ids
+    text = decode(kept)
+    cut = stop_at(text, request.stop)
+    if cut is not None:
+        return Completion(text[:cut], prompt_tokens, len(kept), "stop")
+    return Completion(text, prompt_tokens, len(kept) + at_eos, "stop" if at_eos else "length")
 
 
 def is_rrm_dir(path) -> bool:

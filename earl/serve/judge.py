@@ -24,8 +24,8 @@ What the server guarantees:
   reaches the model, so it cannot fail its batch-mates. A batch that still fails is answered again
   one request at a time, so only the request that fails alone gets the 500.
 - Each request's own max_tokens, temperature, top_p, n, seed and stop are honoured inside a shared
-  batch (per-row sampling); an engine that can only decode greedily (`engine.greedy_only`, earl's
-  reward model) refuses temperature > 0 with a 400 naming "temperature". Fields that would change the
+  batch (per-row sampling: a seeded request gets the same choices whatever shares its batch; choice j
+  of a request with seed s is seeded s + j). Fields that would change the
   answer and are not implemented (logprobs, tools, response_format, penalties, logit_bias, ...) are
   400s naming the field when set to anything but their neutral value; they are never ignored.
 - finish_reason is "length" when a choice ran into max_tokens, else "stop"; usage counts tokens.
@@ -111,11 +111,9 @@ def _stop(body: dict) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def parse_chat_request(body, max_tokens_limit: int, greedy_only: bool = False,
+def parse_chat_request(body, max_tokens_limit: int,
                        max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[ChatRequest, int]:
-    """A validated request body -> (the request, n); raises BadRequest naming the offending field.
-
-    `greedy_only`: the engine cannot sample, so temperature defaults to 0 and anything above is refused."""
+    """A validated request body -> (the request, n); raises BadRequest naming the offending field."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     if body.get("stream"):
@@ -126,10 +124,7 @@ def parse_chat_request(body, max_tokens_limit: int, greedy_only: bool = False,
             raise BadRequest(f"'{key}' is not supported by this server (got {str(body[key])[:60]}); leave it out", key)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _number(body, key, min(256, max_tokens_limit), int, 1, max_tokens_limit)
-    temperature = _number(body, "temperature", 0.0 if greedy_only else 1.0, float, 0.0, 2.0)
-    if greedy_only and temperature > 0:
-        raise BadRequest(f"this model decodes greedily only; 'temperature' must be 0, got {temperature:g}",
-                         "temperature")
+    temperature = _number(body, "temperature", 1.0, float, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, float, 0.0, 1.0)
     if top_p <= 0:
         raise BadRequest("'top_p' must be above 0", "top_p")
@@ -185,8 +180,7 @@ class JudgeServer:
     """HTTP front end; `engine(list[ChatRequest]) -> list[Completion]` does the work, batched.
 
     `validate(request)` (default: the engine's `validate` attribute, if any) runs before a request is
-    queued; a `DataError` it raises is a 400 naming its `param` (default "messages"). An engine with a
-    true `greedy_only` attribute gets temperature 0 only. `start()` serves on a thread (tests,
+    queued; a `DataError` it raises is a 400 naming its `param` (default "messages"). `start()` serves on a thread (tests,
     notebooks), `serve_forever()` on this one until SIGINT/SIGTERM."""
 
     def __init__(self, address: tuple[str, int], engine: Callable[[list[ChatRequest]], list[Completion]],
@@ -198,7 +192,6 @@ class JudgeServer:
         self.max_tokens_limit, self.max_body_bytes = max_tokens_limit, max_body_bytes
         self.max_image_pixels, self.max_json_depth = max_image_pixels, max_json_depth
         self.validate = validate if validate is not None else getattr(engine, "validate", None)
-        self.greedy_only = bool(getattr(engine, "greedy_only", False))
         self._api_key = api_key or None
         self.stats = {"requests": 0, "answered": 0, "refused": 0, "failed": 0, "cancelled": 0}
         self.started = int(time.time())
@@ -337,8 +330,7 @@ class JudgeServer:
     def _parse(self, raw: bytes) -> list[ChatRequest]:
         """Everything a request needs before it may join a batch (runs on a worker thread)."""
         body = load_json(raw, self.max_json_depth)
-        request, n = parse_chat_request(body, self.max_tokens_limit, greedy_only=self.greedy_only,
-                                        max_pixels=self.max_image_pixels)
+        request, n = parse_chat_request(body, self.max_tokens_limit, max_pixels=self.max_image_pixels)
         if self.validate is not None:
             try:
                 self.validate(request)

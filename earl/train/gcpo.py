@@ -40,7 +40,9 @@ from earl.rl.gcpo import pair_advantages
 from earl.rl.logprobs import sequence_logprobs
 from earl.rl.losses import policy_loss
 from earl.rrm.pairs import PairData, held_out_pairs, pairwise_accuracy
-from earl.rrm.verifier import TRACE_SCORES, judge_prompt, rrm_scorer, trace_score, watched_words
+from earl.rrm.prompt import judge_prompt
+from earl.rrm.readouts import TRACE_SCORES, trace_score, watched_words
+from earl.rrm.scoring import rrm_scorer
 from earl.train.common import (
     OptimSection,
     RunSection,
@@ -68,7 +70,7 @@ class GCPOSection:
     micro_batch: int = 32
     # τ of a trace: "written" (Edit-R1: the score it wrote); earl's extensions, read from the sampler's
     # logits: "expected" (the expectation of the integer after its `<score>`; fewer ties) or "points"
-    # (10 x the mean P(yes) at its verdict words; the benchmark's E[points]). `earl.rrm.verifier.trace_score`
+    # (10 x the mean P(yes) at its verdict words; the benchmark's E[points]). `earl.rrm.readouts.trace_score`
     score: str = "written"
 
     def __post_init__(self):

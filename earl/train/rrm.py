@@ -26,8 +26,9 @@ from earl.hub import resolve_model
 from earl.io import atomic_write_json
 from earl.model import UnifiedEditor
 from earl.rrm.coldstart import draw_examples, phrase_verdict, read_scan, split_expectation
+from earl.rrm.prompt import judge_example, points_text
+from earl.rrm.scoring import generate_verdicts
 from earl.rrm.trace import parse_trace
-from earl.rrm.verifier import generate_verdicts, judge_example, points_text
 from earl.text import build_word_tokenizer
 from earl.train.common import OptimSection, RunSection, make_accelerator, train_lm
 from tokenizer.vq import VQTokenizer

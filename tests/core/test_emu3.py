@@ -191,3 +191,31 @@ def test_grpo_recipe_on_mixed_aspect_shards(editor, tmp_path):
     after = load_file(str(tmp_path / "run/model/backbone/model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (tmp_path / "run/samples/step_000001.png").is_file()
+
+
+def test_an_image_too_large_for_the_model_is_named_with_the_largest_size_that_fits(emu3_dir):
+    """At 64 x 64 pixels of area the tiny Emu3 checkpoint's image is a 32 x 32 code grid (factor 2): its
+    tokens alone exceed the 1024 positions. The refusal blames the image, not the instruction, with or
+    without truncation, and names the largest grid (and pixel size) of its shape that fits, which does."""
+    import re
+
+    from earl.errors import EarlError
+    from earl.generate import check_prompt_lengths
+    from earl.pipeline import EditPipeline
+
+    pipe = EditPipeline(UnifiedEditor.from_parts(load_emu3_parts(emu3_dir, image_area=64 * 64)))
+    img = Image.new("RGB", (64, 64), (200, 30, 30))
+    messages = []
+    for truncate in (False, True):
+        with pytest.raises(EarlError) as e:
+            pipe(img, "make the sky red", truncate_instruction=truncate)
+        messages.append(msg := str(e.value))
+        assert msg.startswith("the image is too large") and "32 x 32 codes, 64 x 64 pixels" in msg, msg
+        assert "instruction may have at most" not in msg and "shorten" not in msg
+    codes_h, codes_w, px_h, px_w = map(int, re.search(r"fits beside this instruction is (\d+) x (\d+) codes, "
+                                                      r"(\d+) x (\d+) pixels", messages[0]).groups())
+    assert codes_h == codes_w and (px_h, px_w) == (2 * codes_h, 2 * codes_w)
+    ed, cfg = pipe.editor, SamplingConfig()
+    check_prompt_lengths(ed.backbone, ed.layout, ["make the sky red"], codes_h, codes_w, cfg, False)  # fits
+    with pytest.raises(EarlError, match="image is too large"):  # one code more per side does not
+        check_prompt_lengths(ed.backbone, ed.layout, ["make the sky red"], codes_h + 1, codes_w + 1, cfg, False)

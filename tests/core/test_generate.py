@@ -10,13 +10,44 @@ from earl.generate import (
     SamplingConfig,
     cache_kwargs,
     choose_decoder,
-    logprobs_of,
     process_logits,
-    reference_greedy,
     sample_edits,
 )
+from earl.layout import positions_from_mask
+from earl.rl.logprobs import policy_logprobs, rollout_from_generation
 
 INSTRUCTIONS = ["make the red circle blue", "change the square to green", "remove the small triangle"]
+
+
+@torch.no_grad()
+def reference_greedy(backbone, layout, instruction: str, source: torch.Tensor, guidance_scale: float = 1.0):
+    """Greedy image decoding that recomputes the whole sequence every step (no cache, no batching):
+    the slow reference `sample_edits` at temperature 0 must match token for token."""
+    device = next(backbone.parameters()).device
+    h, w = source.shape
+    v = layout.vocab
+    s0, s1 = v.image_ids
+    cond = layout.prompt(instruction, source) + layout.header(h, w)
+    uncond = layout.prompt(None, source) + layout.header(h, w)
+    codes = torch.empty((h, w), dtype=torch.long)
+
+    def last_logits(seq):
+        ids = torch.tensor(seq, device=device)[None]
+        mask = torch.ones_like(ids)
+        return backbone(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits[0, -1, s0:s1]
+
+    for r in range(h):
+        for c in range(w):
+            logits = last_logits(cond).float()
+            if guidance_scale != 1.0:
+                u = last_logits(uncond).float()
+                logits = u + guidance_scale * (logits - u)
+            codes[r, c] = int(logits.argmax())
+            cond.append(int(codes[r, c]) + s0)
+            uncond.append(int(codes[r, c]) + s0)
+        cond.append(v.eol)
+        uncond.append(v.eol)
+    return codes
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +69,8 @@ def test_sampler_logprobs_equal_a_forward_pass_on_the_sampled_sequence(setup):
     backbone, layout, codes = setup
     cfg = SamplingConfig(temperature=0.8)
     out = sample_edits(backbone, layout, INSTRUCTIONS, codes, cfg, generator=torch.Generator().manual_seed(3))
-    recomputed = logprobs_of(backbone, layout, INSTRUCTIONS, codes, out.completions, out.image_positions, cfg)
+    with torch.no_grad():
+        recomputed = policy_logprobs(backbone, layout, rollout_from_generation(INSTRUCTIONS, codes, out, layout), cfg)
     assert out.image_positions.sum() == 3 * 16
     torch.testing.assert_close(recomputed, out.logprobs, atol=1e-4, rtol=1e-4)
     assert (out.logprobs[~out.sampled_mask] == 0).all()
@@ -143,8 +175,6 @@ def test_bad_sampling_input_is_refused(setup):
         sample_edits(backbone, layout, ["a"], codes)
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0.0)
-    with pytest.raises(EarlError, match="guidance_scale=1"):
-        logprobs_of(backbone, layout, INSTRUCTIONS, codes, codes, codes, SamplingConfig(guidance_scale=2.0))
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
@@ -262,8 +292,8 @@ def test_compiled_gives_the_hf_codes_and_reuses_the_callers_cache(setup):
 
 
 def test_the_text_loops_take_the_decoder_and_the_cache(setup):
-    """`greedy_text` (the reward model's verdicts) and `sample_traces` (GCPO) through every CPU decoder."""
-    from earl.generate import greedy_text, sample_traces
+    """`greedy_text` (the reward model's verdicts) and `sample_traces_watching` (GCPO) through every CPU decoder."""
+    from earl.generate import greedy_text, sample_traces_watching
 
     backbone = setup[0]
     g = torch.Generator().manual_seed(0)
@@ -275,8 +305,8 @@ def test_the_text_loops_take_the_decoder_and_the_cache(setup):
         assert torch.equal(greedy[d][0], greedy["hf"][0])
         torch.testing.assert_close(greedy[d][1], greedy["hf"][1], atol=1e-5, rtol=1e-5)
     prompts = [ids[0].tolist(), ids[1, 3:].tolist()]
-    traces = {d: sample_traces(backbone, prompts, 2, 1.0, 6, 2, 0, torch.Generator().manual_seed(1), decoder=d,
-                               cache=cache) for d in ("hf", "static", "lean")}
+    traces = {d: sample_traces_watching(backbone, prompts, 2, 1.0, 6, 2, 0, torch.Generator().manual_seed(1), decoder=d,
+                                        cache=cache)[0] for d in ("hf", "static", "lean")}
     assert traces["static"] == traces["hf"] == traces["lean"]
     with pytest.raises(EarlError, match="expected one of"):
         greedy_text(backbone, batch, 6, eos=2, pad=0, decoder="graph")
@@ -297,3 +327,38 @@ def test_the_kv_cache_goes_by_the_name_the_models_forward_takes():
 
     assert cache_kwargs(OldForward(), 1) == {"past_key_values": 1}
     assert list(cache_kwargs(Wrapper(), 1)) == [expected]
+
+
+def test_the_text_loop_keeps_each_row_s_own_settings(setup):
+    """`decode_text` with rows that each ask for something else: greedy, sampled from their own seed,
+    a nucleus of one token (the greedy text again), their own budgets, a stop string, a cancelled caller.
+    A sampled row writes what it writes alone with its seed; log-probs are those of the distribution drawn from."""
+    import threading
+
+    from earl.generate import TextSampling, TextStops, decode_text, greedy_text
+
+    backbone = setup[0]
+    ids = torch.randint(5, backbone.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(4)).expand(5, -1)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(9)[None].expand(5, -1)}
+    eos, pad = 2, 0
+    greedy = greedy_text(backbone, {k: v[:1] for k, v in batch.items()}, 8, eos, pad, keep_logits=False)[0][0].tolist()
+    gens = [torch.Generator().manual_seed(s) for s in range(5)]
+    cancelled = threading.Event()
+    cancelled.set()
+    stop_word = str(greedy[2])
+    stops = TextStops(eos, pad, [8, 8, 5, 8, 8], stop_strings=[(), (), (), (stop_word,), ()],
+                      decode=lambda row: " ".join(map(str, row)),
+                      cancel=[threading.Event(), threading.Event(), threading.Event(), threading.Event(), cancelled])
+    got = decode_text(backbone, batch, stops, TextSampling([0.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1e-6, 1.0, 1.0], gens),
+                      logprobs=True)
+    alone = decode_text(backbone, {k: v[1:2] for k, v in batch.items()}, TextStops(eos, pad, 8),
+                        TextSampling(1.0, 1.0, [torch.Generator().manual_seed(1)]), logprobs=True)
+    assert got.row(0) == greedy[: got.lengths[0]] and got.row(2) == greedy[:5]  # top_p 1e-6: the argmax
+    assert got.row(1) == alone.row(0) and got.row(1) != greedy[: got.lengths[1]]
+    torch.testing.assert_close(got.logprobs[1, : got.lengths[1]], alone.logprobs[0, : got.lengths[1]])
+    assert (got.logprobs[2, :5] == 0).all() and (got.logprobs[0, : got.lengths[0]] < 0).all()
+    assert got.row(3) == greedy[: greedy.index(greedy[2]) + 1] and got.finished[3]  # ends at its stop string
+    assert got.lengths[4] == 1 and not got.finished[4]  # its caller is gone: one step, then padding
+    assert got.lengths[2] == 5 and not got.finished[2] and (got.ids[2, 5:] == pad).all()
+    for i in range(5):
+        assert got.finished[i] == (eos in got.row(i) or i == 3)

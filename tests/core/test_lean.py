@@ -5,7 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from earl.errors import EarlError
-from earl.generate import SamplingConfig, _Decoder, _LeanDecoder, choose_decoder, greedy_text, sample_edits
+from earl.generate import SamplingConfig, choose_decoder, greedy_text, sample_edits
+from earl.generate.decoders import _Decoder, _LeanDecoder
 from earl.lean import LeanLlama, unsupported_reason
 
 INSTRUCTIONS = ["make the red circle blue", "change the square to green", "remove the small triangle"]

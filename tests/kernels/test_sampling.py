@@ -95,7 +95,7 @@ def test_bad_shapes_are_refused_with_the_reason():
 @pytest.fixture
 def fused_on_cpu(monkeypatch):
     """The fused step as `sample_edits` uses it on a GPU, run here by Triton's interpreter."""
-    import earl.generate as gen
+    import earl.generate.sampling as gen
     import earl.kernels.sampling as ks
 
     calls = []
@@ -128,7 +128,8 @@ def test_sample_edits_with_the_fused_step_gives_the_same_greedy_edits(tiny_edito
 def test_fused_sampled_edits_report_the_model_s_own_log_probs(tiny_editor, fused_on_cpu):
     """Sampled through the kernel, the returned log-probs are those a forward pass on the sampled
     sequence gives (what GRPO's ratio needs), and a seeded generator makes the draw repeatable."""
-    from earl.generate import logprobs_of, sample_edits
+    from earl.generate import sample_edits
+    from earl.rl.logprobs import policy_logprobs, rollout_from_generation
 
     codes = torch.randint(0, tiny_editor.image_tokenizer.codebook_size, (2, 4, 4),
                           generator=torch.Generator().manual_seed(1))
@@ -138,8 +139,9 @@ def test_fused_sampled_edits_report_the_model_s_own_log_probs(tiny_editor, fused
                        generator=torch.Generator().manual_seed(3))
     again = sample_edits(tiny_editor.backbone, tiny_editor.layout, ins, codes, cfg,
                          generator=torch.Generator().manual_seed(3))
-    recomputed = logprobs_of(tiny_editor.backbone, tiny_editor.layout, ins, codes, out.completions,
-                             out.image_positions, cfg)
+    with torch.no_grad():
+        recomputed = policy_logprobs(tiny_editor.backbone, tiny_editor.layout,
+                                     rollout_from_generation(ins, codes, out, tiny_editor.layout), cfg)
     torch.testing.assert_close(recomputed, out.logprobs, atol=1e-4, rtol=1e-4)
     assert torch.equal(out.codes, again.codes)
 

@@ -103,7 +103,7 @@ def test_trace_score_reads_the_written_the_expected_score_or_the_points():
     import math
     import types
 
-    from earl.rrm.verifier import score_words, trace_score, watched_words
+    from earl.rrm.readouts import score_words, trace_score, watched_words
     from earl.text import build_word_tokenizer
 
     tok = build_word_tokenizer(["1. yes - ok 2. no - gone <score>7</score>"])

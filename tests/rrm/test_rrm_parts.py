@@ -150,9 +150,8 @@ def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
     """Avg@k batches several examples per sampling call; each score must average that example's k traces."""
     import types
 
-    import earl.rrm.trace as trace
-    import earl.rrm.verifier as rrm_verifier
-    from earl.rrm.verifier import rrm_scorer
+    import earl.rrm.scoring as scoring
+    from earl.rrm.scoring import rrm_scorer
 
     calls = []
 
@@ -160,11 +159,11 @@ def test_avg_at_k_scores_each_example_from_its_own_traces(monkeypatch):
         calls.append(len(prompts))
         return [[p[0] * 10 + j] for p in prompts for j in range(n)]  # prompt-major, like the real one
 
-    monkeypatch.setattr(rrm_verifier, "sample_traces", fake_sample)
-    monkeypatch.setattr(rrm_verifier, "judge_prompt", lambda layout, ins, *a: [int(ins)])
-    monkeypatch.setattr(rrm_verifier, "normalise_decoded", lambda t: t)
+    monkeypatch.setattr(scoring, "sample_traces", fake_sample)
+    monkeypatch.setattr(scoring, "judge_prompt", lambda layout, ins, *a: [int(ins)])
+    monkeypatch.setattr(scoring, "normalise_decoded", lambda t: t)
     # trace "10*i + j" parses to that number, except example 1's third trace, which fails
-    monkeypatch.setattr(trace, "parse_trace", lambda t, n: None if t == "12" else types.SimpleNamespace(score=float(t)))
+    monkeypatch.setattr(scoring, "parse_trace", lambda t, n: None if t == "12" else types.SimpleNamespace(score=float(t)))
     editor = types.SimpleNamespace(layout=types.SimpleNamespace(ids=types.SimpleNamespace(eos=0, pad=0)),
                                    text_tokenizer=types.SimpleNamespace(decode=lambda ids, **kw: str(ids[0])),
                                    device="cpu", backbone=None)
@@ -179,7 +178,7 @@ def test_expected_score_reads_the_softmax_over_0_to_10_after_the_last_score_tag(
     weighted by their values; None where the trace wrote no score; the greedy choice is irrelevant."""
     import types
 
-    from earl.rrm.verifier import score_expectation
+    from earl.rrm.readouts import score_expectation
     from earl.text import build_word_tokenizer
 
     tok = build_word_tokenizer(["1. r1c1 nothing - yes", "<score>7</score>"])
@@ -211,7 +210,7 @@ def test_expected_points_reads_p_yes_at_each_verdict_word_and_only_there():
     number of verdicts than points gives None."""
     import types
 
-    from earl.rrm.verifier import point_expectation, verdict_positions
+    from earl.rrm.readouts import point_expectation, verdict_positions
     from earl.text import build_word_tokenizer
 
     tok = build_word_tokenizer(["seen : r1c1 circle 1. r1c1 circle , expected no square - yes 2. no stray colours - no",
@@ -250,12 +249,12 @@ def test_simulated_annotators_follow_bradley_terry():
 
 
 def test_rewardbench_cli_oracle_and_a_failing_model(tmp_path, tiny_editor, capsys, monkeypatch):
-    import earl.rrm.verifier as rrm_verifier
+    import earl.rrm.scoring as scoring
     from earl.cli import main
 
     generations = []
-    real = rrm_verifier.greedy_readouts
-    monkeypatch.setattr(rrm_verifier, "greedy_readouts", lambda *a, **k: generations.append(a[3]) or real(*a, **k))
+    real = scoring.greedy_readouts
+    monkeypatch.setattr(scoring, "greedy_readouts", lambda *a, **k: generations.append(a[3]) or real(*a, **k))
     tiny_editor.save_pretrained(tmp_path / "untrained")
     assert main(["eval", "rewardbench", "--rrm", f"untrained={tmp_path / 'untrained'}", "--samples", "3",
                  "--out", str(tmp_path / "rb"), "--max-new-tokens", "8", "--avg-k", "2", "--expected-score",
@@ -334,8 +333,8 @@ def test_a_partial_table_leaves_out_baselines_not_judged_yet():
 def test_point_breakdown_by_hand():
     """A yes-to-everything model that copies the question: passing points all right, failing ones all missed."""
     from earl.rrm.principles import EvalPoint
+    from earl.rrm.scoring import point_breakdown
     from earl.rrm.trace import Verdicts
-    from earl.rrm.verifier import point_breakdown
 
     points = [EvalPoint("Is the circle red?", "instruction"), EvalPoint("Is the square kept?", "preservation"),
               EvalPoint("Is the background blue?", "instruction")]

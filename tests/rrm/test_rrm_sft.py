@@ -11,8 +11,8 @@ import torch
 
 from earl.config import load_config
 from earl.rrm.coldstart import make_examples, read_scan, scene_scan
+from earl.rrm.prompt import normalise_decoded
 from earl.rrm.trace import parse_trace
-from earl.rrm.verifier import normalise_decoded
 from earl.shapes.edits import make_sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_expect_traces_put_each_verdict_beside_the_two_phrases_it_compares(vq_to
     background checks, different for the `not` checks, the word present for attribute and count
     checks. Verdicts, scores and the observed part are those of the quoted trace without it."""
     from earl.rrm.coldstart import EXPECT_SEPARATOR, observed_part
-    from earl.rrm.verifier import _same_words
+    from earl.rrm.scoring import _same_words
     from tokenizer import pil_to_tensor, tensor_to_pil
 
     samples = [make_sample(random.Random(k), "complex", image_size=32) for k in range(4)]
@@ -258,7 +258,7 @@ def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_toke
     """judge_example's weighted form has the same tokens, with the failing points' lines weighted;
     lm_loss with unit weights is the model's own loss, and weights move it toward the weighted tokens."""
     from earl.model import UnifiedEditor
-    from earl.rrm.verifier import judge_example
+    from earl.rrm.prompt import judge_example
     from earl.text import build_word_tokenizer
     from earl.train.common import lm_loss
     from earl.train.rrm import _judge_corpus
@@ -294,7 +294,7 @@ def test_failing_observation_weight_marks_only_what_failing_points_saw(vq_tokeni
     line; the tokens stay those of the unweighted example."""
     from earl.model import UnifiedEditor
     from earl.rrm.coldstart import observed_part
-    from earl.rrm.verifier import judge_example
+    from earl.rrm.prompt import judge_example
     from earl.text import build_word_tokenizer
     from earl.train.rrm import _judge_corpus
     from tokenizer import pil_to_tensor, tensor_to_pil

@@ -1,0 +1,265 @@
+"""The cache-carrying decoders every generation loop runs on: one forward over a left-padded
+prompt batch fills a KV cache, then `feed` appends tokens and leaves the next logits on `.logits`.
+
+Four kinds, picked by `choose_decoder`: the Hugging Face forward with a growing `DynamicCache`
+(`hf`), the same over buffers preallocated for the whole generation (`static`), that with the
+one-token step captured as a CUDA graph (`compiled`), and `earl.lean`'s fused CPU forward (`lean`).
+What a static or compiled decoder keeps between calls lives in a `DecodeCache` the caller owns,
+never on the backbone.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import torch
+from transformers import DynamicCache, LlamaForCausalLM, StaticCache
+
+from earl.errors import EarlError
+from earl.lean import LeanLlama, unsupported_reason
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _cache_argument(forward_cls: type) -> str:
+    """The name a model's forward takes its KV cache by: transformers renamed `past_key_values` to
+    `cache` (the old name warns on every call and goes in 5.40), while older 5.x releases, and the
+    GPU machine's, know only the old one. A wrapper whose forward takes only `**kwargs` gets the name
+    this transformers' own models use."""
+    params = inspect.signature(forward_cls.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """`{name: cache}` for `model`'s forward, whichever name its transformers version uses."""
+    return {_cache_argument(type(model)): cache}
+
+
+
+# ---- the cache-carrying decoder -------------------------------------------------------------
+class _Decoder:
+    """Owns the KV cache and the growing attention mask of one batched generation."""
+
+    def __init__(self, backbone, batch: dict[str, torch.Tensor]):
+        self.backbone = backbone
+        self.cache = DynamicCache()
+        self.mask = batch["attention_mask"]  # (R, T_so_far)
+        self.next_pos = batch["position_ids"][:, -1] + 1  # (R,)
+        self.logits = self._forward(batch["input_ids"], batch["position_ids"])
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(input_ids=ids, attention_mask=self.mask, position_ids=pos,
+                            use_cache=True, logits_to_keep=1, **cache_kwargs(self.backbone, self.cache))
+        return out.logits[:, -1]  # (R, V)
+
+    def _advance(self, ids: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keep (R,), positions (R, n)) for fed ids, moving `next_pos` on: an inactive row's tokens are
+        masked padding that keeps its position. Shared by every decoder's `feed`."""
+        R, n = ids.shape
+        keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
+        pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
+        self.next_pos = self.next_pos + n * keep
+        return keep, pos
+
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Append (R, n) tokens; rows with active=False get masked padding and keep their positions."""
+        keep, pos = self._advance(ids, active)
+        self.mask = torch.cat([self.mask, keep[:, None].expand(ids.shape)], dim=1)
+        self.logits = self._forward(ids, pos)
+        return self.logits
+
+
+class DecodeCache:
+    """What the `static` and `compiled` decoders keep between generations; the caller owns it.
+
+    A captured CUDA graph is recorded against its buffers' addresses, so a loop that generates batch
+    after batch reuses both the compiled step and the `StaticCache` (zeroed between calls of the same
+    shape) to replay the graph instead of compiling and recording it again. Make one per backbone and
+    pass it as `cache=` to every call of the loop (an evaluation, a benchmark, a rollout loop); without
+    one each call builds its own and drops it on return. Nothing is stored on the backbone.
+
+    Holds the compiled step and one `StaticCache` (the last shape asked for: bounded memory). `hf` and
+    `lean` keep nothing here (the lean forward reads the weights afresh every generation, so an in-place
+    update of the policy between calls is seen). One generation at a time.
+    """
+
+    def __init__(self):
+        self.backbone = None  # the backbone it was first used with; another one is refused
+        self._step = None
+        self._static: tuple[tuple, StaticCache] | None = None
+
+    def _own(self, backbone) -> None:
+        if self.backbone is None:
+            self.backbone = backbone
+        elif self.backbone is not backbone:
+            raise EarlError("this DecodeCache holds another backbone's compiled step and KV cache: "
+                            "make one DecodeCache per backbone")
+
+    def compiled_step(self, backbone):
+        """`torch.compile(backbone, mode="reduce-overhead", fullgraph=True)`, made once."""
+        self._own(backbone)
+        if self._step is None:
+            self._step = torch.compile(backbone, mode="reduce-overhead", fullgraph=True)
+        return self._step
+
+    def static_cache(self, backbone, rows: int, length: int) -> StaticCache:
+        """The kept `StaticCache`, zeroed, when its shape matches; else a new one, which replaces it."""
+        self._own(backbone)
+        p = next(backbone.parameters())
+        key = (rows, length, p.dtype, p.device)
+        if self._static is not None and self._static[0] == key:
+            self._static[1].reset()
+            return self._static[1]
+        self._static = None  # free the old buffers before allocating the new ones
+        cache = StaticCache(config=backbone.config, max_cache_len=length)
+        self._static = (key, cache)
+        return cache
+
+    def clear(self) -> None:
+        """Drop the compiled step and the KV cache (the next call builds them again)."""
+        self.backbone, self._step, self._static = None, None, None
+
+
+class _StaticDecoder(_Decoder):
+    """The same decoder over buffers sized once for the whole generation.
+
+    The KV cache (`StaticCache`) and the attention mask are allocated for prompt + every token the
+    generation can feed, and each forward writes into them at `cache_position`. Every one-token
+    decode forward then has identical shapes and touches only fixed buffers, which is what graph
+    capture needs: with `compiled` (a CUDA device) that forward goes through
+    `torch.compile(mode="reduce-overhead")`, which records it as a CUDA graph and replays it, so a
+    decode step costs one graph launch instead of hundreds of kernel launches (small models are
+    launch-bound). The prefill and the two-token row-end feeds run eagerly. The cache and the compiled
+    step come from `store` (a `DecodeCache`), so a caller can keep them across generations.
+    """
+
+    def __init__(self, backbone, batch: dict[str, torch.Tensor], capacity: int, store: DecodeCache,
+                 compiled: bool = False):
+        R, P = batch["input_ids"].shape
+        device = batch["input_ids"].device
+        self.backbone = backbone
+        self.cache = store.static_cache(backbone, R, P + capacity)
+        self.mask = torch.zeros(R, P + capacity, dtype=torch.long, device=device)
+        self.mask[:, :P] = batch["attention_mask"]
+        self.length = 0  # tokens written so far
+        self.next_pos = batch["position_ids"][:, -1] + 1
+        self.step = store.compiled_step(backbone) if compiled else backbone
+        self.logits = self._run(backbone, batch["input_ids"], batch["position_ids"])
+
+    def _run(self, fn, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[1]
+        if self.length + n > self.mask.shape[1]:
+            raise EarlError(f"static decode: {self.length + n} tokens exceed the cache of {self.mask.shape[1]}")
+        where = torch.arange(self.length, self.length + n, device=ids.device)
+        out = fn(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache_position=where, use_cache=True,
+                 logits_to_keep=1, **cache_kwargs(self.backbone, self.cache))
+        self.length += n
+        return out.logits[:, -1].clone()  # a captured graph reuses its output buffer on the next replay
+
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        n = ids.shape[1]
+        keep, pos = self._advance(ids, active)
+        self.mask[:, self.length : self.length + n] = keep[:, None]
+        self.logits = self._run(self.step if n == 1 else self.backbone, ids, pos)
+        return self.logits
+
+
+class _LeanDecoder(_Decoder):
+    """The same decoder over `earl.lean.LeanLlama`: fused weights, a preallocated KV cache and mask.
+
+    The CPU path: there a small model's step is per-op work, which this forward mostly removes (same
+    logits as the Hugging Face forward up to float rounding; `tests/core/test_lean.py`).
+    """
+
+    def __init__(self, backbone, batch: dict[str, torch.Tensor], capacity: int):
+        R, P = batch["input_ids"].shape
+        self.net = LeanLlama(backbone, R, P + capacity)
+        self.mask = torch.zeros(R, P + capacity, dtype=torch.long, device=batch["input_ids"].device)
+        self.mask[:, :P] = batch["attention_mask"]
+        self.next_pos = batch["position_ids"][:, -1] + 1
+        self.logits = self.net.forward(batch["input_ids"], batch["position_ids"], self.mask[:, :P])
+
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        t0, n = self.net.length, ids.shape[1]
+        keep, pos = self._advance(ids, active)
+        self.mask[:, t0 : t0 + n] = keep[:, None]
+        self.logits = self.net.forward(ids, pos, self.mask[:, : t0 + n])
+        return self.logits
+
+
+_reported: set[str] = set()  # what was said once: why `auto` keeps the Hugging Face forward, a compile per call
+
+
+LEAN_AUTO_MAX_PARAMS = 1_000_000_000  # the lean forward copies the layer weights once per generation
+
+DECODERS = ("auto", "hf", "static", "compiled", "lean")
+
+
+def choose_decoder(backbone, device: torch.device | str, decoder: str = "auto") -> str:
+    """The decoder a generation of `backbone` on `device` runs: "hf", "static", "compiled" or "lean".
+
+    The choices: `hf` is the Hugging Face forward with a growing `DynamicCache`; `static` the same
+    forward over a KV cache and mask preallocated for the whole generation; `compiled` that, with the
+    one-token decode forward captured as a CUDA graph by `torch.compile(mode="reduce-overhead")`
+    (CUDA only); `lean` the `earl.lean` forward (only for a backbone it reproduces). All give the same
+    tokens up to float rounding. A named choice is checked and kept (an error says why it cannot run);
+    `auto` picks:
+
+    - on a CPU, `lean` for a backbone it reproduces with at most `LEAN_AUTO_MAX_PARAMS` parameters
+      (it copies the layer weights once per generation), else `hf`, said once. Why: in
+      `docs/PERFORMANCE.md` (shapes-tiny, 2 cores) it made earl's CFG sampling 1.45-1.5x faster at
+      batch 16 and 1.3-1.65x at batch 1 than the Hugging Face forward, and the reward model's greedy
+      verdicts 1.81x and GCPO's sampler 1.66x faster. Not `static`: there it measured within noise
+      of `hf` (51.8-55.1 against 57.2-58.2 ms per image at batch 16); a CPU step is per-op work,
+      not kernel launches.
+    - elsewhere (a GPU), `hf`. `compiled` is the GPU's candidate (one graph launch per decode step
+      instead of hundreds of kernel launches), but it is unmeasured (`docs/PERFORMANCE.md`,
+      `docs/KERNELS.md`: no GPU run yet), costs a compilation per process and a graph recording per
+      batch shape, and pays off only with a caller-owned `DecodeCache`: so it is asked for by name.
+    """
+    if decoder not in DECODERS:
+        raise EarlError(f"decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
+    device = torch.device(device)
+    if decoder == "compiled" and device.type != "cuda":
+        raise EarlError(f"decoder 'compiled' captures the decode step as a CUDA graph and needs a CUDA device, but "
+                        f"the backbone is on {device.type}; 'static' runs the same preallocated cache eagerly")
+    if decoder == "lean":
+        why = unsupported_reason(backbone)
+        if why is not None:
+            raise EarlError(f"decoder 'lean' asked for, but {why}; 'hf' (or 'auto') runs any backbone")
+    if decoder != "auto":
+        return decoder
+    if device.type != "cpu" or sum(p.numel() for p in backbone.parameters()) > LEAN_AUTO_MAX_PARAMS:
+        return "hf"
+    why = unsupported_reason(backbone)
+    if why is not None and why not in _reported:
+        _reported.add(why)
+        log.info("lean CPU decoder off (%s): the Hugging Face forward decodes", why)
+    return "lean" if why is None else "hf"
+
+
+def open_decoder(backbone, batch: dict[str, torch.Tensor], capacity: int, decoder: str = "auto",
+                 cache: DecodeCache | None = None) -> _Decoder:
+    """A cache-carrying decoder over a left-padded batch (`EditLayout.pad_prompts`'s keys): `.logits`
+    (R, V) at the last position, `.feed(ids (R, n), active)` appends up to `capacity` tokens in all.
+    `decoder`: one of `DECODERS`, resolved by `choose_decoder`; `cache`: a caller-owned `DecodeCache`
+    that the static and compiled decoders reuse (None: a fresh one, dropped with the decoder).
+    For generation loops beside `sample_edits` (the reward model's traces)."""
+    kind = choose_decoder(backbone, batch["input_ids"].device, decoder)
+    if kind == "lean":
+        return _LeanDecoder(backbone, batch, capacity)
+    if kind in ("static", "compiled"):
+        if kind == "compiled" and cache is None and "compiled without a cache" not in _reported:
+            _reported.add("compiled without a cache")
+            log.warning("decoder 'compiled' without a DecodeCache: the step is compiled and its graph recorded "
+                        "again on every call; pass cache=DecodeCache() to every call of a loop to reuse them")
+        return _StaticDecoder(backbone, batch, capacity, cache if cache is not None else DecodeCache(),
+                              compiled=kind == "compiled")
+    return _Decoder(backbone, batch)
+
