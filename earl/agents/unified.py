@@ -16,6 +16,7 @@ separator `|`; steps are separated by ` ; ` because a word-level tokenizer has n
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,16 +28,11 @@ from earl.agents.plan import Plan
 from earl.errors import EarlError
 from earl.evaluate import sample_seed
 from earl.generate import Generators, SamplingConfig, open_decoder, process_logits, sample_from
-from earl.model import UnifiedEditor
+from earl.model import CODE_TOKEN, UnifiedEditor, has_code_tokens
 
-CODE_TOKEN = "<|code_{}|>"
 FIELD_SEPARATOR = "|"
 STEP_SEPARATOR = " ; "
 MAX_PLAN_TOKENS = 96
-
-
-def has_code_tokens(tokenizer, image_offset: int) -> bool:
-    return tokenizer.convert_tokens_to_ids(CODE_TOKEN.format(0)) == image_offset
 
 
 def add_plan_tokens(editor: UnifiedEditor) -> UnifiedEditor:
@@ -55,6 +51,7 @@ def add_plan_tokens(editor: UnifiedEditor) -> UnifiedEditor:
     emb = editor.backbone.get_input_embeddings().weight
     if len(tok) > emb.shape[0]:
         editor.backbone.resize_token_embeddings(len(tok), mean_resizing=True)
+    editor.config = replace(editor.config, kind="decomposer")
     return editor
 
 
@@ -85,7 +82,8 @@ class UnifiedDecomposer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> UnifiedDecomposer:
-        return cls(UnifiedEditor.from_pretrained(Path(path), device=device))
+        return cls(UnifiedEditor.from_pretrained(Path(path), device=device, kind="decomposer",
+                                                 purpose="the agent's decomposer"))
 
     @torch.no_grad()
     def write(self, images: list[Image.Image], instructions: list[str], temperature: float = 0.0,
