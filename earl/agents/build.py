@@ -1,8 +1,8 @@
 """One way to assemble an `AgentPipeline` from named options, shared by the CLI and `earl study`.
 
 `AgentOptions` holds what a user picks (a step check and its tries, self-consistency votes, how many
-sampled plans to carry out and who judges them); `build_agent_pipeline` turns it into objects. The
-reasoning reward model is loaded once when it both checks steps and judges plans.
+sampled plans to carry out and who judges them, the sequencer); `build_agent_pipeline` turns it into
+objects. The reasoning reward model is loaded once when it both checks steps and judges plans.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from earl.agents.checks import OracleStepCheck, VerifierStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer, VotingDecomposer
 from earl.agents.editor import PipelineEditor
 from earl.agents.pipeline import AgentPipeline, default_decomposer
-from earl.agents.sequencer import SEQUENCERS
+from earl.agents.sequencer import SEQUENCERS, ChatSequencer
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
 from earl.verify.base import build_verifier
@@ -33,7 +33,9 @@ class AgentOptions:
     plan_temperature: float = 1.0
     plans: int = 1  # with plan_votes and plan_judge: carry out up to M candidate plans
     plan_judge: str | None = None  # "oracle" | "rrm": judges the final image against the whole instruction
-    sequencer: str = "keep"
+    sequencer: str = "keep"  # "keep" | "dependency" | "chat" (`earl.agents.sequencer`)
+    sequencer_base_url: str | None = None  # with sequencer chat: an OpenAI-compatible server's URL
+    sequencer_model: str | None = None  # with sequencer chat: the model it serves (None: the first it lists)
     fallback: bool = False  # a failed plan gives the editor the instruction itself
 
     def __post_init__(self):
@@ -48,6 +50,15 @@ class AgentOptions:
                              "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")
         if self.sequencer not in SEQUENCERS:
             raise ValueError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
+        if self.sequencer != "chat" and (self.sequencer_base_url or self.sequencer_model):
+            raise ValueError("sequencer_base_url and sequencer_model apply to the chat sequencer only (sequencer: chat)")
+
+
+def build_sequencer(options: AgentOptions):
+    """The sequencer `options.sequencer` names (the chat one over `sequencer_base_url` / `sequencer_model`)."""
+    if options.sequencer == "chat":
+        return ChatSequencer.from_options(base_url=options.sequencer_base_url, model=options.sequencer_model)
+    return SEQUENCERS[options.sequencer]()
 
 
 def build_agent_pipeline(decomposer: str | None, editor: str | None, options: AgentOptions,
@@ -75,6 +86,6 @@ def build_agent_pipeline(decomposer: str | None, editor: str | None, options: Ag
         judge = build_verifier("oracle", reward="success")
     elif o.plan_judge == "rrm":
         judge, threshold = rrm, o.rrm_threshold
-    return AgentPipeline(dec, PipelineEditor.from_pretrained(editor), sequencer=SEQUENCERS[o.sequencer](),
+    return AgentPipeline(dec, PipelineEditor.from_pretrained(editor), sequencer=build_sequencer(o),
                          check=check, attempts=o.attempts if check else 1, temperature=o.step_temperature,
                          fallback=o.fallback, seed=seed, plans=o.plans, plan_judge=judge, plan_threshold=threshold)
