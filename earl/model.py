@@ -20,6 +20,7 @@ Directories written before the field existed are recognised by their vocabulary 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -29,14 +30,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, Emu3ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from earl.emu3 import area_size, is_emu3_checkpoint, load_emu3_parts, pixels_size
 from earl.emu3_original import is_original_emu3, load_original_parts, unknown_directory
 from earl.errors import EarlError
 from earl.io import atomic_directory, load_image
-from earl.layout import EditLayout, ImageVocab, TextIds
+from earl.kernels.hf import use_triton_attention
+from earl.layout import EditLayout, ImageVocab, TextIds, build_layout_for_tokenizer
+from earl.text import build_word_tokenizer
 from tokenizer import ImageTokenizer, pil_to_tensor, tensor_to_pil
+from tokenizer.emu3 import Emu3VQTokenizer
+from tokenizer.vq import TokenizerLoadError, VQTokenizer
 
 EDITOR_FORMAT = 1
 RESIZE_RULES = ("stretch", "area", "pixels")
@@ -133,15 +138,11 @@ def _read_config(meta: Path) -> EditorConfig:
 
 def _load_image_tokenizer(kind: str, path: Path) -> ImageTokenizer:
     if kind == "vq":
-        from tokenizer.vq import TokenizerLoadError, VQTokenizer
-
         try:
             return VQTokenizer.from_pretrained(path)
         except TokenizerLoadError as e:
             raise EarlError(str(e)) from None
     if kind == "emu3":
-        from tokenizer.emu3 import Emu3VQTokenizer
-
         return Emu3VQTokenizer.from_pretrained(path)
     raise EarlError(f"{path}: unknown image tokenizer kind {kind!r}; expected 'vq' or 'emu3'")
 
@@ -149,8 +150,6 @@ def _load_image_tokenizer(kind: str, path: Path) -> ImageTokenizer:
 def _load_backbone(kind: str, path: Path, dtype):
     """The causal LM in `path`; Emu3's text model has its own class (its config type is not in the Auto maps)."""
     if kind == "emu3" and json.loads((path / "config.json").read_text()).get("model_type", "").startswith("emu3"):
-        from transformers import Emu3ForCausalLM
-
         return Emu3ForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True)
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", trust_remote_code=False,
                                                 use_safetensors=True)
@@ -174,8 +173,6 @@ class UnifiedEditor(nn.Module):
     def build(cls, size: str, image_tokenizer, text_tokenizer, image_size: int, cot: bool = False,
               dtype: torch.dtype = torch.float32, seed: int = 0) -> UnifiedEditor:
         """A fresh editor with a randomly initialised Llama backbone of a named size."""
-        from earl.layout import build_layout_for_tokenizer
-
         if size not in BACKBONE_SIZES:
             raise EarlError(f"unknown backbone size {size!r}; expected one of {', '.join(BACKBONE_SIZES)}")
         d = image_tokenizer.downsample
@@ -202,11 +199,6 @@ class UnifiedEditor(nn.Module):
         texts), keeping everything the backbone learned: rows of known words and of every image code
         are carried over to their new ids (image ids move up by the number of added words), new
         words' rows start at the mean of the old text rows. For earl's own tokenizers (`earl.text`)."""
-        import copy
-
-        from earl.layout import build_layout_for_tokenizer
-        from earl.text import build_word_tokenizer
-
         old_vocab = self.text_tokenizer.get_vocab()
         text = build_word_tokenizer(list(words), extra_words=[w for w in old_vocab if not w.startswith("<")])
         new_vocab = text.get_vocab()
@@ -290,8 +282,6 @@ class UnifiedEditor(nn.Module):
     def _finish(editor: UnifiedEditor, device, attention: str) -> UnifiedEditor:
         editor = editor.to(device).eval()
         if attention == "earl_triton":
-            from earl.kernels.hf import use_triton_attention
-
             if not use_triton_attention(editor.backbone):
                 logging.getLogger(__name__).warning("earl_triton attention needs triton and a GPU; using SDPA")
         elif attention != "sdpa":
