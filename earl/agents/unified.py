@@ -28,7 +28,7 @@ from earl.agents.plan import Plan
 from earl.errors import EarlError
 from earl.evaluate import sample_seed
 from earl.generate import Generators, SamplingConfig, open_decoder, process_logits, sample_from
-from earl.model import CODE_TOKEN, UnifiedEditor, has_code_tokens
+from earl.model import CODE_TOKEN, KINDS, UnifiedEditor, WrongKindError, has_code_tokens
 
 FIELD_SEPARATOR = "|"
 STEP_SEPARATOR = " ; "
@@ -75,8 +75,9 @@ class UnifiedDecomposer:
 
     def __init__(self, editor: UnifiedEditor, max_new_tokens: int = MAX_PLAN_TOKENS):
         if not has_code_tokens(editor.text_tokenizer, editor.layout.vocab.image_offset):
-            raise EarlError("this model's tokenizer has no image-code tokens: it is an editor, not a decomposer "
-                            "(train one with `earl train decomposer-sft`)")
+            kind = KINDS.get(editor.kind if editor.kind != "decomposer" else "editor")
+            raise WrongKindError(f"this model's tokenizer has no image-code tokens: it is {kind}, not a decomposer "
+                                 "(train one with `earl train decomposer-sft`)")
         self.editor = editor.eval()
         self.max_new_tokens = max_new_tokens
 

@@ -42,7 +42,10 @@ def test_a_reasoning_reward_model_is_not_an_editor(tmp_path):
         PipelineEditor.from_pretrained(RRM)
     with pytest.raises(WrongKindError, match="reasoning reward model checkpoint; `earl eval shapes --model`"):
         run_shapes_eval(RRM, tmp_path / "no-data", tmp_path / "out", progress=False)
-    assert UnifiedEditor.from_pretrained(RRM, kind="reward_model").kind == "reward_model"
+    rrm = UnifiedEditor.from_pretrained(RRM, kind="reward_model")
+    assert rrm.kind == "reward_model"
+    with pytest.raises(WrongKindError, match="it is a reasoning reward model, not a decomposer"):
+        UnifiedDecomposer(rrm)  # a model loaded by the caller
 
 
 def test_an_editor_is_not_a_decomposer():
