@@ -677,10 +677,11 @@ def _add_checkpoint_parser(sub) -> None:
 
 
 def _cmd_convert_emu3(args) -> None:
-    from earl.emu3_original import load_original_editor
+    from earl.model import UnifiedEditor
 
     cot = {"auto": None, "yes": True, "no": False}[args.cot]
-    editor = load_original_editor(args.model, args.vision_tokenizer, cot=cot, image_area=args.image_area)
+    editor = UnifiedEditor.from_pretrained(args.model, vision_tokenizer=args.vision_tokenizer, cot=cot,
+                                           image_area=args.image_area)
     out = editor.save_pretrained(args.out)
     print(f"wrote {out}: an earl editor (chain-of-thought {'on' if editor.config.cot else 'off'}, EARL's sequence "
           "order)")

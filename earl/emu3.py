@@ -15,14 +15,19 @@ the sampler restricts image positions to that slice.
 Emu3 has no thinking delimiters. For chain-of-thought editing earl uses two of its reserved tokens,
 `THINK_TOKENS` below; plain editing never emits them.
 
-Images follow Emu3's resize rule: keep the aspect ratio, scale to about `image_area` pixels
-(EARL edits at 256x256 of area), each side a multiple of the VQ-VAE's 8x factor; outputs are
-resized back to the input's size.
+Images are resized by the checkpoint's own rule, the one its image processor applies
+(transformers' `Emu3ImageProcessor`: keep the aspect ratio, each side a multiple of `spatial_factor`,
+the area within [`min_pixels`, `max_pixels`], read from preprocessor_config.json with that class's
+defaults for missing keys), so a checkpoint sees images at the sizes it was trained on. A caller
+that passes `image_area` gets earl's area rule instead (aspect kept, about `image_area` pixels, sides
+multiples of the VQ-VAE's factor; EARL edits at 256x256 of area). Outputs are resized back to the
+input's size.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,10 @@ STRUCTURAL = {"boi": "<|image start|>", "img": "<|image token|>", "eol": "<|extr
               "eof": "<|extra_201|>", "eoi": "<|image end|>"}
 THINK_TOKENS = ("<|extra_100|>", "<|extra_101|>")
 VISUAL_PREFIX = "<|visual token "
-DEFAULT_AREA = 256 * 256
+DEFAULT_AREA = 256 * 256  # EARL's area rule: 256x256 pixels of area
+PROCESSOR_FILE = "preprocessor_config.json"
+# transformers' Emu3ImageProcessor defaults, for keys its preprocessor_config.json leaves out
+PROCESSOR_DEFAULTS = {"min_pixels": 512 * 512, "max_pixels": 1024 * 1024, "spatial_factor": 8}
 
 
 @dataclass
@@ -79,18 +87,43 @@ def image_vocab_from_map(vocab_map: dict[str, int], codebook_size: int):
                       **{k: vocab_map[v] for k, v in STRUCTURAL.items()})
 
 
-def _normalisation(path: Path) -> tuple[list[float], list[float]]:
-    p = path / "preprocessor_config.json"
-    if p.is_file():
+def _processor_config(path: Path) -> dict:
+    p = path / PROCESSOR_FILE
+    if not p.is_file():
+        return {}
+    try:
         cfg = json.loads(p.read_text())
-        return cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3)
-    return [0.5] * 3, [0.5] * 3
+    except json.JSONDecodeError as e:
+        raise EarlError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise EarlError(f"{p}: expected a JSON object (an image processor config)")
+    return cfg
+
+
+def _normalisation(path: Path) -> tuple[list[float], list[float]]:
+    cfg = _processor_config(path)
+    return cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3)
+
+
+def processor_resize_rule(path: Path, downsample: int) -> dict:
+    """The checkpoint's resize rule as `EditorConfig` fields: `min_pixels`, `max_pixels` and
+    `spatial_factor` from its preprocessor_config.json (transformers' defaults for missing keys)."""
+    cfg = _processor_config(path)
+    rule = {k: cfg.get(k, default) for k, default in PROCESSOR_DEFAULTS.items()}
+    for k, v in rule.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise EarlError(f"{path / PROCESSOR_FILE}: {k} must be a positive integer, got {v!r}")
+    if rule["spatial_factor"] % downsample:
+        raise EarlError(f"{path / PROCESSOR_FILE}: spatial_factor {rule['spatial_factor']} is not a multiple of the "
+                        f"VQ-VAE's downsample factor {downsample}; images could not be split into codes")
+    return rule
 
 
 def load_emu3_parts(path: str | Path, dtype: torch.dtype | None = None, cot: bool = False,
-                    image_area: int = DEFAULT_AREA) -> EditorParts:
+                    image_area: int | None = None) -> EditorParts:
     """The parts of an editor over an Emu3 checkpoint directory (weights shared, not copied):
-    `UnifiedEditor.from_parts(load_emu3_parts(path))` is the editor."""
+    `UnifiedEditor.from_parts(load_emu3_parts(path))` is the editor. Images follow the checkpoint's
+    processor (`processor_resize_rule`) unless `image_area` asks for earl's area rule."""
     from transformers import AutoTokenizer, Emu3ForCausalLM, Emu3ForConditionalGeneration
 
     path = resolve_model(path)
@@ -110,10 +143,16 @@ def load_emu3_parts(path: str | Path, dtype: torch.dtype | None = None, cot: boo
     pad = text_cfg.pad_token_id if text_cfg.pad_token_id is not None else eos
     ids = TextIds(bos=text_cfg.bos_token_id, eos=eos, pad=pad, think_start=vocab_map[THINK_TOKENS[0]],
                   think_end=vocab_map[THINK_TOKENS[1]])
-    side = int(round(image_area ** 0.5))
     d = image_tokenizer.downsample
+    if image_area is not None:
+        side = int(round(image_area ** 0.5))
+        rule = dict(resize_rule="area", image_area=image_area)
+    else:
+        rule = dict(resize_rule="pixels", **processor_resize_rule(path, d))
+        # the nominal size: the square the rule makes of a large square image
+        side = pixels_size(1 << 15, 1 << 15, rule["min_pixels"], rule["max_pixels"], rule["spatial_factor"])[0]
     config = dict(cot=cot, image_size=side, grid=(side // d, side // d), image_vocab=vocab.to_dict(),
-                  text_ids=ids.to_dict(), image_tokenizer_kind="emu3", resize_rule="area", image_area=image_area)
+                  text_ids=ids.to_dict(), image_tokenizer_kind="emu3", **rule)
     return EditorParts(backbone, image_tokenizer, text_tokenizer, EditLayout(text_tokenizer, vocab, ids), config)
 
 
@@ -121,3 +160,21 @@ def area_size(width: int, height: int, area: int, factor: int) -> tuple[int, int
     """(width, height) keeping the aspect ratio, about `area` pixels, each side a multiple of `factor`."""
     s = (area / (width * height)) ** 0.5
     return (max(factor, round(width * s / factor) * factor), max(factor, round(height * s / factor) * factor))
+
+
+def pixels_size(width: int, height: int, min_pixels: int, max_pixels: int, factor: int) -> tuple[int, int]:
+    """(width, height) as transformers' Emu3ImageProcessor resizes an image (its `smart_resize`): sides
+    rounded to multiples of `factor`, then scaled down to at most `max_pixels` or up to at least
+    `min_pixels` of area, keeping the aspect ratio."""
+    if max(width, height) / min(width, height) > 200:
+        raise EarlError(f"image of {width}x{height}: the aspect ratio must be at most 200 for an Emu3 checkpoint's "
+                        "resize rule")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return w, h

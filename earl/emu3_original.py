@@ -20,8 +20,9 @@ checked against these.
 EARL's sequences differ from earl's own editors in two ways, recorded in editor.json: the source image
 comes before the instruction (`prompt_order="image_instruction"`), and the thinking checkpoints write
 their reasoning between plain-text markers (`think_format="cot_text"`, see `earl.layout`).
-`earl convert emu3` writes the loaded editor as an earl editor directory (no tiktoken parsing on
-later loads).
+`UnifiedEditor.from_pretrained(DIR, vision_tokenizer=...)` assembles the parts `load_original_parts`
+returns (this module never imports `earl.model`); `earl convert emu3` saves that editor as an earl
+editor directory (no tiktoken parsing on later loads).
 """
 
 from __future__ import annotations
@@ -254,18 +255,13 @@ def vq_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     files = sorted(path.glob("*.safetensors"))
-    if files:
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        return state
-    bins = sorted(path.glob("*.bin"))
-    if bins:
-        state = {}
-        for f in bins:
-            state.update(torch.load(f, map_location="cpu", weights_only=True))
-        return state
-    raise EarlError(f"{path}: no vision tokenizer weights (model.safetensors or pytorch_model.bin)")
+    if not files:
+        raise EarlError(f"{path}: no vision tokenizer weights (model.safetensors, as BAAI/Emu3-VisionTokenizer "
+                        "ships them)")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
 
 
 def load_vision_tokenizer(path: str | os.PathLike | None):
@@ -307,15 +303,6 @@ def _checkpoint_names(path: Path) -> list[str]:
 
 
 # ---- the editor ---------------------------------------------------------------------------------
-def load_original_editor(model_dir: str | os.PathLike, vision_tokenizer: str | os.PathLike | None,
-                         dtype: torch.dtype | None = None, cot: bool | None = None, image_area: int | None = None):
-    """An `UnifiedEditor` over an EARL / BAAI original-format checkpoint and its vision tokenizer
-    (`load_original_parts`, assembled by `UnifiedEditor.from_parts`)."""
-    from earl.model import UnifiedEditor  # here, not at the top: earl.model imports this module
-
-    return UnifiedEditor.from_parts(load_original_parts(model_dir, vision_tokenizer, dtype, cot, image_area))
-
-
 def load_original_parts(model_dir: str | os.PathLike, vision_tokenizer: str | os.PathLike | None,
                         dtype: torch.dtype | None = None, cot: bool | None = None, image_area: int | None = None):
     """The parts (`earl.emu3.EditorParts`) of an editor over an EARL / BAAI original-format checkpoint
@@ -353,9 +340,3 @@ def load_original_parts(model_dir: str | os.PathLike, vision_tokenizer: str | os
                         think_format=config["think_format"])
     return EditorParts(backbone, image_tokenizer, text_tokenizer, layout, config)
 
-
-def convert(model_dir: str | os.PathLike, vision_tokenizer: str | os.PathLike, out: str | os.PathLike,
-            dtype: torch.dtype | None = None, cot: bool | None = None) -> Path:
-    """Write an earl editor directory from an original-format checkpoint (`earl convert emu3`)."""
-    editor = load_original_editor(model_dir, vision_tokenizer, dtype=dtype, cot=cot)
-    return editor.save_pretrained(out)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from earl.generate import DecodeCache, GenerationOutput, SamplingConfig, choose_decoder, sample_edits
 from earl.io import atomic_write_json, load_image
-from earl.model import UnifiedEditor
+from earl.model import UnifiedEditor, check_kind
 from earl.shapes.oracle import judge
 from earl.shapes.scene import Scene
 from earl.viz import image_grid
@@ -141,7 +141,10 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     out_dir = Path(out_dir)
     img_dir = out_dir / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
-    editor = editor or UnifiedEditor.from_pretrained(model_dir)
+    purpose = "`earl eval shapes --model`"
+    if editor is None:
+        editor = UnifiedEditor.from_pretrained(model_dir, kind="editor", purpose=purpose)
+    check_kind(model_dir, editor.kind, "editor", purpose)
     choose_decoder(editor.backbone, editor.device, decoder)  # a decoder that cannot run here fails before any work
     ds = load_dataset(data_dir)
     todo = [i for i, sid in enumerate(ds["id"]) if not (img_dir / f"{sid}.png").is_file()]

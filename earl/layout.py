@@ -69,11 +69,6 @@ class ImageVocab:
             raise LayoutError(f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
         return codes.long() + self.image_offset
 
-    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
-        if not bool(self.is_image(ids).all()):
-            raise LayoutError("expected only image token ids")
-        return ids.long() - self.image_offset
-
     def is_image(self, ids: torch.Tensor) -> torch.Tensor:
         start, stop = self.image_ids
         return (ids >= start) & (ids < stop)

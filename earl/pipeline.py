@@ -45,10 +45,13 @@ class EditPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu",
-                        revision: str | None = None) -> EditPipeline:
-        """The editor at `path`: a directory or a Hub id (`earl.hub`); the bundled one when None."""
+                        image_area: int | None = None, revision: str | None = None) -> EditPipeline:
+        """An editor directory or Hub id (`earl.hub`; default: the bundled checkpoint) or an Emu3 checkpoint
+        as it is (resized by its own processor's rule, or earl's area rule at `image_area` pixels); another
+        kind of model (a decomposer, a reward model) is refused."""
         path = path if path is not None else default_checkpoint()
-        return cls(UnifiedEditor.from_pretrained(path, device=device, revision=revision))
+        return cls(UnifiedEditor.from_pretrained(path, device=device, image_area=image_area, kind="editor",
+                                                 purpose="EditPipeline", revision=revision))
 
     def __call__(self, image, instruction: str, num_samples: int = 1, guidance_scale: float = 1.0,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,

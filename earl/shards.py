@@ -43,7 +43,11 @@ def tokenizer_fingerprint(editor) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().float().numpy().tobytes()[:4096])
         h.update(str(tuple(t.shape)).encode())
-    h.update(json.dumps([editor.config.resize_rule, editor.config.image_size, editor.config.image_area]).encode())
+    c = editor.config
+    rule = [c.resize_rule, c.image_size, c.image_area]
+    if c.resize_rule == "pixels":  # an Emu3 checkpoint's own processor rule
+        rule += [c.min_pixels, c.max_pixels, c.spatial_factor]
+    h.update(json.dumps(rule).encode())
     return h.hexdigest()[:16]
 
 

@@ -21,6 +21,7 @@ FORBIDDEN = {
     "earl.rl": ["earl.train", "earl.cli"],
     "earl.rrm": ["earl.train", "earl.cli"],
     "earl.emu3": ["earl.model", "earl.train", "earl.cli"],  # the loader returns parts; UnifiedEditor assembles them
+    "earl.emu3_original": ["earl.model", "earl.train", "earl.cli"],  # the same for BAAI's original format
 }
 
 

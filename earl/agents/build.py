@@ -2,9 +2,9 @@
 the CLI and `earl study`.
 
 `AgentOptions` holds what a user picks (a step check and its tries, self-consistency votes, how many
-sampled plans to carry out and who judges them); `agent_parts` turns it into the pipeline's parts. The
-reasoning reward model is loaded once when it both checks steps and judges plans. This module does not
-import the pipeline, so that the pipeline can build itself from here.
+sampled plans to carry out and who judges them, the sequencer); `agent_parts` turns it into the
+pipeline's parts. The reasoning reward model is loaded once when it both checks steps and judges plans.
+This module does not import the pipeline, so that the pipeline can build itself from here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from earl.agents.checks import OracleStepCheck, VerifierStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer, VotingDecomposer
 from earl.agents.editor import PipelineEditor
-from earl.agents.sequencer import SEQUENCERS
+from earl.agents.sequencer import SEQUENCERS, ChatSequencer
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
 from earl.hub import resolve_model
@@ -43,7 +43,9 @@ class AgentOptions:
     plan_temperature: float = 1.0
     plans: int = 1  # with plan_votes and plan_judge: carry out up to M candidate plans
     plan_judge: str | None = None  # "oracle" | "rrm": judges the final image against the whole instruction
-    sequencer: str = "keep"
+    sequencer: str = "keep"  # "keep" | "dependency" | "chat" (`earl.agents.sequencer`)
+    sequencer_base_url: str | None = None  # with sequencer chat: an OpenAI-compatible server's URL
+    sequencer_model: str | None = None  # with sequencer chat: the model it serves (None: the first it lists)
     fallback: bool = False  # a failed plan gives the editor the instruction itself
 
     def __post_init__(self):
@@ -58,6 +60,15 @@ class AgentOptions:
                              "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")
         if self.sequencer not in SEQUENCERS:
             raise ValueError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
+        if self.sequencer != "chat" and (self.sequencer_base_url or self.sequencer_model):
+            raise ValueError("sequencer_base_url and sequencer_model apply to the chat sequencer only (sequencer: chat)")
+
+
+def build_sequencer(options: AgentOptions):
+    """The sequencer `options.sequencer` names (the chat one over `sequencer_base_url` / `sequencer_model`)."""
+    if options.sequencer == "chat":
+        return ChatSequencer.from_options(base_url=options.sequencer_base_url, model=options.sequencer_model)
+    return SEQUENCERS[options.sequencer]()
 
 
 def _rrm_dir(path: str) -> str:
@@ -97,6 +108,6 @@ def agent_parts(decomposer: str | None, editor: str | None, options: AgentOption
     elif o.plan_judge == "rrm":
         judge, threshold = rrm, o.rrm_threshold
     return dict(decomposer=dec, editor=PipelineEditor.from_pretrained(editor, device=device),
-                sequencer=SEQUENCERS[o.sequencer](), check=check, attempts=o.attempts if check else 1,
+                sequencer=build_sequencer(o), check=check, attempts=o.attempts if check else 1,
                 temperature=o.step_temperature, fallback=o.fallback, seed=seed, plans=o.plans, plan_judge=judge,
                 plan_threshold=threshold)

@@ -1,15 +1,12 @@
 """Editing agents: apply one simple instruction to each image of a batch.
 
-`Editor.edit(images, instructions, temperature, seeds) -> images`. Two implementations:
-- `PipelineEditor`: any earl editor directory (the bundled ShapesEdit editor, an Emu3 editor),
-  batched through the sampler, one seed per row so a resampled step draws a new edit. An image it
-  made carries its code grid (`image.info["earl_codes"]`), and the next step starts from those
-  codes instead of re-encoding the decoded pixels: every re-encoding adds quantisation drift, and
-  over a plan it costs (ground-truth plans, first 100 complex test samples, greedy: 80% success
-  carrying codes, 69% re-encoding).
-- `HTTPEditor`: an editing service over HTTP (`POST {base_url}/v1/edits` with JSON
-  `{"image": data URL, "instruction": str, "temperature": float, "seed": int}` answering
-  `{"image": data URL}`), with a timeout; a failed call is a failed step (None), never an exception.
+`Editor.edit(images, instructions, temperature, seeds) -> images` (None for a failed step).
+`PipelineEditor` implements it over any earl editor directory (the bundled ShapesEdit editor, an Emu3
+editor), batched through the sampler, one seed per row so a resampled step draws a new edit. An image
+it made carries its code grid (`image.info["earl_codes"]`), and the next step starts from those codes
+instead of re-encoding the decoded pixels: every re-encoding adds quantisation drift, and over a plan
+it costs (ground-truth plans, first 100 complex test samples, greedy: 80% success carrying codes, 69%
+re-encoding).
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from PIL import Image
 from earl.generate import SamplingConfig, sample_edits
 from earl.model import UnifiedEditor
 from earl.pipeline import default_checkpoint
-from earl.verify.messages import data_url_to_image, image_to_data_url
 
 CODES_KEY = "earl_codes"  # PIL info key of the code grid an image was decoded from
 
@@ -45,7 +41,8 @@ class PipelineEditor:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu", **kw) -> PipelineEditor:
-        return cls(UnifiedEditor.from_pretrained(path or default_checkpoint(), device=device), **kw)
+        return cls(UnifiedEditor.from_pretrained(path or default_checkpoint(), device=device, kind="editor",
+                                                 purpose="the agent's editor"), **kw)
 
     @torch.no_grad()
     def edit(self, images, instructions, temperature: float = 0.0, seeds=None):
@@ -81,29 +78,3 @@ class PipelineEditor:
                 carried[i] = c
         return torch.stack([c.to(ed.device) for c in carried])
 
-
-class HTTPEditor:
-    """An editing service reached over HTTP (see the module docstring for the wire format)."""
-
-    name = "http"
-
-    def __init__(self, base_url: str, timeout: float = 120.0, api_key: str | None = None):
-        self.base_url, self.timeout = base_url.rstrip("/"), timeout
-        self.api_key = api_key or os.environ.get("EARL_EDITOR_API_KEY")
-
-    def edit(self, images, instructions, temperature: float = 0.0, seeds=None):
-        import httpx
-
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        seeds = seeds if seeds is not None else [0] * len(images)
-        out = []
-        with httpx.Client(timeout=self.timeout, headers=headers) as client:
-            for im, ins, seed in zip(images, instructions, seeds):
-                try:
-                    r = client.post(f"{self.base_url}/v1/edits", json={"image": image_to_data_url(im), "instruction": ins,
-                                                                       "temperature": temperature, "seed": seed})
-                    r.raise_for_status()
-                    out.append(data_url_to_image(r.json()["image"]))
-                except (httpx.HTTPError, KeyError, ValueError, TypeError):
-                    out.append(None)  # a failed step: counted by the pipeline, never guessed
-        return out

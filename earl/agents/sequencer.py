@@ -7,17 +7,22 @@
   every step that empties that place (remove or move of the object named there); otherwise the
   decomposer's order is kept (a stable topological sort). A cycle is reported, not broken.
 - `ChatSequencer`: a chat LLM asked for the order as a permutation (`2, 1, 3`); a reply that is not a
-  permutation of the steps is a failure, reported, not repaired.
+  permutation of the steps is a failure, reported, not repaired. Any OpenAI-compatible server
+  (`from_options`: its URL and model, else $EARL_SEQUENCER_BASE_URL and $EARL_SEQUENCER_MODEL).
+
+`SEQUENCERS` names them for `AgentOptions.sequencer` (`earl.agents.build`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from dataclasses import dataclass
 
 from earl.agents.plan import Plan, normalise
-from earl.verify.chat import chat_with_retries
+from earl.errors import ConfigError
+from earl.verify.chat import build_chat_backend, chat_with_retries
 
 _PLACE = re.compile(r"(row \d+, column \d+|the (?:top|bottom)-(?:left|right) corner)")
 
@@ -80,6 +85,18 @@ class ChatSequencer:
     def __init__(self, backend, retries: int = 2, backoff: float = 1.0):
         self.backend, self.retries, self.backoff = backend, retries, backoff
 
+    @classmethod
+    def from_options(cls, base_url: str | None = None, model: str | None = None, timeout: float = 120.0,
+                     **kw) -> ChatSequencer:
+        """Over an OpenAI-compatible server: `base_url` and `model`, else $EARL_SEQUENCER_BASE_URL and
+        $EARL_SEQUENCER_MODEL (no model: the first the server lists)."""
+        base_url = base_url or os.environ.get("EARL_SEQUENCER_BASE_URL")
+        if not base_url:
+            raise ConfigError("sequencer 'chat': no server; give its base URL (AgentOptions.sequencer_base_url, "
+                              "e.g. http://127.0.0.1:8000/v1) or set $EARL_SEQUENCER_BASE_URL")
+        model = model or os.environ.get("EARL_SEQUENCER_MODEL")
+        return cls(build_chat_backend("openai", base_url=base_url, model=model, timeout=timeout), **kw)
+
     def order(self, plans: list[Plan], instructions: list[str] | None = None) -> list[Ordering]:
         return asyncio.run(self._order(plans, instructions or [""] * len(plans)))
 
@@ -98,4 +115,4 @@ class ChatSequencer:
         return list(await asyncio.gather(*(one(p, i) for p, i in zip(plans, instructions))))
 
 
-SEQUENCERS = {"keep": KeepOrder, "dependency": DependencyOrder}
+SEQUENCERS = {"keep": KeepOrder, "dependency": DependencyOrder, "chat": ChatSequencer}

@@ -16,6 +16,7 @@ separator `|`; steps are separated by ` ; ` because a word-level tokenizer has n
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,16 +28,11 @@ from earl.agents.plan import Plan
 from earl.errors import EarlError
 from earl.evaluate import sample_seed
 from earl.generate import Generators, TextSampling, TextStops, decode_text
-from earl.model import UnifiedEditor
+from earl.model import CODE_TOKEN, KINDS, UnifiedEditor, WrongKindError, has_code_tokens
 
-CODE_TOKEN = "<|code_{}|>"
 FIELD_SEPARATOR = "|"
 STEP_SEPARATOR = " ; "
 MAX_PLAN_TOKENS = 96
-
-
-def has_code_tokens(tokenizer, image_offset: int) -> bool:
-    return tokenizer.convert_tokens_to_ids(CODE_TOKEN.format(0)) == image_offset
 
 
 def add_plan_tokens(editor: UnifiedEditor) -> UnifiedEditor:
@@ -55,6 +51,7 @@ def add_plan_tokens(editor: UnifiedEditor) -> UnifiedEditor:
     emb = editor.backbone.get_input_embeddings().weight
     if len(tok) > emb.shape[0]:
         editor.backbone.resize_token_embeddings(len(tok), mean_resizing=True)
+    editor.config = replace(editor.config, kind="decomposer")
     return editor
 
 
@@ -78,14 +75,16 @@ class UnifiedDecomposer:
 
     def __init__(self, editor: UnifiedEditor, max_new_tokens: int = MAX_PLAN_TOKENS):
         if not has_code_tokens(editor.text_tokenizer, editor.layout.vocab.image_offset):
-            raise EarlError("this model's tokenizer has no image-code tokens: it is an editor, not a decomposer "
-                            "(train one with `earl train decomposer-sft`)")
+            kind = KINDS.get(editor.kind if editor.kind != "decomposer" else "editor")
+            raise WrongKindError(f"this model's tokenizer has no image-code tokens: it is {kind}, not a decomposer "
+                                 "(train one with `earl train decomposer-sft`)")
         self.editor = editor.eval()
         self.max_new_tokens = max_new_tokens
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> UnifiedDecomposer:
-        return cls(UnifiedEditor.from_pretrained(Path(path), device=device))
+        return cls(UnifiedEditor.from_pretrained(Path(path), device=device, kind="decomposer",
+                                                 purpose="the agent's decomposer"))
 
     @torch.no_grad()
     def write(self, images: list[Image.Image], instructions: list[str], temperature: float = 0.0,

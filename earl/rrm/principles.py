@@ -201,11 +201,6 @@ class PrincipleCache:
         return points
 
 
-def points_json(points: list[EvalPoint]) -> str:
-    """The list the reward model reads: [{"question", "category"}, ...]."""
-    return json.dumps([p.public() for p in points], ensure_ascii=False)
-
-
 # ---------------------------------------------------------------------------------------------
 # Real images: principles from a multimodal LLM.
 

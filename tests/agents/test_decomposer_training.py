@@ -9,6 +9,7 @@ from earl.agents.decomposer import DecomposeRequest, read_plan
 from earl.agents.plan import plan_f1
 from earl.agents.shapes import program_plan
 from earl.agents.unified import UnifiedDecomposer, add_plan_tokens, prompt_ids, prompt_text
+from earl.errors import EarlError
 from earl.model import UnifiedEditor
 from earl.shapes.dataset import generate_samples
 from earl.shapes.render import render
@@ -59,7 +60,7 @@ def test_image_codes_are_tokens_so_prompts_are_plain_strings(tiny_editor_dir):
 
 
 def test_an_editor_is_refused_as_a_decomposer(tiny_editor_dir):
-    with pytest.raises(Exception, match="not a decomposer"):
+    with pytest.raises(EarlError, match="is an editor checkpoint; the agent's decomposer needs a decomposer checkpoint"):
         UnifiedDecomposer.from_pretrained(tiny_editor_dir)
 
 

@@ -168,6 +168,74 @@ def test_chat_sequencer_takes_a_permutation_or_reports():
     assert asyncio.iscoroutinefunction(ChatSequencer._order)
 
 
+class ScriptedChatServer:
+    """An OpenAI-compatible chat server on loopback that answers each request with the next scripted reply
+    and keeps the requests it got."""
+
+    def __init__(self, replies: list[str]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies, self.requests = list(replies), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                server.requests.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                body = json.dumps({"choices": [{"message": {"role": "assistant",
+                                                            "content": server.replies.pop(0)}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_chat_sequencer_is_selectable_by_name(monkeypatch):
+    """`AgentOptions(sequencer="chat")` orders plans through a chat server: the pipeline applies the steps
+    in the order the server answered, and a reply that is not a permutation is the step order's failure."""
+    from earl.agents.build import AgentOptions, build_sequencer
+
+    plan = "remove | the red circle | nothing ; recolour | the square | blue"
+    with ScriptedChatServer(["2, 1", "1, 1"]) as server:
+        options = AgentOptions(sequencer="chat", sequencer_base_url=server.url, sequencer_model="orderer")
+        sequencer = build_sequencer(options)
+        assert isinstance(sequencer, ChatSequencer)
+        sequencer.retries = 0
+        ed = TagEditor()
+        (r,) = AgentPipeline(ScriptedDecomposer([plan]), ed, sequencer=sequencer).run([_req("tidy up")])
+        assert [c[0] for c in ed.calls] == ["Make the square blue.", "Remove the red circle."]
+        (r,) = AgentPipeline(ScriptedDecomposer([plan]), TagEditor(), sequencer=sequencer).run([_req("tidy up")])
+        assert r.failure == "sequencer" and "unparseable" in r.error
+    (path, body), _ = server.requests
+    assert path == "/v1/chat/completions" and body["model"] == "orderer" and body["temperature"] == 0.0
+    prompt = body["messages"][0]["content"]
+    prompt = prompt if isinstance(prompt, str) else " ".join(p.get("text", "") for p in prompt)
+    assert "Instruction they come from: tidy up" in prompt and "2. recolour | the square | blue" in prompt
+
+    with pytest.raises(ValueError, match="apply to the chat sequencer only"):
+        AgentOptions(sequencer="keep", sequencer_base_url=server.url)
+    monkeypatch.delenv("EARL_SEQUENCER_BASE_URL", raising=False)
+    with pytest.raises(EarlError, match="sequencer 'chat': no server"):
+        build_sequencer(AgentOptions(sequencer="chat"))
+    assert isinstance(build_sequencer(AgentOptions(sequencer="dependency")), DependencyOrder)
+
+
 def test_ground_truth_plans_through_the_bundled_editor_with_the_oracle_check():
     """End to end on real images: the bundled editor applies ground-truth plans; the per-step oracle
     check accepts steps whose edit is right and the final image is judged against the target."""

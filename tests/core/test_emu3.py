@@ -1,6 +1,6 @@
 """Emu3 as a backbone and tokenizer: a tiny random `Emu3ForConditionalGeneration` that the test saves
 with `save_pretrained`, loaded back as an earl editor and put through SFT, sampling, a GRPO loss,
-decoding and a save/load roundtrip."""
+decoding and a save/load roundtrip; images resized by the checkpoint's own processor rule."""
 
 from __future__ import annotations
 
@@ -10,30 +10,40 @@ import pytest
 import torch
 from PIL import Image
 
-from earl.emu3 import STRUCTURAL, THINK_TOKENS, area_size, image_vocab_from_map, load_emu3_parts
+from earl.emu3 import (
+    PROCESSOR_DEFAULTS,
+    STRUCTURAL,
+    THINK_TOKENS,
+    area_size,
+    image_vocab_from_map,
+    load_emu3_parts,
+    pixels_size,
+)
 from earl.errors import EarlError
 from earl.generate import SamplingConfig, sample_edits
 from earl.model import UnifiedEditor
+from earl.pipeline import EditPipeline
 
 CODES = 64
 
 
-@pytest.fixture(scope="module")
-def emu3_dir(tmp_path_factory):
+def write_tiny_emu3(path, channel_multiplier, processor: dict):
+    """A random `Emu3ForConditionalGeneration` (1024 positions) saved as transformers saves one, with a
+    word-level tokenizer holding Emu3's special tokens and `processor` as its preprocessor_config.json.
+    The VQ-VAE downsamples by 2 ** (len(channel_multiplier) - 1)."""
     from transformers import Emu3Config, Emu3ForConditionalGeneration
 
     from earl.text import build_word_tokenizer
 
-    path = tmp_path_factory.mktemp("tiny-emu3")
-    tok = build_word_tokenizer(["make the sky red", "remove the dog", "add a hat to the man"])
+    tok = build_word_tokenizer(["make the sky red", "remove the dog", "add a hat to the man", "make it blue"])
     tok.add_tokens([*STRUCTURAL.values(), *THINK_TOKENS] + [f"<|visual token {i:06d}|>" for i in range(CODES)],
                    special_tokens=True)
     vocab = tok.get_vocab()
     torch.manual_seed(0)
     config = Emu3Config(
-        vq_config=dict(codebook_size=CODES, embed_dim=4, latent_channels=4, base_channels=32, channel_multiplier=[1, 2],
-                       num_res_blocks=1, attn_resolutions=[], temporal_downsample_factor=2, hidden_size=64,
-                       num_attention_heads=1),
+        vq_config=dict(codebook_size=CODES, embed_dim=4, latent_channels=4, base_channels=32,
+                       channel_multiplier=channel_multiplier, num_res_blocks=1, attn_resolutions=[],
+                       temporal_downsample_factor=2, hidden_size=32 * channel_multiplier[-1], num_attention_heads=1),
         text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"],
@@ -41,8 +51,22 @@ def emu3_dir(tmp_path_factory):
         vocabulary_map=vocab)
     Emu3ForConditionalGeneration(config).eval().save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+                                                              **processor}))
     return path
+
+
+@pytest.fixture(scope="module")
+def emu3_dir(tmp_path_factory):
+    """Downsampling by 2; the processor config names no sizes (transformers' defaults apply)."""
+    return write_tiny_emu3(tmp_path_factory.mktemp("tiny-emu3"), [1, 2], {})
+
+
+@pytest.fixture(scope="module")
+def small_image_emu3_dir(tmp_path_factory):
+    """Downsampling by 8, as Emu3's; the processor says images of at most 64x64 pixels of area."""
+    return write_tiny_emu3(tmp_path_factory.mktemp("small-image-emu3"), [1, 1, 1, 1],
+                           {"min_pixels": 1024, "max_pixels": 4096, "spatial_factor": 8})
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +76,10 @@ def editor(emu3_dir):
 
 def test_from_pretrained_recognises_an_emu3_checkpoint(emu3_dir):
     ed = UnifiedEditor.from_pretrained(emu3_dir)
-    assert ed.config.image_tokenizer_kind == "emu3" and ed.config.resize_rule == "area"
+    assert ed.config.image_tokenizer_kind == "emu3" and ed.config.resize_rule == "pixels"
+    c = ed.config  # the processor config names no sizes: Emu3ImageProcessor's defaults
+    assert (c.min_pixels, c.max_pixels, c.spatial_factor) == (512 * 512, 1024 * 1024, 8) == tuple(PROCESSOR_DEFAULTS.values())
+    assert ed.kind == "editor"
     assert type(ed.backbone).__name__ == "Emu3ForCausalLM"
     vocab = json.loads((emu3_dir / "tokenizer.json").read_text())  # the checkpoint's own ids, not earl's
     assert ed.layout.vocab.boi == ed.text_tokenizer.convert_tokens_to_ids("<|image start|>")
@@ -219,3 +246,53 @@ def test_an_image_too_large_for_the_model_is_named_with_the_largest_size_that_fi
     check_prompt_lengths(ed.backbone, ed.layout, ["make the sky red"], codes_h, codes_w, cfg, False)  # fits
     with pytest.raises(EarlError, match="image is too large"):  # one code more per side does not
         check_prompt_lengths(ed.backbone, ed.layout, ["make the sky red"], codes_h + 1, codes_w + 1, cfg, False)
+
+
+def test_the_checkpoints_processor_sets_the_image_size(small_image_emu3_dir, tmp_path):
+    """The processor's max_pixels 4096 is honoured: a 96x64 image is edited at 72x48 (8 x 9 codes in a
+    model of 1024 positions), not at EARL's 256x256 of area, which would not fit."""
+    pipe = EditPipeline.from_pretrained(small_image_emu3_dir)
+    c = pipe.editor.config
+    assert (c.resize_rule, c.min_pixels, c.max_pixels, c.spatial_factor) == ("pixels", 1024, 4096, 8)
+    assert (c.image_size, tuple(c.grid)) == (64, (8, 8))  # the nominal square: 64x64 pixels, 8x8 codes
+    img = Image.new("RGB", (96, 64), (200, 30, 30))
+    pil, size = pipe.editor.preprocess(img)
+    assert pil.size == (72, 48) and size == (96, 64)
+    assert pipe.editor.encode_images([pil]).shape == (1, 6, 9)
+    result = pipe(img, "make it blue")
+    assert result.images[0].size == (96, 64)
+    # saved as an earl editor directory, it keeps the checkpoint's rule
+    pipe.editor.save_pretrained(tmp_path / "ed")
+    meta = json.loads((tmp_path / "ed/editor.json").read_text())
+    assert (meta["resize_rule"], meta["max_pixels"], meta["kind"]) == ("pixels", 4096, "editor")
+    assert UnifiedEditor.from_pretrained(tmp_path / "ed").preprocess(img)[0].size == (72, 48)
+    # the caller's image_area chooses earl's area rule instead
+    area = EditPipeline.from_pretrained(small_image_emu3_dir, image_area=32 * 32).editor
+    assert area.config.resize_rule == "area" and area.preprocess(img)[0].size == (40, 24)
+    with pytest.raises(EarlError, match="image_area applies to Emu3 checkpoints"):
+        UnifiedEditor.from_pretrained(tmp_path / "ed", image_area=32 * 32)
+
+
+def test_pixels_rule_matches_transformers_processor():
+    """`pixels_size` is transformers' `smart_resize` (which takes and returns height first)."""
+    from transformers.models.emu3.image_processing_emu3 import smart_resize
+
+    for w, h in [(96, 64), (64, 96), (17, 300), (1000, 1000), (8, 8), (33, 47), (4000, 30), (512, 1024)]:
+        for lo, hi, f in [(1024, 4096, 8), (512 * 512, 1024 * 1024, 8), (256, 256 * 256, 16)]:
+            rh, rw = smart_resize(h, w, factor=f, min_pixels=lo, max_pixels=hi)
+            assert pixels_size(w, h, lo, hi, f) == (rw, rh), (w, h, lo, hi, f)
+    with pytest.raises(EarlError, match="aspect ratio"):
+        pixels_size(2010, 10, 1024, 4096, 8)
+
+
+def test_processor_rule_problems_are_named(emu3_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(emu3_dir, bad)
+    (bad / "preprocessor_config.json").write_text(json.dumps({"spatial_factor": 3}))
+    with pytest.raises(EarlError, match="spatial_factor 3 is not a multiple of the VQ-VAE's downsample factor 2"):
+        UnifiedEditor.from_pretrained(bad)
+    (bad / "preprocessor_config.json").write_text(json.dumps({"max_pixels": "4096"}))
+    with pytest.raises(EarlError, match="max_pixels must be a positive integer"):
+        UnifiedEditor.from_pretrained(bad)

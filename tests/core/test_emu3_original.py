@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from earl.emu3_original import PATTERN, load_original_editor
+from earl.emu3_original import PATTERN
 from earl.errors import EarlError
 from earl.model import UnifiedEditor
 
@@ -186,12 +186,12 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def editor(ckpt):
-    return load_original_editor(ckpt["model"], ckpt["vision"], image_area=16 * 16).eval()
+    return UnifiedEditor.from_pretrained(ckpt["model"], vision_tokenizer=ckpt["vision"], image_area=16 * 16)
 
 
 @pytest.fixture(scope="module")
 def cot_editor(ckpt):
-    return load_original_editor(ckpt["thinking"], ckpt["vision"], image_area=16 * 16).eval()
+    return UnifiedEditor.from_pretrained(ckpt["thinking"], vision_tokenizer=ckpt["vision"], image_area=16 * 16)
 
 
 # ---- tests -------------------------------------------------------------------------------------------
