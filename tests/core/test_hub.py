@@ -135,7 +135,6 @@ def test_paths_that_are_not_ids_stay_paths(tmp_path):
 def test_earl_release_and_vision_tokenizer_by_their_ids(tmp_path, monkeypatch):
     """EARL's released checkpoints (BAAI's original format) and BAAI/Emu3-VisionTokenizer, by id: the
     thinking flag is still read from the name, here the repository's."""
-    from earl.emu3_original import load_original_editor
     from tests.core.test_emu3_original import CORPUS, train_ranks, write_decoder, write_vision_tokenizer
 
     weights = write_decoder(tmp_path / "src" / "model", train_ranks(CORPUS))
@@ -150,4 +149,4 @@ def test_earl_release_and_vision_tokenizer_by_their_ids(tmp_path, monkeypatch):
     state = ed.backbone.state_dict()
     assert all(torch.equal(state[k], v) for k, v in weights.items())
     with pytest.raises(EarlError, match="vision tokenizer BAAI/Emu3-VisionTokenizer-absent: .*HF_HUB_OFFLINE"):
-        load_original_editor("mair-lab/earl-thinking-sft-simple", "BAAI/Emu3-VisionTokenizer-absent")
+        UnifiedEditor.from_pretrained("mair-lab/earl-thinking-sft-simple", vision_tokenizer="BAAI/Emu3-VisionTokenizer-absent")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from earl.agents.build import AgentOptions, build_agent_pipeline
+from earl.agents.build import AgentOptions
 from earl.agents.editor import PipelineEditor
+from earl.agents.pipeline import build_agent_pipeline
 from earl.agents.unified import UnifiedDecomposer, add_plan_tokens
 from earl.errors import EarlError
 from earl.evaluate import run_shapes_eval
