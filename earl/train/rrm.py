@@ -28,7 +28,9 @@ from earl.rrm.coldstart import draw_examples, phrase_verdict, read_scan, split_e
 from earl.rrm.trace import parse_trace
 from earl.rrm.verifier import generate_verdicts, judge_example, points_text
 from earl.text import build_word_tokenizer
-from earl.train.common import OptimSection, RunSection, make_accelerator, train_lm
+from earl.train.accelerator import make_accelerator
+from earl.train.lm import train_lm
+from earl.train.sections import OptimSection, RunSection
 from tokenizer.vq import VQTokenizer
 
 

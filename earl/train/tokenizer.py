@@ -21,7 +21,7 @@ never stopped.
 
 Outputs in `out_dir`:
     tokenizer/        the trained tokenizer (`VQTokenizer.from_pretrained` loads it)
-    checkpoints/      resumable state (`earl.train.common.Checkpoints`): model, optimizer and RNGs
+    checkpoints/      resumable state (`earl.train.checkpoints.Checkpoints`): model, optimizer and RNGs
                       through accelerate, the batch generator, loss window and history in
                       `trainer_state.json`
     metrics.jsonl     train/* every `log_every` steps, eval/* at evaluations (`earl plot metrics`)
@@ -52,8 +52,10 @@ from earl.io import atomic_write_json, read_json, save_png
 from earl.shapes.edits import random_scene
 from earl.shapes.render import render_array
 from earl.shapes.scene import Scene
-from earl.train.common import Checkpoints, RunSection, make_accelerator
+from earl.train.accelerator import make_accelerator
+from earl.train.checkpoints import Checkpoints
 from earl.train.loop import run_loop
+from earl.train.sections import RunSection
 from tokenizer import VQConfig, VQTokenizer
 
 

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from earl.train.common import DataCursor, RunSection, make_accelerator
+from earl.train.accelerator import make_accelerator
+from earl.train.cursor import DataCursor
+from earl.train.sections import RunSection
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, SAVE_EVERY = 60, 4  # 48 examples in batches of 8: 6 batches an epoch, so saves fall mid-epoch and at its end
@@ -222,7 +224,7 @@ def test_a_resumed_run_continues_the_same_wandb_run_and_purges_tensorboard(tmp_p
 
     from accelerate.utils import LoggerType
 
-    from earl.train.common import tracker_init_kwargs
+    from earl.train.metrics import tracker_init_kwargs
 
     both = SimpleNamespace(log_with=[LoggerType.TENSORBOARD, LoggerType.WANDB])
     first = tracker_init_kwargs(both, tmp_path, None)
