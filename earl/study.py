@@ -45,7 +45,7 @@ from earl.generate import SamplingConfig
 from earl.io import atomic_write_json, atomic_write_text, read_json
 from earl.model import UnifiedEditor
 from earl.shapes.edits import SPLITS
-from earl.stats import mean_ci, wilson_ci
+from earl.stats import json_interval, mean_ci, proportion
 from earl.train.grpo import GRPORecipe, train_grpo
 from earl.train.scalar_rm import ScalarRecipe, train_scalar_rm
 from earl.train.sft import SFTRecipe, train_sft
@@ -362,18 +362,17 @@ def run_study(cfg: StudyRecipe, progress: bool = True) -> dict:
 # ---- aggregate ---------------------------------------------------------------------------------
 def _seed_ci(values: list[float], bounds: tuple[float, float]) -> dict:
     mean = sum(values) / len(values)
-    lo, hi = mean_ci(values, bounds=bounds)
-    return {"mean": mean, "ci": [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None],
-            "per_seed": values}
+    return {"mean": mean, "ci": json_interval(mean_ci(values, bounds=bounds)), "per_seed": values}
 
 
 def _prompt_ci(rows: list[dict], key: str, bounds: tuple[float, float]) -> dict:
     """One seed: the 95% interval across test prompts (Wilson for success, t for the 0-10 overall)."""
+    if key == "success":
+        success = proportion(r[key] for r in rows)
+        return {"mean": success.rate, "ci": list(success.ci), "per_seed": [success.rate], "across": "prompts"}
     values = [float(r[key]) for r in rows]
-    lo, hi = (wilson_ci(int(sum(values)), len(values)) if key == "success"
-              else mean_ci(values, bounds=bounds))
-    return {"mean": sum(values) / len(values), "ci": [lo, hi], "per_seed": [sum(values) / len(values)],
-            "across": "prompts"}
+    return {"mean": sum(values) / len(values), "ci": list(mean_ci(values, bounds=bounds)),
+            "per_seed": [sum(values) / len(values)], "across": "prompts"}
 
 
 def aggregate(cfg: StudyRecipe, times: dict[str, float] | None = None) -> dict:
