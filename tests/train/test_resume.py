@@ -117,9 +117,9 @@ def _tokenizer_command(tmp: Path, start: Path, out: Path, resume: bool) -> list[
         "out_dir": out, "data.n_train": 256, "data.n_test": 16, "data.image_size": 32, "data.grid": 2,
         "model.channels": 8, "model.channel_mult": "[1]", "model.patch_size": 8, "model.encoder_kernel": 1,
         "model.latent_dim": 8, "model.norm_groups": 4, "model.fsq_code_embedding": "true",
-        "train.steps": STEPS, "train.decoder_only_steps": 10, "train.batch_size": 8, "train.warmup": 5,
-        "train.separation_weight": 1.0, "train.separation_patches": 64, "train.log_every": LOG_EVERY["tokenizer"],
-        "train.eval_every": 10, "train.ckpt_every": SAVE_EVERY, "train.eval_batch_size": 16,
+        "run.steps": STEPS, "train.decoder_only_steps": 10, "run.batch_size": 8, "optim.warmup_steps": 5,
+        "train.separation_weight": 1.0, "train.separation_patches": 64, "run.log_every": LOG_EVERY["tokenizer"],
+        "run.eval_every": 10, "run.save_every": SAVE_EVERY, "train.eval_batch_size": 16,
     }
     return [sys.executable, "-m", "earl.cli", "train", "tokenizer", str(ROOT / "recipes/shapes/tokenizer_tiny.yaml"),
             *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
