@@ -50,6 +50,7 @@ from earl.config import to_dict
 from earl.errors import ConfigError
 from earl.io import atomic_write_json, read_json, save_png
 from earl.shapes.edits import random_scene
+from earl.shapes.oracle import parse_scene
 from earl.shapes.render import render_array
 from earl.shapes.scene import Scene
 from earl.train.accelerator import make_accelerator
@@ -258,12 +259,8 @@ def code_stats(codes: torch.Tensor, codebook_size: int) -> dict:
     return {"codes_used": used, "codebook_usage": used / codebook_size, "code_perplexity": math.exp(entropy)}
 
 
-def oracle_agreement(scenes: list[Scene], images_u8: torch.Tensor) -> tuple[float | None, str]:
-    """Fraction of images the ShapesEdit oracle parses back to exactly their scene (None if no oracle yet)."""
-    try:
-        from earl.shapes.oracle import parse_scene  # lazy: the oracle sits above the tokenizer recipe's data
-    except ImportError as e:
-        return None, f"oracle not available ({e})"
+def oracle_agreement(scenes: list[Scene], images_u8: torch.Tensor) -> tuple[float, str]:
+    """Fraction of images the ShapesEdit oracle parses back to exactly their scene."""
     arrays = images_u8.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
     hits = sum(parse_scene(a, image_size=s.image_size, grid=s.grid).scene == s for a, s in zip(arrays, scenes))
     return hits / len(scenes), "exact scene match by earl.shapes.oracle.parse_scene"
