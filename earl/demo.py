@@ -68,7 +68,7 @@ def run_demo(out: Path, fast: bool = False) -> dict:
     tok_recipe = RECIPES / ("tokenizer_tiny.yaml" if fast else "tokenizer.yaml")
     tok_overrides = [f"out_dir={out / 'tokenizer'}"]
     if not fast:  # a fifth of the recipe's steps (its last third decoder-only, as in the recipe), at half its batch
-        tok_overrides += ["train.steps=1200", "train.decoder_only_steps=400", "train.batch_size=16"]
+        tok_overrides += ["run.steps=1200", "train.decoder_only_steps=400", "run.batch_size=16"]
     tok_cfg = load_config(TokenizerRecipe, tok_recipe, tok_overrides)
     tok_dir = out / "tokenizer" / "tokenizer"
     report = train_tokenizer(tok_cfg, resume=True)

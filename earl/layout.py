@@ -189,7 +189,7 @@ class EditLayout:
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         """Left-pad a batch. Returns input_ids, attention_mask, position_ids and labels (shifted by the model),
-        and loss_weights when an example carries them (`earl.train.common.lm_loss`)."""
+        and loss_weights when an example carries them (`earl.train.lm.lm_loss`)."""
         n = max(len(e.input_ids) for e in examples)
         B = len(examples)
         input_ids = torch.full((B, n), self.ids.pad, dtype=torch.long)

@@ -2,11 +2,14 @@
 
 Benchmarks report a success rate and mean scores over a few hundred samples; without an interval
 a 2-point difference between two checkpoints means nothing. `wilson_ci` is for fractions (it stays
-inside [0, 1] and behaves at 0/n and n/n, unlike the normal approximation); `mean_ci` is a
+inside [0, 1] and behaves at 0/n and n/n, unlike the normal approximation); `proportion` is a
+success rate with that interval, the one reading every evaluation reports; `mean_ci` is a
 Student-t interval for means of bounded scores such as the 0-10 SC/PQ/overall.
 
 >>> wilson_ci(8, 10)  # doctest: +ELLIPSIS
 (0.49..., 0.94...)
+>>> proportion([True, True, False, True]).rate
+0.75
 >>> mean_ci([1.0, 2.0, 3.0])  # doctest: +ELLIPSIS
 (-0.48..., 4.48...)
 """
@@ -14,8 +17,9 @@ Student-t interval for means of bounded scores such as the 0-10 SC/PQ/overall.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from statistics import NormalDist
+from typing import NamedTuple
 
 
 def _t_pdf(x: float, df: int) -> float:
@@ -78,3 +82,24 @@ def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     # At k = 0 (k = n) the bound is exactly 0 (1); computing it leaves rounding noise like 3e-17.
     return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
+
+
+class Proportion(NamedTuple):
+    """k successes in n trials: the rate k/n (nan when n is 0) and its Wilson interval."""
+
+    k: int
+    n: int
+    rate: float
+    ci: tuple[float, float]
+
+
+def proportion(hits: Iterable, level: float = 0.95) -> Proportion:
+    """The success rate of `hits` (each true or 1 for a success, false or 0 otherwise) with its Wilson interval."""
+    flags = [bool(h) for h in hits]
+    k, n = sum(flags), len(flags)
+    return Proportion(k, n, k / n if n else math.nan, wilson_ci(k, n, level))
+
+
+def json_interval(ci: tuple[float, float]) -> list[float | None]:
+    """An interval as JSON can hold it: an undefined bound (nan, e.g. from fewer than 2 values) becomes null."""
+    return [v if math.isfinite(v) else None for v in ci]

@@ -41,7 +41,7 @@ def moving_average(points: list[tuple[float, float]], window: int) -> list[tuple
 
 
 def read_metrics(run: str | Path) -> list[dict]:
-    """The rows of a training run's `metrics.jsonl` (`earl.train.common.MetricLog`); `run` is the run
+    """The rows of a training run's `metrics.jsonl` (`earl.train.metrics.MetricLog`); `run` is the run
     directory or the file itself. A missing or unreadable file raises DataError naming it."""
     path = Path(run)
     path = path / "metrics.jsonl" if path.is_dir() else path

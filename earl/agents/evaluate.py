@@ -27,7 +27,7 @@ from earl.shapes.dataset import load_dataset
 from earl.shapes.edits import EditProgram
 from earl.shapes.judge import judge_folder
 from earl.shapes.scene import Scene
-from earl.stats import mean_ci, wilson_ci
+from earl.stats import mean_ci, proportion
 from earl.viz import image_grid
 
 
@@ -127,9 +127,10 @@ def compare_runs(runs: dict[str, str | Path], base: str | None = None) -> dict:
     success = {label: {s["id"]: float(bool(s["success"])) for s in r["samples"]} for label, r in loaded.items()}
     rows = []
     for label, r in loaded.items():
-        k, n = int(sum(success[label].values())), len(success[label])
+        rate = proportion(success[label].values())
+        n = rate.n
         agent = r.get("agent") or {}
-        row = {"run": label, "n": n, "success": k / n, "success_ci": wilson_ci(k, n),
+        row = {"run": label, "n": n, "success": rate.rate, "success_ci": rate.ci,
                "per_category": {c: v["success"] for c, v in sorted(r.get("per_category", {}).items())},
                "plan_f1": agent.get("plan_f1"), "exact_plans": agent.get("exact_plans"),
                "editor_calls": agent.get("editor_calls_per_edit", 1.0), "check_calls": agent.get("check_calls_per_edit", 0.0)}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from earl.errors import DataError
 from earl.rrm.coldstart import draw_examples
-from earl.stats import mean_ci, wilson_ci
+from earl.stats import mean_ci, proportion
 
 
 @dataclass
@@ -82,9 +82,8 @@ def held_out_samples_and_pairs(image_tokenizer, samples: int, seed: int, image_s
 
 
 def _summary(hits: list[bool]) -> dict:
-    n, k = len(hits), sum(hits)
-    lo, hi = wilson_ci(k, n)
-    return {"n": n, "accuracy": k / n if n else float("nan"), "ci": [lo, hi]}
+    accuracy = proportion(hits)
+    return {"n": accuracy.n, "accuracy": accuracy.rate, "ci": list(accuracy.ci)}
 
 
 def paired_difference(hits_a: list[int], hits_b: list[int]) -> dict:

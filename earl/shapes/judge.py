@@ -7,7 +7,6 @@ crash: a model that emits garbage for 3% of prompts should score 3% lower, not a
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -16,25 +15,20 @@ from earl.errors import DataError
 from earl.shapes.dataset import iter_samples
 from earl.shapes.edits import SPLITS, Sample
 from earl.shapes.oracle import judge
-from earl.stats import mean_ci, wilson_ci
+from earl.stats import json_interval, mean_ci, proportion
 
 SCORES = ("sc", "pq", "overall")
-
-
-def _finite(ci: tuple[float, float]) -> list[float | None]:
-    """JSON has no NaN: an undefined interval bound (fewer than 2 samples) becomes null."""
-    return [v if math.isfinite(v) else None for v in ci]
 
 
 def summarize(results: list[dict]) -> dict:
     """Success rate and mean scores with 95% intervals (Wilson for success, Student t for means)."""
     n = len(results)
-    k = sum(r["success"] for r in results)
-    out: dict = {"n": n, "success": k / n if n else 0.0, "success_ci": _finite(wilson_ci(k, n))}
+    success = proportion(r["success"] for r in results)
+    out: dict = {"n": n, "success": success.rate if n else 0.0, "success_ci": json_interval(success.ci)}
     for key in SCORES:
         values = [r[key] for r in results]
         out[key] = sum(values) / n if n else 0.0
-        out[f"{key}_ci"] = _finite(mean_ci(values, bounds=(0.0, 10.0)))
+        out[f"{key}_ci"] = json_interval(mean_ci(values, bounds=(0.0, 10.0)))
     return out
 
 

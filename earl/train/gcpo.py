@@ -43,17 +43,11 @@ from earl.rrm.pairs import PairData, held_out_pairs, pairwise_accuracy
 from earl.rrm.prompt import judge_prompt
 from earl.rrm.readouts import TRACE_SCORES, trace_score, watched_words
 from earl.rrm.scoring import rrm_scorer
-from earl.train.common import (
-    OptimSection,
-    RunSection,
-    finish_run,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    settle_grad_accum,
-    step_schedule,
-)
+from earl.train.accelerator import make_accelerator
 from earl.train.loop import run_loop
+from earl.train.metrics import finish_run
+from earl.train.optim import make_optimizer, make_scheduler, step_schedule
+from earl.train.sections import OptimSection, RunSection, settle_grad_accum
 
 
 @dataclass

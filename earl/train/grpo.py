@@ -35,20 +35,12 @@ from earl.model import UnifiedEditor
 from earl.rl.logprobs import Rollout, policy_logprobs, rollout_from_generation
 from earl.rl.losses import LOSS_AGGREGATIONS, BatchCounts, group_advantages, policy_loss, zero_variance_groups
 from earl.shards import ShardedEdits
-from earl.train.common import (
-    OptimSection,
-    RunSection,
-    finish_run,
-    load_sources,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    prepare_backbone,
-    settle_grad_accum,
-    step_schedule,
-    world_size,
-)
+from earl.train.accelerator import make_accelerator, prepare_backbone, world_size
+from earl.train.cursor import load_sources
 from earl.train.loop import run_loop
+from earl.train.metrics import finish_run
+from earl.train.optim import make_optimizer, make_scheduler, step_schedule
+from earl.train.sections import OptimSection, RunSection, settle_grad_accum
 from earl.verify.base import EditRequest, build_verifier
 from earl.verify.oracle import OracleVerifier
 from earl.viz import image_grid

@@ -9,7 +9,8 @@ reward-model SFT, GRPO, GCPO and the scalar reward model resume and log the same
   restores what accelerate does not know, such as the position in the data;
 - log: `metrics.jsonl` + TensorBoard (+ wandb) through `MetricLog`; on resume the steps the killed
   run logged after its checkpoint are dropped, so every step appears once;
-- evaluate every `run.eval_every` steps and at the end; save every `run.save_every` and at the end;
+- evaluate every `run.eval_every` steps and at the end; save every `run.save_every` and at the end
+  (a cadence of 0: at the end only);
 - finish: `finish(metrics, step, t0, log)` writes the trained model and `final_metrics.json`.
 
 What a trainer must do for a resumed run to repeat an uninterrupted one: draw its data and its
@@ -28,7 +29,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from earl.config import to_dict
-from earl.train.common import Checkpoints, MetricLog
+from earl.train.checkpoints import Checkpoints
+from earl.train.metrics import MetricLog
 
 StepFn = Callable[[int], dict]  # step (1-based) -> metrics to log at that step ({} to log nothing)
 EvalFn = Callable[[int], dict]  # step -> metrics (already named "eval/...")
@@ -73,13 +75,18 @@ def run_loop(cfg, accelerator: Accelerator, name: str, step_fn: StepFn, finish: 
             log.log(step, logged)
             if postfix in logged:
                 bar.set_postfix({postfix.split("/")[-1]: f"{logged[postfix]:.3f}"})
-        if evaluate is not None and (step % run.eval_every == 0 or step == run.steps):
+        if evaluate is not None and _due(step, run.eval_every, run.steps):
             ev = evaluate(step)
             if ev:
                 log.log(step, ev)
                 metrics.update(ev)
-        if step % run.save_every == 0 or step == run.steps:
+        if _due(step, run.save_every, run.steps):
             ckpts.save(accelerator, step, {"recipe": to_dict(cfg),
                                            **({"loop_state": state.state_dict()} if state is not None else {})})
     bar.close()
     return finish(metrics, step, t0, log)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    """Whether a cadence of `every` steps (0: the last step only) falls on `step`."""
+    return step == last or (every > 0 and step % every == 0)

@@ -30,7 +30,9 @@ from earl.rrm.prompt import judge_example, points_text
 from earl.rrm.scoring import generate_verdicts
 from earl.rrm.trace import parse_trace
 from earl.text import build_word_tokenizer
-from earl.train.common import OptimSection, RunSection, make_accelerator, train_lm
+from earl.train.accelerator import make_accelerator
+from earl.train.lm import train_lm
+from earl.train.sections import OptimSection, RunSection
 from tokenizer.vq import VQTokenizer
 
 

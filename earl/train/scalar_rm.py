@@ -22,17 +22,11 @@ from earl.model import UnifiedEditor
 from earl.rrm.pairs import PairData, held_out_pairs, pairwise_accuracy
 from earl.rrm.scalar import ScalarRewardModel, scalar_prompt, scalar_scorer
 from earl.text import build_word_tokenizer
-from earl.train.common import (
-    OptimSection,
-    RunSection,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    settle_grad_accum,
-    step_schedule,
-    write_final,
-)
+from earl.train.accelerator import make_accelerator
 from earl.train.loop import run_loop
+from earl.train.metrics import write_final
+from earl.train.optim import make_optimizer, make_scheduler, step_schedule
+from earl.train.sections import OptimSection, RunSection, settle_grad_accum
 from tokenizer.vq import VQTokenizer
 
 

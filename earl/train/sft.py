@@ -26,14 +26,10 @@ from earl.model import UnifiedEditor
 from earl.shapes.edits import make_sample
 from earl.shards import ShardedEdits, tokenizer_fingerprint
 from earl.text import build_word_tokenizer
-from earl.train.common import (
-    OptimSection,
-    RunSection,
-    load_sources,
-    make_accelerator,
-    train_lm,
-    world_size,
-)
+from earl.train.accelerator import make_accelerator, world_size
+from earl.train.cursor import load_sources
+from earl.train.lm import train_lm
+from earl.train.sections import OptimSection, RunSection
 from tokenizer.vq import VQTokenizer
 
 

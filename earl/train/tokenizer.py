@@ -21,7 +21,7 @@ never stopped.
 
 Outputs in `out_dir`:
     tokenizer/        the trained tokenizer (`VQTokenizer.from_pretrained` loads it)
-    checkpoints/      resumable state (`earl.train.common.Checkpoints`): model, optimizer and RNGs
+    checkpoints/      resumable state (`earl.train.checkpoints.Checkpoints`): model, optimizer and RNGs
                       through accelerate, the batch generator, loss window and history in
                       `trainer_state.json`
     metrics.jsonl     train/* every `log_every` steps, eval/* at evaluations (`earl plot metrics`)
@@ -50,10 +50,13 @@ from earl.config import to_dict
 from earl.errors import ConfigError
 from earl.io import atomic_write_json, read_json, save_png
 from earl.shapes.edits import random_scene
+from earl.shapes.oracle import parse_scene
 from earl.shapes.render import render_array
 from earl.shapes.scene import Scene
-from earl.train.common import Checkpoints, RunSection, make_accelerator
+from earl.train.accelerator import make_accelerator
+from earl.train.checkpoints import Checkpoints
 from earl.train.loop import run_loop
+from earl.train.sections import OptimSection, RunSection, settle_grad_accum
 from tokenizer import VQConfig, VQTokenizer
 
 
@@ -72,13 +75,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = field(default=1500, metadata={"help": "optimizer steps in total (a resumed run continues up to this)"})
-    batch_size: int = field(default=32, metadata={"help": "images per step"})
-    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
-    min_lr_ratio: float = field(default=0.05, metadata={"help": "cosine decays the lr to lr * min_lr_ratio"})
-    warmup: int = field(default=50, metadata={"help": "linear warmup steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = no clipping)"})
+    """The tokenizer's losses and training phases; steps, batch, seed and cadences are in `run`, the
+    optimiser and its schedule in `optim`, as for every trainer."""
+
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the pixel L1 loss"})
     l2_weight: float = field(default=1.0, metadata={"help": "weight of the pixel L2 loss"})
     foreground_weight: float = field(
@@ -110,20 +109,8 @@ class TrainConfig:
         default=512, metadata={"help": "distinct patches drawn per step for the separation loss"}
     )
     aux_weight: float = field(default=1.0, metadata={"help": "weight of the quantiser's auxiliary loss (vq / lfq)"})
-    log_every: int = field(default=25, metadata={"help": "steps between logged metrics (metrics.jsonl, TensorBoard)"})
-    eval_every: int = field(default=500, metadata={"help": "steps between quick test-PSNR evaluations (0 = only at the end)"})
-    ckpt_every: int = field(default=500, metadata={"help": "steps between resumable checkpoints (0 = only at the end)"})
     eval_batch_size: int = field(default=100, metadata={"help": "images per forward pass during evaluation"})
     num_threads: int = field(default=2, metadata={"help": "torch CPU threads (0 = leave torch's default)"})
-    seed: int = field(default=0, metadata={"help": "seed for initialisation and batch sampling"})
-
-    def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise ValueError("steps, batch_size and log_every must be >= 1")
-        if not 0 <= self.decoder_only_steps <= self.steps:
-            raise ValueError(f"decoder_only_steps must lie in [0, steps={self.steps}], got {self.decoder_only_steps}")
-        if self.warmup < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"need warmup >= 0 and 0 <= min_lr_ratio <= 1, got {self.warmup}, {self.min_lr_ratio}")
 
 
 @dataclass
@@ -131,9 +118,24 @@ class TokenizerRecipe:
     data: DataConfig = field(default_factory=DataConfig)
     model: VQConfig = field(default_factory=VQConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # run.seed seeds initialisation and batch sampling; eval_every: quick test-PSNR evaluations; one process
+    run: RunSection = field(default_factory=lambda: RunSection(steps=1500, batch_size=32, log_every=25, eval_every=500,
+                                                               save_every=500))
+    # AdamW with its own betas and no weight decay; warm-up, then cosine to min_lr
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=2e-3, min_lr=1e-4, warmup_steps=50,
+                                                                     weight_decay=0.0, betas=(0.9, 0.999)))
     out_dir: str = field(default="runs/tokenizer", metadata={"help": "where the tokenizer, logs and report go"})
 
     def __post_init__(self):
+        settle_grad_accum(self.run, 1, "the tokenizer's one batch per step")
+        if self.run.deepspeed or self.run.gradient_checkpointing:
+            raise ValueError("run.deepspeed and run.gradient_checkpointing: the tokenizer trains small convs in one "
+                             "process; leave them unset")
+        if self.optim.schedule != "cosine":
+            raise ValueError(f"optim.schedule: the tokenizer's schedule is cosine, got {self.optim.schedule!r}")
+        if not 0 <= self.train.decoder_only_steps <= self.run.steps:
+            raise ValueError(f"train.decoder_only_steps must lie in [0, run.steps={self.run.steps}], "
+                             f"got {self.train.decoder_only_steps}")
         if self.train.separation_weight > 0 and (self.model.quantizer != "fsq" or self.model.encoder_kernel != 1):
             raise ValueError(
                 "train.separation_weight needs model.quantizer=fsq and model.encoder_kernel=1 (patch-local codes), "
@@ -144,14 +146,6 @@ class TokenizerRecipe:
                 f"data.image_size {self.data.image_size} is not a multiple of the model's downsample "
                 f"{self.model.downsample}; change one of them"
             )
-
-    @property
-    def run(self) -> RunSection:
-        """`train`'s steps and cadences as the shared loop (`earl.train.loop.run_loop`) reads them."""
-        tc = self.train
-        return RunSection(steps=tc.steps, batch_size=tc.batch_size, seed=tc.seed, log_every=tc.log_every,
-                          eval_every=tc.eval_every or tc.steps, save_every=tc.ckpt_every or tc.steps,
-                          keep_checkpoints=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,12 +219,14 @@ def separation_loss(model: VQTokenizer, bank_u8: torch.Tensor, tc: TrainConfig, 
     return hinge.sum() / (hinge > 0).sum().clamp(min=1)
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
-    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `steps`."""
-    if step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    progress = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+def lr_at(step: int, opt: OptimSection, steps: int) -> float:
+    """Linear warmup to `opt.lr` over `opt.warmup_steps` (step 0 already at 1/warmup of it), then cosine
+    decay to `opt.min_lr` at `steps`."""
+    if step < opt.warmup_steps:
+        return opt.lr * (step + 1) / opt.warmup_steps
+    progress = min(1.0, (step - opt.warmup_steps) / max(1, steps - opt.warmup_steps))
+    floor = opt.min_lr / opt.lr
+    return opt.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,12 +259,8 @@ def code_stats(codes: torch.Tensor, codebook_size: int) -> dict:
     return {"codes_used": used, "codebook_usage": used / codebook_size, "code_perplexity": math.exp(entropy)}
 
 
-def oracle_agreement(scenes: list[Scene], images_u8: torch.Tensor) -> tuple[float | None, str]:
-    """Fraction of images the ShapesEdit oracle parses back to exactly their scene (None if no oracle yet)."""
-    try:
-        from earl.shapes.oracle import parse_scene  # lazy: the oracle sits above the tokenizer recipe's data
-    except ImportError as e:
-        return None, f"oracle not available ({e})"
+def oracle_agreement(scenes: list[Scene], images_u8: torch.Tensor) -> tuple[float, str]:
+    """Fraction of images the ShapesEdit oracle parses back to exactly their scene."""
     arrays = images_u8.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
     hits = sum(parse_scene(a, image_size=s.image_size, grid=s.grid).scene == s for a, s in zip(arrays, scenes))
     return hits / len(scenes), "exact scene match by earl.shapes.oracle.parse_scene"
@@ -370,13 +362,12 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
     stopped (the model and data config must match); without a checkpoint it starts from scratch.
     """
     t_start = time.time()
-    tc, dc = cfg.train, cfg.data
+    tc, dc, run, opt = cfg.train, cfg.data, cfg.run, cfg.optim
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     out_dir = Path(cfg.out_dir)
     if resume:
         _check_resumable(out_dir, cfg)
-    run = cfg.run
     accelerator = make_accelerator(run, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -387,30 +378,31 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
     test_scenes, test_u8 = make_scenes(dc.n_test, dc.seed + 1_000_003, dc.image_size, dc.grid)
     quick = min(len(test_u8), 200)  # periodic evals use a slice of the test set
     bank_u8 = distinct_patches(train_u8, cfg.model.downsample) if tc.separation_weight > 0 else None  # (K, 3, d, d)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(run.seed)
     net = VQTokenizer(cfg.model)
     decay, no_decay = [], []
     for p in net.parameters():
         (decay if p.ndim >= 2 else no_decay).append(p)  # no weight decay on norms and biases
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr
+        [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=opt.lr,
+        betas=tuple(opt.betas),
     )
     # The tokenizer trains on the CPU (small convs), also where a GPU is present: the recipe's timings are
     # CPU timings, and a resumed run repeats an uninterrupted one to the bit there. Single process.
     model, optimizer = accelerator.prepare(net, optimizer, device_placement=[False, False])
-    state = TrainState(tc.seed)
+    state = TrainState(run.seed)
     final_eval: dict = {}  # the full evaluation of the last step, once run
 
     def step_fn(step: int) -> dict:
         if "initial_test_l1" not in state.history:  # the untrained model, before the first step
             state.history["initial_test_l1"] = evaluate(net, test_scenes, test_u8[:quick], tc.eval_batch_size, False)["test_l1"]
         model.train()
-        lr = lr_at(step - 1, tc)
+        lr = lr_at(step - 1, opt, run.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(train_u8), (tc.batch_size,), generator=state.batches)
+        idx = torch.randint(len(train_u8), (run.batch_size,), generator=state.batches)
         x = _to_float(train_u8[idx])  # (B, 3, H, W)
-        decoder_only = step > tc.steps - tc.decoder_only_steps
+        decoder_only = step > run.steps - tc.decoder_only_steps
         if decoder_only:
             recon, aux = net.decode_for_training(net.encode(x)), x.new_zeros(())  # encode: no grad, eval mode
         else:
@@ -423,11 +415,11 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
             loss = loss + tc.separation_weight * sep
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        if tc.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        if opt.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), opt.grad_clip)
         optimizer.step()
         state.window.append(loss.item())
-        if step % tc.log_every and step != tc.steps:
+        if step % run.log_every and step != run.steps:
             return {}
         state.history["last_train_loss"] = sum(state.window) / len(state.window)
         state.window = []
@@ -438,7 +430,7 @@ def train_tokenizer(cfg: TokenizerRecipe, progress: bool = True, resume: bool = 
         """A quick evaluation (a slice of the test set) every `eval_every` steps; at the last step the
         full one that the report gives, logged here, before the final checkpoint, so that a run resumed
         from that checkpoint does not log it a second time."""
-        if step == tc.steps:
+        if step == run.steps:
             state.stop_clock()
             final_eval.update(evaluate(net, test_scenes, test_u8, tc.eval_batch_size, True))
             ev = final_eval

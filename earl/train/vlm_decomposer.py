@@ -1,7 +1,8 @@
 """GRPO of a transformers chat VLM as the decomposer (e.g. Qwen2.5-VL-3B-Instruct), with trl:
 `earl train decomposer-vlm-grpo recipes/agents/decomposer_vlm_grpo.yaml`.
 
-The same recipe as `earl.train.decomposer.train_decomposer_grpo` (ImageEdit-R1's format + F1 rewards, or
+The same recipe as `earl.train.decomposer.train_decomposer_grpo` (`DecomposerGRPORecipe`, here with
+`policy: vlm` and `init_from` a local VLM checkpoint; ImageEdit-R1's format + F1 rewards, or
 the closed-loop ones, all from `earl.agents.rewards`), for the policy ImageEdit-R1 itself trains: a VLM
 that sees the source image as pixels. What differs is only what trl needs for a VLM:
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 import datasets
@@ -50,42 +51,19 @@ from earl.agents.rewards import make_reward_functions
 from earl.errors import ConfigError, DataError
 from earl.io import load_dataset_image
 from earl.shapes.render import render
-from earl.train.decomposer import DecomposerData, _train_and_save, _trainer_args, build_dataset
+from earl.train.decomposer import (
+    DecomposerData,
+    DecomposerGRPORecipe,
+    _train_and_save,
+    _trainer_args,
+    build_dataset,
+    check_policy,
+)
 from earl.verify.messages import split_images
 
 log = logging.getLogger(__name__)
 
 SCENE_REWARDS = ("closed_loop", "closed_loop_rrm")  # need the ShapesEdit scenes of each row
-
-
-@dataclass
-class VLMDecomposerGRPORecipe:
-    out_dir: str = "runs/decomposer_vlm_grpo"
-    model: str = field(default="models/Qwen2.5-VL-3B-Instruct",
-                       metadata={"help": "a local image-text-to-text checkpoint directory (nothing is downloaded)"})
-    data: DecomposerData = field(default_factory=lambda: DecomposerData(complex_samples=2000, simple_samples=200, seed=1))
-    data_path: str | None = field(default=None, metadata={"help": "jsonl/parquet of {image, instruction, plan} "
-                                                                  "rows instead of ShapesEdit samples"})
-    image_size: int | None = field(default=448, metadata={"help": "resize images to this square size (ShapesEdit "
-                                                                  "images are 64x64); None keeps them"})
-    # reward terms and weights, as in DecomposerGRPORecipe: format, f1, closed_loop, closed_loop_rrm
-    rewards: dict[str, float] = field(default_factory=lambda: {"format": 0.1, "f1": 1.0})
-    editor: str | None = field(default=None, metadata={"help": "editor for closed-loop rewards (default: bundled)"})
-    rrm: str = "checkpoints/shapes-rrm-lenient"
-    steps: int = 300
-    batch_size: int = 16  # completions per step and process (prompts x num_generations, over all processes)
-    num_generations: int = 8
-    temperature: float = 1.0
-    beta: float = 0.0  # KL to the reference model (trl's default 0: no reference copy in memory)
-    lr: float = 1e-6
-    max_completion_length: int = 256
-    dtype: str = field(default="bfloat16", metadata={"help": "weights' dtype: bfloat16 or float32"})
-    gradient_checkpointing: bool = True
-    deepspeed: str | None = field(default=None, metadata={"help": "a DeepSpeed JSON config for the Trainer, e.g. "
-                                                                  "recipes/deepspeed/zero2.json (under accelerate launch)"})
-    seed: int = 0
-    log_every: int = 5
-    save_every: int = 50
 
 
 def _resize(image: Image.Image, size: int | None) -> Image.Image:
@@ -130,24 +108,22 @@ def file_dataset(path: str | Path, image_size: int | None) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-def train_vlm_decomposer_grpo(recipe: VLMDecomposerGRPORecipe, resume: bool = False) -> dict:
-    """GRPO of a chat VLM decomposer with `trl.GRPOTrainer` and earl's reward functions; writes OUT/model
-    (model + processor, loadable by `LocalVLMBackend`) and OUT/trainer_log.json."""
-    if recipe.batch_size % recipe.num_generations:
-        raise ConfigError(f"batch_size {recipe.batch_size} must be a multiple of num_generations {recipe.num_generations}")
-    if recipe.dtype not in ("bfloat16", "float32"):
-        raise ConfigError(f"dtype must be bfloat16 or float32, got {recipe.dtype!r}")
+def train_vlm_decomposer_grpo(recipe: DecomposerGRPORecipe, resume: bool = False) -> dict:
+    """GRPO of a chat VLM decomposer (policy vlm) with `trl.GRPOTrainer` and earl's reward functions; writes
+    OUT/model (model + processor, loadable by `LocalVLMBackend`) and OUT/trainer_log.json."""
+    check_policy(recipe, "vlm", "decomposer-vlm-grpo")
     if recipe.data_path and set(recipe.rewards) & set(SCENE_REWARDS):
         raise ConfigError(f"rewards {sorted(set(recipe.rewards) & set(SCENE_REWARDS))} execute the plan on a ShapesEdit "
                           "scene; rows from data_path have none (use format and f1)")
-    if recipe.deepspeed and not Path(recipe.deepspeed).is_file():
-        raise ConfigError(f"deepspeed: {recipe.deepspeed} not found (expected a DeepSpeed JSON config)")
-    if not (Path(recipe.model) / "config.json").is_file():
-        raise ConfigError(f"model {recipe.model}: not a local checkpoint directory (no config.json)")
+    run = recipe.run
+    if run.deepspeed and not Path(run.deepspeed).is_file():
+        raise ConfigError(f"run.deepspeed: {run.deepspeed} not found (expected a DeepSpeed JSON config)")
+    if not (Path(recipe.init_from) / "config.json").is_file():
+        raise ConfigError(f"init_from {recipe.init_from}: not a local checkpoint directory (no config.json)")
     out = Path(recipe.out_dir)
-    torch.manual_seed(recipe.seed)
-    processor = AutoProcessor.from_pretrained(recipe.model, trust_remote_code=False)
-    model = AutoModelForImageTextToText.from_pretrained(recipe.model, trust_remote_code=False,
+    torch.manual_seed(run.seed)
+    processor = AutoProcessor.from_pretrained(recipe.init_from, trust_remote_code=False)
+    model = AutoModelForImageTextToText.from_pretrained(recipe.init_from, trust_remote_code=False,
                                                         dtype=getattr(torch, recipe.dtype))
     train = (file_dataset(recipe.data_path, recipe.image_size) if recipe.data_path
              else shapes_dataset(recipe.data, recipe.image_size))
@@ -156,11 +132,11 @@ def train_vlm_decomposer_grpo(recipe: VLMDecomposerGRPORecipe, resume: bool = Fa
     # transformers 5.x renamed gradient_checkpointing (a deprecated alias now); older 5.x only has that name
     ckpt = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in fields(GRPOConfig)} \
         else "gradient_checkpointing"
-    args = _trainer_args(GRPOConfig, recipe, out, per_device_train_batch_size=recipe.batch_size,
-                         num_generations=recipe.num_generations, temperature=recipe.temperature, beta=recipe.beta,
+    args = _trainer_args(GRPOConfig, recipe, out, num_generations=recipe.num_generations,
+                         temperature=recipe.temperature, beta=recipe.beta,
                          max_completion_length=recipe.max_completion_length, reward_weights=weights,
                          log_completions=False, use_cpu=not gpu, bf16=gpu and recipe.dtype == "bfloat16",
-                         deepspeed=recipe.deepspeed, **{ckpt: recipe.gradient_checkpointing})
+                         deepspeed=run.deepspeed, **{ckpt: run.gradient_checkpointing})
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train,
                           processing_class=processor)
     return _train_and_save(trainer, out, recipe, resume, logged="reward")

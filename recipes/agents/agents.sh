@@ -49,7 +49,7 @@ ev complex grpo3_vote32_plans16_oracle+oracle4 --agent $V3 --plan-votes 32 --pla
 # F1-GRPO from the third SFT stage again with seeds 1 and 2 (the bundled one is seed 0): RL vs SFT with seeds
 for seed in 1 2; do
   [ -f runs/decomposer_grpo_f1_v3_seed$seed/model/editor.json ] || earl train decomposer-grpo \
-      recipes/agents/decomposer_grpo_f1_stage3.yaml seed=$seed out_dir=runs/decomposer_grpo_f1_v3_seed$seed
+      recipes/agents/decomposer_grpo_f1_stage3.yaml run.seed=$seed out_dir=runs/decomposer_grpo_f1_v3_seed$seed
   ev complex grpo3_seed${seed}_open --agent runs/decomposer_grpo_f1_v3_seed$seed/model
 done
 cmp() { earl agent compare "${@:3}" --base $2 --out $A/$1_table.md; }

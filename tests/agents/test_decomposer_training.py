@@ -20,7 +20,9 @@ from earl.train.decomposer import (
     DecomposerSFTRecipe,
     train_decomposer_grpo,
     train_decomposer_sft,
+    trl_optim,
 )
+from earl.train.sections import RunSection
 
 DATA = DecomposerData(complex_samples=12, simple_samples=4, seed=0)
 
@@ -66,8 +68,9 @@ def test_an_editor_is_refused_as_a_decomposer(tiny_editor_dir):
 
 def test_sft_then_grpo_with_trl_raise_the_plan_f1(tiny_editor_dir, tmp_path):
     torch.manual_seed(0)
-    sft = DecomposerSFTRecipe(out_dir=str(tmp_path / "sft"), init_from=str(tiny_editor_dir), data=DATA, steps=60,
-                              batch_size=16, lr=3e-3, warmup_steps=0, log_every=5, save_every=1000)
+    sft = DecomposerSFTRecipe(out_dir=str(tmp_path / "sft"), init_from=str(tiny_editor_dir), data=DATA,
+                              run=RunSection(steps=60, batch_size=16, log_every=5, save_every=1000),
+                              optim=trl_optim(3e-3, warmup_steps=0))
     report = train_decomposer_sft(sft)
     losses = [r["loss"] for r in json.loads((tmp_path / "sft" / "trainer_log.json").read_text())]
     assert losses[-1] < 0.5 * losses[0], losses
@@ -76,10 +79,30 @@ def test_sft_then_grpo_with_trl_raise_the_plan_f1(tiny_editor_dir, tmp_path):
     assert f1_sft > 0.2, f1_sft
     sampled_sft = _mean_f1(report["out"], temperature=0.5, draws=8)
     grpo = DecomposerGRPORecipe(out_dir=str(tmp_path / "grpo"), init_from=report["out"], data=DATA,
-                                rewards={"f1": 1.0}, steps=16, batch_size=16, num_generations=8,
-                                temperature=0.5, lr=1e-4, log_every=1, save_every=1000)
+                                rewards={"f1": 1.0}, num_generations=8, temperature=0.5,
+                                run=RunSection(steps=16, batch_size=16, log_every=1, save_every=1000),
+                                optim=trl_optim(1e-4, schedule="linear"))
     report = train_decomposer_grpo(grpo)
     rewards = [r["reward"] for r in json.loads((tmp_path / "grpo" / "trainer_log.json").read_text()) if "reward" in r]
     assert len(rewards) == 16
     sampled_grpo = _mean_f1(report["out"], temperature=0.5, draws=8)
     assert sampled_grpo > sampled_sft + 0.02, (sampled_sft, sampled_grpo)  # the policy's expected F1 rose
+
+
+def test_one_grpo_recipe_serves_both_policies_and_each_stage_refuses_the_other():
+    """`policy` picks the defaults left unset and the stage that trains it; a recipe for the other policy, or a
+    run setting trl cannot honour, is refused before any model loads."""
+    from earl.errors import ConfigError
+    from earl.train.vlm_decomposer import train_vlm_decomposer_grpo
+
+    vlm, unified = DecomposerGRPORecipe(policy="vlm"), DecomposerGRPORecipe()
+    assert (vlm.init_from, vlm.max_completion_length) == ("models/Qwen2.5-VL-3B-Instruct", 256)
+    assert (unified.init_from, unified.max_completion_length) == ("runs/decomposer_sft/model", 96)
+    with pytest.raises(ConfigError, match="earl train decomposer-vlm-grpo"):
+        train_decomposer_grpo(vlm)
+    with pytest.raises(ConfigError, match="earl train decomposer-grpo"):
+        train_vlm_decomposer_grpo(unified)
+    with pytest.raises(ValueError, match="run.mixed_precision"):
+        DecomposerSFTRecipe(run=RunSection(mixed_precision="bf16"))
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        DecomposerGRPORecipe(num_generations=5)

@@ -33,9 +33,9 @@ from earl.agents.shapes import program_plan
 from earl.errors import ConfigError
 from earl.shapes.dataset import generate_samples
 from earl.shapes.render import render
-from earl.train.decomposer import DecomposerData
+from earl.train.decomposer import DecomposerData, DecomposerGRPORecipe, trl_optim
+from earl.train.sections import RunSection
 from earl.train.vlm_decomposer import (
-    VLMDecomposerGRPORecipe,
     file_dataset,
     shapes_dataset,
     train_vlm_decomposer_grpo,
@@ -123,16 +123,18 @@ def test_rows_from_a_local_jsonl_file(tmp_path):
     (row,) = file_dataset(tmp_path / "rows.jsonl", IMAGE_SIZE)
     assert row["image"].size == (IMAGE_SIZE, IMAGE_SIZE)
     assert json.loads(row["gold_plan"])["steps"] == [{"action": "remove", "subject": "the red circle", "goal": "nothing"}]
-    recipe = VLMDecomposerGRPORecipe(data_path=str(tmp_path / "rows.jsonl"), rewards={"f1": 1.0, "closed_loop": 1.0})
+    recipe = DecomposerGRPORecipe(policy="vlm", data_path=str(tmp_path / "rows.jsonl"),
+                                  rewards={"f1": 1.0, "closed_loop": 1.0})
     with pytest.raises(ConfigError, match="ShapesEdit scene"):  # refused before any model is loaded
         train_vlm_decomposer_grpo(recipe)
 
 
 def test_grpo_on_a_tiny_qwen2_vl_trains_logs_rewards_and_saves_a_chat_decomposer(tiny_qwen2_vl_dir, tmp_path):
-    recipe = VLMDecomposerGRPORecipe(out_dir=str(tmp_path / "grpo"), model=str(tiny_qwen2_vl_dir), data=DATA,
-                                     image_size=IMAGE_SIZE, rewards={"format": 0.1, "f1": 1.0}, steps=3,
-                                     batch_size=4, num_generations=4, lr=1e-4, max_completion_length=12,
-                                     dtype="float32", gradient_checkpointing=False, log_every=1, save_every=1000)
+    recipe = DecomposerGRPORecipe(policy="vlm", out_dir=str(tmp_path / "grpo"), init_from=str(tiny_qwen2_vl_dir),
+                                  data=DATA, image_size=IMAGE_SIZE, rewards={"format": 0.1, "f1": 1.0},
+                                  num_generations=4, max_completion_length=12, dtype="float32",
+                                  run=RunSection(steps=3, batch_size=4, log_every=1, save_every=1000),
+                                  optim=trl_optim(1e-4, schedule="linear"))
     report = train_vlm_decomposer_grpo(recipe)
     rows = json.loads((tmp_path / "grpo" / "trainer_log.json").read_text())
     assert len(rows) == 3

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from earl.config import load_config
-from earl.train.common import OptimSection, make_scheduler
 from earl.train.grpo import GRPORecipe, train_grpo
+from earl.train.optim import make_scheduler
+from earl.train.sections import OptimSection
 from earl.verify.base import RewardResult
 
 ROOT = Path(__file__).resolve().parents[2]

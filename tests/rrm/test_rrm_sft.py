@@ -260,7 +260,7 @@ def test_failing_point_weights_mark_the_failing_lines_and_weigh_the_loss(vq_toke
     from earl.model import UnifiedEditor
     from earl.rrm.prompt import judge_example
     from earl.text import build_word_tokenizer
-    from earl.train.common import lm_loss
+    from earl.train.lm import lm_loss
     from earl.train.rrm import _judge_corpus
     from tokenizer import pil_to_tensor, tensor_to_pil
 

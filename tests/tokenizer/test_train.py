@@ -29,7 +29,7 @@ TINY = ROOT / "recipes/shapes/tokenizer_tiny.yaml"
 FAST = [
     "data.n_train=256", "data.n_test=16", "data.image_size=32", "data.grid=2",
     "model.channels=8", "model.channel_mult=[1,2,2,2]", "model.latent_dim=8", "model.norm_groups=4",
-    "train.batch_size=8", "train.log_every=5", "train.eval_every=10", "train.eval_batch_size=16",
+    "run.batch_size=8", "run.log_every=5", "run.eval_every=10", "train.eval_batch_size=16",
 ]
 
 
@@ -41,14 +41,19 @@ def recipe(tmp_path, *overrides) -> TokenizerRecipe:
 def test_recipes_load(path):
     cfg = load_config(TokenizerRecipe, path)
     assert cfg.data.image_size % cfg.model.downsample == 0
-    run = cfg.run  # what the shared loop reads
-    assert (run.steps, run.log_every, run.batch_size) == (cfg.train.steps, cfg.train.log_every, cfg.train.batch_size)
-    assert run.eval_every == (cfg.train.eval_every or cfg.train.steps)
-    assert run.save_every == (cfg.train.ckpt_every or cfg.train.steps)
+    assert 0 <= cfg.train.decoder_only_steps <= cfg.run.steps and cfg.run.grad_accum == 1
+    assert cfg.optim.min_lr == pytest.approx(cfg.optim.lr / 20)  # both recipes decay to a twentieth of the peak
+
+
+def test_the_tokenizer_refuses_run_settings_it_cannot_honour():
+    for bad, match in (("run.grad_accum=2", "run.grad_accum"), ("run.gradient_checkpointing=true", "one process"),
+                       ("optim.schedule=linear", "schedule is cosine"), ("train.decoder_only_steps=151", "run.steps")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(TokenizerRecipe, TINY, ["optim.min_lr=0", bad] if "linear" in bad else [bad])
 
 
 def test_tiny_run_learns_and_writes_outputs(tmp_path):
-    report = train_tokenizer(recipe(tmp_path, "train.steps=80", "train.warmup=5"), progress=False)
+    report = train_tokenizer(recipe(tmp_path, "run.steps=80", "optim.warmup_steps=5"), progress=False)
     assert report["test_l1"] < 0.5 * report["initial_test_l1"], report
     assert json.loads((tmp_path / "report.json").read_text()) == report
     assert (tmp_path / "recon_grid.png").is_file() and (tmp_path / "recipe.json").is_file()
@@ -67,12 +72,12 @@ def test_tiny_run_learns_and_writes_outputs(tmp_path):
 
 def test_resume_continues_exactly_where_it_stopped(tmp_path):
     # Constant lr, so that "20 steps, then resume to 30" and "30 steps" follow the same schedule.
-    const = ["train.warmup=0", "train.min_lr_ratio=1.0", "train.ckpt_every=10"]
-    straight = train_tokenizer(recipe(tmp_path / "a", "train.steps=30", *const), progress=False)
-    train_tokenizer(recipe(tmp_path / "b", "train.steps=20", *const), progress=False)
+    const = ["optim.warmup_steps=0", "optim.min_lr=5.0e-3", "run.save_every=10"]
+    straight = train_tokenizer(recipe(tmp_path / "a", "run.steps=30", *const), progress=False)
+    train_tokenizer(recipe(tmp_path / "b", "run.steps=20", *const), progress=False)
     meta = json.loads((tmp_path / "b/checkpoints/step_0000020/trainer_state.json").read_text())
     assert meta["step"] == 20 and {"batches", "window", "history"} <= meta["loop_state"].keys()
-    resumed = train_tokenizer(recipe(tmp_path / "b", "train.steps=30", *const), progress=False, resume=True)
+    resumed = train_tokenizer(recipe(tmp_path / "b", "run.steps=30", *const), progress=False, resume=True)
     assert resumed["steps"] == 30
     a = load_file(str(tmp_path / "a/tokenizer/model.safetensors"))
     b = load_file(str(tmp_path / "b/tokenizer/model.safetensors"))
@@ -90,14 +95,14 @@ def test_resume_refuses_a_checkpoint_of_the_old_format(tmp_path):
     old.mkdir()
     (old / "state.json").write_text(json.dumps({"step": 20, "tensors": "state-20.safetensors"}))
     with pytest.raises(ConfigError, match=re.escape(f"{old}: a checkpoint in the tokenizer trainer's old format")):
-        train_tokenizer(recipe(tmp_path, "train.steps=2"), progress=False, resume=True)
-    train_tokenizer(recipe(tmp_path, "train.steps=2"), progress=False)  # without --resume: a new run
+        train_tokenizer(recipe(tmp_path, "run.steps=2"), progress=False, resume=True)
+    train_tokenizer(recipe(tmp_path, "run.steps=2"), progress=False)  # without --resume: a new run
 
 
 def test_resume_with_a_different_model_is_an_error(tmp_path):
-    train_tokenizer(recipe(tmp_path, "train.steps=2"), progress=False)
+    train_tokenizer(recipe(tmp_path, "run.steps=2"), progress=False)
     with pytest.raises(ConfigError, match="different model config"):
-        train_tokenizer(recipe(tmp_path, "train.steps=4", "model.latent_dim=4"), progress=False, resume=True)
+        train_tokenizer(recipe(tmp_path, "run.steps=4", "model.latent_dim=4"), progress=False, resume=True)
 
 
 def test_bad_recipe_values_name_the_field(tmp_path):
@@ -108,13 +113,13 @@ def test_bad_recipe_values_name_the_field(tmp_path):
 
 
 def test_lr_schedule_warms_up_then_decays():
-    cfg = load_config(TokenizerRecipe, TINY, ["train.steps=100", "train.warmup=10", "train.lr=1.0", "train.min_lr_ratio=0.1"])
-    tc = cfg.train
-    assert lr_at(0, tc) == pytest.approx(0.1)  # (0 + 1) / 10 of the peak
-    assert lr_at(9, tc) == pytest.approx(1.0)
-    assert lr_at(10, tc) == pytest.approx(1.0)  # cosine starts at the peak...
-    assert lr_at(55, tc) == pytest.approx(0.55)  # ...is halfway at the midpoint: 0.1 + 0.9 * 0.5
-    assert lr_at(100, tc) == pytest.approx(0.1)  # ...and ends at lr * min_lr_ratio
+    cfg = load_config(TokenizerRecipe, TINY, ["run.steps=100", "optim.warmup_steps=10", "optim.lr=1.0", "optim.min_lr=0.1"])
+    opt, steps = cfg.optim, cfg.run.steps
+    assert lr_at(0, opt, steps) == pytest.approx(0.1)  # (0 + 1) / 10 of the peak
+    assert lr_at(9, opt, steps) == pytest.approx(1.0)
+    assert lr_at(10, opt, steps) == pytest.approx(1.0)  # cosine starts at the peak...
+    assert lr_at(55, opt, steps) == pytest.approx(0.55)  # ...is halfway at the midpoint: 0.1 + 0.9 * 0.5
+    assert lr_at(100, opt, steps) == pytest.approx(0.1)  # ...and ends at min_lr
 
 
 LOCAL = ["model.patch_size=8", "model.channel_mult=[1]", "model.encoder_kernel=1", "model.fsq_code_embedding=true"]
@@ -142,13 +147,13 @@ def test_separation_loss_is_the_mean_hinge_over_violating_pairs(tmp_path, monkey
 
 def test_separation_needs_a_patch_local_fsq_encoder(tmp_path):
     with pytest.raises(ConfigError, match="encoder_kernel=1"):
-        train_tokenizer(recipe(tmp_path, "train.steps=2", "train.separation_weight=1.0"), progress=False)
+        train_tokenizer(recipe(tmp_path, "run.steps=2", "train.separation_weight=1.0"), progress=False)
 
 
 def test_decoder_only_steps_leave_the_encoder_untouched(tmp_path):
-    cfg = recipe(tmp_path, *LOCAL, "train.steps=12", "train.decoder_only_steps=12", "train.warmup=0",
+    cfg = recipe(tmp_path, *LOCAL, "run.steps=12", "train.decoder_only_steps=12", "optim.warmup_steps=0",
                  "train.separation_weight=1.0")
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.run.seed)
     initial = VQTokenizer(cfg.model).state_dict()
     train_tokenizer(cfg, progress=False)
     trained = load_file(str(tmp_path / "tokenizer/model.safetensors"))

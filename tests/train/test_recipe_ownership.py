@@ -8,9 +8,10 @@ import pytest
 
 from earl.config import load_config
 from earl.errors import ConfigError
-from earl.train.common import OptimSection, RunSection, deepspeed_config, settle_grad_accum
+from earl.train.accelerator import deepspeed_config
 from earl.train.gcpo import GCPORecipe
 from earl.train.grpo import GRPORecipe
+from earl.train.sections import OptimSection, RunSection, settle_grad_accum
 from earl.train.sft import SFTRecipe
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from earl.train.common import DataCursor, RunSection, make_accelerator
+from earl.train.accelerator import make_accelerator
+from earl.train.cursor import DataCursor
+from earl.train.sections import RunSection
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, SAVE_EVERY = 60, 4  # 48 examples in batches of 8: 6 batches an epoch, so saves fall mid-epoch and at its end
@@ -115,9 +117,9 @@ def _tokenizer_command(tmp: Path, start: Path, out: Path, resume: bool) -> list[
         "out_dir": out, "data.n_train": 256, "data.n_test": 16, "data.image_size": 32, "data.grid": 2,
         "model.channels": 8, "model.channel_mult": "[1]", "model.patch_size": 8, "model.encoder_kernel": 1,
         "model.latent_dim": 8, "model.norm_groups": 4, "model.fsq_code_embedding": "true",
-        "train.steps": STEPS, "train.decoder_only_steps": 10, "train.batch_size": 8, "train.warmup": 5,
-        "train.separation_weight": 1.0, "train.separation_patches": 64, "train.log_every": LOG_EVERY["tokenizer"],
-        "train.eval_every": 10, "train.ckpt_every": SAVE_EVERY, "train.eval_batch_size": 16,
+        "run.steps": STEPS, "train.decoder_only_steps": 10, "run.batch_size": 8, "optim.warmup_steps": 5,
+        "train.separation_weight": 1.0, "train.separation_patches": 64, "run.log_every": LOG_EVERY["tokenizer"],
+        "run.eval_every": 10, "run.save_every": SAVE_EVERY, "train.eval_batch_size": 16,
     }
     return [sys.executable, "-m", "earl.cli", "train", "tokenizer", str(ROOT / "recipes/shapes/tokenizer_tiny.yaml"),
             *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
@@ -222,7 +224,7 @@ def test_a_resumed_run_continues_the_same_wandb_run_and_purges_tensorboard(tmp_p
 
     from accelerate.utils import LoggerType
 
-    from earl.train.common import tracker_init_kwargs
+    from earl.train.metrics import tracker_init_kwargs
 
     both = SimpleNamespace(log_with=[LoggerType.TENSORBOARD, LoggerType.WANDB])
     first = tracker_init_kwargs(both, tmp_path, None)

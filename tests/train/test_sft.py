@@ -15,15 +15,10 @@ from safetensors.torch import load_file
 
 from earl.config import load_config
 from earl.errors import ConfigError
-from earl.train.common import (
-    Checkpoints,
-    OptimSection,
-    RunSection,
-    make_accelerator,
-    make_optimizer,
-    make_scheduler,
-    step_schedule,
-)
+from earl.train.accelerator import make_accelerator
+from earl.train.checkpoints import Checkpoints
+from earl.train.optim import make_optimizer, make_scheduler, step_schedule
+from earl.train.sections import OptimSection, RunSection
 from earl.train.sft import SFTRecipe, held_out_loss, rank_batches, train_sft
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,7 +233,7 @@ def _hand_stepped_schedule(o: dict) -> dict[int, float]:
 
 
 def test_bf16_mixed_precision_trains(tmp_path, tok_dir, monkeypatch):
-    from earl.train import common
+    from earl.train import accelerator as common
 
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)  # the bf16 path even where it is emulated
     cfg = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml",
@@ -251,7 +246,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_editor):
     """run.gradient_checkpointing recomputes activations; the loss and gradients must not change."""
     import copy
 
-    from earl.train.common import prepare_backbone
+    from earl.train.accelerator import prepare_backbone
 
     layout = tiny_editor.layout
     h = tiny_editor.config.image_size // 8
@@ -269,7 +264,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_editor):
 
 def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(monkeypatch, tmp_path, caplog):
     """Emulated bf16 autocast is ~15x slower than fp32 on such CPUs: the run says so and trains in fp32."""
-    from earl.train import common
+    from earl.train import accelerator as common
 
     monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
