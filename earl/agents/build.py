@@ -1,18 +1,19 @@
 """One way to assemble an `AgentPipeline` from named options, shared by the CLI and `earl study`.
 
-`AgentOptions` holds what a user picks (a step check and its tries, self-consistency votes, how many
-sampled plans to carry out and who judges them); `build_agent_pipeline` turns it into objects. The
-reasoning reward model is loaded once when it both checks steps and judges plans.
+`AgentOptions` (`earl.agents.options`) holds what a user picks (a step check and its tries,
+self-consistency votes, how many sampled plans to carry out and who judges them);
+`build_agent_pipeline` turns it into objects. The reasoning reward model is loaded once when it both
+checks steps and judges plans.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from earl.agents.checks import OracleStepCheck, VerifierStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer, VotingDecomposer
 from earl.agents.editor import PipelineEditor
+from earl.agents.options import AgentOptions
 from earl.agents.pipeline import AgentPipeline, default_decomposer
 from earl.agents.sequencer import SEQUENCERS
 from earl.agents.unified import UnifiedDecomposer
@@ -20,34 +21,6 @@ from earl.errors import EarlError
 from earl.verify.base import build_verifier
 
 GROUND_TRUTH = "ground-truth"  # the decomposer name that reads the plan from the ShapesEdit program
-
-
-@dataclass
-class AgentOptions:
-    check: str = "none"  # "none" | "oracle" | "rrm": verify each step and resample a failing one
-    attempts: int = 4  # with a check: tries per step (best-of-k)
-    step_temperature: float = 1.0  # with a check: temperature of resampled steps
-    rrm: str = "checkpoints/shapes-rrm-lenient"  # the reasoning reward model (step check or plan judge)
-    rrm_threshold: float = 0.9  # E[points]/10 a step or a final image needs to pass the RRM
-    plan_votes: int = 0  # self-consistency: also sample K plans (0: the greedy plan alone)
-    plan_temperature: float = 1.0
-    plans: int = 1  # with plan_votes and plan_judge: carry out up to M candidate plans
-    plan_judge: str | None = None  # "oracle" | "rrm": judges the final image against the whole instruction
-    sequencer: str = "keep"
-    fallback: bool = False  # a failed plan gives the editor the instruction itself
-
-    def __post_init__(self):
-        """ValueError, so that a recipe's bad agent options are reported with its file and field (the CLI
-        reports them as a usage error)."""
-        if self.check not in ("none", "oracle", "rrm"):
-            raise ValueError(f"check must be none, oracle or rrm, got {self.check!r}")
-        if self.plan_judge not in (None, "oracle", "rrm"):
-            raise ValueError(f"plan_judge must be oracle or rrm, got {self.plan_judge!r}")
-        if (self.plans > 1) != (self.plan_judge is not None) or (self.plans > 1 and not self.plan_votes):
-            raise ValueError("choosing among sampled plans by judging the results needs plans M (> 1), plan_votes K "
-                             "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")
-        if self.sequencer not in SEQUENCERS:
-            raise ValueError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
 
 
 def build_agent_pipeline(decomposer: str | None, editor: str | None, options: AgentOptions,
