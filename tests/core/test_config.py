@@ -75,7 +75,7 @@ def test_every_recipe_in_the_repo_loads():
     """Each YAML under recipes/ (except DeepSpeed JSON) matches its stage's dataclass."""
     from pathlib import Path
 
-    from earl.cli import TRAIN_STAGES
+    from earl.cli.train import TRAIN_STAGES
 
     root = Path(__file__).resolve().parents[2] / "recipes"
     import importlib
