@@ -123,3 +123,60 @@ def test_edit_writes_the_format_of_the_extension(tmp_path, capsys):
     code = main(["edit", "--image", str(src), "--instruction", "Add a red circle.", "--out", str(tmp_path / "o.jpg")])
     assert code == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "o.jpg").format == "JPEG"
+
+
+def test_the_command_loads_no_heavy_package():
+    """`earl --help` builds every subcommand's flags; the handlers load torch and the rest when they run."""
+    code = ("import sys\nfrom earl.cli import build_parser\nbuild_parser()\n"
+            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'pyarrow', 'trl', 'fastapi', 'gradio', "
+            "'matplotlib', 'triton') if m in sys.modules]\nassert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_agent_flags_are_the_agent_options():
+    """One flag per `AgentOptions` field, with the field's default; values reach the options unchanged."""
+    from dataclasses import fields
+
+    from earl.agents.options import AgentOptions
+    from earl.cli import build_parser
+    from earl.cli.agent import agent_options
+
+    parser = build_parser()
+    for command in (["agent", "edit", "--image", "i.png", "--instruction", "a", "--out", "o.png"],
+                    ["eval", "shapes", "--data", "d", "--out", "o"]):
+        assert agent_options(parser.parse_args(command)) == AgentOptions()
+        args = parser.parse_args([*command, "--check", "rrm", "--attempts", "2", "--step-temperature", "0.5",
+                                  "--rrm", "my-rrm", "--rrm-threshold", "0.7", "--plan-votes", "8",
+                                  "--plan-temperature", "0.8", "--plans", "3", "--plan-judge", "oracle",
+                                  "--sequencer", "dependency", "--fallback"])
+        picked = AgentOptions(check="rrm", attempts=2, step_temperature=0.5, rrm="my-rrm", rrm_threshold=0.7,
+                              plan_votes=8, plan_temperature=0.8, plans=3, plan_judge="oracle",
+                              sequencer="dependency", fallback=True)
+        assert agent_options(args) == picked
+        assert all(getattr(picked, f.name) != f.default for f in fields(AgentOptions))  # every flag was exercised
+    with pytest.raises(SystemExit):  # a choice outside the field's choices is refused by the parser
+        parser.parse_args(["eval", "shapes", "--data", "d", "--out", "o", "--check", "maybe"])
+
+
+def test_a_bad_agent_option_combination_is_a_usage_error(tmp_path, capsys):
+    from earl.cli import main
+
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "in.png")
+    code = main(["agent", "edit", "--image", str(tmp_path / "in.png"), "--instruction", "a",
+                 "--out", str(tmp_path / "o.png"), "--plans", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("earl: error: agent options: ") and "--plan-judge" in err, err
+
+
+def test_every_benchmark_row_is_an_eval_subcommand_the_runner_can_score():
+    from earl.cli import build_parser
+    from earl.cli.benchmarks import BENCHMARKS
+
+    parser = build_parser()
+    for name, bench in BENCHMARKS.items():
+        for attr in ("score", "format_table", "csv_rows"):
+            assert callable(getattr(bench.module, attr)), (name, attr)
+        required = [a for flag, kwargs in bench.flags if kwargs.get("required") for a in (flag, "x")]
+        args = parser.parse_args(["eval", name, *required, "--out", "o"])
+        assert args.what == name and args.out == "o"

@@ -1,21 +1,22 @@
 """One way to assemble an `AgentPipeline` from named options, shared by `AgentPipeline.from_pretrained`,
 the CLI and `earl study`.
 
-`AgentOptions` holds what a user picks (a step check and its tries, self-consistency votes, how many
-sampled plans to carry out and who judges them, the sequencer); `agent_parts` turns it into the
-pipeline's parts. The reasoning reward model is loaded once when it both checks steps and judges plans.
-This module does not import the pipeline, so that the pipeline can build itself from here.
+`AgentOptions` (`earl.agents.options`) holds what a user picks (a step check and its tries,
+self-consistency votes, how many sampled plans to carry out and who judges them, the sequencer);
+`agent_parts` turns it into the pipeline's parts. The reasoning reward model is loaded once when it both
+checks steps and judges plans. This module does not import the pipeline, so that the pipeline can build
+itself from here.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from earl.agents.checks import OracleStepCheck, VerifierStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer, VotingDecomposer
 from earl.agents.editor import PipelineEditor
+from earl.agents.options import AgentOptions
 from earl.agents.sequencer import SEQUENCERS, ChatSequencer
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
@@ -30,38 +31,6 @@ _CHECKPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".
 def default_decomposer() -> str:
     """$EARL_DECOMPOSER, else `checkpoints/shapes-decomposer` in the source tree."""
     return os.environ.get("EARL_DECOMPOSER") or os.path.normpath(os.path.join(_CHECKPOINTS, BUNDLED_DECOMPOSER))
-
-
-@dataclass
-class AgentOptions:
-    check: str = "none"  # "none" | "oracle" | "rrm": verify each step and resample a failing one
-    attempts: int = 4  # with a check: tries per step (best-of-k)
-    step_temperature: float = 1.0  # with a check: temperature of resampled steps
-    rrm: str = "checkpoints/shapes-rrm-lenient"  # the reasoning reward model (step check or plan judge)
-    rrm_threshold: float = 0.9  # E[points]/10 a step or a final image needs to pass the RRM
-    plan_votes: int = 0  # self-consistency: also sample K plans (0: the greedy plan alone)
-    plan_temperature: float = 1.0
-    plans: int = 1  # with plan_votes and plan_judge: carry out up to M candidate plans
-    plan_judge: str | None = None  # "oracle" | "rrm": judges the final image against the whole instruction
-    sequencer: str = "keep"  # "keep" | "dependency" | "chat" (`earl.agents.sequencer`)
-    sequencer_base_url: str | None = None  # with sequencer chat: an OpenAI-compatible server's URL
-    sequencer_model: str | None = None  # with sequencer chat: the model it serves (None: the first it lists)
-    fallback: bool = False  # a failed plan gives the editor the instruction itself
-
-    def __post_init__(self):
-        """ValueError, so that a recipe's bad agent options are reported with its file and field (the CLI
-        reports them as a usage error)."""
-        if self.check not in ("none", "oracle", "rrm"):
-            raise ValueError(f"check must be none, oracle or rrm, got {self.check!r}")
-        if self.plan_judge not in (None, "oracle", "rrm"):
-            raise ValueError(f"plan_judge must be oracle or rrm, got {self.plan_judge!r}")
-        if (self.plans > 1) != (self.plan_judge is not None) or (self.plans > 1 and not self.plan_votes):
-            raise ValueError("choosing among sampled plans by judging the results needs plans M (> 1), plan_votes K "
-                             "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")
-        if self.sequencer not in SEQUENCERS:
-            raise ValueError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
-        if self.sequencer != "chat" and (self.sequencer_base_url or self.sequencer_model):
-            raise ValueError("sequencer_base_url and sequencer_model apply to the chat sequencer only (sequencer: chat)")
 
 
 def build_sequencer(options: AgentOptions):

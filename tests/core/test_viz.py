@@ -76,12 +76,12 @@ def test_cli_plot_metrics(tmp_path):
 def test_cli_run_labels_are_optional_and_unique():
     """`earl plot metrics` names a bare RUN_DIR by its last component; an empty label or path, or one
     label for two runs (two runs both called .../model), is an error rather than a silently lost curve."""
-    from earl.cli import _named_paths
+    from earl.cli.common import named_paths
 
-    assert _named_paths(["runs/a", "seed 1=runs/b/model"], "run", "RUN_DIR", name_optional=True) == {
+    assert named_paths(["runs/a", "seed 1=runs/b/model"], "run", "RUN_DIR", name_optional=True) == {
         "a": "runs/a", "seed 1": "runs/b/model"}
     for items in (["x/model", "y/model"], ["=runs/a"], ["a="]):
         with pytest.raises(EarlError, match="run"):
-            _named_paths(items, "run", "RUN_DIR", name_optional=True)
+            named_paths(items, "run", "RUN_DIR", name_optional=True)
     with pytest.raises(EarlError, match="expected NAME=DIR"):
-        _named_paths(["runs/a"], "--rrm", "NAME=DIR")  # where the name is required
+        named_paths(["runs/a"], "--rrm", "NAME=DIR")  # where the name is required

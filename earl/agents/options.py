@@ -1,0 +1,69 @@
+"""What a user picks for the agent pipeline, declared once.
+
+Each `AgentOptions` field carries its command-line flag's help text (and choices, metavar) in its
+metadata: the CLI turns every field into a flag (`step_temperature` -> `--step-temperature`), a study
+recipe's `agent:` section loads into the same dataclass, and both get the same defaults and checks.
+This module stays light (no torch), so that `earl --help` can build the flags from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from earl.agents.sequencer import SEQUENCERS
+
+CHECKS = ("none", "oracle", "rrm")  # how each step is verified (a failing one is resampled)
+PLAN_JUDGES = ("oracle", "rrm")  # who judges the final image of a candidate plan
+
+
+def option(default, help: str | None = None, choices=None, metavar: str | None = None):
+    """A field with what its flag shows in `--help`."""
+    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar})
+
+
+def _one_of(choices) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+@dataclass
+class AgentOptions:
+    check: str = option("none", choices=CHECKS,
+                        help="closed loop: verify each step (ShapesEdit oracle, or the reasoning reward model) and "
+                             "resample a failing step")
+    attempts: int = option(4, help="with --check: tries per step (best-of-k)")
+    step_temperature: float = option(1.0, help="with --check: temperature of resampled steps")
+    rrm: str = option("checkpoints/shapes-rrm-lenient", help="with --check rrm: the reward model")
+    rrm_threshold: float = option(0.9, help="with --check rrm: E[points]/10 needed to pass")
+    plan_votes: int = option(0, metavar="K",
+                             help="self-consistency: also sample K plans and keep the one written most often (0: "
+                                  "greedy plan)")
+    plan_temperature: float = option(1.0, help="with --plan-votes: temperature of sampled plans")
+    plans: int = option(1, metavar="M",
+                        help="with --plan-votes and --plan-judge: carry out up to M candidate plans, most-written "
+                             "first, until the judge passes the final image")
+    plan_judge: str | None = option(None, choices=PLAN_JUDGES,
+                                    help="with --plans: judge of the final image against the whole instruction "
+                                         "(ShapesEdit oracle success, or the reasoning reward model's E[points]/10 "
+                                         ">= --rrm-threshold)")
+    sequencer: str = option("keep", choices=tuple(SEQUENCERS))
+    sequencer_base_url: str | None = option(None, help="with --sequencer chat: an OpenAI-compatible server's URL "
+                                                      "(default: $EARL_SEQUENCER_BASE_URL)")
+    sequencer_model: str | None = option(None, help="with --sequencer chat: the model it serves (default: "
+                                                   "$EARL_SEQUENCER_MODEL, else the first it lists)")
+    fallback: bool = option(False, help="when the plan fails, give the editor the instruction itself (the failure "
+                                        "is still counted)")
+
+    def __post_init__(self):
+        """ValueError, so that a recipe's bad agent options are reported with its file and field (the CLI
+        reports them as a usage error)."""
+        if self.check not in CHECKS:
+            raise ValueError(f"check must be {_one_of(CHECKS)}, got {self.check!r}")
+        if self.plan_judge not in (None, *PLAN_JUDGES):
+            raise ValueError(f"plan_judge must be {_one_of(PLAN_JUDGES)}, got {self.plan_judge!r}")
+        if (self.plans > 1) != (self.plan_judge is not None) or (self.plans > 1 and not self.plan_votes):
+            raise ValueError("choosing among sampled plans by judging the results needs plans M (> 1), plan_votes K "
+                             "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")
+        if self.sequencer not in SEQUENCERS:
+            raise ValueError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
+        if self.sequencer != "chat" and (self.sequencer_base_url or self.sequencer_model):
+            raise ValueError("sequencer_base_url and sequencer_model apply to the chat sequencer only (sequencer: chat)")

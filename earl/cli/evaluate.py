@@ -1,0 +1,171 @@
+"""`earl eval`: an editor (or the agent pipeline) on ShapesEdit, the published benchmarks
+(`earl.cli.benchmarks`), and reward models on held-out or real preference pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from earl.cli import benchmarks
+from earl.cli.agent import add_agent_args, agent_pipeline
+from earl.cli.common import add_sampling_args, named_paths
+from earl.config import load_config
+from earl.errors import EarlError
+from earl.io import atomic_write_json
+from earl.verify.base import build_verifier
+
+
+def _cmd_shapes(args) -> None:
+    # lazy: the editor's evaluation loads torch and transformers; the oracle's table, datasets and pyarrow
+    from earl.evaluate import run_shapes_eval
+    from earl.generate import SamplingConfig
+    from earl.pipeline import default_checkpoint
+    from earl.shapes.judge import format_table
+
+    if args.agent is not None:
+        _shapes_agent(args, format_table)
+        return
+    sampling = SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature)
+    model = args.model or str(default_checkpoint())
+    results = run_shapes_eval(model, args.data, args.out, sampling, batch_size=args.batch_size, seed=args.seed,
+                              decoder=args.decoder)
+    print(format_table(results))
+    print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
+
+
+def _shapes_agent(args, format_table) -> None:
+    """`earl eval shapes --agent`: the agent pipeline over the test set, with its plan statistics."""
+    # lazy: the agent's evaluation reads the test set with datasets and pyarrow
+    from earl.agents.evaluate import format_agent, run_agent_eval
+
+    if args.decoder != "auto":
+        raise EarlError("--decoder applies to the editor's own evaluation; with --agent the editor decodes "
+                        "with 'auto'")
+    pipe = agent_pipeline(args.agent or None, args.model, args)
+    results = run_agent_eval(pipe, args.data, args.out, batch_size=args.batch_size)
+    print(format_table(results))
+    print(format_agent(results["agent"]))
+    print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}; "
+          f"step strips: {Path(args.out) / 'steps'}")
+
+
+def _cmd_rrm(args) -> None:
+    # lazy: the reward model's trainer loads torch and transformers
+    from earl.train.rrm import RRMRecipe, evaluate_saved_rrm
+
+    cfg = load_config(RRMRecipe, args.recipe, args.overrides)
+    metrics = {"model": args.model, "recipe": args.recipe, "overrides": args.overrides,
+               **evaluate_saved_rrm(cfg, args.model)}
+    if args.out:
+        atomic_write_json(args.out, metrics)
+    print(json.dumps(metrics, indent=2))
+
+
+def _cmd_rewardbench(args) -> None:
+    # lazy: the pairwise bench loads torch and the image tokenizer
+    from earl.rrm.rewardbench import format_table, parse_verifier_spec, run_pair_file_bench, run_rewardbench
+
+    rrms = named_paths(args.rrm, "--rrm", "NAME=DIR (a model written by `earl train rrm-sft`)")
+    scalars = named_paths(args.scalar, "--scalar", "NAME=DIR (a model written by `earl train rm-scalar`)")
+    specs = named_paths(args.verifier, "--verifier", "LABEL=NAME[,key=value...] (an earl.verify verifier)")
+    verifiers = {}
+    for label, spec in specs.items():
+        name, options = parse_verifier_spec(spec)
+        verifiers[label] = build_verifier(name, **options)
+    if args.pairs and args.editreward_bench:
+        raise EarlError("--pairs and --editreward-bench: give one of them")
+    if args.pairs or args.editreward_bench:
+        flag = "--pairs" if args.pairs else "--editreward-bench"
+        if args.avg_k > 1 or args.expected_score or args.expected_points:
+            raise EarlError("--avg-k, --expected-score and --expected-points apply to ShapesEdit's held-out pairs, "
+                            f"not to {flag}")
+        verifiers = {**{n: build_verifier("rrm", model_path=d, max_new_tokens=args.max_new_tokens)
+                        for n, d in rrms.items()},
+                     **{n: build_verifier("scalar", model_path=d) for n, d in scalars.items()}, **verifiers}
+        if not verifiers:
+            raise EarlError(f"{flag} needs at least one scorer: --rrm, --scalar or --verifier")
+    if args.editreward_bench:
+        _editreward_bench(args, rrms, scalars, verifiers)
+        return
+    if args.pairs:
+        res = run_pair_file_bench(args.pairs, verifiers, args.out, baselines=args.baseline)
+    else:
+        res = run_rewardbench(rrms, args.out, samples=args.samples, seed=args.seed,
+                              image_tokenizer_dir=args.image_tokenizer, max_new_tokens=args.max_new_tokens,
+                              avg_k=args.avg_k, scalars=scalars, verifiers=verifiers,
+                              expected_score=args.expected_score, expected_points=args.expected_points,
+                              baselines=args.baseline)
+    print(format_table(res))
+
+
+def _editreward_bench(args, rrms: dict, scalars: dict, verifiers: dict) -> None:
+    """EditScore's EditReward-Bench from a local copy (`earl.rrm.editreward_bench`); the local models'
+    weights are fingerprinted so a rerun into the same --out reuses their results."""
+    # lazy: the bench reads Arrow files with pyarrow and fingerprints weights with torch
+    from earl.rrm.editreward_bench import format_editreward_table, model_source, run_editreward_bench
+
+    if args.baseline:
+        raise EarlError("--baseline applies to ShapesEdit's held-out pairs and --pairs files, not to --editreward-bench")
+    sources = {**{n: model_source("rrm", d, max_new_tokens=args.max_new_tokens) for n, d in rrms.items()},
+               **{n: model_source("scalar", d) for n, d in scalars.items()}}
+    print(format_editreward_table(run_editreward_bench(args.editreward_bench, verifiers, args.out, sources=sources)))
+
+
+def _add_shapes(ev) -> None:
+    es = ev.add_parser("shapes", help="edit every sample of a ShapesEdit set, judge with the oracle, report")
+    es.add_argument("--model", default=None, help="editor directory (default: the bundled checkpoint)")
+    es.add_argument("--agent", nargs="?", const="", default=None, metavar="DECOMPOSER",
+                    help="evaluate the agent pipeline instead: decomposer directory (bare --agent: the bundled one; "
+                         "'ground-truth': each sample's own program), with --model as its editor")
+    add_agent_args(es)
+    es.add_argument("--data", required=True)
+    es.add_argument("--out", required=True, help="output directory (resumable: existing images are kept)")
+    es.add_argument("--batch-size", type=int, default=32)
+    add_sampling_args(es)
+    es.add_argument("--decoder", default="auto", choices=["auto", "hf", "static", "compiled", "lean"],
+                    help="the sampler's decoder (earl.generate.choose_decoder): auto = earl.lean on a CPU where it "
+                         "reproduces the model, else the Hugging Face forward; static = preallocated KV cache; "
+                         "compiled = static + CUDA-graph capture (CUDA only); hf; lean")
+    es.set_defaults(func=_cmd_shapes)
+
+
+def _add_reward_models(ev) -> None:
+    erm = ev.add_parser("rrm", help="re-run a reward-model recipe's held-out evaluation on a saved model")
+    erm.add_argument("recipe", help="the recipe it was trained with, e.g. recipes/shapes/rrm_sft_scan.yaml")
+    erm.add_argument("overrides", nargs="*", help="the same key.sub=value overrides as in training")
+    erm.add_argument("--model", required=True, help="the model directory (OUT_DIR/model)")
+    erm.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    erm.set_defaults(func=_cmd_rrm)
+    er = ev.add_parser("rewardbench", help="pairwise accuracy of reward models on held-out ShapesEdit preferences")
+    er.add_argument("--rrm", action="append", help="NAME=DIR of a reasoning reward model (repeatable)")
+    er.add_argument("--scalar", action="append", help="NAME=DIR of a scalar Bradley-Terry reward model (repeatable)")
+    er.add_argument("--verifier", action="append",
+                    help="LABEL=NAME[,key=value...]: any earl.verify verifier, e.g. "
+                         "'viescore=viescore,base_url=http://localhost:8000/v1,model=Qwen2.5-VL-72B' (repeatable)")
+    er.add_argument("--pairs", default=None,
+                    help="real preference pairs (jsonl: source, instruction, image_a, image_b, preferred a|b|same; "
+                         "image paths relative to the file) instead of ShapesEdit's held-out pairs")
+    er.add_argument("--editreward-bench", default=None, metavar="DIR",
+                    help="a local copy of EditScore's EditReward-Bench (the Hugging Face dataset's Arrow or Parquet "
+                         "files), scored as its calculate_statistics.py does, instead of ShapesEdit's held-out pairs")
+    er.add_argument("--out", required=True)
+    er.add_argument("--samples", type=int, default=200, help="held-out samples (about 4 pairs each)")
+    er.add_argument("--seed", type=int, default=987_654)
+    er.add_argument("--image-tokenizer", default=None, help="with no --rrm: the tokenizer the oracle's images go through")
+    er.add_argument("--max-new-tokens", type=int, default=320)
+    er.add_argument("--avg-k", type=int, default=0, help="also score each --rrm by Avg@k self-consistency (k > 1)")
+    er.add_argument("--expected-score", action="store_true",
+                    help="also score each --rrm greedily with the score read as an expectation (E[score])")
+    er.add_argument("--expected-points", action="store_true",
+                    help="also score each --rrm greedily as 10 x the mean P(yes) of its verdicts (E[points])")
+    er.add_argument("--baseline", action="append", default=None, metavar="SCORER",
+                    help="compare every scorer with this one pair by pair, e.g. 'rrm_sft E[score]' (repeatable; "
+                         "default: the --scalar models)")
+    er.set_defaults(func=_cmd_rewardbench)
+
+
+def register(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate an editor").add_subparsers(dest="what", required=True)
+    _add_shapes(ev)
+    benchmarks.register(ev)
+    _add_reward_models(ev)
