@@ -154,7 +154,13 @@ def test_agent_flags_are_the_agent_options():
                               plan_votes=8, plan_temperature=0.8, plans=3, plan_judge="oracle",
                               sequencer="dependency", fallback=True)
         assert agent_options(args) == picked
-        assert all(getattr(picked, f.name) != f.default for f in fields(AgentOptions))  # every flag was exercised
+        chat = parser.parse_args([*command, "--sequencer", "chat", "--sequencer-base-url", "http://127.0.0.1:1/v1",
+                                  "--sequencer-model", "m"])
+        assert agent_options(chat) == AgentOptions(sequencer="chat", sequencer_base_url="http://127.0.0.1:1/v1",
+                                                   sequencer_model="m")
+        exercised = {f.name for f in fields(AgentOptions) if getattr(picked, f.name) != f.default}
+        exercised |= {"sequencer_base_url", "sequencer_model"}
+        assert exercised == {f.name for f in fields(AgentOptions)}  # every flag was exercised
     with pytest.raises(SystemExit):  # a choice outside the field's choices is refused by the parser
         parser.parse_args(["eval", "shapes", "--data", "d", "--out", "o", "--check", "maybe"])
 
