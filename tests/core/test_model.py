@@ -32,6 +32,7 @@ def test_save_overwrites_atomically(tiny_editor, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ed"]  # no temp or .old dirs left behind
 
 
+@pytest.mark.slow
 def test_pipeline_converts_any_image_and_restores_size(tiny_editor, tmp_path):
     pipe = EditPipeline(tiny_editor)
     rgba = Image.new("RGBA", (50, 30), (0, 0, 255, 128))

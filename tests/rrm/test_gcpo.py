@@ -175,6 +175,7 @@ def test_rrm_gcpo_trainer_updates_and_saves(tmp_path, tiny_editor, score, monkey
     assert any(not torch.equal(start[k], trained[k]) for k in start)
 
 
+@pytest.mark.slow
 def test_scalar_bradley_terry_model_learns_saves_and_rewards(tmp_path, vq_tokenizer):
     from earl.config import load_config
     from earl.rrm.scalar import ScalarRewardModel, scalar_scorer

@@ -143,6 +143,7 @@ SCHEDULE = {"run.steps": 4, "run.eval_every": 4, "run.save_every": 4, "optim.war
             "optim.lr": 1e-3, "optim.min_lr": 1e-4, "data.oracle_eval_samples": 0}
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_follow_the_one_process_schedule(tmp_path, tok_dir):
     """Under torchrun the learning rate at every step is the 1-process run's (a schedule in optimizer steps)."""
     out, run = _launch(tmp_path, tok_dir, SCHEDULE, "ddp")
@@ -157,6 +158,7 @@ def test_two_cpu_processes_follow_the_one_process_schedule(tmp_path, tok_dir):
     assert _metric(run, "train/lr") == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_an_eval_set_one_batch_long_on_two_processes(tmp_path, tok_dir):
     """8 held-out examples in batches of 8 on 2 ranks: one rank has none. The run must not hang (it did,
     in DDP's forward), and its eval loss is the 1-process one (lr 1e-12: the same weights on both)."""
