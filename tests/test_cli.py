@@ -13,6 +13,7 @@ def earl(*args, cwd=None):
                           timeout=300, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_data_judge_edit_eval(tmp_path, tiny_editor):
     data = tmp_path / "data"
     r = earl("data", "shapes", "--out", data, "--n", 6, "--split", "complex", "--part", "test")
@@ -64,6 +65,7 @@ def test_data_judge_edit_eval(tmp_path, tiny_editor):
         (["train", "sft", "recipes/shapes/sft.yaml", "run.steps=many"], "run.steps"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_gives_one_line_errors(tmp_path, args, message):
     from pathlib import Path
 

@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_fast_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "earl.cli", "demo", "--fast", "--out", str(out)],

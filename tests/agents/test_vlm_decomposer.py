@@ -2,8 +2,9 @@
 
 The model is Qwen2-VL's own architecture (the code path trl takes for Qwen2.5-VL: pixel_values with
 image_grid_thw), 1 layer of 32 wide, with a word-level tokenizer over the prompt's and the plans' words,
-Qwen's special tokens and a Qwen-style chat template. Its replies are random words: the test shows that
-the recipe runs, logs finite rewards and saves a directory the inference path loads, not that it learns.
+Qwen's special tokens and a Qwen-style chat template. Its replies are random words, which earl's rewards
+score 0, so the test adds a reward they vary on: it shows that the recipe runs, logs its weighted rewards,
+updates the weights and saves a directory the inference path loads, not that it learns.
 
 transformers builds Qwen2-VL's processor only with its video processor, which needs torchvision (not an
 earl dependency); `ImageOnlyQwen2VLProcessor` is the same processor less video, registered with
@@ -27,7 +28,13 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from earl.agents.decomposer import DECOMPOSE_PROMPT, ChatDecomposer, DecomposeRequest, Decomposition
+from earl.agents.decomposer import (
+    DECOMPOSE_PROMPT,
+    ChatDecomposer,
+    DecomposeRequest,
+    Decomposition,
+    read_plan,
+)
 from earl.agents.plan import FAILURE_KINDS
 from earl.agents.shapes import program_plan
 from earl.errors import ConfigError
@@ -129,7 +136,25 @@ def test_rows_from_a_local_jsonl_file(tmp_path):
         train_vlm_decomposer_grpo(recipe)
 
 
-def test_grpo_on_a_tiny_qwen2_vl_trains_logs_rewards_and_saves_a_chat_decomposer(tiny_qwen2_vl_dir, tmp_path):
+def words_reward(completions, **_) -> list[float]:
+    """A reward that random replies vary on (earl's format and f1 rewards give them all 0): the number of
+    words, so that every group has advantages and each step an update."""
+    return [len((c[-1]["content"] if isinstance(c, list) else c).split()) / 12 for c in completions]
+
+
+def test_grpo_on_a_tiny_qwen2_vl_trains_logs_rewards_and_saves_a_chat_decomposer(tiny_qwen2_vl_dir, tmp_path,
+                                                                                monkeypatch):
+    from safetensors.torch import load_file
+
+    from earl.train import vlm_decomposer
+
+    recipe_rewards = vlm_decomposer.make_reward_functions
+
+    def with_words(weights, **kw):  # the recipe's reward functions, then words_reward at weight 0.5
+        funcs, w = recipe_rewards(weights, **kw)
+        return [*funcs, words_reward], [*w, 0.5]
+
+    monkeypatch.setattr(vlm_decomposer, "make_reward_functions", with_words)
     recipe = DecomposerGRPORecipe(policy="vlm", out_dir=str(tmp_path / "grpo"), init_from=str(tiny_qwen2_vl_dir),
                                   data=DATA, image_size=IMAGE_SIZE, rewards={"format": 0.1, "f1": 1.0},
                                   num_generations=4, max_completion_length=12, dtype="float32",
@@ -139,8 +164,15 @@ def test_grpo_on_a_tiny_qwen2_vl_trains_logs_rewards_and_saves_a_chat_decomposer
     rows = json.loads((tmp_path / "grpo" / "trainer_log.json").read_text())
     assert len(rows) == 3
     for r in rows:
-        for key in ("reward", "rewards/format_reward/mean", "rewards/f1_reward/mean"):
-            assert math.isfinite(r[key]), (key, r)
+        means = [r[f"rewards/{name}/mean"] for name in ("format_reward", "f1_reward", "words_reward")]
+        assert all(math.isfinite(m) for m in means), r
+        assert means[2] > 0  # every random reply has words
+        # the logged reward is the recipe's weighted sum of the terms
+        assert r["reward"] == pytest.approx(0.1 * means[0] + 1.0 * means[1] + 0.5 * means[2], abs=1e-5), r
+    # the saved weights are the trained ones
+    start = load_file(tiny_qwen2_vl_dir / "model.safetensors")
+    trained = load_file(f"{report['out']}/model.safetensors")
+    assert start.keys() == trained.keys() and any(not torch.equal(start[k], trained[k]) for k in start)
 
     backend = LocalVLMBackend(report["out"], device="cpu")
     try:
@@ -149,5 +181,6 @@ def test_grpo_on_a_tiny_qwen2_vl_trains_logs_rewards_and_saves_a_chat_decomposer
             [DecomposeRequest(render(s.source_scene), s.instruction)])
     finally:
         backend.close()
-    assert isinstance(d, Decomposition)
-    assert d.plan is not None or d.failure in FAILURE_KINDS, d
+    # the saved model answered (random words, so no plan): its reply is kept with the plan reader's verdict
+    assert isinstance(d, Decomposition) and d.raw.strip() and d.failure in FAILURE_KINDS, d
+    assert d.to_dict() == read_plan(d.raw).to_dict()

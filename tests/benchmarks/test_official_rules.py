@@ -16,7 +16,7 @@ from PIL import Image
 
 from earl.benchmarks import imgedit, imgedit_uge
 from earl.benchmarks.runner import run_benchmark
-from tests.benchmarks.test_runners import OPTS, SHARED, ScriptedJudge, edit_by_word, server  # noqa: F401
+from tests.benchmarks.test_runners import OPTS, ScriptedJudge, edit_by_word, server  # noqa: F401
 
 
 # ---- ImgEdit-Bench: Benchmark/Basic/step1_get_avgscore.py and step2_typescore.py, restated ------------
@@ -81,10 +81,10 @@ def reply_of(prompt: str) -> str:
     return next(v for k, v in REPLIES.items() if k in prompt)
 
 
-def test_imgedit_basic_reads_replies_as_the_official_script(tmp_path, server):  # noqa: F811
+def test_imgedit_basic_reads_replies_as_the_official_script(tmp_path, server, imgedit_prompts):  # noqa: F811
     edits_json, images, edits = write_basic(tmp_path / "bench")
     items = imgedit.load_imgedit(edits_json, images)
-    res = run_benchmark(imgedit, items, imgedit.judge_specs(imgedit.load_prompts(SHARED / "imgedit/prompts.json")),
+    res = run_benchmark(imgedit, items, imgedit.judge_specs(imgedit.load_prompts(imgedit_prompts)),
                         tmp_path / "out", edit=edit_by_word, backend=server(ScriptedJudge(REPLIES)), opts=OPTS,
                         progress=False)
 
@@ -115,13 +115,13 @@ def test_imgedit_parser_equals_the_restated_rule_and_names_its_deviation():
     assert official_sample_score("Score: 0") == 0.0 and imgedit.parse_reply("Score: 0") is None
 
 
-def test_judgements_stored_by_an_older_parser_are_read_again(tmp_path, server):  # noqa: F811
+def test_judgements_stored_by_an_older_parser_are_read_again(tmp_path, server, imgedit_prompts):  # noqa: F811
     """A run judged before the parser changed: its stored replies are re-read when scoring, and
     --retry-failed asks again exactly the replies that the current parser cannot read."""
     edits_json, images, edits = write_basic(tmp_path / "bench")
     items = [it for it in imgedit.load_imgedit(edits_json, images) if it.key in ("2", "8")]
     out = tmp_path / "out"
-    specs = imgedit.judge_specs(imgedit.load_prompts(SHARED / "imgedit/prompts.json"))
+    specs = imgedit.judge_specs(imgedit.load_prompts(imgedit_prompts))
     run_benchmark(imgedit, items, specs, out, edit=edit_by_word, backend=server(ScriptedJudge(REPLIES)), opts=OPTS,
                   progress=False)
     # rewrite the stored values as the former by-name parser had them: sample 2 read as [5, 4, 4]
@@ -194,7 +194,8 @@ def write_gedit_copy(root: Path, with_raw: bool) -> Path:
     return root
 
 
-def test_gedit_judge_sees_input_image_raw_and_the_editor_input_image(tmp_path, server, caplog):  # noqa: F811
+def test_gedit_judge_sees_input_image_raw_and_the_editor_input_image(tmp_path, server, caplog,  # noqa: F811
+                                                                    gedit_prompts):
     from earl.benchmarks import gedit
     from tests.benchmarks.test_runners import colour_of, images_of, sc_pq
 
@@ -204,7 +205,7 @@ def test_gedit_judge_sees_input_image_raw_and_the_editor_input_image(tmp_path, s
         given.append((image.size, image.getpixel((0, 0))))
         return Image.new("RGB", (1000, 750), colour_of(next(w for w in ("alpha", "beta") if w in instruction)))
 
-    prompts = gedit.load_prompts(SHARED / "gedit")
+    prompts = gedit.load_prompts(gedit_prompts)
     for with_raw in (True, False):
         judge = ScriptedJudge({"alpha": sc_pq([8, 6], [9, 7]), "beta": sc_pq([4, 10], [5, 5])})
         items = gedit.load_gedit(write_gedit_copy(tmp_path / f"data{with_raw}", with_raw))

@@ -1,5 +1,5 @@
-"""GEdit-Bench and ImgEdit-Bench runners: fixture sets in the official schemas, the official judge
-prompts from ../shared/benchmarks, a real judge server on loopback with a scripted engine, and the
+"""GEdit-Bench and ImgEdit-Bench runners: fixture sets and judge prompts in the benchmarks' published
+formats (the prompts from conftest.py), a real judge server on loopback with a scripted engine, and the
 official aggregation checked against numbers computed by hand."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from earl.serve.judge import JudgeServer
 from earl.verify.chat import OpenAIChatBackend
 from earl.verify.local_vlm import Completion
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "benchmarks"
 OPTS = JudgeOptions(concurrency=4, retries=1, backoff=0.01)
 
 
@@ -108,7 +107,7 @@ def sc_pq(sc, pq):
     return [json.dumps({"score": sc, "reasoning": "ok"}), json.dumps({"score": pq, "reasoning": "ok"})]
 
 
-def test_gedit_scores_like_the_official_script(tmp_path, server):
+def test_gedit_scores_like_the_official_script(tmp_path, server, gedit_prompts):
     items = gedit.load_gedit(write_gedit(tmp_path / "gedit"), language="en")
     assert [it.key for it in items] == ["en/background_change/k1", "en/background_change/k2",
                                         "en/color_alter/k3", "en/color_alter/k4"]
@@ -121,11 +120,11 @@ def test_gedit_scores_like_the_official_script(tmp_path, server):
         return edit_by_word(image, instruction)
 
     out = tmp_path / "out"
-    res = run_benchmark(gedit, items, gedit.judge_specs(gedit.load_prompts(SHARED / "gedit")), out, edit=edit,
+    res = run_benchmark(gedit, items, gedit.judge_specs(gedit.load_prompts(gedit_prompts)), out, edit=edit,
                         backend=server(judge), opts=OPTS, progress=False)
     # the benchmark's own prompt with the instruction filled in; both images near 512x512 in area
     sc_req = next(r for r in judge.requests if "alpha" in text_of(r) and len(images_of(r)) == 2)
-    assert text_of(sc_req) == (SHARED / "gedit/sc_prompt.txt").read_text().replace(
+    assert text_of(sc_req) == (gedit_prompts / "sc_prompt.txt").read_text().replace(
         "<instruction>", ROWS[0][2])
     assert [im.size for im in images_of(sc_req)] == [(1024, 256), (512, 512)]
     # per sample: SC = min, PQ = min, O = sqrt(SC*PQ); epsilon's SC reply never parses -> failed
@@ -151,7 +150,7 @@ def test_gedit_scores_like_the_official_script(tmp_path, server):
         failed_file.read_text())["error"]
     judge.replies["epsilon"] = sc_pq([6, 6], [7, 7])
     failed_file.unlink()
-    res2 = run_benchmark(gedit, items, gedit.judge_specs(gedit.load_prompts(SHARED / "gedit")), out, edit=edit,
+    res2 = run_benchmark(gedit, items, gedit.judge_specs(gedit.load_prompts(gedit_prompts)), out, edit=edit,
                          backend=server(judge), opts=OPTS, progress=False)
     assert len(edits) == 4 and len(judge.requests) == n_requests + 1
     # the new SC [6, 6] with the PQ [7, 7] kept from the first run
@@ -189,8 +188,8 @@ def write_imgedit(root: Path) -> tuple[Path, Path]:
     return root / "basic_edit.json", root / "images"
 
 
-def test_imgedit_scores_like_the_official_script(tmp_path, server):
-    prompts = imgedit.load_prompts(SHARED / "imgedit/prompts.json")
+def test_imgedit_scores_like_the_official_script(tmp_path, server, imgedit_prompts):
+    prompts = imgedit.load_prompts(imgedit_prompts)
     assert imgedit.criteria(prompts["add"]) == ["Prompt Compliance", "Visual Naturalness",
                                                 "Physical & Detail Coherence"]
     items = imgedit.load_imgedit(*write_imgedit(tmp_path / "bench"))
@@ -232,16 +231,17 @@ def test_imgedit_parser_and_bad_inputs(tmp_path):
         imgedit.load_imgedit(edits, images)
 
 
-def test_gibberish_from_a_real_tiny_vlm_is_failed_never_scored(tmp_path, tiny_vlm_server):
+def test_gibberish_from_a_real_tiny_vlm_is_failed_never_scored(tmp_path, tiny_vlm_server, gedit_prompts):
     """The tiny random VLM behind `earl serve judge` writes gibberish: every judgement failed and counted."""
     items = gedit.load_gedit(write_gedit(tmp_path / "gedit"))[:2]
-    res = run_benchmark(gedit, items, gedit.judge_specs(gedit.load_prompts(SHARED / "gedit")), tmp_path / "out",
+    res = run_benchmark(gedit, items, gedit.judge_specs(gedit.load_prompts(gedit_prompts)), tmp_path / "out",
                         edit=lambda im, ins: im.resize((32, 32)), backend=tiny_vlm_server,
                         opts=JudgeOptions(concurrency=2, retries=0, max_tokens=6), progress=False)
     assert res["full"]["overall"]["failed"] == 2 and res["full"]["overall"]["O"] is None
 
 
-def test_cli_runs_an_earl_editor_through_imgedit(tmp_path, server, tiny_editor, capsys):
+def test_cli_runs_an_earl_editor_through_imgedit(tmp_path, server, tiny_editor, capsys,
+                                                 imgedit_prompts):
     """`earl eval imgedit` end to end: a saved tiny editor makes the edits, a judge server scores them."""
     from earl.cli import main
 
@@ -252,7 +252,7 @@ def test_cli_runs_an_earl_editor_through_imgedit(tmp_path, server, tiny_editor, 
     def engine(requests):  # every edit gets 3 / 4 / 5 on the three criteria of its type
         from earl.benchmarks.imgedit import criteria
 
-        prompts = imgedit.load_prompts(SHARED / "imgedit/prompts.json")
+        prompts = imgedit.load_prompts(imgedit_prompts)
         out = []
         for r in requests:
             t = "add" if "Add " in text_of(r) else "replace"
@@ -262,14 +262,14 @@ def test_cli_runs_an_earl_editor_through_imgedit(tmp_path, server, tiny_editor, 
 
     backend = server(engine)
     argv = ["eval", "imgedit", "--edits", str(edits), "--images", str(images), "--prompts",
-            str(SHARED / "imgedit/prompts.json"), "--model", str(tmp_path / "editor"), "--out", str(tmp_path / "out"),
+            str(imgedit_prompts), "--model", str(tmp_path / "editor"), "--out", str(tmp_path / "out"),
             "--judge-base-url", backend.base_url, "--retries", "0"]
     assert main(argv) == 0
     assert "| 4.00 | 4.00 | 4.00 |" in capsys.readouterr().out  # Add, Replace, Overall
     assert len(list((tmp_path / "out/images").glob("*.png"))) == 4
     # bad input names the problem, no traceback
     assert main(["eval", "imgedit", "--edits", str(tmp_path / "nope.json"), "--images", str(images), "--prompts",
-                 str(SHARED / "imgedit/prompts.json"), "--out", str(tmp_path / "o2"), "--no-judge"]) == 2
+                 str(imgedit_prompts), "--out", str(tmp_path / "o2"), "--no-judge"]) == 2
     assert "nope.json: ImgEdit edits file not found" in capsys.readouterr().err
 
 
@@ -315,16 +315,21 @@ def test_imgedit_uge_scores_like_the_official_script(tmp_path, server):
     assert (out / "results.csv").read_text().splitlines()[1].startswith("UGE,4,2,2,0,4.25")
 
 
-def test_imgedit_uge_reads_the_published_edit_list_and_names_bad_inputs(tmp_path, capsys):
+def test_imgedit_uge_reads_an_edit_list_in_the_published_shape_and_names_bad_inputs(tmp_path, capsys):
     from earl.benchmarks import imgedit_uge
     from earl.cli import main
 
-    published = json.loads((SHARED / "imgedit/uge_edit.json").read_text())
+    # UGE_edit.json's shape: {key: {id, prompt}}, no edit type; keys need not be in order
+    published = {"3": {"id": "000303.jpg", "prompt": "Paint the kite yellow and remove its tail."},
+                 "1": {"id": "000101.jpg", "prompt": "Move the mug to the left of the book."},
+                 "2": {"id": "000202.jpg", "prompt": "Remove the bicycle."}}
+    (tmp_path / "uge_edit.json").write_text(json.dumps(published, indent=4))
     (tmp_path / "img").mkdir()
     for rec in published.values():
         Image.new("RGB", (8, 8)).save(tmp_path / "img" / rec["id"])
-    items = imgedit_uge.load_uge(SHARED / "imgedit/uge_edit.json", tmp_path / "img")
-    assert len(items) == 47 and {it.group for it in items} == {"uge"}
+    items = imgedit_uge.load_uge(tmp_path / "uge_edit.json", tmp_path / "img")
+    assert {it.key: it.instruction for it in items} == {k: rec["prompt"] for k, rec in published.items()}
+    assert {it.group for it in items} == {"uge"}
     assert imgedit_uge.parse_reply("Score: 4.5") is None  # the official reader takes digits only
     assert imgedit_uge.parse_reply("Score:4") is None and imgedit_uge.parse_reply("") is None
     edits, images, prompt_file = write_uge(tmp_path / "uge")
@@ -336,7 +341,7 @@ def test_imgedit_uge_reads_the_published_edit_list_and_names_bad_inputs(tmp_path
     assert "none.txt: UGE judge prompt not found" in capsys.readouterr().err
 
 
-def test_cli_runs_the_agent_pipeline_through_imgedit(tmp_path, server, capsys):
+def test_cli_runs_the_agent_pipeline_through_imgedit(tmp_path, server, capsys, imgedit_prompts):
     """`earl eval imgedit --agent checkpoints/shapes-decomposer`: the bundled decomposer plans each item, the
     bundled editor carries the plan out step by step, and each item's result row records the plan it ran."""
     from earl.agents.decomposer import DecomposeRequest
@@ -358,7 +363,7 @@ def test_cli_runs_the_agent_pipeline_through_imgedit(tmp_path, server, capsys):
     backend = server(lambda requests: [Completion(reply, 10, 5, "stop") for _ in requests])
     out = tmp_path / "out"
     argv = ["eval", "imgedit", "--edits", str(tmp_path / "bench/basic_edit.json"), "--images",
-            str(tmp_path / "bench/images"), "--prompts", str(SHARED / "imgedit/prompts.json"),
+            str(tmp_path / "bench/images"), "--prompts", str(imgedit_prompts),
             "--agent", str(root / "checkpoints/shapes-decomposer"), "--model", str(root / "checkpoints/shapes-editor"),
             "--out", str(out), "--judge-base-url", backend.base_url, "--retries", "0"]
     assert main(argv) == 0, capsys.readouterr().err

@@ -90,6 +90,7 @@ def test_the_seed_changes_the_images_and_greedy_ignores_it(tmp_path, data, edito
     assert images(tmp_path / "g0") == images(tmp_path / "g7")
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_gives_the_uninterrupted_images(tmp_path, data, uninterrupted):
     """A real `earl eval shapes` process killed with SIGKILL at a random point after its first images,
     then resumed; the killed run, the resumed one and the reference each batch differently (2, 5, 4)."""

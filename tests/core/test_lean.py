@@ -93,6 +93,7 @@ def test_backbones_it_cannot_reproduce_are_refused_and_generation_falls_back(tin
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
+@pytest.mark.slow
 def test_sampled_edits_match_the_hf_forward(tiny_editor, scale):
     """Same seed, same tokens, same log-probs as the Hugging Face forward (CFG rows included)."""
     codes = torch.randint(0, tiny_editor.image_tokenizer.codebook_size, (3, 4, 4),
@@ -145,6 +146,7 @@ def test_a_wrapper_that_changes_the_forward_is_not_bypassed():
 
 
 @pytest.mark.parametrize("decoder", ["lean", "hf", "static"])
+@pytest.mark.slow
 def test_greedy_text_writes_what_hf_generate_writes(decoder):
     """The reward model's verdicts used `generate(do_sample=False, output_logits=True)`: same ids (pad
     after eos, stop when every row ended) and the same raw logits per step. The eos is an id that some

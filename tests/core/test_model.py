@@ -32,6 +32,7 @@ def test_save_overwrites_atomically(tiny_editor, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ed"]  # no temp or .old dirs left behind
 
 
+@pytest.mark.slow
 def test_pipeline_converts_any_image_and_restores_size(tiny_editor, tmp_path):
     pipe = EditPipeline(tiny_editor)
     rgba = Image.new("RGBA", (50, 30), (0, 0, 255, 128))
@@ -67,8 +68,13 @@ def test_pipeline_bad_input_gives_clear_errors(tiny_editor, tmp_path):
 
 
 def test_cot_pipeline_returns_thinking(tiny_cot_editor):
-    res = EditPipeline(tiny_cot_editor)(Image.new("RGB", (32, 32)), "make the red circle blue")
-    assert isinstance(res.thinking[0], str)
+    pipe, image = EditPipeline(tiny_cot_editor), Image.new("RGB", (32, 32))
+    (text,) = pipe(image, "make the red circle blue").thinking
+    assert isinstance(text, str) and text.strip()  # the random model writes words before it closes the block
+    assert pipe(image, "make the red circle blue").thinking == [text]  # greedy: the same text again
+    assert pipe(image, "make the red circle blue", think=False).thinking == [None]
+    sampled = pipe(image, "make the red circle blue", num_samples=2, temperature=1.0, seed=3).thinking
+    assert len(sampled) == 2 and all(t and t.strip() for t in sampled) and sampled[0] != sampled[1]
 
 
 def test_with_words_adds_vocabulary_and_keeps_what_the_model_computes(tiny_editor):

@@ -37,6 +37,7 @@ def test_pipeline_refuses_a_too_long_instruction_naming_limit_and_length(pipe, i
     assert "864 tokens" in msg and f"({n} of them the instruction)" in msg and "truncat" in msg, msg
 
 
+@pytest.mark.slow
 def test_sampler_refuses_it_too_and_counts_the_completion(pipe):
     ed = pipe.editor
     budget = instruction_budget(ed.backbone, ed.layout, 8, 8, SamplingConfig(), False)
@@ -50,6 +51,7 @@ def test_sampler_refuses_it_too_and_counts_the_completion(pipe):
         sample_edits(ed.backbone, ed.layout, [exact + " a"], codes, SamplingConfig(temperature=0.0))
 
 
+@pytest.mark.slow
 def test_truncation_when_asked(pipe, image):
     ed = pipe.editor
     res = pipe(image, LONG, truncate_instruction=True)
@@ -63,6 +65,7 @@ def test_truncation_when_asked(pipe, image):
     assert fit_instruction(ed.layout, "Make it blue.", budget) == "Make it blue."  # short ones are untouched
 
 
+@pytest.mark.slow
 def test_earl_edit_refuses_in_one_line_or_truncates(tmp_path, capsys, image):
     from earl.cli import main
 

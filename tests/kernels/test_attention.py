@@ -53,6 +53,7 @@ def make(B, H, Hkv, Lq, Lk, D, dtype, seed):
     (3, 8, 1, 19, 45, 64),    # ratio 8, chunked prefill: 19 new queries after 26 cached keys
     (2, 4, 1, 2, 70, 64),     # two tokens at once into a cache (earl feeds a row's last code + <eol>)
 ])
+@pytest.mark.slow
 def test_prefill_matches_float64(B, H, Hkv, Lq, Lk, D, dtype):
     q, k, v, start = make(B, H, Hkv, Lq, Lk, D, dtype, seed=Lq * 31 + Lk)
     out = prefill_attention(q, k, v, start, block_m=16, block_n=16)

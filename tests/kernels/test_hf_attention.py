@@ -3,6 +3,7 @@
 import copy
 import logging
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -68,6 +69,7 @@ def test_left_padded_prefill_and_cached_decode_match_sdpa(monkeypatch):
     assert calls == {"prefill": 2, "decode": 6}  # 2 layers x (1 prefill + 3 decode steps)
 
 
+@pytest.mark.slow
 def test_earl_sampler_gives_the_same_edits_with_triton_attention(tiny_editor, monkeypatch):
     """Greedy CFG sampling through earl.generate: identical codes with either attention."""
     register()

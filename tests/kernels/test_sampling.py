@@ -42,6 +42,7 @@ def test_greedy_picks_the_argmax_with_its_log_prob(dtype, K, top_k, scale):
 
 
 @pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.slow
 def test_sampled_codes_stay_in_the_top_k_and_carry_their_log_prob(ties):
     """Every draw is among the codes PyTorch's top-k keeps (all values tied with the k-th too), and
     its log-prob is the reference's to 1e-5; different seeds give different draws."""
@@ -58,6 +59,7 @@ def test_sampled_codes_stay_in_the_top_k_and_carry_their_log_prob(ties):
     assert not torch.equal(tok, tok2.cpu())
 
 
+@pytest.mark.slow
 def test_draws_follow_the_processed_distribution():
     """Chi-square over 600 draws from one distribution (CFG, temperature): below the 0.1% critical
     value, while a wrong temperature is rejected. (Top-k only restricts the support, checked above;
@@ -110,6 +112,7 @@ def fused_on_cpu(monkeypatch):
 
 
 @pytest.mark.parametrize("scale,top_k", [(1.0, 0), (3.0, 5)])
+@pytest.mark.slow
 def test_sample_edits_with_the_fused_step_gives_the_same_greedy_edits(tiny_editor, fused_on_cpu, scale, top_k):
     from earl.generate import sample_edits
 
@@ -125,6 +128,7 @@ def test_sample_edits_with_the_fused_step_gives_the_same_greedy_edits(tiny_edito
     torch.testing.assert_close(fused.logprobs, plain.logprobs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fused_sampled_edits_report_the_model_s_own_log_probs(tiny_editor, fused_on_cpu):
     """Sampled through the kernel, the returned log-probs are those a forward pass on the sampled
     sequence gives (what GRPO's ratio needs), and a seeded generator makes the draw repeatable."""
@@ -146,6 +150,7 @@ def test_fused_sampled_edits_report_the_model_s_own_log_probs(tiny_editor, fused
     assert torch.equal(out.codes, again.codes)
 
 
+@pytest.mark.slow
 def test_per_row_generators_draw_with_pytorch_but_greedy_stays_fused(tiny_editor, fused_on_cpu):
     """The kernel's random stream is one seed for the batch, so per-row generators (a resumable
     evaluation's per-sample seeds) take the PyTorch draw; greedy decoding draws nothing and keeps the kernel."""

@@ -87,6 +87,7 @@ def rewards_of(run: Path) -> list[float]:
     return [json.loads(x)["reward/mean"] for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_grpo_raises_a_learnable_reward(tmp_path, start):
     # a constant lr: 16 steps of the tiny model learn too little once the cosine decays (the schedule
     # is checked by the tests that log train/lr)
@@ -99,6 +100,7 @@ def test_grpo_raises_a_learnable_reward(tmp_path, start):
     assert (tmp_path / "run/model/editor.json").is_file()
 
 
+@pytest.mark.slow
 def test_zero_reward_leaves_the_weights_unchanged(tmp_path, start):
     cfg = load_config(GRPORecipe, ROOT / "recipes/shapes/grpo.yaml", overrides(tmp_path, start, **{"run.steps": 3}))
     train_grpo(cfg, progress=False, verifier=Zero())
@@ -109,6 +111,7 @@ def test_zero_reward_leaves_the_weights_unchanged(tmp_path, start):
     assert all(x["update/skipped"] == 1.0 for x in lines)
 
 
+@pytest.mark.slow
 def test_failed_rewards_are_counted_and_resume_continues(tmp_path, start):
     cfg = load_config(GRPORecipe, ROOT / "recipes/shapes/grpo.yaml", overrides(tmp_path, start, **{"run.steps": 2, "run.save_every": 2}))
     train_grpo(cfg, progress=False, verifier=FlakyJudge())
@@ -134,6 +137,7 @@ def expected_lrs(optim: dict, total: int, every: int = 1) -> list[float]:
 
 
 @pytest.mark.parametrize("updates", [1, 2])
+@pytest.mark.slow
 def test_the_schedule_counts_optimizer_steps(tmp_path, start, updates):
     """Two micro-batches per pass and `updates` passes per step: the warm-up and cosine run over
     steps x updates optimizer steps, not over micro-batches."""
@@ -148,6 +152,7 @@ def test_the_schedule_counts_optimizer_steps(tmp_path, start, updates):
 
 
 @pytest.mark.parametrize("loss", ["grpo", "dapo"])
+@pytest.mark.slow
 def test_micro_batching_does_not_change_the_loss_or_gradient(tmp_path, start, loss):
     """One prompt x 16 samples (the same rollout either way), every third judgement failed so the two
     halves hold different token and sequence counts: the step's loss and gradient norm are the same
@@ -165,6 +170,7 @@ def test_micro_batching_does_not_change_the_loss_or_gradient(tmp_path, start, lo
     assert two["update/grad_norm"] == pytest.approx(one["update/grad_norm"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_grpo_with_the_oracle_on_two_cpu_processes(tmp_path, start):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
@@ -207,6 +213,7 @@ def test_oracle_monitor_by_hand(monkeypatch):
     assert grpo.oracle_monitor([None] * 6, rewards, valid) == {}
 
 
+@pytest.mark.slow
 def test_a_learned_reward_is_logged_beside_the_oracles_verdict(tmp_path, start, monkeypatch):
     """With a verifier other than the oracle, every step logs the oracle's verdict on the same rollout; a
     reward that ties everything agrees on no oracle-ordered pair. `monitor_oracle: false` turns it off."""
@@ -229,6 +236,7 @@ def test_a_learned_reward_is_logged_beside_the_oracles_verdict(tmp_path, start, 
     assert "monitor/oracle_overall" not in (tmp_path / "off/metrics.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_logs_each_step_once(tmp_path, start):
     """Killed after logging step 3 but before checkpointing it (the last checkpoint is step 2): the
     resumed run logs step 3 again, and metrics.jsonl keeps one line per step."""

@@ -5,6 +5,8 @@ greedy traces parse, its scan names the objects, and its verdicts mostly agree w
 
 from pathlib import Path
 
+import pytest
+
 from earl.checkpoint import verify_checkpoint
 from earl.config import from_dict
 from earl.model import UnifiedEditor
@@ -23,6 +25,7 @@ def test_bundled_reward_model_matches_its_manifest():
     assert manifest["metrics"]["held-out"]["step"] == 2700
 
 
+@pytest.mark.slow
 def test_bundled_reward_model_reads_held_out_images():
     manifest = verify_checkpoint(BUNDLE)
     cfg = from_dict(RRMRecipe, manifest["recipe"], where=str(BUNDLE / "manifest.json"))

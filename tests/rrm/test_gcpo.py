@@ -1,5 +1,5 @@
 """GCPO end to end: a few steps on a tiny LM raise the pairwise accuracy on a learnable synthetic
-preference; the trainer runs on a tiny reward model and saves; a failing parser gives no update."""
+preference; the trainer updates a tiny reward model and saves it; a failing parser gives no update."""
 
 from __future__ import annotations
 
@@ -137,10 +137,24 @@ def test_gcpo_score_must_be_written_expected_or_points():
 
 
 @pytest.mark.parametrize("score", ["written", "expected", "points"])
-def test_rrm_gcpo_trainer_runs_and_saves(tmp_path, tiny_editor, score):
+def test_rrm_gcpo_trainer_updates_and_saves(tmp_path, tiny_editor, score, monkeypatch):
+    """The trainer end to end with each readout. A tiny random model writes no verdict the real reader
+    parses, so the trainer's trace scorer is replaced by one that scores a step's traces (preferred
+    w1, w2, then rejected l1, l2) 1, 4, 2, 3: w2 outranks both rejected traces and w1 neither, so every
+    step has signal, and the saved weights must differ from the initial ones."""
+    from safetensors.torch import load_file
+
     from earl.config import load_config
+    from earl.train import gcpo as trainer
     from earl.train.gcpo import GCPORecipe, train_rrm_gcpo
 
+    calls = []
+
+    def score_in_order(layout, tok, ids, n_points, watched, kind):
+        calls.append((kind, watched is not None))
+        return (1.0, 4.0, 2.0, 3.0)[(len(calls) - 1) % 4]
+
+    monkeypatch.setattr(trainer, "trace_score", score_in_order)
     tiny_editor.save_pretrained(tmp_path / "rrm")
     root = Path(__file__).resolve().parents[2]
     over = {"out_dir": tmp_path / "run", "init_from": tmp_path / "rrm", "data.samples": 2, "data.eval_samples": 1,
@@ -149,11 +163,19 @@ def test_rrm_gcpo_trainer_runs_and_saves(tmp_path, tiny_editor, score):
     final = train_rrm_gcpo(load_config(GCPORecipe, root / "recipes/shapes/rrm_gcpo.yaml",
                                        [f"{k}={v}" for k, v in over.items()]), progress=False)
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
-    # an untrained model writes no parseable verdicts: every step is skipped, nothing is guessed
-    assert all(r["update/skipped"] == 1.0 for r in rows if "update/skipped" in r)
+    steps = [r for r in rows if "gcpo/valid" in r]
+    assert len(steps) == 2  # every step logged, each with a parsed score for all 2 x 2 traces and an update
+    assert all(r["gcpo/valid"] == 1.0 and r["update/skipped"] == 0.0 for r in steps), steps
+    # each trace scored with the recipe's readout; the expected readouts get the watched logits
+    assert set(calls) == {(score, score != "written")} and len(calls) >= 2 * 4
     assert final["step"] == 2 and (tmp_path / "run/model/editor.json").is_file()
+    start = load_file(tmp_path / "rrm/backbone/model.safetensors")
+    trained = load_file(tmp_path / "run/model/backbone/model.safetensors")
+    assert start.keys() == trained.keys()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
 
 
+@pytest.mark.slow
 def test_scalar_bradley_terry_model_learns_saves_and_rewards(tmp_path, vq_tokenizer):
     from earl.config import load_config
     from earl.rrm.scalar import ScalarRewardModel, scalar_scorer

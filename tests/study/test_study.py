@@ -46,6 +46,7 @@ def tok_dir(tmp_path, vq_tokenizer):
     return tmp_path / "tok"
 
 
+@pytest.mark.slow
 def test_tiny_study_runs_aggregates_and_resumes(tmp_path, tok_dir):
     cfg = load_config(StudyRecipe, tiny_study(tmp_path, tok_dir))
     results = run_study(cfg, progress=False)
@@ -197,6 +198,7 @@ def test_grpo_diagnostics_counts_a_step_logged_again_by_a_resumed_run_once(tmp_p
     assert (d["eval_success_first"], d["eval_success_last"]) == (0.3, 0.5)
 
 
+@pytest.mark.slow
 def test_a_study_killed_at_a_random_point_and_resumed_reports_what_an_uninterrupted_one_does(tmp_path, tok_dir):
     """`earl study` as a process of its own, SIGKILLed at a pseudo-random moment (mid-SFT, mid-evaluation
     or mid-GRPO), run again: the same table, to the last digit, and the same weights as a run never stopped."""

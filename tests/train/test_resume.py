@@ -155,6 +155,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("job", list(JOBS))
+@pytest.mark.slow
 def test_a_run_killed_and_resumed_matches_an_uninterrupted_one(job, tmp_path, vq_tokenizer, tiny_editor):
     build, steps, weights = JOBS[job]
     start = tmp_path / "start"  # the tokenizer for the jobs that build a model, the editor for GRPO

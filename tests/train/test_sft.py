@@ -65,13 +65,20 @@ def test_tiny_sft_learns_saves_and_resumes(tmp_path, tok_dir):
     assert any((run / "logs").rglob("events.out.tfevents*"))
     ckpts = sorted((run / "checkpoints").glob("step_*"))
     assert [c.name for c in ckpts] == ["step_0000015", "step_0000030"]
-    # resume: a run asked for 40 steps continues from step 30 and changes the weights
+    # resume: a run asked for 32 steps continues from step 30 and changes the weights
     before = load_file(str(ckpts[-1] / "model.safetensors"))
+    first_log = (run / "metrics.jsonl").read_text().splitlines()
     cfg2 = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", tiny_overrides(tmp_path, tok_dir, **{"run.steps": 32, "run.eval_every": 100, "run.save_every": 100}))
     final2 = train_sft(cfg2, resume=True, progress=False)
     assert final2["step"] == 32
     after = load_file(str(sorted((run / "checkpoints").glob("step_*"))[-1] / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # only steps 31 and 32 were run, after the first run's log, from the trained weights (not from scratch)
+    log = (run / "metrics.jsonl").read_text().splitlines()
+    assert log[:len(first_log)] == first_log
+    resumed = [json.loads(x) for x in log[len(first_log):]]
+    assert [r["step"] for r in resumed if "train/loss" in r] == [31, 32]
+    assert resumed[0]["train/loss"] < 0.6 * losses[0]
 
 
 def test_cot_sft_writes_reasoning_into_the_sequence(tmp_path, tok_dir):
@@ -131,6 +138,7 @@ SCHEDULE = {"run.steps": 4, "run.eval_every": 4, "run.save_every": 4, "optim.war
             "optim.lr": 1e-3, "optim.min_lr": 1e-4, "data.oracle_eval_samples": 0}
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_follow_the_one_process_schedule(tmp_path, tok_dir):
     """Under torchrun the learning rate at every step is the 1-process run's (a schedule in optimizer steps)."""
     out, run = _launch(tmp_path, tok_dir, SCHEDULE, "ddp")
@@ -145,6 +153,7 @@ def test_two_cpu_processes_follow_the_one_process_schedule(tmp_path, tok_dir):
     assert _metric(run, "train/lr") == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_an_eval_set_one_batch_long_on_two_processes(tmp_path, tok_dir):
     """8 held-out examples in batches of 8 on 2 ranks: one rank has none. The run must not hang (it did,
     in DDP's forward), and its eval loss is the 1-process one (lr 1e-12: the same weights on both)."""
@@ -233,13 +242,24 @@ def _hand_stepped_schedule(o: dict) -> dict[int, float]:
 
 
 def test_bf16_mixed_precision_trains(tmp_path, tok_dir, monkeypatch):
-    from earl.train import accelerator as common
+    from earl.train import accelerator
 
-    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)  # the bf16 path even where it is emulated
+    monkeypatch.setattr(accelerator, "cpu_has_native_bf16", lambda: True)  # the bf16 path even where it is emulated
     cfg = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml",
                       tiny_overrides(tmp_path, tok_dir, **{"run.mixed_precision": "bf16", "run.steps": 3, "run.eval_every": 3}))
-    final = train_sft(cfg, progress=False)
+    seen = set()  # the dtype of every linear layer's output while the run trains
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Linear) and module.training:
+            seen.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        final = train_sft(cfg, progress=False)
+    finally:
+        hook.remove()
     assert final["step"] == 3 and final["eval/loss"] == final["eval/loss"]  # finite, not NaN
+    assert torch.bfloat16 in seen, seen  # the training steps ran under bf16 autocast, not silently in fp32
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_editor):
@@ -264,13 +284,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_editor):
 
 def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(monkeypatch, tmp_path, caplog):
     """Emulated bf16 autocast is ~15x slower than fp32 on such CPUs: the run says so and trains in fp32."""
-    from earl.train import accelerator as common
+    from earl.train import accelerator
 
-    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(accelerator.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(accelerator, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level("WARNING"):
         acc = make_accelerator(RunSection(mixed_precision="bf16"), tmp_path)
     assert acc.mixed_precision == "no" and "no native bf16" in caplog.text
-    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(accelerator, "cpu_has_native_bf16", lambda: True)
     assert make_accelerator(RunSection(mixed_precision="bf16"), tmp_path).mixed_precision == "bf16"
-    assert common.effective_precision("no") == "no"
+    assert accelerator.effective_precision("no") == "no"
