@@ -3,7 +3,7 @@ with no network (HF_HUB_OFFLINE=1):
 
     HF_HUB_CACHE/models--{org}--{name}/
         blobs/{sha256 of the file}                 the bytes, once per distinct file
-        snapshots/{commit}/{relative path}         a relative symlink to ../../blobs/{sha256}
+        snapshots/{commit}/{relative path}         a relative symlink to blobs/{sha256}, two levels up
         refs/{branch or tag}                       the commit it points to
 """
 

