@@ -6,7 +6,6 @@ training log shows and the numbers an evaluation reports come from one piece of 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 from earl.generate import DecodeCache, GenerationOutput, SamplingConfig, choose_decoder, sample_edits
 from earl.io import atomic_write_json, load_image
 from earl.model import UnifiedEditor, check_kind
+from earl.seeds import derive_seed
 from earl.shapes.oracle import judge
 from earl.shapes.scene import Scene
 from earl.viz import image_grid
@@ -118,8 +118,7 @@ def summarise(judgements: list[dict]) -> dict[str, float]:
 
 def sample_seed(seed: int, sample_id) -> int:
     """A 63-bit seed for one sample: a stable hash of (seed, sample id), the same in every process."""
-    digest = hashlib.sha256(f"{seed}\0{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed(seed, sample_id, sep="\0", bits=63, byteorder="little", keep="low")
 
 
 def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | None = None, batch_size: int = 32,

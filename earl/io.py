@@ -1,4 +1,4 @@
-"""Small I/O helpers used everywhere: atomic writes and strict image loading.
+"""Small I/O helpers used everywhere: atomic writes, strict JSON/JSONL reading and image loading.
 
 Why atomic: a training or evaluation killed mid-write must never leave a half-written checkpoint
 or result file behind; readers see either the old file or the new one. We write to a temporary
@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,38 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def iter_jsonl(path: str | os.PathLike, torn_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file, read lazily (a dataset may be large).
+
+    A line that is not JSON raises `DataError` naming the file and line. `torn_tail=True` is for logs a
+    process appends to and may be killed while writing: a last line with no newline after it that is
+    not JSON is the half-written record, and is skipped instead. A bad line followed by a newline is
+    still an error, wherever it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected a JSONL file: one JSON value per line)")
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    if torn_tail and not line.endswith("\n"):  # only the file's last line can lack one
+                        return
+                    raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
+                yield n, value
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text after line {n} ({e})") from None
+
+
+def read_jsonl(path: str | os.PathLike, torn_tail: bool = False) -> list[Any]:
+    """The values of a JSONL file's non-blank lines, in order (`iter_jsonl` for the rules)."""
+    return [value for _, value in iter_jsonl(path, torn_tail=torn_tail)]
 
 
 def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, what: str = "image") -> Image.Image:

@@ -18,7 +18,6 @@ read is skipped and reported by `iter_records`'s `errors` list, never silently d
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from earl.errors import DataError
-from earl.io import load_dataset_image
+from earl.io import iter_jsonl, load_dataset_image
 
 FORMATS = ("jsonl", "parquet", "hf")
 REQUIRED_FIELDS = ("instruction", "source_image", "target_image")
@@ -90,15 +89,8 @@ def _rows(spec: RecordSpec) -> Iterator[tuple[dict, Path]]:
     path = Path(spec.path)
     if spec.format == "jsonl":
         for f in _files(path, ".jsonl"):
-            with open(f, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{f}:{n}: not a JSON object ({e})") from None
-                    yield row, f.parent
+            for _, row in iter_jsonl(f):
+                yield row, f.parent
     elif spec.format == "parquet":
         import pyarrow.parquet as pq
 

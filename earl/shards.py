@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from earl.errors import DataError
-from earl.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from earl.io import atomic_path, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from earl.records import ReadReport, RecordSpec, iter_records
 
 MANIFEST = "manifest.json"
@@ -166,7 +166,7 @@ class ShardedEdits(Dataset):
     def _shard_texts(self, k: int) -> list[dict]:
         if k not in self._texts:
             stem = self.path / self.shards[k]["name"]
-            self._texts[k] = [json.loads(x) for x in stem.with_suffix(".jsonl").read_text().splitlines() if x]
+            self._texts[k] = read_jsonl(stem.with_suffix(".jsonl"))
         return self._texts[k]
 
     def _locate(self, i: int) -> tuple[int, int]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from earl.errors import DataError, EarlError
-from earl.io import atomic_path
+from earl.io import atomic_path, read_jsonl
 
 
 def image_grid(rows: list[list[Image.Image]], col_labels: list[str] | None = None, scale: int = 2,
@@ -47,14 +46,7 @@ def read_metrics(run: str | Path) -> list[dict]:
     path = path / "metrics.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise DataError(f"{path}: no metrics.jsonl (expected a training run's output directory)")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-    return rows
+    return read_jsonl(path)
 
 
 def metric_points(rows: list[dict], key: str) -> list[tuple[float, float]]:

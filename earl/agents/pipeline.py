@@ -28,7 +28,6 @@ original instruction is then given to the editor directly (the result still name
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, fields
 
 from PIL import Image
@@ -40,6 +39,7 @@ from earl.agents.plan import Plan, Step, step_instruction
 from earl.agents.sequencer import KeepOrder
 from earl.errors import EarlError
 from earl.io import load_image
+from earl.seeds import derive_seed
 from earl.verify.base import EditRequest
 
 
@@ -81,7 +81,7 @@ class AgentResult:
 
 def attempt_seed(seed: int, key: str, step: int, attempt: int) -> int:
     """A resample's seed from (run seed, request id, step, attempt): never from batch position."""
-    return int(hashlib.sha256(f"{seed}|{key}|{step}|{attempt}".encode()).hexdigest()[:15], 16)
+    return derive_seed(seed, key, step, attempt, sep="|", bits=60)
 
 
 class AgentPipeline:

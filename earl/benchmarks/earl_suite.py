@@ -29,7 +29,6 @@ image is counted as missing, and the images go to the judge at their own size.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image
@@ -37,7 +36,7 @@ from PIL import Image
 from earl.benchmarks.gedit import _summary, viescore_rows
 from earl.benchmarks.runner import BenchItem, JudgeSpec
 from earl.errors import DataError
-from earl.io import load_image
+from earl.io import iter_jsonl, load_image
 from earl.verify.viescore import parse_scores, perceptual_messages, semantic_messages
 
 BENCHMARKS = ("omniedit", "emuedit", "aurora", "magicbrush", "vismin", "i2ebench")
@@ -49,13 +48,7 @@ FIELDS = ("id", "instruction", "source_image")
 def _read_items(bench_dir: Path) -> list[BenchItem]:
     jsonl, name = bench_dir / "items.jsonl", bench_dir.name
     items, absent, seen = [], [], set()
-    for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{jsonl}:{n}: not valid JSON ({e})") from None
+    for n, rec in iter_jsonl(jsonl):
         if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) and rec[k].strip() for k in FIELDS):
             raise DataError(f"{jsonl}:{n}: expected an object with non-empty strings {', '.join(FIELDS)}")
         if rec["id"] in seen:

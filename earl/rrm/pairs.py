@@ -20,7 +20,6 @@ line) into the same `Pair`s, so one accuracy code path serves both.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earl.errors import DataError
+from earl.io import iter_jsonl
 from earl.rrm.coldstart import draw_examples
 from earl.stats import mean_ci, proportion
 
@@ -146,14 +146,8 @@ def load_pair_file(path: str | Path) -> tuple[list[Pair], int]:
         return examples.setdefault(key, {"source": src, "instruction": instruction, "image": image})
 
     pairs, same = [], 0
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, row in iter_jsonl(path):
         where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object with fields {', '.join(PAIR_FIELDS)}")
         for field_name, form in PAIR_FIELDS.items():

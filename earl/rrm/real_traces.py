@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from earl.io import atomic_write_text
+from earl.io import atomic_write_text, read_jsonl
 from earl.rrm.chat import rrm_messages
 from earl.rrm.coldstart import select_trace
 from earl.rrm.pairs import load_pair_file
@@ -59,16 +59,9 @@ def _read_done(path: Path) -> set[str]:
     """Keys of complete lines; a truncated last line (a crash mid-write) is cut off so it is redone."""
     if not path.is_file():
         return set()
-    done, keep = set(), []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done.add(row["key"])
-        keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep))
-    return done
+    rows = read_jsonl(path, torn_tail=True)
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    return {row["key"] for row in rows}
 
 
 async def _one(example: dict, points, writer, verifier, opt: TraceOptions, sem: asyncio.Semaphore) -> dict:

@@ -10,7 +10,6 @@ is a failure (masked and counted), never a zero.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
 import torch
 
@@ -20,6 +19,7 @@ from earl.rrm.chat import rrm_messages
 from earl.rrm.principles import EvalPoint, PrincipleCache, llm_points, shapes_points
 from earl.rrm.scoring import generate_verdicts, sample_verdicts
 from earl.rrm.trace import parse_trace
+from earl.seeds import derive_seed
 from earl.verify.base import RewardResult
 from earl.verify.chat import build_chat_backend, chat_with_retries
 from earl.verify.oracle import scene_from_meta
@@ -97,7 +97,7 @@ class RRMVerifier:
         """The request's principles; None when the LLM decomposition failed on every try."""
         meta = req.meta or {}
         if meta.get("source_scene") and meta.get("target_scene"):
-            seed = int(hashlib.sha256(f"{meta.get('id', '')}|{req.instruction}".encode()).hexdigest()[:8], 16)
+            seed = derive_seed(meta.get("id", ""), req.instruction, sep="|", bits=32)
             return shapes_points(scene_from_meta(meta, "source_scene"), scene_from_meta(meta, "target_scene"), seed=seed)
         if self.principles_backend is None:
             raise ConfigError("rrm verifier: this request has no ShapesEdit scene graphs, so its principles must "

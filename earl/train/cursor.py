@@ -4,7 +4,6 @@ checkpoint records the epoch and the batch within it."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from earl.data import encode_dataset, resolve_source
+from earl.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def load_sources(accelerator: Accelerator, sources: list[str], image_tokenizer, 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The shuffling seed of one epoch, a function of (run seed, epoch) alone: a resumed run rebuilds
     the interrupted epoch's order from the two numbers instead of storing it."""
-    return int.from_bytes(hashlib.sha256(f"earl-data:{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+    return derive_seed("earl-data", seed, epoch, sep=":", bits=63, byteorder="little")
 
 
 def shuffle_generators(loader) -> list[torch.Generator]:

@@ -66,7 +66,9 @@ def tracker_init_kwargs(accelerator: Accelerator, out_dir: Path, resumed_step: i
 
 def drop_metrics_after(path: Path, step: int) -> None:
     """Rewrite metrics.jsonl (atomically) without the lines of steps after `step`, so that each step
-    a resumed run logs again appears once; a line torn by the kill (not JSON) goes too."""
+    a resumed run logs again appears once; a line torn by a kill (not JSON) goes too, wherever it is:
+    a run started again without resuming appends after the torn line, so it need not be the last
+    (which is why this repair does not use `earl.io.read_jsonl`, which stops at a bad line)."""
     if not path.is_file():
         return
     kept = []

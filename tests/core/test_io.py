@@ -1,5 +1,7 @@
 import io
+import json
 import os
+import random
 import stat
 
 import numpy as np
@@ -15,9 +17,11 @@ from earl.io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    iter_jsonl,
     load_dataset_image,
     load_image,
     read_json,
+    read_jsonl,
     save_png,
 )
 
@@ -129,3 +133,65 @@ def test_dataset_images_read_from_structs_bytes_and_relative_paths(tmp_path):
         load_dataset_image({"bytes": None, "path": None}, what="row 2: field 'x'")
     with pytest.raises(DataError, match="image file not found"):
         load_dataset_image("b.png", tmp_path)
+
+
+def _old_reader(text: str) -> list:
+    """What the JSONL readers did before `read_jsonl`: split the text into lines, skip blank ones."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _random_row(rng: random.Random) -> dict:
+    return {"step": rng.randrange(10**6), "loss": rng.uniform(-1e3, 1e3), "nan": float("nan"),
+            "text": "".join(rng.choice("ab \t\"\\é😀") for _ in range(rng.randrange(8))),
+            "nested": [rng.random(), None, True, {"k": -0.0}], "big": rng.getrandbits(80)}
+
+
+def test_read_jsonl_reads_valid_files_as_the_old_readers_did(tmp_path):
+    rng = random.Random(0)
+    for trial in range(50):
+        rows = [_random_row(rng) for _ in range(rng.randrange(1, 6))]
+        lines = [json.dumps(r) for r in rows]
+        for _ in range(rng.randrange(3)):
+            lines.insert(rng.randrange(len(lines) + 1), rng.choice(["", "  ", "\t"]))
+        text = "\n".join(lines) + rng.choice(["", "\n"])
+        f = tmp_path / f"{trial}.jsonl"
+        f.write_text(text, encoding="utf-8")
+        # NaN != NaN: compare the re-serialised values
+        assert json.dumps(read_jsonl(f)) == json.dumps(_old_reader(text)) == json.dumps(rows)
+        assert json.dumps(read_jsonl(f, torn_tail=True)) == json.dumps(rows)
+
+
+def test_read_jsonl_skips_blank_lines_and_counts_them(tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_bytes(b'{"a": 1}\r\n\r\n   \n[2]\n\n"three"')
+    assert read_jsonl(f) == [{"a": 1}, [2], "three"]
+    assert list(iter_jsonl(f)) == [(1, {"a": 1}), (4, [2]), (6, "three")]
+    # a raw U+2028 inside a string (json.dumps(..., ensure_ascii=False)) is not a line break
+    f.write_text(json.dumps({"t": "x\u2028y"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_jsonl(f) == [{"t": "x\u2028y"}]
+
+
+def test_a_bad_line_is_an_error_naming_file_and_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"a": 1}\n\n{"a": 2\n{"a": 3}\n')
+    for torn_tail in (False, True):  # a bad line before the last is never a torn tail
+        with pytest.raises(DataError, match=r"bad.jsonl:3: not valid JSON"):
+            read_jsonl(f, torn_tail=torn_tail)
+    with pytest.raises(DataError, match=r"missing.jsonl: file not found"):
+        read_jsonl(tmp_path / "missing.jsonl")
+    f.write_bytes(b'{"a": 1}\n"\xff"\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: not UTF-8"):
+        read_jsonl(f)
+
+
+def test_a_torn_last_line_is_skipped_only_when_asked(tmp_path):
+    f = tmp_path / "log.jsonl"
+    f.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')  # a writer killed mid-line
+    with pytest.raises(DataError, match=r"log.jsonl:3: not valid JSON"):
+        read_jsonl(f)
+    assert read_jsonl(f, torn_tail=True) == [{"step": 1}, {"step": 2}]
+    f.write_text('{"step": 1}\n{"step": 2}')  # killed just before the newline: the record is whole
+    assert read_jsonl(f, torn_tail=True) == [{"step": 1}, {"step": 2}]
+    f.write_text('{"step": 1}\n{"step": 2, "lo\n')  # ended by a newline: not torn, corrupt
+    with pytest.raises(DataError, match=r"log.jsonl:2: not valid JSON"):
+        read_jsonl(f, torn_tail=True)

@@ -56,7 +56,7 @@ def test_bad_runs_and_keys_are_named(tmp_path):
         read_metrics(tmp_path / "missing")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
-    with pytest.raises(DataError, match=r"metrics.jsonl:2: not a JSON line"):
+    with pytest.raises(DataError, match=r"metrics.jsonl:2: not valid JSON"):
         read_metrics(tmp_path / "bad")
     assert not (tmp_path / "x.png").exists()
 

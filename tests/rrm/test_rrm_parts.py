@@ -561,3 +561,15 @@ def test_real_cold_start_traces_keep_the_best_agreeing_candidate_and_resume(tmp_
         for s in servers:
             s.close()
     assert "2 traces written" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_trace_file_resumes_after_a_torn_last_line(tmp_path):
+    """The cold-start trace file keeps every whole line byte for byte and loses the half-written one."""
+    from earl.rrm.real_traces import _read_done
+
+    out = tmp_path / "traces.jsonl"
+    whole = "".join(json.dumps({"key": f"k{i}", "score": i / 3, "text": "é\n"}) + "\n" for i in range(3))
+    out.write_text(whole + '{"key": "k3", "sco')
+    assert _read_done(out) == {"k0", "k1", "k2"}
+    assert out.read_text() == whole
+    assert _read_done(tmp_path / "none.jsonl") == set()
