@@ -24,7 +24,7 @@ GROUND_TRUTH = "ground-truth"  # the decomposer name that reads the plan from th
 
 @dataclass
 class AgentOptions:
-    check: str = "none"  # "none" | "oracle" | "rrm": verify each step and resample a failing one
+    check: str = "none"  # "none" | "oracle" | "rrm" | "learned": verify each step and resample a failing one
     attempts: int = 4  # with a check: tries per step (best-of-k)
     step_temperature: float = 1.0  # with a check: temperature of resampled steps
     rrm: str = "checkpoints/shapes-rrm-lenient"  # the reasoning reward model (step check or plan judge)
@@ -32,17 +32,22 @@ class AgentOptions:
     plan_votes: int = 0  # self-consistency: also sample K plans (0: the greedy plan alone)
     plan_temperature: float = 1.0
     plans: int = 1  # with plan_votes and plan_judge: carry out up to M candidate plans
-    plan_judge: str | None = None  # "oracle" | "rrm": judges the final image against the whole instruction
+    plan_judge: str | None = None  # "oracle" | "rrm" | "learned": judges the final image against the whole instruction
+    # with "learned": the principle writer (`earl.rrm.writer`) whose points the reward model judges, in
+    # place of the points `rrm` takes from the scene graphs
+    writer: str | None = None
     sequencer: str = "keep"
     fallback: bool = False  # a failed plan gives the editor the instruction itself
 
     def __post_init__(self):
         """ValueError, so that a recipe's bad agent options are reported with its file and field (the CLI
         reports them as a usage error)."""
-        if self.check not in ("none", "oracle", "rrm"):
-            raise ValueError(f"check must be none, oracle or rrm, got {self.check!r}")
-        if self.plan_judge not in (None, "oracle", "rrm"):
-            raise ValueError(f"plan_judge must be oracle or rrm, got {self.plan_judge!r}")
+        if self.check not in ("none", "oracle", "rrm", "learned"):
+            raise ValueError(f"check must be none, oracle, rrm or learned, got {self.check!r}")
+        if self.plan_judge not in (None, "oracle", "rrm", "learned"):
+            raise ValueError(f"plan_judge must be oracle, rrm or learned, got {self.plan_judge!r}")
+        if "learned" in (self.check, self.plan_judge) and not self.writer:
+            raise ValueError("the learned verifier needs writer: a principle writer directory (earl.train.writer)")
         if (self.plans > 1) != (self.plan_judge is not None) or (self.plans > 1 and not self.plan_votes):
             raise ValueError("choosing among sampled plans by judging the results needs plans M (> 1), plan_votes K "
                              "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")
@@ -65,16 +70,18 @@ def build_agent_pipeline(decomposer: str | None, editor: str | None, options: Ag
         if o.plan_votes:
             dec = VotingDecomposer(dec, o.plan_votes, o.plan_temperature, seed=seed)
     rrm = build_verifier("rrm", model_path=o.rrm, expected_points=True) if "rrm" in (o.check, o.plan_judge) else None
+    learned = (build_verifier("learned", model_path=o.rrm, writer=o.writer)
+               if "learned" in (o.check, o.plan_judge) else None)
     check = None
     if o.check == "oracle":
         check = OracleStepCheck()
-    elif o.check == "rrm":
-        check = VerifierStepCheck(rrm, o.rrm_threshold)
+    elif o.check in ("rrm", "learned"):
+        check = VerifierStepCheck(rrm if o.check == "rrm" else learned, o.rrm_threshold)
     judge, threshold = None, 1.0
     if o.plan_judge == "oracle":
         judge = build_verifier("oracle", reward="success")
-    elif o.plan_judge == "rrm":
-        judge, threshold = rrm, o.rrm_threshold
+    elif o.plan_judge in ("rrm", "learned"):
+        judge, threshold = (rrm if o.plan_judge == "rrm" else learned), o.rrm_threshold
     return AgentPipeline(dec, PipelineEditor.from_pretrained(editor), sequencer=SEQUENCERS[o.sequencer](),
                          check=check, attempts=o.attempts if check else 1, temperature=o.step_temperature,
                          fallback=o.fallback, seed=seed, plans=o.plans, plan_judge=judge, plan_threshold=threshold)

@@ -146,3 +146,23 @@ def train_principle_writer(cfg: WriterRecipe, resume: bool = False, progress: bo
         return metrics
 
     return train_lm(cfg, accelerator, editor, loader, "principle_writer", resume, progress, evaluate)
+
+
+def measure_on_test_sets(writer, n: int = 200, splits=("simple", "complex"), out: str | None = None,
+                         label_seed: int = 1_000_003) -> dict:
+    """Agreement on the first `n` samples of each fixed ShapesEdit test set (written per split, and a
+    perfect writer that knows the answer but not the label's seed beside it: the ceiling that the
+    random choice among equally good points leaves); written to `out` (JSON) if given."""
+    from earl.rrm.agreement import Agreement
+
+    report = {}
+    for split in splits:
+        samples = draw_samples([split], n, 0, part="test")
+        ceiling = Agreement()
+        for k, s in enumerate(samples):
+            ceiling.add(shapes_points(s.source_scene, s.target_scene, seed=999_999 + k), label_points(s, label_seed, k),
+                        point_pool(s.source_scene, s.target_scene))
+        report[split] = {"writer": measure_writer(writer, samples, label_seed), "perfect_writer_other_seed": ceiling.summary()}
+    if out is not None:
+        atomic_write_json(out, report)
+    return report
