@@ -14,7 +14,7 @@ from collections import Counter
 
 from earl.rrm.principles import EvalPoint
 from earl.rrm.verifier import RRMVerifier
-from earl.rrm.writer import PrincipleFailure, PrincipleCache, UnifiedPrincipleWriter
+from earl.rrm.writer import PrincipleCache, PrincipleFailure, UnifiedPrincipleWriter
 from earl.verify.base import RewardResult
 
 

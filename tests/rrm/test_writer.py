@@ -1,7 +1,6 @@
 """The principle writer: its reply format and named failures, the template parser that reads each
 question back into the oracle's check, the agreement count, the chat writer, and a tiny training run."""
 
-import asyncio
 import json
 import random
 from pathlib import Path
@@ -9,11 +8,23 @@ from pathlib import Path
 import pytest
 
 from earl.config import load_config
-from earl.rrm.agreement import TEMPLATES, Agreement, matched_points, normalise, question_check, question_template
+from earl.rrm.agreement import (
+    TEMPLATES,
+    Agreement,
+    matched_points,
+    normalise,
+    question_check,
+    question_template,
+)
 from earl.rrm.principles import QUALITY, EvalPoint, parse_points, point_pool, shapes_points
 from earl.rrm.verifier import points_text
-from earl.rrm.writer import (ChatPrincipleWriter, PrincipleFailure, points_to_json, read_numbered_points,
-                             read_points)
+from earl.rrm.writer import (
+    ChatPrincipleWriter,
+    PrincipleFailure,
+    points_to_json,
+    read_numbered_points,
+    read_points,
+)
 from earl.shapes.dataset import generate_samples
 
 ROOT = Path(__file__).resolve().parents[2]
