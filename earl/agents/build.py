@@ -66,16 +66,18 @@ def agent_parts(decomposer: str | None, editor: str | None, options: AgentOption
     rrm = None
     if "rrm" in (o.check, o.plan_judge):
         rrm = build_verifier("rrm", model_path=_rrm_dir(o.rrm), expected_points=True, device=device)
+    learned = (build_verifier("learned", model_path=_rrm_dir(o.rrm), writer=o.writer)
+               if "learned" in (o.check, o.plan_judge) else None)
     check = None
     if o.check == "oracle":
         check = OracleStepCheck()
-    elif o.check == "rrm":
-        check = VerifierStepCheck(rrm, o.rrm_threshold)
+    elif o.check in ("rrm", "learned"):
+        check = VerifierStepCheck(rrm if o.check == "rrm" else learned, o.rrm_threshold)
     judge, threshold = None, 1.0
     if o.plan_judge == "oracle":
         judge = build_verifier("oracle", reward="success")
-    elif o.plan_judge == "rrm":
-        judge, threshold = rrm, o.rrm_threshold
+    elif o.plan_judge in ("rrm", "learned"):
+        judge, threshold = (rrm if o.plan_judge == "rrm" else learned), o.rrm_threshold
     return dict(decomposer=dec, editor=PipelineEditor.from_pretrained(editor, device=device),
                 sequencer=build_sequencer(o), check=check, attempts=o.attempts if check else 1,
                 temperature=o.step_temperature, fallback=o.fallback, seed=seed, plans=o.plans, plan_judge=judge,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from earl.agents.decomposer import DecomposeRequest
+from earl.agents.firewall import agent_request, pipeline_reads_answer
 from earl.agents.plan import Plan, plan_f1
 from earl.agents.records import summarise_records
 from earl.agents.shapes import program_plan
@@ -31,11 +31,6 @@ from earl.stats import mean_ci, proportion
 from earl.viz import image_grid
 
 
-def _request(row: dict) -> DecomposeRequest:
-    meta = {k: row[k] for k in ("id", "program", "source_scene", "target_scene")}
-    return DecomposeRequest(row["source_image"], row["instruction"], meta=meta)
-
-
 def run_agent_eval(pipeline, data_dir, out_dir, batch_size: int = 64, progress: bool = True,
                    strips: int = 8) -> dict:
     out_dir = Path(out_dir)
@@ -45,10 +40,11 @@ def run_agent_eval(pipeline, data_dir, out_dir, batch_size: int = 64, progress: 
     ds = load_dataset(data_dir)
     ids = list(ds["id"])
     todo = [i for i, sid in enumerate(ids) if not ((img_dir / f"{sid}.png").is_file() and (rec_dir / f"{sid}.json").is_file())]
+    answer = pipeline_reads_answer(pipeline)  # only oracle arms see the scene graphs and the program
     bar = tqdm(total=len(todo), desc="agent edit", disable=not progress)
     for start in range(0, len(todo), batch_size):
         rows = ds.select(todo[start : start + batch_size])
-        for i, row, res in zip(todo[start : start + batch_size], rows, pipeline.run([_request(r) for r in rows])):
+        for i, row, res in zip(todo[start : start + batch_size], rows, pipeline.run([agent_request(r, answer) for r in rows])):
             if i < strips:  # source, each step, target: the plan made visible
                 frames = [row["source_image"], *[s.image for s in res.steps if s.image is not None], row["target_image"]]
                 save_png(image_grid([frames], scale=2), strip_dir / f"{row['id']}.png")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from earl.agents.sequencer import SEQUENCERS
 
-CHECKS = ("none", "oracle", "rrm")  # how each step is verified (a failing one is resampled)
-PLAN_JUDGES = ("oracle", "rrm")  # who judges the final image of a candidate plan
+CHECKS = ("none", "oracle", "rrm", "learned")  # how each step is verified (a failing one is resampled)
+PLAN_JUDGES = ("oracle", "rrm", "learned")  # who judges the final image of a candidate plan
 
 
 def option(default, help: str | None = None, choices=None, metavar: str | None = None):
@@ -28,8 +28,9 @@ def _one_of(choices) -> str:
 @dataclass
 class AgentOptions:
     check: str = option("none", choices=CHECKS,
-                        help="closed loop: verify each step (ShapesEdit oracle, or the reasoning reward model) and "
-                             "resample a failing step")
+                        help="closed loop: verify each step (ShapesEdit oracle, the reasoning reward model, or "
+                             "learned: that model on a principle writer's points, no answer read) and resample a "
+                             "failing step")
     attempts: int = option(4, help="with --check: tries per step (best-of-k)")
     step_temperature: float = option(1.0, help="with --check: temperature of resampled steps")
     rrm: str = option("checkpoints/shapes-rrm-lenient", help="with --check rrm: the reward model")
@@ -45,6 +46,9 @@ class AgentOptions:
                                     help="with --plans: judge of the final image against the whole instruction "
                                          "(ShapesEdit oracle success, or the reasoning reward model's E[points]/10 "
                                          ">= --rrm-threshold)")
+    writer: str | None = option(None, help="with --check or --plan-judge learned: the principle writer "
+                                           "(`earl train principle-writer`) whose points the reward model judges, "
+                                           "in place of points read from the answer")
     sequencer: str = option("keep", choices=tuple(SEQUENCERS))
     sequencer_base_url: str | None = option(None, help="with --sequencer chat: an OpenAI-compatible server's URL "
                                                       "(default: $EARL_SEQUENCER_BASE_URL)")
@@ -60,6 +64,8 @@ class AgentOptions:
             raise ValueError(f"check must be {_one_of(CHECKS)}, got {self.check!r}")
         if self.plan_judge not in (None, *PLAN_JUDGES):
             raise ValueError(f"plan_judge must be {_one_of(PLAN_JUDGES)}, got {self.plan_judge!r}")
+        if "learned" in (self.check, self.plan_judge) and not self.writer:
+            raise ValueError("the learned verifier needs writer: a principle writer directory (earl.train.writer)")
         if (self.plans > 1) != (self.plan_judge is not None) or (self.plans > 1 and not self.plan_votes):
             raise ValueError("choosing among sampled plans by judging the results needs plans M (> 1), plan_votes K "
                              "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")

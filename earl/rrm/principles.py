@@ -143,6 +143,14 @@ def shapes_points(source: Scene, target: Scene, seed: int = 0) -> list[EvalPoint
     return points
 
 
+def point_pool(source: Scene, target: Scene) -> list[dict]:
+    """Every check `shapes_points` could ask about for this edit, whatever its seed: the ten it
+    writes are drawn from these (which kept objects and empty cells, which extra instruction checks)."""
+    primary, extra = _instruction_points(source, target, random.Random(0))
+    pres = _preservation_points(source, target, random.Random(0))
+    return [p.check for p in primary + extra + pres + QUALITY]
+
+
 def verify_point(point: EvalPoint, source: Scene, target: Scene, parsed) -> bool:
     """The ground-truth verdict of a ShapesEdit point on a parsed edited image (`earl.shapes.oracle.parse_scene`)."""
     c, found = point.check, parsed.scene

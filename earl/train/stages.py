@@ -44,6 +44,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("rrm-sft", "earl.train.rrm", "RRMRecipe", "train_rrm_sft", about="the reasoning reward model's cold start"),
     Stage("rrm-gcpo", "earl.train.gcpo", "GCPORecipe", "train_rrm_gcpo",
           about="the reasoning reward model, GCPO on preference pairs"),
+    Stage("principle-writer", "earl.train.writer", "WriterRecipe", "train_principle_writer",
+          about="the principle writer: ten evaluation points from (source image, instruction) alone"),
     Stage("rm-scalar", "earl.train.scalar_rm", "ScalarRecipe", "train_scalar_rm",
           about="the holistic Bradley-Terry reward model (a baseline)"),
     Stage("decomposer-sft", "earl.train.decomposer", "DecomposerSFTRecipe", "train_decomposer_sft",

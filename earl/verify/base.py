@@ -80,6 +80,7 @@ VERIFIERS: dict[str, str] = {
     "oracle": "earl.verify.oracle:OracleVerifier",
     "viescore": "earl.verify.viescore:VIEScoreVerifier.from_options",
     "rrm": "earl.rrm.verifier:RRMVerifier",  # a reasoning reward model trained by `earl train rrm-sft`
+    "learned": "earl.rrm.learned:LearnedRRMVerifier",  # the same, its principles written by a model (no answer)
     "scalar": "earl.rrm.scalar:ScalarVerifier",  # the holistic baseline of `earl train rm-scalar`
 }
 
