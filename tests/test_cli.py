@@ -161,7 +161,9 @@ def test_agent_flags_are_the_agent_options():
         assert agent_options(chat) == AgentOptions(sequencer="chat", sequencer_base_url="http://127.0.0.1:1/v1",
                                                    sequencer_model="m")
         exercised = {f.name for f in fields(AgentOptions) if getattr(picked, f.name) != f.default}
-        exercised |= {"sequencer_base_url", "sequencer_model"}
+        learned = parser.parse_args([*command, "--check", "learned", "--writer", "my-writer"])
+        assert agent_options(learned) == AgentOptions(check="learned", writer="my-writer")
+        exercised |= {"sequencer_base_url", "sequencer_model", "writer"}
         assert exercised == {f.name for f in fields(AgentOptions)}  # every flag was exercised
     with pytest.raises(SystemExit):  # a choice outside the field's choices is refused by the parser
         parser.parse_args(["eval", "shapes", "--data", "d", "--out", "o", "--check", "maybe"])
