@@ -33,8 +33,10 @@ from PIL import Image
 from earl.checkpoint import sha256_file
 from earl.errors import ConfigError, DataError
 from earl.io import atomic_write_json, atomic_write_text, read_json
+from earl.model import UnifiedEditor
 from earl.rrm.pairs import held_out_samples_and_pairs, load_pair_file, paired_difference, pairwise_accuracy
 from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
+from earl.rrm.scoring import greedy_readouts, rrm_scorer
 from earl.verify.base import EditRequest
 from tokenizer import tensor_to_pil
 from tokenizer.vq import VQTokenizer
@@ -125,9 +127,6 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     `avg_k` > 1, `expected_score` and `expected_points` add each reasoning model's Avg@k, E[score]
     and E[points] readouts. Every scorer is also compared, pair by pair, with each of `baselines`
     (scorer names; default: the scalar models)."""
-    from earl.model import UnifiedEditor  # here, not at the top: it loads transformers
-    from earl.rrm.scoring import greedy_readouts, rrm_scorer  # here, not at the top: it loads transformers
-
     readouts = ("written", *(["expected_score"] if expected_score else []),
                 *(["expected_points"] if expected_points else []))
     labels = {"written": "", "expected_score": " E[score]", "expected_points": " E[points]"}
