@@ -133,8 +133,8 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     (the `earl judge shapes` format), OUT/grid.png (source | target | output) and returns results.
     `decoder`: as `sample_edits` takes it (one `DecodeCache` serves every batch).
     """
-    from earl.shapes.dataset import load_dataset  # here, not at the top: it loads datasets
-    from earl.shapes.judge import judge_folder  # here, not at the top: it loads datasets
+    from earl.shapes.dataset import load_dataset  # here, not at the top: it loads `datasets`
+    from earl.shapes.judge import judge_folder  # here, not at the top: it loads `datasets`
 
     sampling = sampling or SamplingConfig(temperature=0.0)
     out_dir = Path(out_dir)
