@@ -71,7 +71,7 @@ def resolve_source(source: str, cache_dir: Path, image_size: int = 64) -> Path:
         if not path.is_dir():
             raise DataError(f"data source {source}: directory not found")
         return path
-    from earl.shapes.dataset import write_dataset  # here, not at the top: it loads datasets
+    from earl.shapes.dataset import write_dataset  # here, not at the top: it loads `datasets`
 
     spec = parse_shapes_spec(source)
     name = f"shapes-{spec['split']}-{spec['part']}-n{spec['n']}-s{spec['seed']}-{image_size}px"
@@ -94,7 +94,7 @@ def _fingerprint(path: Path) -> str:
 def encode_dataset(data_dir: Path, image_tokenizer, tokenizer_dir: Path | None, cache_dir: Path,
                    batch_size: int = 256, progress: bool = True) -> EncodedEdits:
     """Encode a dataset directory's images to codes, reusing the cache when the inputs are unchanged."""
-    from earl.shapes.dataset import load_dataset  # here, not at the top: it loads datasets
+    from earl.shapes.dataset import load_dataset  # here, not at the top: it loads `datasets`
 
     key = _fingerprint(Path(data_dir)) + (("-" + _fingerprint(Path(tokenizer_dir))) if tokenizer_dir else "")
     cache = Path(cache_dir) / f"codes-{Path(data_dir).name}-{key}.safetensors"

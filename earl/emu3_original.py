@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from earl.emu3 import DEFAULT_AREA, THINK_TOKENS, EditorParts, _normalisation, image_vocab_from_map
 from earl.errors import EarlError
@@ -140,9 +142,6 @@ def _last_merge(ranks: dict[bytes, int], token: bytes) -> tuple[bytes, bytes]:
 
 def build_text_tokenizer(model_dir: str | os.PathLike):
     """Emu3's tiktoken vocabulary as a transformers fast tokenizer with the same ids (no tiktoken needed)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     model_dir = Path(model_dir)
     if not (model_dir / TIKTOKEN_FILE).is_file():
         raise EarlError(f"{model_dir}: no {TIKTOKEN_FILE} (Emu3's text tokenizer)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from earl import io as earl_io  # save_png looked up per call, so a test can stop a run mid-way
 from earl.generate import DecodeCache, GenerationOutput, SamplingConfig, choose_decoder, sample_edits
 from earl.io import atomic_write_json, load_image
 from earl.model import UnifiedEditor, check_kind
@@ -131,10 +132,8 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     (the `earl judge shapes` format), OUT/grid.png (source | target | output) and returns results.
     `decoder`: as `sample_edits` takes it (one `DecodeCache` serves every batch).
     """
-    # here, not at the top: tests/core/test_evaluate.py patches earl.io.save_png
-    from earl.io import save_png
-    from earl.shapes.dataset import load_dataset  # here, not at the top: it loads datasets
-    from earl.shapes.judge import judge_folder  # here, not at the top: it loads datasets
+    from earl.shapes.dataset import load_dataset  # here, not at the top: it loads `datasets`
+    from earl.shapes.judge import judge_folder  # here, not at the top: it loads `datasets`
 
     sampling = sampling or SamplingConfig(temperature=0.0)
     out_dir = Path(out_dir)
@@ -156,7 +155,7 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
         out = sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
                            think=editor.config.cot, generator=gens, decoder=decoder, cache=cache)
         for sid, im in zip(rows["id"], editor.decode_codes(out.codes)):
-            save_png(im, img_dir / f"{sid}.png")  # atomic: a crash never leaves a half-written image
+            earl_io.save_png(im, img_dir / f"{sid}.png")  # atomic: a crash never leaves a half-written image
         bar.update(len(rows))
     bar.close()
     results = judge_folder(data_dir, img_dir, progress=progress)
@@ -167,5 +166,5 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     grid = image_grid([[ds[i]["source_image"], ds[i]["target_image"],
                         load_image(img_dir / f"{ds[i]['id']}.png")] for i in range(k)],
                       col_labels=["source", "target", "output"], scale=2)
-    save_png(grid, out_dir / "grid.png")
+    earl_io.save_png(grid, out_dir / "grid.png")
     return results

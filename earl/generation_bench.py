@@ -44,10 +44,23 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from earl.errors import EarlError
-from earl.generate import DecodeCache, SamplingConfig, choose_decoder, sample_edits
-from earl.layout import EditLayout
+from earl.generate import (
+    DecodeCache,
+    SamplingConfig,
+    choose_decoder,
+    greedy_text,
+    sample_edits,
+    sample_traces_watching,
+)
+from earl.kernels.hf import use_triton_attention
+from earl.layout import EditLayout, build_layout_for_tokenizer
+from earl.lean import LeanLlama
+from earl.model import UnifiedEditor
+from earl.text import build_word_tokenizer
+from tokenizer import VQConfig, VQTokenizer
 
 # A few instructions of different lengths, so the conditional prompts need left padding.
 INSTRUCTIONS = [
@@ -71,9 +84,6 @@ def build_bench_model(size: str, image_size: int, seed: int = 0, device: str = "
                       dtype: torch.dtype = torch.float32):
     """(backbone, layout, (h, w)) with random weights: a named ShapesEdit size (with an untrained x8 VQ
     tokenizer of 1000 codes), or "emu3-8b" (Emu3-8B's shape, built directly on `device`)."""
-    from earl.layout import build_layout_for_tokenizer
-    from earl.text import build_word_tokenizer
-
     text = build_word_tokenizer(INSTRUCTIONS)
     torch.manual_seed(seed)
     if size == "emu3-8b":
@@ -94,9 +104,6 @@ def build_bench_model(size: str, image_size: int, seed: int = 0, device: str = "
         finally:
             torch.set_default_dtype(default)
         return backbone.eval(), layout, (image_size // 8, image_size // 8)
-    from earl.model import UnifiedEditor
-    from tokenizer import VQConfig, VQTokenizer
-
     vq = VQTokenizer(VQConfig()).eval()
     editor = UnifiedEditor.build(size, vq, text, image_size=image_size, seed=seed).eval()
     return editor.backbone.to(device=device, dtype=dtype), editor.layout, editor.config.grid
@@ -132,10 +139,6 @@ def matmul_floor_call(backbone, layout: EditLayout, instructions: list[str], sou
     Why: at small sizes a CPU spends most of a forward outside its matmuls, and this is the part no
     faster implementation of the same model in the same dtype removes; transformers' time over it
     bounds the ratio any such implementation could reach against transformers here."""
-    import torch.nn.functional as F
-
-    from earl.lean import LeanLlama
-
     h, w = sources.shape[1:]
     prompts = [layout.prompt(i, s) for i, s in zip(instructions, sources)]
     if cfg_rows:
@@ -340,8 +343,6 @@ def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=
         raise EarlError(f"device {device!r}: no CUDA device here")
     backbone, layout, (h, w) = build_bench_model(size, image_size, seed, device, getattr(torch, dtype))
     if attention == "earl_triton":
-        from earl.kernels.hf import use_triton_attention
-
         use_triton_attention(backbone)  # says once why it falls back to SDPA where it must
     elif attention != "sdpa":
         raise EarlError(f"attention must be 'sdpa' or 'earl_triton', got {attention!r}")
@@ -430,8 +431,6 @@ def bench_text(size: str = "shapes-tiny", batch_size: int = 16, prompt_len: int 
     2026-12-01) and with `earl.generate.greedy_text`; GCPO's sampler (`prompts` x `traces` rows at
     temperature 1) over the Hugging Face forward and over `earl.lean`. Same seed, so each pair must
     write the same tokens; `same_output` records whether it did (float rounding may flip a near-tie)."""
-    from earl.generate import greedy_text, sample_traces_watching
-
     if repeats < 1 or min(batch_size, prompt_len, new_tokens, prompts, traces) < 1:
         raise EarlError("repeats, batch_size, prompt_len, new_tokens, prompts and traces must all be >= 1")
     if num_threads:

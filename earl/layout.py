@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from earl import text as T
 from earl.errors import EarlError
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips (HF convention)
@@ -288,8 +289,6 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def build_layout_for_tokenizer(text_tokenizer, codebook_size: int) -> EditLayout:
     """Layout for earl's own tokenizers (`earl.text`): image ids follow the text vocabulary."""
-    from earl import text as T
-
     conv = text_tokenizer.convert_tokens_to_ids
     vocab = ImageVocab(
         codebook_size=codebook_size,

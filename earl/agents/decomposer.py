@@ -193,7 +193,8 @@ class VotingDecomposer:
 
     def candidates(self, requests: list[DecomposeRequest]) -> list[list[Decomposition]]:
         """Per request, its distinct plans, most-written first (`rank_plans`)."""
-        from earl.evaluate import sample_seed  # here, not at the top: pulls torch into a torch-free module
+        # here, not at the top: it loads torch, and `earl --help` loads this module
+        from earl.evaluate import sample_seed
 
         greedy = self.base.decompose(requests)
         seeds = [sample_seed(self.seed, r.meta.get("id", i)) for i, r in enumerate(requests)]

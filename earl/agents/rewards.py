@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 
+from earl.agents.editor import PipelineEditor
+from earl.agents.pipeline import execute_plans
 from earl.agents.plan import Plan, PlanError, parse_plan, plan_f1
 from earl.errors import ConfigError
 from earl.shapes.oracle import judge as oracle_judge
@@ -66,8 +68,6 @@ class ClosedLoopReward:
     """
 
     def __init__(self, editor_dir: str | None = None, judge: str = "oracle", rrm_dir: str | None = None):
-        from earl.agents.editor import PipelineEditor  # here, not at the top: pulls torch
-
         self.editor = PipelineEditor.from_pretrained(editor_dir)
         self.judge = judge
         self.__name__ = "closed_loop" if judge == "oracle" else "closed_loop_rrm"
@@ -76,8 +76,6 @@ class ClosedLoopReward:
             self.rrm = build_verifier("rrm", model_path=rrm_dir, expected_points=True)
 
     def __call__(self, completions, source_scene, target_scene, instruction=None, **_) -> list[float]:
-        from earl.agents.pipeline import execute_plans  # here, not at the top: pulls torch and the editor
-
         plans = [_plan_or_none(c) for c in completions]
         sources = [render(Scene.from_dict(json.loads(s))) for s in source_scene]
         finals = execute_plans(self.editor, sources, plans)

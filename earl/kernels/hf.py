@@ -81,6 +81,7 @@ def triton_attention_forward(module, query, key, value, attention_mask, dropout:
         start = padding_starts(attention_mask, lq, lk)
         if start is None:
             return _fallback("a mask other than causal + left padding", *args, **fwd)
+    # here, not at the top: it imports triton, an optional GPU package
     from earl.kernels.attention import decode_attention, prefill_attention
 
     if lq == 1:

@@ -54,6 +54,7 @@ def _sdpa(q, k, v, causal: bool):
 def bench_attention(batch_sizes=(1, 16), cache_lengths=(1100, 2160), prefill_lengths=(1100,), heads: int = 32,
                     kv_heads: int = 8, head_dim: int = 128, dtype: torch.dtype = torch.bfloat16, repeats: int = 20,
                     device: str | None = None) -> dict:
+    # here, not at the top: it imports triton, an optional GPU package
     from earl.kernels.attention import decode_attention, prefill_attention
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

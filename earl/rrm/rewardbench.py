@@ -33,6 +33,8 @@ from PIL import Image
 from earl.checkpoint import sha256_file
 from earl.errors import ConfigError, DataError
 from earl.io import atomic_write_json, atomic_write_text, read_json
+from earl.model import UnifiedEditor
+from earl.rrm import scoring  # read per call, so a test can watch the generations
 from earl.rrm.pairs import held_out_samples_and_pairs, load_pair_file, paired_difference, pairwise_accuracy
 from earl.rrm.scalar import ScalarRewardModel, scalar_scorer
 from earl.verify.base import EditRequest
@@ -125,9 +127,6 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
     `avg_k` > 1, `expected_score` and `expected_points` add each reasoning model's Avg@k, E[score]
     and E[points] readouts. Every scorer is also compared, pair by pair, with each of `baselines`
     (scorer names; default: the scalar models)."""
-    from earl.model import UnifiedEditor  # here, not at the top: it loads transformers
-    from earl.rrm.scoring import greedy_readouts, rrm_scorer  # here, not at the top: it loads transformers
-
     readouts = ("written", *(["expected_score"] if expected_score else []),
                 *(["expected_points"] if expected_points else []))
     labels = {"written": "", "expected_score": " E[score]", "expected_points": " E[points]"}
@@ -164,7 +163,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
 
         def read(examples, readout, ed=ed, greedy=greedy):
             if greedy.get("examples") != [id(e) for e in examples]:
-                greedy["values"], greedy["points"] = greedy_readouts(ed, examples, max_new_tokens, readouts)
+                greedy["values"], greedy["points"] = scoring.greedy_readouts(ed, examples, max_new_tokens, readouts)
                 greedy["examples"] = [id(e) for e in examples]
             return greedy["values"][readout]
 
@@ -176,7 +175,7 @@ def run_rewardbench(models: dict[str, str], out_dir: str | Path, samples: int = 
                        **({"points": greedy["points"]} if r == "written" else {})})
         if avg_k > 1:
             judged(f"{name} Avg@{avg_k}", {**source, "k": avg_k},
-                   lambda ed=ed: pairwise_accuracy(pairs, rrm_scorer(ed, max_new_tokens, k=avg_k)))
+                   lambda ed=ed: pairwise_accuracy(pairs, scoring.rrm_scorer(ed, max_new_tokens, k=avg_k)))
     for name, m in scalar_models.items():
         judged(name, {"model": weights_fingerprint(scalars[name])},
                lambda m=m: pairwise_accuracy(pairs, scalar_scorer(m)))

@@ -22,6 +22,7 @@ from torch import nn
 
 from earl.errors import ConfigError
 from earl.io import atomic_path
+from earl.model import UnifiedEditor
 from earl.verify.base import RewardResult
 
 HEAD_FILE = "scalar_head.safetensors"
@@ -51,8 +52,6 @@ class ScalarRewardModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> ScalarRewardModel:
-        from earl.model import UnifiedEditor  # here, not at the top: it loads transformers
-
         path = Path(path)
         if not (path / HEAD_FILE).is_file():
             raise ConfigError(f"{path}: no {HEAD_FILE} (expected a model written by `earl train rm-scalar`)")
