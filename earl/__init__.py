@@ -4,7 +4,7 @@ Layering: every module belongs to one layer of `LAYERS` below, and imports only 
 lower ones, function-level imports included; no two modules import each other, directly or round a
 circle. tests/test_layering.py holds both lines and fails on a module the table does not cover.
 Bottom first:
-    foundation    errors, io, config, stats, kernels (Triton, optional), tokenizer/ (own package)
+    foundation    errors, io, config, stats, seeds, kernels (Triton, optional), tokenizer/ (own package)
     files         hub, cards, checkpoint, averaging, records, shards, viz: what goes to disk and the Hub
     data          text, layout (codes + text <-> one sequence), shapes (ShapesEdit + oracle), data
     verify        verifiers: the oracle, chat VLM judges, VIEScore
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # Layer name -> module prefixes (a prefix covers its submodules), bottom first.
 LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("earl.errors", "earl.io", "earl.config", "earl.stats", "earl.kernels", "tokenizer"),
+    "foundation": ("earl.errors", "earl.io", "earl.config", "earl.stats", "earl.seeds", "earl.kernels", "tokenizer"),
     "files": ("earl.hub", "earl.cards", "earl.checkpoint", "earl.averaging", "earl.records", "earl.shards", "earl.viz"),
     "data": ("earl.text", "earl.layout", "earl.shapes", "earl.data"),
     "verify": ("earl.verify",),

@@ -17,7 +17,7 @@ from earl import io as earl_io  # save_png looked up per call, so a test can sto
 from earl.generate import DecodeCache, GenerationOutput, SamplingConfig, choose_decoder, sample_edits
 from earl.io import atomic_write_json, load_image
 from earl.model import UnifiedEditor, check_kind
-from earl.seeds import derive_seed
+from earl.seeds import sample_seed
 from earl.shapes.oracle import judge
 from earl.shapes.scene import Scene
 from earl.viz import image_grid
@@ -115,11 +115,6 @@ def summarise(judgements: list[dict]) -> dict[str, float]:
         "overall": sum(j["overall"] for j in judgements) / n,
         "n": n,
     }
-
-
-def sample_seed(seed: int, sample_id) -> int:
-    """A 63-bit seed for one sample: a stable hash of (seed, sample id), the same in every process."""
-    return derive_seed(seed, sample_id, sep="\0", bits=63, byteorder="little", keep="low")
 
 
 def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | None = None, batch_size: int = 32,

@@ -25,3 +25,8 @@ def derive_seed(*parts, sep: str, bits: int, byteorder: Literal["big", "little"]
     text = sep.join(format(p, "") for p in parts)
     x = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], byteorder)
     return x >> (64 - bits) if keep == "high" else x & ((1 << bits) - 1)
+
+
+def sample_seed(seed: int, sample_id) -> int:
+    """A 63-bit seed for one sample: a stable hash of (seed, sample id), the same in every process."""
+    return derive_seed(seed, sample_id, sep="\0", bits=63, byteorder="little", keep="low")

@@ -26,6 +26,7 @@ from PIL import Image
 from earl.agents.plan import ACTIONS, MAX_STEPS, Plan, PlanError, parse_plan
 from earl.agents.shapes import program_plan
 from earl.errors import EarlError
+from earl.seeds import sample_seed
 from earl.shapes.edits import EditProgram
 from earl.shapes.scene import Scene
 from earl.verify.chat import build_chat_backend, chat_with_retries
@@ -193,9 +194,6 @@ class VotingDecomposer:
 
     def candidates(self, requests: list[DecomposeRequest]) -> list[list[Decomposition]]:
         """Per request, its distinct plans, most-written first (`rank_plans`)."""
-        # here, not at the top: it loads torch, and `earl --help` loads this module
-        from earl.evaluate import sample_seed
-
         greedy = self.base.decompose(requests)
         seeds = [sample_seed(self.seed, r.meta.get("id", i)) for i, r in enumerate(requests)]
         samples = self.base.sample(requests, self.votes, self.temperature, seeds)

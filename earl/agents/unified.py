@@ -26,9 +26,9 @@ from transformers import AddedToken
 from earl.agents.decomposer import DecomposeRequest, Decomposition, read_plan
 from earl.agents.plan import Plan
 from earl.errors import EarlError
-from earl.evaluate import sample_seed
 from earl.generate import Generators, TextSampling, TextStops, decode_text
 from earl.model import CODE_TOKEN, KINDS, UnifiedEditor, WrongKindError, has_code_tokens
+from earl.seeds import sample_seed
 
 FIELD_SEPARATOR = "|"
 STEP_SEPARATOR = " ; "

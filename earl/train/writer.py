@@ -37,6 +37,7 @@ from earl.shapes.render import render
 from earl.train.accelerator import make_accelerator
 from earl.train.lm import train_lm
 from earl.train.sections import OptimSection, RunSection
+from tokenizer import pil_to_tensor
 
 
 @dataclass
@@ -80,8 +81,6 @@ def label_points(sample, seed: int, k: int):
 
 @torch.no_grad()
 def _source_codes(image_tokenizer, samples, batch: int = 256) -> list[torch.Tensor]:
-    from tokenizer import pil_to_tensor  # here, not at the top: it loads torch
-
     out = []
     for s in range(0, len(samples), batch):
         ims = [render(x.source_scene) for x in samples[s : s + batch]]
@@ -155,8 +154,6 @@ def measure_on_test_sets(writer, n: int = 200, splits=("simple", "complex"), out
     """Agreement on the first `n` samples of each fixed ShapesEdit test set (written per split, and a
     perfect writer that knows the answer but not the label's seed beside it: the ceiling that the
     random choice among equally good points leaves); written to `out` (JSON) if given."""
-    from earl.rrm.agreement import Agreement
-
     report = {}
     for split in splits:
         samples = draw_samples([split], n, 0, part="test")

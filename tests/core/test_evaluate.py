@@ -11,9 +11,10 @@ import time
 import pytest
 
 import earl.io
-from earl.evaluate import run_shapes_eval, sample_seed
+from earl.evaluate import run_shapes_eval
 from earl.generate import SamplingConfig
 from earl.pipeline import EditPipeline, default_checkpoint
+from earl.seeds import sample_seed
 from earl.shapes.dataset import write_dataset
 
 SAMPLING = SamplingConfig(temperature=1.0)

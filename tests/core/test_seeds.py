@@ -6,8 +6,7 @@ import random
 import pytest
 
 from earl.agents.pipeline import attempt_seed
-from earl.evaluate import sample_seed
-from earl.seeds import derive_seed
+from earl.seeds import derive_seed, sample_seed
 from earl.train.cursor import epoch_seed
 
 
