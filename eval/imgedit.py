@@ -2,8 +2,8 @@
 """ImgEdit-Bench (Basic) runner: `python eval/imgedit.py ARGS` is `earl eval imgedit ARGS` (see --help).
 
 Example:
-    python eval/imgedit.py --edits ../shared/benchmarks/imgedit/basic_edit.json \\
-        --images /data/ImgEdit/Benchmark/singleturn --prompts ../shared/benchmarks/imgedit/prompts.json \\
+    python eval/imgedit.py --edits /data/imgedit-meta/basic_edit.json \\
+        --images /data/ImgEdit/Benchmark/singleturn --prompts /data/imgedit-meta/prompts.json \\
         --model checkpoints/my-editor --out runs/imgedit --judge-base-url http://judge:8000/v1
 """
 

