@@ -182,3 +182,13 @@ def test_a_tiny_writer_trains_and_writes(tmp_path, tiny_editor):
     got = UnifiedPrincipleWriter(model, max_new_tokens=6).write([render(x.source_scene) for x in s],
                                                                 [x.instruction for x in s])
     assert all(isinstance(g, PrincipleFailure) and g.kind == "unfinished" for g in got)  # 6 tokens cannot end a list
+    # the CLI's agreement report on the fixed test sets: every request counted, a failure named, never guessed
+    from earl.cli import main
+
+    assert main(["eval", "writer", "--model", str(tmp_path / "w/model"), "--n", "2", "--out", str(tmp_path / "a.json")]) in (0, None)
+    agreement = json.loads((tmp_path / "a.json").read_text())
+    assert set(agreement) == {"simple", "complex"}
+    for split in agreement.values():
+        w = split["writer"]
+        assert w["requests"] == 2 and w["failed_requests"]["k"] == sum(w["failures"].values())
+        assert split["perfect_writer_other_seed"]["exact_points_matched"]["share"] > 0.5
