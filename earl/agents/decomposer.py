@@ -27,7 +27,7 @@ from earl.agents.plan import ACTIONS, MAX_STEPS, Plan, PlanError, parse_plan
 from earl.agents.shapes import program_plan
 from earl.errors import EarlError
 from earl.seeds import sample_seed
-from earl.shapes.edits import EditProgram
+from earl.shapes.program import EditProgram
 from earl.shapes.scene import Scene
 from earl.verify.chat import build_chat_backend, chat_with_retries
 

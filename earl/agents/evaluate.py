@@ -24,8 +24,8 @@ from earl.agents.shapes import program_plan
 from earl.errors import EarlError
 from earl.io import atomic_write_json, load_image, read_json, save_png
 from earl.shapes.dataset import load_dataset
-from earl.shapes.edits import EditProgram
 from earl.shapes.judge import judge_folder
+from earl.shapes.program import EditProgram
 from earl.shapes.scene import Scene
 from earl.stats import mean_ci, proportion
 from earl.viz import image_grid

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 
 from earl.agents.plan import Plan, PlanError, Step, normalise, step_instruction  # noqa: F401 (re-exported)
-from earl.shapes.edits import (
+from earl.shapes.program import (
     STEPS,
     Add,
     BackgroundChange,

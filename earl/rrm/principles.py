@@ -26,8 +26,8 @@ from pathlib import Path
 from PIL import Image
 
 from earl.io import atomic_write_json, read_json
-from earl.shapes.edits import cell_name
 from earl.shapes.oracle import CLEAN_MIN, IMPURITY_MAX, STRAY_MAX
+from earl.shapes.program import cell_name
 from earl.shapes.scene import Scene, ShapeObject
 from earl.verify.chat import chat_with_retries
 

@@ -8,9 +8,9 @@ instructions whose meaning on the given scene is unambiguous (each referring exp
 exactly one object) and that really change something (no recolouring to the same colour, no adding
 to a full grid, no moving onto an occupied cell).
 
-Reading order: positions in words -> operations -> programs -> referring expressions -> the simple
-generators (one explicit operation) -> the complex ones (compositional, relational, counting) ->
-reasoning traces -> `make_sample`. Everything is driven by one `random.Random`, so a sample is a pure
+Reading order (the programs themselves, their operations and referring expressions are in
+`earl.shapes.program`): the simple generators (one explicit operation) -> the complex ones
+(compositional, relational, counting) -> reasoning traces -> `make_sample`. Everything is driven by one `random.Random`, so a sample is a pure
 function of the rng state (the image size never consumes randomness).
 """
 
@@ -20,244 +20,36 @@ import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 from earl.errors import DataError
+from earl.shapes.program import (
+    RELATIONS,
+    STEPS,
+    Add,
+    BackgroundChange,
+    Cell,
+    ColorAlter,
+    EditProgram,
+    Move,
+    Op,
+    Remove,
+    Replace,
+    Resize,
+    attribute_ref,
+    capitalise,
+    cell_name,
+    in_place,
+    place_name,
+    plural,
+    refer,
+)
 from earl.shapes.scene import BACKGROUNDS, PALETTE, SHAPES, SIZES, Scene, ShapeObject
-
-Cell = tuple[int, int]
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "simple": ("color_alter", "add", "remove", "replace", "move", "resize", "background_change"),
     "complex": ("compositional", "relational", "counting"),
 }
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-
-
-# ---------------------------------------------------------------------------------------------
-# Positions in words. Rows and columns are 1-based in text; corners get their own names.
-
-
-def cell_name(cell: Cell) -> str:
-    """'row 2, column 3': the only position form used in reasoning traces (regular on purpose)."""
-    return f"row {cell[0] + 1}, column {cell[1] + 1}"
-
-
-def place_name(cell: Cell, grid: int) -> str:
-    """'the top-left corner' for corners, else 'row 2, column 3' (for "move X to ...")."""
-    r, c = cell
-    last = grid - 1
-    if r in (0, last) and c in (0, last):
-        return f"the {'top' if r == 0 else 'bottom'}-{'left' if c == 0 else 'right'} corner"
-    return cell_name(cell)
-
-
-def in_place(cell: Cell, grid: int) -> str:
-    """'in the top-left corner' / 'in row 2, column 3'."""
-    return f"in {place_name(cell, grid)}"
-
-
-# (row step, column step) -> phrase, for relative moves and relations.
-STEPS: dict[Cell, str] = {(0, -1): "to the left", (0, 1): "to the right", (-1, 0): "up", (1, 0): "down"}
-RELATIONS: dict[Cell, str] = {(0, -1): "to the left of", (0, 1): "to the right of", (-1, 0): "above", (1, 0): "below"}
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-# ---------------------------------------------------------------------------------------------
-# Operations: small frozen dataclasses, each a pure function Scene -> Scene.
-
-
-def _object_at(scene: Scene, cell: Cell, op) -> ShapeObject:
-    obj = scene.object_at(*cell)
-    if obj is None:
-        raise DataError(f"{op.kind}: no object at {cell_name(cell)} (cell {tuple(cell)})")
-    return obj
-
-
-def _swap(scene: Scene, old: ShapeObject, new: ShapeObject | None) -> Scene:
-    objects = [o for o in scene.objects if o is not old]
-    return scene.with_objects(objects + ([new] if new is not None else []))
-
-
-@dataclass(frozen=True)
-class ColorAlter:
-    cell: Cell
-    new_color: str
-    kind: ClassVar[str] = "color_alter"
-
-    def apply(self, scene: Scene) -> Scene:
-        obj = _object_at(scene, self.cell, self)
-        return _swap(scene, obj, obj.replace(color=self.new_color))
-
-
-@dataclass(frozen=True)
-class Add:
-    obj: ShapeObject
-    kind: ClassVar[str] = "add"
-
-    def apply(self, scene: Scene) -> Scene:
-        if scene.object_at(*self.obj.cell) is not None:
-            raise DataError(f"add: {cell_name(self.obj.cell)} is already occupied")
-        return scene.with_objects(scene.objects + (self.obj,))
-
-
-@dataclass(frozen=True)
-class Remove:
-    cell: Cell
-    kind: ClassVar[str] = "remove"
-
-    def apply(self, scene: Scene) -> Scene:
-        return _swap(scene, _object_at(scene, self.cell, self), None)
-
-
-@dataclass(frozen=True)
-class Replace:
-    """Change the shape; colour and size stay."""
-
-    cell: Cell
-    new_shape: str
-    kind: ClassVar[str] = "replace"
-
-    def apply(self, scene: Scene) -> Scene:
-        obj = _object_at(scene, self.cell, self)
-        return _swap(scene, obj, obj.replace(shape=self.new_shape))
-
-
-@dataclass(frozen=True)
-class Move:
-    cell: Cell
-    to_cell: Cell
-    relative: bool = False  # asked as a step ("one cell up") rather than as a place: a plan keeps it so
-    kind: ClassVar[str] = "move"
-
-    def apply(self, scene: Scene) -> Scene:
-        obj = _object_at(scene, self.cell, self)
-        if tuple(self.to_cell) != tuple(self.cell) and scene.object_at(*self.to_cell) is not None:
-            raise DataError(f"move: {cell_name(self.to_cell)} is already occupied")
-        return _swap(scene, obj, obj.replace(row=self.to_cell[0], col=self.to_cell[1]))
-
-
-@dataclass(frozen=True)
-class Resize:
-    cell: Cell
-    new_size: str
-    kind: ClassVar[str] = "resize"
-
-    def apply(self, scene: Scene) -> Scene:
-        obj = _object_at(scene, self.cell, self)
-        return _swap(scene, obj, obj.replace(size=self.new_size))
-
-
-@dataclass(frozen=True)
-class BackgroundChange:
-    new_background: str
-    kind: ClassVar[str] = "background_change"
-
-    def apply(self, scene: Scene) -> Scene:
-        return scene.with_background(self.new_background)
-
-
-Op = ColorAlter | Add | Remove | Replace | Move | Resize | BackgroundChange
-OPS: dict[str, type] = {cls.kind: cls for cls in (ColorAlter, Add, Remove, Replace, Move, Resize, BackgroundChange)}
-
-
-def op_to_dict(op: Op) -> dict:
-    d: dict = {"op": op.kind}
-    for f in dataclasses.fields(op):
-        value = getattr(op, f.name)
-        d[f.name] = dataclasses.asdict(value) if isinstance(value, ShapeObject) else (
-            list(value) if isinstance(value, tuple) else value
-        )
-    return d
-
-
-def op_from_dict(d: dict) -> Op:
-    if not isinstance(d, dict) or d.get("op") not in OPS:
-        raise DataError(f"edit op: expected a mapping with 'op' in {', '.join(OPS)}, got {d!r}")
-    cls = OPS[d["op"]]
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in d and f.default is not dataclasses.MISSING:
-            continue  # a field added later, absent from older datasets
-        if f.name not in d:
-            raise DataError(f"edit op {d['op']}: missing field {f.name!r}")
-        value = d[f.name]
-        try:
-            if f.name in ("cell", "to_cell"):
-                value = (int(value[0]), int(value[1]))
-            elif f.name == "obj":
-                value = ShapeObject(**value)
-        except (TypeError, ValueError, IndexError, KeyError) as e:
-            raise DataError(f"edit op {d['op']}: malformed field {f.name!r} ({e})") from None
-        kwargs[f.name] = value
-    op = cls(**kwargs)
-    for name, allowed in (("new_color", PALETTE), ("new_shape", SHAPES), ("new_size", SIZES), ("new_background", BACKGROUNDS)):
-        if name in kwargs and kwargs[name] not in allowed:
-            raise DataError(f"edit op {d['op']}: unknown {name} {kwargs[name]!r}; expected one of {', '.join(allowed)}")
-    return op
-
-
-@dataclass(frozen=True)
-class EditProgram:
-    """Operations applied in order; each sees the scene left by the previous one."""
-
-    ops: tuple[Op, ...]
-
-    def apply(self, scene: Scene) -> Scene:
-        for op in self.ops:
-            scene = op.apply(scene)
-        return scene
-
-    def __len__(self) -> int:
-        return len(self.ops)
-
-    def to_dict(self) -> dict:
-        return {"ops": [op_to_dict(op) for op in self.ops]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EditProgram:
-        if not isinstance(d, dict) or not isinstance(d.get("ops"), list):
-            raise DataError(f"edit program: expected a mapping with a list 'ops', got {type(d).__name__}")
-        return cls(tuple(op_from_dict(o) for o in d["ops"]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Referring expressions: the shortest description that picks out exactly one object.
-
-# Attribute combinations tried in order (shortest first): "the circle", "the red circle",
-# "the small circle", "the small red circle".
-_REF_FIELDS: tuple[tuple[str, ...], ...] = (("shape",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape"))
-
-
-def _matches(obj: ShapeObject, fields: Sequence[str], like: ShapeObject) -> bool:
-    return all(getattr(obj, f) == getattr(like, f) for f in fields)
-
-
-def attribute_ref(obj: ShapeObject, scenes: Sequence[Scene]) -> str | None:
-    """Shortest attribute description naming `obj` uniquely in every scene of `scenes`, or None.
-
-    Several scenes because a compositional instruction is read against the source while each
-    operation applies to an intermediate scene: a description must be unambiguous in both.
-    """
-    for fields in _REF_FIELDS:
-        if all(
-            [o.cell for o in s.objects if _matches(o, fields, obj)] == [obj.cell] for s in scenes
-        ):
-            return "the " + " ".join(getattr(obj, f) for f in fields)
-    return None
-
-
-def refer(obj: ShapeObject, scene: Scene, *also: Scene) -> str:
-    """Unique description of `obj` in `scene` (and in `also`): attributes if they suffice, else position."""
-    ref = attribute_ref(obj, (scene, *also))
-    return ref if ref is not None else f"the shape {in_place(obj.cell, scene.grid)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +189,7 @@ class Edit:
 def _simple(category: str) -> Callable[[random.Random, Scene], Edit | None]:
     def generate(rng: random.Random, scene: Scene) -> Edit | None:
         made = CLAUSES[category](rng, [scene], set())
-        return None if made is None else Edit([made[0]], _cap(made[1]) + ".")
+        return None if made is None else Edit([made[0]], capitalise(made[1]) + ".")
 
     return generate
 
@@ -420,10 +212,10 @@ def compositional(rng: random.Random, scene: Scene) -> Edit | None:
         scenes.append(op.apply(scenes[-1]))
     a, b, *rest = clauses
     if not rest:
-        joined = rng.choice([f"{_cap(a)} and {b}", f"{_cap(a)}, then {b}", f"First {a}, then {b}"])
+        joined = rng.choice([f"{capitalise(a)} and {b}", f"{capitalise(a)}, then {b}", f"First {a}, then {b}"])
     else:
         c = rest[0]
-        joined = rng.choice([f"{_cap(a)}, {b} and {c}", f"{_cap(a)}, then {b}, then {c}",
+        joined = rng.choice([f"{capitalise(a)}, {b} and {c}", f"{capitalise(a)}, then {b}, then {c}",
                              f"First {a}, then {b}, and finally {c}"])
     return Edit(ops, joined + ".")
 
@@ -454,7 +246,7 @@ def _relational_target(rng: random.Random, scene: Scene) -> tuple[ShapeObject, s
     if not options:
         return None
     obj, phrase = rng.choice(options)
-    return obj, phrase, f"{_cap(phrase)} is {_located(obj)}."
+    return obj, phrase, f"{capitalise(phrase)} is {_located(obj)}."
 
 
 def _rel_act(rng: random.Random, scene: Scene) -> Edit | None:
@@ -482,7 +274,7 @@ def _rel_act(rng: random.Random, scene: Scene) -> Edit | None:
         return None
     donor, ref = rng.choice(donors)
     text = rng.choice([f"Make {t} the same colour as {ref}.", f"Make {t} match the colour of {ref}."])
-    why = f"{_cap(ref)} is {donor.color}, so it becomes {donor.color}."
+    why = f"{capitalise(ref)} is {donor.color}, so it becomes {donor.color}."
     return Edit([ColorAlter(obj.cell, donor.color)], text, [resolution, why])
 
 
@@ -503,9 +295,9 @@ def _rel_copy(rng: random.Random, scene: Scene) -> Edit | None:
     else:
         op, text = Replace(obj.cell, value), rng.choice([f"Make {t} the same shape as {d}.", f"Give {t} the shape of {d}."])
     if attr == "shape":
-        why = f"{_cap(t)} at {cell_name(obj.cell)} becomes a {value}, like {d}."
+        why = f"{capitalise(t)} at {cell_name(obj.cell)} becomes a {value}, like {d}."
     else:
-        why = f"{_cap(d)} is {value}, so {t} at {cell_name(obj.cell)} becomes {value}."
+        why = f"{capitalise(d)} is {value}, so {t} at {cell_name(obj.cell)} becomes {value}."
     return Edit([op], text, [why])
 
 
@@ -521,7 +313,7 @@ def _rel_place(rng: random.Random, scene: Scene) -> Edit | None:
     if not options:
         return None
     anchor, a, rel, to = rng.choice(options)
-    why = f"{_cap(a)} is at {cell_name(anchor.cell)}, so the place {rel} it is {cell_name(to)}."
+    why = f"{capitalise(a)} is at {cell_name(anchor.cell)}, so the place {rel} it is {cell_name(to)}."
     movers = [(o, attribute_ref(o, [scene])) for o in scene.objects if o is not anchor]
     movers = [(o, r) for o, r in movers if r is not None]
     if movers and rng.random() < 0.5:
@@ -570,7 +362,7 @@ def _count_all(rng: random.Random, scene: Scene) -> Edit | None:
     text = rng.choice([f"Make all the {plural} {color}.", f"Make every {singular} {color}.", f"Recolour every {singular} {color}."])
     if len(changing) < len(members):
         k = len(members) - len(changing)
-        why += f" {_cap(NUMBER_WORDS[k])} {'is' if k == 1 else 'are'} already {color}."
+        why += f" {capitalise(NUMBER_WORDS[k])} {'is' if k == 1 else 'are'} already {color}."
     return Edit([ColorAlter(o.cell, color) for o in changing], text, [why])
 
 
@@ -674,9 +466,9 @@ def _unchanged(source: Scene, ops: Sequence[Op]) -> str:
     if "background" in touched:
         if kept == len(source.objects) and touched == {"background"}:
             return {0: "", 1: "Unchanged: the shape.", 2: "Unchanged: both shapes."}.get(kept, f"Unchanged: all {kept} shapes.")
-        return f"Unchanged: {_plural(kept, 'other shape')}." if kept else "Unchanged: nothing else."
+        return f"Unchanged: {plural(kept, 'other shape')}." if kept else "Unchanged: nothing else."
     bg = f"the {source.background} background"
-    return f"Unchanged: {_plural(kept, 'other shape')} and {bg}." if kept else f"Unchanged: {bg}."
+    return f"Unchanged: {plural(kept, 'other shape')} and {bg}." if kept else f"Unchanged: {bg}."
 
 
 def reasoning_trace(source: Scene, ops: Sequence[Op], resolution: Sequence[str] = ()) -> str:

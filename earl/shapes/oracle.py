@@ -40,7 +40,7 @@ from PIL import Image
 
 from earl.errors import DataError
 from earl.io import load_image
-from earl.shapes.edits import cell_name
+from earl.shapes.program import cell_name
 from earl.shapes.render import object_mask
 from earl.shapes.scene import BACKGROUNDS, PALETTE, SHAPES, SIZES, Scene, ShapeObject
 

@@ -5,7 +5,7 @@ import pytest
 from earl.agents.plan import PlanError, Step, parse_plan, step_instruction
 from earl.agents.shapes import op_to_step, program_plan, resolve, step_to_op
 from earl.shapes.dataset import generate_samples
-from earl.shapes.edits import Move, Remove, op_from_dict
+from earl.shapes.program import Move, Remove, op_from_dict
 from earl.shapes.scene import Scene, ShapeObject
 
 

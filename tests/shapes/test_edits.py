@@ -8,8 +8,8 @@ from collections import defaultdict
 import pytest
 
 from earl.errors import DataError
-from earl.shapes.edits import (
-    SPLITS,
+from earl.shapes.edits import SPLITS, make_sample, random_scene
+from earl.shapes.program import (
     Add,
     BackgroundChange,
     ColorAlter,
@@ -18,10 +18,8 @@ from earl.shapes.edits import (
     Remove,
     Replace,
     Resize,
-    make_sample,
     op_from_dict,
     place_name,
-    random_scene,
     refer,
 )
 from earl.shapes.scene import PALETTE, Scene, ShapeObject
