@@ -293,7 +293,9 @@ def choose_decoder(backbone, device: torch.device | str, decoder: str = "auto") 
 def open_decoder(backbone, batch: dict[str, torch.Tensor], capacity: int, decoder: str = "auto",
                  cache: DecodeCache | None = None) -> _Decoder:
     """A cache-carrying decoder over a left-padded batch (`EditLayout.pad_prompts`'s keys): `.logits`
-    (R, V) at the last position, `.feed(ids (R, n), active)` appends up to `capacity` tokens in all.
+    (R, V) at the last position, `.feed(ids (R, n), active)` appends up to `capacity` tokens in all
+    (`all_logits=True`: the logits at every fed position), `.rollback(n)` forgets the last n fed, and
+    `.passes` counts the forwards.
     `decoder`: one of `DECODERS`, resolved by `choose_decoder`; `cache`: a caller-owned `DecodeCache`
     that the static and compiled decoders reuse (None: a fresh one, dropped with the decoder).
     For generation loops beside `sample_edits` (the reward model's traces)."""

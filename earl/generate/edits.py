@@ -15,6 +15,9 @@ under the distribution it was actually drawn from. The loop is explicit:
 CFG: `logits = u + s * (c - u)` on the image slice; the unconditional prompt is the conditional
 one with the instruction dropped. At s = 1 the unconditional rows are not computed at all.
 
+`schedule="jacobi"` (greedy only) replaces the image loop: each forward verifies a window of guessed
+codes and keeps the prefix the model agrees with (`earl.generate.jacobi`); the codes are the same.
+
 The forward that carries the KV cache is picked by one argument, `decoder=` ("auto" | "hf" | "static" |
 "compiled" | "lean", `choose_decoder`); what a static or compiled decoder keeps between calls lives in
 a `DecodeCache` the caller owns (`cache=`), never on the backbone.
