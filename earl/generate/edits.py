@@ -15,8 +15,9 @@ under the distribution it was actually drawn from. The loop is explicit:
 CFG: `logits = u + s * (c - u)` on the image slice; the unconditional prompt is the conditional
 one with the instruction dropped. At s = 1 the unconditional rows are not computed at all.
 
-`schedule="jacobi"` (greedy only) replaces the image loop: each forward verifies a window of guessed
-codes and keeps the prefix the model agrees with (`earl.generate.jacobi`); the codes are the same.
+`schedule="jacobi"` replaces the image loop: each forward verifies a window of guessed codes and keeps
+the prefix the model agrees with (`earl.generate.jacobi`): greedy, the same codes; sampled, the same
+distribution (another random stream).
 
 The forward that carries the KV cache is picked by one argument, `decoder=` ("auto" | "hf" | "static" |
 "compiled" | "lean", `choose_decoder`); what a static or compiled decoder keeps between calls lives in
@@ -93,8 +94,10 @@ def sample_edits(
     `pixels_per_code`: the image tokenizer's downsample factor, so that an image too large for the
     model is refused with its largest size that fits in pixels too, not only as a code grid.
     `schedule`: "sequential" (one code per forward) or "jacobi" with `window` (codes fed and verified
-    per forward, `earl.generate.jacobi`): greedy only, the same codes in fewer forwards.
-    The result's `forward_passes` says how many forwards the batch ran.
+    per forward, `earl.generate.jacobi`): the same greedy codes, or the same sampling distribution, in
+fewer forwards. Sampled with "jacobi", a row's draws also depend on the rows beside it (they share
+    the accepted prefix of each forward), so per-row generators make a row reproducible, not independent
+    of its batch. The result's `forward_passes` says how many forwards the batch ran.
     """
     if len(instructions) != source_codes.shape[0]:
         raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
@@ -131,7 +134,7 @@ def sample_edits(
     dec.feed(torch.tensor(layout.header(h, w), device=device)[None].expand(R, -1))
 
     if schedule == "jacobi":
-        flat, lps = jacobi_grid(dec, N, h, w, window, cfg, (img_start, img_stop), v.eol)
+        flat, lps = jacobi_grid(dec, N, h, w, window, cfg, (img_start, img_stop), v.eol, generator)
         codes = flat.view(N, h, w)
         for r in range(h):
             ids = codes[:, r] + img_start
