@@ -95,7 +95,7 @@ def sample_edits(
     model is refused with its largest size that fits in pixels too, not only as a code grid.
     `schedule`: "sequential" (one code per forward) or "jacobi" with `window` (codes fed and verified
     per forward, `earl.generate.jacobi`): the same greedy codes, or the same sampling distribution, in
-fewer forwards. Sampled with "jacobi", a row's draws also depend on the rows beside it (they share
+    fewer forwards. Sampled with "jacobi", a row's draws also depend on the rows beside it (they share
     the accepted prefix of each forward), so per-row generators make a row reproducible, not independent
     of its batch. The result's `forward_passes` says how many forwards the batch ran.
     """
