@@ -229,8 +229,9 @@ class _LeanDecoder(_Decoder):
         t0, n = self.net.length, ids.shape[1]
         keep, pos = self._advance(ids, active)
         self.mask[:, t0 : t0 + n] = keep[:, None]
-        logits = self.net.forward(ids, pos, self.mask[:, : t0 + n], all_positions=all_logits)
-        return self._result(logits if all_logits else logits[:, None], all_logits)
+        if all_logits:
+            return self._result(self.net.forward(ids, pos, self.mask[:, : t0 + n], all_positions=True), True)
+        return self._result(self.net.forward(ids, pos, self.mask[:, : t0 + n])[:, None], False)
 
     def rollback(self, n: int) -> None:
         """Forget the last n fed tokens: their slots are masked off and written over by the next feed."""
