@@ -165,8 +165,10 @@ class LeanLlama:
         return out.view(R, H, n, D)
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """Feed (R, n) tokens at (R, n) rotary positions; returns (R, V) logits at the last one.
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+                all_positions: bool = False) -> torch.Tensor:
+        """Feed (R, n) tokens at (R, n) rotary positions; returns (R, V) logits at the last one, or
+        (R, n, V) at every one with `all_positions` (to verify several guessed tokens in one forward).
 
         `key_mask` (R, length + n): 1 where a cache slot (old or new) may be attended, 0 for padding.
         Within the n new tokens attention is causal.
@@ -199,4 +201,4 @@ class LeanLlama:
             gate, up = F.linear(self._rms(x, w["eps2"]), w["gate_up"]).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w["down"])
         self.length = t1
-        return F.linear(self._rms(x[:, -1], self.norm_eps), self.lm_head)  # (R, V)
+        return F.linear(self._rms(x if all_positions else x[:, -1], self.norm_eps), self.lm_head)  # (R, [n,] V)

@@ -6,7 +6,9 @@
 - `text`: the one text-decoding loop (`decode_text`), greedy or sampled row by row, which the reward
   model, the decomposer, GCPO's traces and the served reward model all run;
 - `budget`: how many positions an edit needs, and the checks that say which part is too long;
-- `edits`: the edit sampler (`sample_edits`), an image written token by token with CFG.
+- `edits`: the edit sampler (`sample_edits`), an image written token by token with CFG;
+- `jacobi`: speculative Jacobi decoding of the image grid (`schedule="jacobi"`): greedy codes
+  unchanged, several per forward.
 
 The names below are the package's public surface: import them from `earl.generate`.
 """
@@ -21,6 +23,7 @@ from earl.generate.budget import (
 )
 from earl.generate.decoders import DECODERS, DecodeCache, cache_kwargs, choose_decoder, open_decoder
 from earl.generate.edits import GenerationOutput, sample_edits, thinking_vocab_mask
+from earl.generate.jacobi import SCHEDULES
 from earl.generate.sampling import Generators, SamplingConfig, process_logits, sample_from
 from earl.generate.text import (
     TextOutput,
@@ -34,7 +37,7 @@ from earl.generate.text import (
 )
 
 __all__ = [
-    "DECODERS", "DecodeCache", "GenerationOutput", "Generators", "SamplingConfig", "TextOutput", "TextSampling",
+    "DECODERS", "SCHEDULES", "DecodeCache", "GenerationOutput", "Generators", "SamplingConfig", "TextOutput", "TextSampling",
     "TextStops", "cache_kwargs", "check_prompt_lengths", "choose_decoder", "completion_length", "context_limit",
     "decode_text", "decoding_capacity", "draw", "fit_instruction", "greedy_text", "instruction_budget", "left_pad",
     "open_decoder", "process_logits", "sample_edits", "sample_from", "sample_traces_watching", "thinking_vocab_mask",

@@ -44,19 +44,25 @@ def cache_kwargs(model, cache) -> dict:
 
 # ---- the cache-carrying decoder -------------------------------------------------------------
 class _Decoder:
-    """Owns the KV cache and the growing attention mask of one batched generation."""
+    """Owns the KV cache and the growing attention mask of one batched generation.
+
+    `passes` counts the forwards run (the prefill included), so a sampler can report what a schedule
+    cost. `feed(..., all_logits=True)` returns the logits at every fed position, and `rollback(n)` drops
+    the last n fed tokens again: what a speculative schedule needs to verify guesses in one forward.
+    """
 
     def __init__(self, backbone, batch: dict[str, torch.Tensor]):
         self.backbone = backbone
         self.cache = DynamicCache()
         self.mask = batch["attention_mask"]  # (R, T_so_far)
         self.next_pos = batch["position_ids"][:, -1] + 1  # (R,)
-        self.logits = self._forward(batch["input_ids"], batch["position_ids"])
+        self.passes = 1
+        self.logits = self._forward(batch["input_ids"], batch["position_ids"])[:, -1]
 
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, keep: int = 1) -> torch.Tensor:
         out = self.backbone(input_ids=ids, attention_mask=self.mask, position_ids=pos,
-                            use_cache=True, logits_to_keep=1, **cache_kwargs(self.backbone, self.cache))
-        return out.logits[:, -1]  # (R, V)
+                            use_cache=True, logits_to_keep=keep, **cache_kwargs(self.backbone, self.cache))
+        return out.logits  # (R, keep, V)
 
     def _advance(self, ids: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(keep (R,), positions (R, n)) for fed ids, moving `next_pos` on: an inactive row's tokens are
@@ -65,14 +71,37 @@ class _Decoder:
         keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
         pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
         self.next_pos = self.next_pos + n * keep
+        self._fed = (n, keep)
         return keep, pos
 
-    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        """Append (R, n) tokens; rows with active=False get masked padding and keep their positions."""
+    def _result(self, logits: torch.Tensor, all_logits: bool) -> torch.Tensor:
+        """Keep the last position's logits on `.logits`; return all of them when asked."""
+        self.passes += 1
+        self.logits = logits[:, -1]
+        return logits if all_logits else self.logits
+
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
+        """Append (R, n) tokens; rows with active=False get masked padding and keep their positions.
+        Returns the (R, V) logits at the last position, or (R, n, V) at every one with `all_logits`."""
         keep, pos = self._advance(ids, active)
         self.mask = torch.cat([self.mask, keep[:, None].expand(ids.shape)], dim=1)
-        self.logits = self._forward(ids, pos)
-        return self.logits
+        return self._result(self._forward(ids, pos, ids.shape[1] if all_logits else 1), all_logits)
+
+    def _unfeed(self, n: int) -> None:
+        """Undo `next_pos` for the last n tokens of the last feed (every fed row moved on by its count)."""
+        fed, keep = self._fed
+        if not 0 <= n <= fed:
+            raise EarlError(f"rollback of {n} tokens: the last feed had {fed}")
+        self.next_pos = self.next_pos - n * keep
+        self._fed = (fed - n, keep)
+
+    def rollback(self, n: int) -> None:
+        """Forget the last n tokens of the last feed: cache, mask and positions as if never fed.
+        `.logits` is left to the caller (it knows which fed position it keeps)."""
+        self._unfeed(n)
+        if n:
+            self.cache.crop(-n)  # negative: drop n (a positive length is refused by newer transformers)
+            self.mask = self.mask[:, : self.mask.shape[1] - n]
 
 
 class DecodeCache:
@@ -150,24 +179,34 @@ class _StaticDecoder(_Decoder):
         self.length = 0  # tokens written so far
         self.next_pos = batch["position_ids"][:, -1] + 1
         self.step = store.compiled_step(backbone) if compiled else backbone
-        self.logits = self._run(backbone, batch["input_ids"], batch["position_ids"])
+        self.passes = 1
+        self.logits = self._run(backbone, batch["input_ids"], batch["position_ids"])[:, -1]
 
-    def _run(self, fn, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _run(self, fn, ids: torch.Tensor, pos: torch.Tensor, keep: int = 1) -> torch.Tensor:
         n = ids.shape[1]
         if self.length + n > self.mask.shape[1]:
             raise EarlError(f"static decode: {self.length + n} tokens exceed the cache of {self.mask.shape[1]}")
         where = torch.arange(self.length, self.length + n, device=ids.device)
         out = fn(input_ids=ids, attention_mask=self.mask, position_ids=pos, cache_position=where, use_cache=True,
-                 logits_to_keep=1, **cache_kwargs(self.backbone, self.cache))
+                 logits_to_keep=keep, **cache_kwargs(self.backbone, self.cache))
         self.length += n
-        return out.logits[:, -1].clone()  # a captured graph reuses its output buffer on the next replay
+        return out.logits.clone()  # a captured graph reuses its output buffer on the next replay
 
-    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
         n = ids.shape[1]
         keep, pos = self._advance(ids, active)
         self.mask[:, self.length : self.length + n] = keep[:, None]
-        self.logits = self._run(self.step if n == 1 else self.backbone, ids, pos)
-        return self.logits
+        logits = self._run(self.step if n == 1 else self.backbone, ids, pos, n if all_logits else 1)
+        return self._result(logits, all_logits)
+
+    def rollback(self, n: int) -> None:
+        """Forget the last n fed tokens: their slots are masked off and written over by the next feed
+        (a `StaticCache` that counts its own writes is moved back too; older ones write at `cache_position`)."""
+        self._unfeed(n)
+        if n and hasattr(self.cache, "crop"):
+            self.cache.crop(-n)
+        self.length -= n
+        self.mask[:, self.length :] = 0
 
 
 class _LeanDecoder(_Decoder):
@@ -183,14 +222,22 @@ class _LeanDecoder(_Decoder):
         self.mask = torch.zeros(R, P + capacity, dtype=torch.long, device=batch["input_ids"].device)
         self.mask[:, :P] = batch["attention_mask"]
         self.next_pos = batch["position_ids"][:, -1] + 1
+        self.passes = 1
         self.logits = self.net.forward(batch["input_ids"], batch["position_ids"], self.mask[:, :P])
 
-    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+    def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
         t0, n = self.net.length, ids.shape[1]
         keep, pos = self._advance(ids, active)
         self.mask[:, t0 : t0 + n] = keep[:, None]
-        self.logits = self.net.forward(ids, pos, self.mask[:, : t0 + n])
-        return self.logits
+        if all_logits:
+            return self._result(self.net.forward(ids, pos, self.mask[:, : t0 + n], all_positions=True), True)
+        return self._result(self.net.forward(ids, pos, self.mask[:, : t0 + n])[:, None], False)
+
+    def rollback(self, n: int) -> None:
+        """Forget the last n fed tokens: their slots are masked off and written over by the next feed."""
+        self._unfeed(n)
+        self.net.length -= n
+        self.mask[:, self.net.length :] = 0
 
 
 _reported: set[str] = set()  # what was said once: why `auto` keeps the Hugging Face forward, a compile per call
@@ -247,7 +294,9 @@ def choose_decoder(backbone, device: torch.device | str, decoder: str = "auto") 
 def open_decoder(backbone, batch: dict[str, torch.Tensor], capacity: int, decoder: str = "auto",
                  cache: DecodeCache | None = None) -> _Decoder:
     """A cache-carrying decoder over a left-padded batch (`EditLayout.pad_prompts`'s keys): `.logits`
-    (R, V) at the last position, `.feed(ids (R, n), active)` appends up to `capacity` tokens in all.
+    (R, V) at the last position, `.feed(ids (R, n), active)` appends up to `capacity` tokens in all
+    (`all_logits=True`: the logits at every fed position), `.rollback(n)` forgets the last n fed, and
+    `.passes` counts the forwards.
     `decoder`: one of `DECODERS`, resolved by `choose_decoder`; `cache`: a caller-owned `DecodeCache`
     that the static and compiled decoders reuse (None: a fresh one, dropped with the decoder).
     For generation loops beside `sample_edits` (the reward model's traces)."""

@@ -15,6 +15,10 @@ under the distribution it was actually drawn from. The loop is explicit:
 CFG: `logits = u + s * (c - u)` on the image slice; the unconditional prompt is the conditional
 one with the instruction dropped. At s = 1 the unconditional rows are not computed at all.
 
+`schedule="jacobi"` replaces the image loop: each forward verifies a window of guessed codes and keeps
+the prefix the model agrees with (`earl.generate.jacobi`): greedy, the same codes; sampled, the same
+distribution (another random stream).
+
 The forward that carries the KV cache is picked by one argument, `decoder=` ("auto" | "hf" | "static" |
 "compiled" | "lean", `choose_decoder`); what a static or compiled decoder keeps between calls lives in
 a `DecodeCache` the caller owns (`cache=`), never on the backbone.
@@ -29,6 +33,7 @@ import torch
 from earl.errors import EarlError
 from earl.generate.budget import check_prompt_lengths, decoding_capacity
 from earl.generate.decoders import DecodeCache, _Decoder, open_decoder
+from earl.generate.jacobi import check_schedule, jacobi_grid
 from earl.generate.sampling import (
     Generators,
     SamplingConfig,
@@ -51,6 +56,12 @@ class GenerationOutput:
     codes: torch.Tensor  # (N, h, w) generated code grids
     image_positions: torch.Tensor  # (N, T) True at image-code positions
     thinking: list[str | None] = field(default_factory=list)
+    forward_passes: int = 0  # forwards the batch ran, prefill included (what the schedule cost)
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """Completion tokens per forward, per row (the prefill counted as a forward)."""
+        return self.completions.shape[1] / self.forward_passes if self.forward_passes else 0.0
 
 
 
@@ -67,6 +78,8 @@ def sample_edits(
     decoder: str = "auto",
     cache: DecodeCache | None = None,
     pixels_per_code: int | None = None,
+    schedule: str = "sequential",
+    window: int | None = None,
 ) -> GenerationOutput:
     """Sample one edit per (instruction, source grid). Repeat inputs for several samples per prompt.
 
@@ -80,6 +93,11 @@ def sample_edits(
     evaluations seed each sample by its id). Per-row generators use the PyTorch draw, not the fused one.
     `pixels_per_code`: the image tokenizer's downsample factor, so that an image too large for the
     model is refused with its largest size that fits in pixels too, not only as a code grid.
+    `schedule`: "sequential" (one code per forward) or "jacobi" with `window` (codes fed and verified
+    per forward, `earl.generate.jacobi`): the same greedy codes, or the same sampling distribution, in
+    fewer forwards. Sampled with "jacobi", a row's draws also depend on the rows beside it (they share
+    the accepted prefix of each forward), so per-row generators make a row reproducible, not independent
+    of its batch. The result's `forward_passes` says how many forwards the batch ran.
     """
     if len(instructions) != source_codes.shape[0]:
         raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
@@ -90,6 +108,7 @@ def sample_edits(
             raise EarlError("instruction is empty")
     device = next(backbone.parameters()).device
     N, h, w = source_codes.shape
+    window = check_schedule(schedule, window, cfg, h, w)
     check_prompt_lengths(backbone, layout, instructions, h, w, cfg, think, pixels_per_code)
     v = layout.vocab
     img_start, img_stop = v.image_ids
@@ -114,6 +133,31 @@ def sample_edits(
     forced(layout.header(h, w))
     dec.feed(torch.tensor(layout.header(h, w), device=device)[None].expand(R, -1))
 
+    if schedule == "jacobi":
+        flat, lps = jacobi_grid(dec, N, h, w, window, cfg, (img_start, img_stop), v.eol, generator)
+        codes = flat.view(N, h, w)
+        for r in range(h):
+            ids = codes[:, r] + img_start
+            pieces.append((ids, lps[:, r * w : (r + 1) * w], torch.ones_like(ids, dtype=torch.bool)))
+            forced([v.eol])
+    else:
+        codes = _sequential_grid(dec, N, R, h, w, cfg, generator, pieces, forced, layout)
+    forced([v.eof, v.eoi, layout.ids.eos])
+
+    completions = torch.cat([p[0] for p in pieces], dim=1)
+    logprobs = torch.cat([p[1] for p in pieces], dim=1)
+    sampled = torch.cat([p[2] for p in pieces], dim=1)
+    image_pos = v.is_image(completions) & sampled
+    return GenerationOutput(completions.cpu(), logprobs.cpu(), sampled.cpu(), codes.cpu(), image_pos.cpu(), thinking,
+                            forward_passes=dec.passes)
+
+
+def _sequential_grid(dec: _Decoder, N: int, R: int, h: int, w: int, cfg: SamplingConfig, generator, pieces, forced,
+                     layout: EditLayout) -> torch.Tensor:
+    """One code per forward, the row's last code and its <eol> fed together; (N, h, w) codes."""
+    v = layout.vocab
+    img_start, img_stop = v.image_ids
+    device = dec.logits.device
     codes = torch.empty((N, h, w), dtype=torch.long, device=device)
     eol = torch.full((R, 1), v.eol, dtype=torch.long, device=device)
     sample_codes = _image_code_sampler(device, cfg, N, (img_start, img_stop), generator)
@@ -129,13 +173,7 @@ def sample_edits(
                 break  # nothing left to sample: no forward needed
             dec.feed(torch.cat([ids_r, eol], dim=1) if last_in_row else ids_r)
         forced([v.eol])
-    forced([v.eof, v.eoi, layout.ids.eos])
-
-    completions = torch.cat([p[0] for p in pieces], dim=1)
-    logprobs = torch.cat([p[1] for p in pieces], dim=1)
-    sampled = torch.cat([p[2] for p in pieces], dim=1)
-    image_pos = v.is_image(completions) & sampled
-    return GenerationOutput(completions.cpu(), logprobs.cpu(), sampled.cpu(), codes.cpu(), image_pos.cpu(), thinking)
+    return codes
 
 
 def thinking_vocab_mask(layout: EditLayout, vocab_size: int, device) -> torch.Tensor:
