@@ -12,7 +12,7 @@ from earl.rrm.principles import shapes_points
 from earl.rrm.writer import PrincipleFailure
 from earl.shapes.dataset import generate_samples
 from earl.shapes.render import render
-from earl.verify.base import EditRequest, build_verifier
+from earl.verify.base import EditRequest, RewardResult, build_verifier
 
 
 def _samples(n=12):
@@ -90,3 +90,27 @@ def test_the_plan_writer_is_named_where_a_writer_is():
     assert build_writer("some/writer/dir") == "some/writer/dir"  # a learned writer, loaded by the verifier
     with pytest.raises(EarlError, match="not a decomposer directory"):
         build_writer("plan:no/such/decomposer")
+
+
+class FailingVerifier:
+    name = "learned"
+
+    def __init__(self, error):
+        self.error = error
+
+    def score(self, requests):
+        return [RewardResult.failure(self.error) for _ in requests]
+
+
+def test_a_step_whose_principles_cannot_be_written_is_not_resampled():
+    from earl.agents.checks import VerifierStepCheck
+    from earl.agents.plan import Step
+    from earl.rrm.learned import PRINCIPLES_FAILED
+
+    s = _samples(1)[0]
+    im, step = render(s.source_scene), Step("remove", "the shape in row 1, column 1", "nothing")
+    [written] = VerifierStepCheck(FailingVerifier(f"{PRINCIPLES_FAILED} unapplicable (no such object)")).check(
+        [im], [step], [im])
+    [verdict] = VerifierStepCheck(FailingVerifier("unparseable verdicts")).check([im], [step], [im])
+    assert not written.passed and not written.retry  # the same principles would fail on every resample
+    assert not verdict.passed and verdict.retry  # a new edit gets new verdicts
