@@ -2,7 +2,7 @@
 
 Edit-R1's reasoning reward model writes its own principles before judging; a verifier that is given
 them from the answer (the target's scene graph) cannot be used where there is no answer. One
-interface, two implementations:
+interface, two implementations here and a third above this layer:
 
     writer.write(sources: list[PIL.Image], instructions: list[str]) -> [list[EvalPoint] | PrincipleFailure]
 
