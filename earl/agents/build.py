@@ -17,6 +17,7 @@ from earl.agents.checks import OracleStepCheck, VerifierStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer, VotingDecomposer
 from earl.agents.editor import PipelineEditor
 from earl.agents.options import AgentOptions
+from earl.agents.plan_writer import PlanPrincipleWriter, plan_writer_dir
 from earl.agents.sequencer import SEQUENCERS, ChatSequencer
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
@@ -38,6 +39,20 @@ def build_sequencer(options: AgentOptions):
     if options.sequencer == "chat":
         return ChatSequencer.from_options(base_url=options.sequencer_base_url, model=options.sequencer_model)
     return SEQUENCERS[options.sequencer]()
+
+
+def build_writer(spec: str, device: str = "cpu"):
+    """The principle writer `spec` names: `plan` (the plan writer over the bundled decomposer),
+    `plan:DIR` (over that decomposer), else a learned writer's directory, given on as is
+    (`LearnedRRMVerifier` loads it)."""
+    path = plan_writer_dir(spec)
+    if path is None:
+        return spec
+    path = resolve_model(path or default_decomposer(), what="decomposer")
+    if not path.is_dir():
+        raise EarlError(f"writer {spec}: {path} is not a decomposer directory (train one with "
+                        "`earl train decomposer-sft`)")
+    return PlanPrincipleWriter.from_pretrained(path, device=device)
 
 
 def _rrm_dir(path: str) -> str:
@@ -66,7 +81,7 @@ def agent_parts(decomposer: str | None, editor: str | None, options: AgentOption
     rrm = None
     if "rrm" in (o.check, o.plan_judge):
         rrm = build_verifier("rrm", model_path=_rrm_dir(o.rrm), expected_points=True, device=device)
-    learned = (build_verifier("learned", model_path=_rrm_dir(o.rrm), writer=o.writer)
+    learned = (build_verifier("learned", model_path=_rrm_dir(o.rrm), writer=build_writer(o.writer, device))
                if "learned" in (o.check, o.plan_judge) else None)
     check = None
     if o.check == "oracle":

@@ -12,7 +12,9 @@ step). Two checks:
   after), passing at reward >= threshold: the reasoning reward model (E[points]), a VIEScore judge.
   On ShapesEdit the RRM's ten principles come from the step's scene graphs (before: parsed from the
   image; after: the step applied), as the RRM's reward does in training; its verdicts come from the
-  model reading the image tokens. On real data a chat LLM writes the principles.
+  model reading the image tokens. On real data a chat LLM writes the principles. With the learned
+  verifier a principle writer writes them from (image before, step instruction); a step whose
+  principles cannot be written is not retried (they would fail again on every resample).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 
 from earl.agents.plan import PlanError, Step, step_instruction
 from earl.agents.shapes import step_to_op
+from earl.rrm.learned import PRINCIPLES_FAILED
 from earl.shapes.oracle import judge, parse_scene
 from earl.verify.base import EditRequest
 
@@ -77,7 +80,9 @@ class VerifierStepCheck:
             reqs.append((i, EditRequest(before, step_instruction(step), after, meta=meta)))
         for (i, _), r in zip(reqs, self.verifier.score([r for _, r in reqs])):
             if r.failed:
-                verdicts[i] = StepVerdict(False, 0.0, f"judge failed: {r.error}")
+                # principles are written once per (image before, step): when they fail, every resample fails too
+                verdicts[i] = StepVerdict(False, 0.0, f"judge failed: {r.error}",
+                                          retry=not (r.error or "").startswith(PRINCIPLES_FAILED))
             else:
                 verdicts[i] = StepVerdict(r.reward >= self.threshold, float(r.reward), f"reward {r.reward:.3f}")
         return verdicts

@@ -46,9 +46,12 @@ class AgentOptions:
                                     help="with --plans: judge of the final image against the whole instruction "
                                          "(ShapesEdit oracle success, or the reasoning reward model's E[points]/10 "
                                          ">= --rrm-threshold)")
-    writer: str | None = option(None, help="with --check or --plan-judge learned: the principle writer "
-                                           "(`earl train principle-writer`) whose points the reward model judges, "
-                                           "in place of points read from the answer")
+    writer: str | None = option(None, metavar="DIR|plan|plan:DIR",
+                                help="with --check or --plan-judge learned: the principle writer whose points the "
+                                     "reward model judges, in place of points read from the answer: a learned "
+                                     "writer's directory (`earl train principle-writer`), or plan: the decomposer's "
+                                     "plan applied to the scene parsed from the source image (a tool-using writer; "
+                                     "plan:DIR for a decomposer directory other than the bundled one)")
     sequencer: str = option("keep", choices=tuple(SEQUENCERS))
     sequencer_base_url: str | None = option(None, help="with --sequencer chat: an OpenAI-compatible server's URL "
                                                       "(default: $EARL_SEQUENCER_BASE_URL)")
@@ -65,7 +68,11 @@ class AgentOptions:
         if self.plan_judge not in (None, *PLAN_JUDGES):
             raise ValueError(f"plan_judge must be {_one_of(PLAN_JUDGES)}, got {self.plan_judge!r}")
         if "learned" in (self.check, self.plan_judge) and not self.writer:
-            raise ValueError("the learned verifier needs writer: a principle writer directory (earl.train.writer)")
+            raise ValueError("the learned verifier needs writer: a principle writer directory (earl.train.writer), "
+                             "plan or plan:DIR")
+        if self.writer is not None and self.writer.startswith("plan:") and not self.writer[5:]:
+            raise ValueError("writer plan:DIR needs the decomposer directory after the colon (or plan alone for "
+                             "the bundled decomposer)")
         if (self.plans > 1) != (self.plan_judge is not None) or (self.plans > 1 and not self.plan_votes):
             raise ValueError("choosing among sampled plans by judging the results needs plans M (> 1), plan_votes K "
                              "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")

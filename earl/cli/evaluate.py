@@ -131,6 +131,7 @@ def _add_shapes(ev) -> None:
 
 def _cmd_writer(args) -> None:
     # lazy: the writer loads torch and transformers
+    from earl.agents.build import build_writer
     from earl.rrm.writer import UnifiedPrincipleWriter
     from earl.train.writer import measure_on_test_sets
 
@@ -140,18 +141,23 @@ def _cmd_writer(args) -> None:
         lo, hi = x["ci95"]
         return f"{100 * x['share']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
-    report = measure_on_test_sets(UnifiedPrincipleWriter.from_pretrained(args.model), n=args.n, out=args.out)
+    writer = build_writer(args.model)
+    writer = UnifiedPrincipleWriter.from_pretrained(writer) if isinstance(writer, str) else writer
+    report = measure_on_test_sets(writer, n=args.n, out=args.out)
     for split, r in report.items():
         w, c = r["writer"], r["perfect_writer_other_seed"]
         cats = ", ".join(f"{k} {pct(v)}" for k, v in w["per_category"].items())
         print(f"{split}: exact points matched {pct(w['exact_points_matched'])} ({cats}); failed requests "
-              f"{w['failed_requests']['k']}/{w['requests']}; written points valid {pct(w['written_valid'])}; "
+              f"{w['failed_requests']['k']}/{w['requests']} {w['failures'] or ''}; written points valid {pct(w['written_valid'])}; "
               f"a writer that knows the answer: {pct(c['exact_points_matched'])}")
 
 
 def _add_reward_models(ev) -> None:
     ew = ev.add_parser("writer", help="a principle writer's agreement with the exact points on the fixed test sets")
-    ew.add_argument("--model", required=True, help="the writer directory (earl train principle-writer's OUT_DIR/model)")
+    ew.add_argument("--model", "--writer", dest="model", required=True, metavar="DIR|plan|plan:DIR",
+                    help="the writer directory (earl train principle-writer's OUT_DIR/model), or plan: the "
+                         "decomposer's plan applied to the scene parsed from the source image (plan:DIR for "
+                         "another decomposer)")
     ew.add_argument("--n", type=int, default=200, help="samples of each fixed test set (simple, complex)")
     ew.add_argument("--out", default=None, help="also write the report to this JSON file")
     ew.set_defaults(func=_cmd_writer)

@@ -17,6 +17,8 @@ from earl.rrm.verifier import RRMVerifier
 from earl.rrm.writer import PrincipleCache, PrincipleFailure, UnifiedPrincipleWriter
 from earl.verify.base import RewardResult
 
+PRINCIPLES_FAILED = "principles:"  # how a request whose principles could not be written fails (its error's start)
+
 
 class LearnedRRMVerifier(RRMVerifier):
     name = "learned"
@@ -48,5 +50,5 @@ class LearnedRRMVerifier(RRMVerifier):
         out = super().score(requests)
         for i, k in enumerate(keys):
             if isinstance(w := self._written[k], PrincipleFailure):
-                out[i] = RewardResult.failure(f"principles: {w.kind} ({w.detail})", raw=w.raw)
+                out[i] = RewardResult.failure(f"{PRINCIPLES_FAILED} {w.kind} ({w.detail})", raw=w.raw)
         return out

@@ -2,7 +2,7 @@
 
 Edit-R1's reasoning reward model writes its own principles before judging; a verifier that is given
 them from the answer (the target's scene graph) cannot be used where there is no answer. One
-interface, two implementations:
+interface, two implementations here and a third above this layer:
 
     writer.write(sources: list[PIL.Image], instructions: list[str]) -> [list[EvalPoint] | PrincipleFailure]
 
@@ -17,6 +17,10 @@ interface, two implementations:
   time only (`earl.train.writer`).
 - `ChatPrincipleWriter` (real data): a multimodal chat LLM prompted with `DECOMPOSE_PROMPT`
   (`llm_points`'s path), cached per (source image, instruction).
+- `PlanPrincipleWriter` (ShapesEdit, `earl.agents.plan_writer`, above this layer because it uses the
+  agent's decomposer): a tool-using writer, not a learned one. The decomposer writes a plan, the
+  ShapesEdit image parser reads the source scene, the plan applied to it gives the predicted target,
+  and the points are `shapes_points(source, predicted target)`.
 
 A reply that cannot be read is a named `PrincipleFailure` (`FAILURE_KINDS`), counted by whoever
 asked, never repaired or guessed: a verifier then fails that request.
@@ -47,6 +51,8 @@ FAILURE_KINDS = (
     "categories",  # ten points, but not 3-4 instruction / 3-4 preservation / 2-3 quality
     "unfinished",  # the model's token budget ran out before it ended its reply
     "writer_error",  # the writer itself failed (a server that timed out or refused)
+    "plan",  # a plan writer's decomposer wrote no readable plan (`earl.agents.plan_writer`)
+    "unapplicable",  # a plan writer's plan does not apply to the scene read from the source image, or changes nothing
 )
 PROMPT_PREFIX = "principles :"
 MAX_WRITER_TOKENS = 240
