@@ -20,7 +20,6 @@ one object there, its target cell is taken) or the plan changes nothing.
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 
 from PIL import Image
@@ -31,6 +30,7 @@ from earl.agents.shapes import step_to_op
 from earl.agents.unified import UnifiedDecomposer
 from earl.rrm.principles import EvalPoint, shapes_points
 from earl.rrm.writer import PrincipleFailure
+from earl.seeds import derive_seed
 from earl.shapes.oracle import parse_scene
 from earl.shapes.scene import Scene
 
@@ -68,7 +68,7 @@ class PlanPrincipleWriter:
 
     def point_seed(self, instruction: str) -> int:
         """The seed of one request's points: fixed by the instruction, so a rerun writes the same points."""
-        return self.seed * 100_003 + zlib.crc32(instruction.encode())
+        return derive_seed(self.seed, instruction, sep="|", bits=32)
 
     def _points(self, source: Image.Image, instruction: str, decomposition) -> list[EvalPoint] | PrincipleFailure:
         plan = decomposition.plan
