@@ -1,4 +1,5 @@
-"""`earl data`: generate or prepare datasets (ShapesEdit, tokenized shards, reward-model traces)."""
+"""`earl data`: generate or prepare datasets (ShapesEdit, tokenized shards, reward-model traces, on-policy
+verifier data)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,47 @@ def _cmd_tokenize(args) -> None:
     m = tokenize_dataset(spec, editor, args.out, shard_size=args.shard_size, limit=args.limit)
     print(f"{args.out}: {m['records']} records in {len(m['shards'])} shards; {len(m['skipped'])} skipped "
           f"(reasons in {Path(args.out) / 'manifest.json'}). Train on it with data.train=[tokenized:{args.out}]")
+
+
+def _parse_origins(specs: list[str]) -> dict[str, str]:
+    """`NAME=DIR` pairs (or a bare DIR, named after its parent folder) -> {name: dir}."""
+    out = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            name, folder = Path(spec).resolve().parent.name or "images", spec
+        if not name or not folder:
+            raise SystemExit(f"earl data verifier: --images {spec!r}: expected NAME=DIR or DIR")
+        if name in out:
+            raise SystemExit(f"earl data verifier: --images: origin {name!r} given twice (name them NAME=DIR)")
+        out[name] = folder
+    return out
+
+
+def _cmd_verifier(args) -> None:
+    # lazy: the builder loads torch, the reward model's image tokenizer and the principle writer
+    from earl.agents.build import build_writer
+    from earl.rrm.writer import UnifiedPrincipleWriter
+    from earl.train.verifier_data import OracleTeacher, VerifierDataBuilder, trace_format
+    from tokenizer.vq import VQTokenizer
+
+    origins = _parse_origins(args.images)
+    if args.writer == "exact":
+        writer = "exact"
+    else:
+        writer = build_writer(args.writer)
+        writer = UnifiedPrincipleWriter.from_pretrained(writer) if isinstance(writer, str) else writer
+    rrm = Path(args.rrm)
+    if not (rrm / "image_tokenizer").is_dir():
+        raise SystemExit(f"earl data verifier: --rrm {rrm}: no image_tokenizer/ (expected a reward model directory)")
+    builder = VerifierDataBuilder(writer, VQTokenizer.from_pretrained(rrm / "image_tokenizer"),
+                                  OracleTeacher(noise=args.teacher_noise, fail_rate=args.teacher_fail_rate,
+                                                seed=args.seed),
+                                  trace_format(rrm), budget=args.budget, chunk=args.chunk, point_seed=args.seed)
+    m = builder.build(args.data, origins, args.out)
+    print(f"{args.out}: {m['labels']} images labelled by the {m['teacher']['name']} teacher (noise "
+          f"{m['teacher']['noise']}), {m['point_labels']} point labels of which {m['point_labels_wrong']} wrong, "
+          f"{m['failing_points']} failing; failures {m['failures'] or 'none'}; per origin {m['per_origin']}")
 
 
 def _cmd_rrm_traces(args) -> None:
@@ -76,6 +118,27 @@ def register(sub) -> None:
     dt.add_argument("--shard-size", type=int, default=1000)
     dt.add_argument("--limit", type=int, default=0, help="stop after N records (0 = all)")
     dt.set_defaults(func=_cmd_tokenize)
+
+    dv = data.add_parser("verifier", help="on-policy data for the reward model: traces on images an editor or agent "
+                                          "wrote for a ShapesEdit set, labelled by a teacher (resumable)")
+    dv.add_argument("--data", required=True, help="the ShapesEdit set the images were written for")
+    dv.add_argument("--images", required=True, action="append", metavar="NAME=DIR",
+                    help="a folder of {id}.png (an `earl eval shapes` OUT/images) and the origin name it is counted "
+                         "under (repeatable)")
+    dv.add_argument("--rrm", default="checkpoints/shapes-rrm-lenient",
+                    help="the reward model the data is for: its image tokenizer and trace format")
+    dv.add_argument("--writer", default="plan", metavar="plan|plan:DIR|DIR|exact",
+                    help="who writes each (source, instruction)'s points: a principle writer, as at test time, "
+                         "or exact: the scene-graph points")
+    dv.add_argument("--teacher-noise", type=float, default=0.0,
+                    help="the teacher's error rate: each verdict flipped with this probability")
+    dv.add_argument("--teacher-fail-rate", type=float, default=0.0,
+                    help="the share of teacher calls that fail (a simulated annotator or server error; counted)")
+    dv.add_argument("--budget", type=int, default=0, help="the most teacher labels (images judged) to spend (0: all)")
+    dv.add_argument("--chunk", type=int, default=32, help="images per shard (the unit of resumption)")
+    dv.add_argument("--seed", type=int, default=0)
+    dv.add_argument("--out", required=True, help="output folder (shards/*.jsonl + manifest.json; a rerun resumes)")
+    dv.set_defaults(func=_cmd_verifier)
 
     drt = data.add_parser("rrm-traces", help="cold-start traces for a reward model on real edits (VLM writer + "
                                              "stronger VLM verifier, best-agreeing trace kept; resumable)")

@@ -61,6 +61,27 @@ def _cmd_rrm(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _cmd_verifier(args) -> None:
+    # lazy: the reward model loads torch and transformers
+    from earl.model import UnifiedEditor
+    from earl.train.verifier_data import load_examples, measure_verifier
+
+    examples, labels = load_examples(args.examples, truth=True)
+    report = measure_verifier(UnifiedEditor.from_pretrained(args.model), examples, args.max_new_tokens)
+    report = {"model": args.model, "examples": args.examples, "labels": labels, **report}
+    if args.out:
+        atomic_write_json(args.out, report)
+
+    def pct(x):
+        return "n/a" if not x["n"] else f"{100 * x['share']:.1f}% [{100 * x['ci95'][0]:.1f}, {100 * x['ci95'][1]:.1f}]"
+
+    for group, r in report.items():
+        if isinstance(r, dict) and "point_accuracy" in r:
+            print(f"{group}: {r['images']} images ({r['unparsed']} unparsed): point accuracy "
+                  f"{pct(r['point_accuracy'])}, failing points caught {pct(r['failing_points_caught'])} "
+                  f"(n={r['failing_points_caught']['n']}), images with every point right {pct(r['images_all_points_right'])}")
+
+
 def _cmd_rewardbench(args) -> None:
     # lazy: the pairwise bench loads torch and the image tokenizer
     from earl.rrm.rewardbench import format_table, parse_verifier_spec, run_pair_file_bench, run_rewardbench
@@ -161,6 +182,13 @@ def _add_reward_models(ev) -> None:
     ew.add_argument("--n", type=int, default=200, help="samples of each fixed test set (simple, complex)")
     ew.add_argument("--out", default=None, help="also write the report to this JSON file")
     ew.set_defaults(func=_cmd_writer)
+    evf = ev.add_parser("verifier", help="a reward model's verdicts against the oracle's on `earl data verifier` "
+                                         "folders (e.g. on the agent's own final images)")
+    evf.add_argument("--model", required=True, help="the reward model directory")
+    evf.add_argument("--examples", required=True, nargs="+", help="folders written by `earl data verifier`")
+    evf.add_argument("--max-new-tokens", type=int, default=320)
+    evf.add_argument("--out", default=None, help="also write the report to this JSON file")
+    evf.set_defaults(func=_cmd_verifier)
     erm = ev.add_parser("rrm", help="re-run a reward-model recipe's held-out evaluation on a saved model")
     erm.add_argument("recipe", help="the recipe it was trained with, e.g. recipes/shapes/rrm_sft_scan.yaml")
     erm.add_argument("overrides", nargs="*", help="the same key.sub=value overrides as in training")

@@ -276,12 +276,20 @@ def oracle_trace(points: list[EvalPoint], source: Scene, target: Scene, image: I
     if miss:
         passed = lenient_verdicts(truth, miss, rng)
         score = score_rule(passed, points, source, target, parsed.scene)
+    text = write_trace(points, parsed.scene, passed, reasons, score, reason_first, scan, quote_scan, expect)
+    return text, passed, score, truth
+
+
+def write_trace(points: list[EvalPoint], seen: Scene, passed: list[bool], reasons: list[str], score: float,
+                reason_first: bool = True, scan: bool = False, quote_scan: bool = False, expect: bool = False) -> str:
+    """A trace's text from its verdicts and the oracle's reasons (`judge_parsed`) on the scene `seen`,
+    in the format a reward model was trained to write (`oracle_trace`'s flags)."""
     if quote_scan:
         reasons = [scan_form(r) for r in reasons]
     if expect:
         reasons = [r if (e := expectation(p)) is None else f"{r}{EXPECT_SEPARATOR}{e}" for p, r in zip(points, reasons)]
-    preface = scene_scan(parsed.scene) if scan else None
-    return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface), passed, score, truth
+    preface = scene_scan(seen) if scan else None
+    return format_trace(passed, reasons, score, reason_first=reason_first, preface=preface)
 
 
 def select_trace(traces: list[list[bool]], reference: list[bool]) -> int:

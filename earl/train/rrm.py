@@ -33,6 +33,7 @@ from earl.text import build_word_tokenizer
 from earl.train.accelerator import make_accelerator
 from earl.train.lm import train_lm
 from earl.train.sections import OptimSection, RunSection
+from earl.train.verifier_data import load_examples
 from tokenizer.vq import VQTokenizer
 
 
@@ -80,8 +81,16 @@ class RRMDataSection:
     # the training traces' verdicts and scores are a lenient verifier's, their reasons still what the
     # oracle saw; the held-out evaluation keeps the oracle's verdicts. 0 is the exact oracle.
     verifier_miss: float = 0.0
+    # folders of on-policy judge examples (`earl data verifier`: traces on the policy's own images,
+    # labelled by a teacher) trained on beside the cold start's; their teacher labels are counted
+    onpolicy: list[str] = field(default_factory=list)
+    onpolicy_repeat: int = 1  # each on-policy example this many times per epoch (few, and the ones that matter)
 
     def __post_init__(self):
+        if self.onpolicy_repeat < 1:
+            raise ValueError(f"data.onpolicy_repeat must be >= 1, got {self.onpolicy_repeat}")
+        if self.samples < 0 or (self.samples == 0 and not self.onpolicy):
+            raise ValueError(f"data.samples must be > 0 (or 0 with data.onpolicy folders), got {self.samples}")
         if not 0.0 <= self.verifier_miss < 1.0:
             raise ValueError(f"data.verifier_miss must be in [0, 1) (the share of failing points passed), got "
                              f"{self.verifier_miss}")
@@ -216,7 +225,13 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
         raise ConfigError(f"model.image_tokenizer: {cfg.model.image_tokenizer} not found")
     else:
         image_tokenizer = VQTokenizer.from_pretrained(cfg.model.image_tokenizer)
-    train = build_examples(cfg, image_tokenizer, cfg.data.samples, cfg.data.seed, cfg.data.verifier_miss)
+    train = build_examples(cfg, image_tokenizer, cfg.data.samples, cfg.data.seed, cfg.data.verifier_miss) \
+        if cfg.data.samples else []
+    labels = {"coldstart": len(train), "onpolicy": 0}  # teacher labels: one per image judged on all its points
+    if cfg.data.onpolicy:
+        onpolicy, labels["onpolicy"] = load_examples(cfg.data.onpolicy)
+        train += onpolicy * cfg.data.onpolicy_repeat
+    labels["total"] = labels["coldstart"] + labels["onpolicy"]
     held_out = build_held_out(cfg, image_tokenizer)
     corpus = _judge_corpus(train + held_out)
     if start is not None:
@@ -231,9 +246,11 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         atomic_write_json(out / "recipe.json", to_dict(cfg))
+        atomic_write_json(out / "teacher_labels.json", labels)
     loader = DataLoader(seqs, batch_size=cfg.run.batch_size, shuffle=True, drop_last=len(seqs) >= cfg.run.batch_size,
                         collate_fn=layout.collate)
-    accelerator.print(f"RRM SFT: {len(seqs)} judge examples from {cfg.data.samples} samples")
+    accelerator.print(f"RRM SFT: {len(seqs)} judge examples from {cfg.data.samples} samples and "
+                      f"{len(cfg.data.onpolicy)} on-policy folder(s); teacher labels: {labels}")
     if cfg.data.verifier_miss:
         failing = [ok for e in train for ok, truth in zip(e["passed"], e["true_passed"]) if not truth]
         accelerator.print(f"RRM SFT: a lenient verifier wrote the traces: {sum(failing)} of {len(failing)} failing"
@@ -246,4 +263,5 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
         editor.backbone = accelerator.unwrap_model(model)
         return evaluate_rrm(editor, held_out, cfg.data.max_new_tokens)
 
-    return train_lm(cfg, accelerator, editor, loader, "rrm_sft", resume, progress, evaluate)
+    metrics = train_lm(cfg, accelerator, editor, loader, "rrm_sft", resume, progress, evaluate)
+    return {**metrics, "teacher_labels": labels["total"]}
