@@ -7,6 +7,8 @@ import sys
 import pytest
 from PIL import Image
 
+from earl.errors import EarlError
+
 
 def earl(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "earl.cli", *map(str, args)], capture_output=True, text=True,
@@ -163,6 +165,14 @@ def test_agent_flags_are_the_agent_options():
         exercised = {f.name for f in fields(AgentOptions) if getattr(picked, f.name) != f.default}
         learned = parser.parse_args([*command, "--check", "learned", "--writer", "my-writer"])
         assert agent_options(learned) == AgentOptions(check="learned", writer="my-writer")
+        exercised |= {"repairs", "verifier"}
+        one_flag = parser.parse_args([*command, "--verifier", "learned", "--repairs", "2"])
+        assert agent_options(one_flag) == AgentOptions(check="learned", plan_judge="learned", writer="plan",
+                                                       plan_votes=8, plans=2, attempts=2, repairs=2, verifier="learned")
+        with pytest.raises(EarlError, match="reads no answer"):
+            agent_options(parser.parse_args([*command, "--verifier", "learned", "--check", "oracle"]))
+        with pytest.raises(EarlError, match="repairs need a verifier"):
+            agent_options(parser.parse_args([*command, "--repairs", "1"]))
         exercised |= {"sequencer_base_url", "sequencer_model", "writer"}
         assert exercised == {f.name for f in fields(AgentOptions)}  # every flag was exercised
     with pytest.raises(SystemExit):  # a choice outside the field's choices is refused by the parser

@@ -56,7 +56,8 @@ def run_agent_eval(pipeline, data_dir, out_dir, batch_size: int = 64, progress: 
     results["agent"] = summarise_agent(ds, rec_dir, results)
     results["model"] = {"decomposer": getattr(pipeline.decomposer, "name", "?"), "attempts": pipeline.attempts,
                         "check": getattr(pipeline.check, "name", None), "temperature": pipeline.temperature,
-                        "plans": pipeline.plans, "plan_judge": getattr(pipeline.plan_judge, "name", None)}
+                        "plans": pipeline.plans, "plan_judge": getattr(pipeline.plan_judge, "name", None),
+                        "repairs": getattr(pipeline, "repairs", 0)}
     atomic_write_json(out_dir / "results.json", results)
     k = min(8, len(ds))
     grid = image_grid([[ds[i]["source_image"], ds[i]["target_image"], load_image(img_dir / f"{ids[i]}.png")]
@@ -97,7 +98,8 @@ def format_agent(summary: dict) -> str:
             f"{summary['steps_per_edit']:.2f}, plan failures: {fails}; editor calls/edit "
             f"{summary['editor_calls_per_edit']:.2f}, check calls/edit {summary['check_calls_per_edit']:.2f}"
             + (f", steps passing their check {rate:.3f}" if rate is not None else "")
-            + (f", plans tried/edit {summary['plans_tried_per_edit']:.2f}" if summary.get("plans_tried_per_edit", 1) > 1 else ""))
+            + (f", plans tried/edit {summary['plans_tried_per_edit']:.2f}" if summary.get("plans_tried_per_edit", 1) > 1 else "")
+            + (f", repairs kept/edit {summary['repairs_kept_per_edit']:.2f}" if summary.get("repairs_kept_per_edit") else ""))
 
 
 def compare_runs(runs: dict[str, str | Path], base: str | None = None) -> dict:

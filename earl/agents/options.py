@@ -8,10 +8,14 @@ This module stays light (no torch), so that `earl --help` can build the flags fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from earl.agents.sequencer import SEQUENCERS
 
+VERIFIERS = ("learned",)  # `verifier`: a whole oracle-free closed loop named at once
+# what `verifier: learned` sets where the option still has its default (editor calls stay <= 4 per edit on average)
+LEARNED_LOOP = {"check": "learned", "plan_judge": "learned", "writer": "plan", "plan_votes": 8, "plans": 2,
+                "attempts": 2, "repairs": 1}
 CHECKS = ("none", "oracle", "rrm", "learned")  # how each step is verified (a failing one is resampled)
 PLAN_JUDGES = ("oracle", "rrm", "learned")  # who judges the final image of a candidate plan
 
@@ -52,6 +56,18 @@ class AgentOptions:
                                      "writer's directory (`earl train principle-writer`), or plan: the decomposer's "
                                      "plan applied to the scene parsed from the source image (a tool-using writer; "
                                      "plan:DIR for a decomposer directory other than the bundled one)")
+    repairs: int = option(0, metavar="R",
+                          help="critique and repair: up to R rounds in which the verifier's failing points (of "
+                               "--plan-judge, else --check: rrm or learned) go back to the decomposer with the "
+                               "current image, and the corrective plan is kept only when the verifier scores it "
+                               "higher")
+    verifier: str | None = option(None, choices=VERIFIERS,
+                                  help="the oracle-free closed loop in one flag: learned = --check learned "
+                                       f"--plan-judge learned --writer plan --plan-votes {LEARNED_LOOP['plan_votes']} "
+                                       f"--plans {LEARNED_LOOP['plans']} --attempts {LEARNED_LOOP['attempts']} "
+                                       f"--repairs {LEARNED_LOOP['repairs']}, each unless given otherwise: the bundled "
+                                       "reward model judging points its principle writer wrote from the source image "
+                                       "and the instruction only")
     sequencer: str = option("keep", choices=tuple(SEQUENCERS))
     sequencer_base_url: str | None = option(None, help="with --sequencer chat: an OpenAI-compatible server's URL "
                                                       "(default: $EARL_SEQUENCER_BASE_URL)")
@@ -63,6 +79,20 @@ class AgentOptions:
     def __post_init__(self):
         """ValueError, so that a recipe's bad agent options are reported with its file and field (the CLI
         reports them as a usage error)."""
+        if self.verifier not in (None, *VERIFIERS):
+            raise ValueError(f"verifier must be {_one_of(VERIFIERS)}, got {self.verifier!r}")
+        if self.verifier == "learned":
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, value in LEARNED_LOOP.items():
+                if getattr(self, name) == defaults[name]:
+                    setattr(self, name, value)
+            if "oracle" in (self.check, self.plan_judge) or "rrm" in (self.check, self.plan_judge):
+                raise ValueError("verifier: learned reads no answer; it cannot be combined with an oracle or rrm "
+                                 "check or plan judge (they read the scene graphs)")
+        if self.repairs < 0:
+            raise ValueError(f"repairs must be >= 0, got {self.repairs}")
+        if self.repairs and not ({self.check, self.plan_judge} & {"rrm", "learned"}):
+            raise ValueError("repairs need a verifier that judges by points: check or plan_judge rrm or learned")
         if self.check not in CHECKS:
             raise ValueError(f"check must be {_one_of(CHECKS)}, got {self.check!r}")
         if self.plan_judge not in (None, *PLAN_JUDGES):

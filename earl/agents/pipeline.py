@@ -36,6 +36,7 @@ from earl.agents.build import AgentOptions, agent_parts, default_decomposer  # n
 from earl.agents.checks import StepVerdict
 from earl.agents.decomposer import DecomposeRequest, Decomposition, ScriptedDecomposer
 from earl.agents.plan import Plan, Step, step_instruction
+from earl.agents.repair import RepairingPipeline
 from earl.agents.sequencer import KeepOrder
 from earl.errors import EarlError
 from earl.io import load_image
@@ -70,13 +71,14 @@ class AgentResult:
     check_calls: int = 0  # verifier calls: step checks and plan judgements
     plans_tried: int = 1
     plan_reward: float | None = None  # the plan judge's reward for the kept plan
+    repairs: int = 0  # critique-and-repair rounds whose result was kept (`earl.agents.repair`)
 
     def to_dict(self) -> dict:
         return {"plan": self.plan.to_dict() if self.plan else None, "n_steps": len(self.steps),
                 "steps": [s.to_dict() for s in self.steps], "failure": self.failure, "error": self.error,
                 "fallback": self.fallback, "decomposer_raw": self.decomposition.raw if self.decomposition else None,
                 "editor_calls": self.editor_calls, "check_calls": self.check_calls, "plans_tried": self.plans_tried,
-                "plan_reward": self.plan_reward}
+                "plan_reward": self.plan_reward, "repairs": self.repairs}
 
 
 def attempt_seed(seed: int, key: str, step: int, attempt: int) -> int:
@@ -249,7 +251,12 @@ class AgentPipeline:
 def build_agent_pipeline(decomposer: str | None, editor: str | None, options: AgentOptions,
                          seed: int = 0) -> AgentPipeline:
     """The pipeline `options` describe (`earl agent`, `earl eval shapes --agent`, `earl study`, the demo)."""
-    return AgentPipeline(**agent_parts(decomposer, editor, options, seed=seed))
+    parts = agent_parts(decomposer, editor, options, seed=seed)
+    pipe = AgentPipeline(**parts)
+    if not options.repairs:
+        return pipe
+    judge = parts["plan_judge"] if parts["plan_judge"] is not None else parts["check"].verifier
+    return RepairingPipeline(pipe, judge, repairs=options.repairs, threshold=options.rrm_threshold)
 
 
 def execute_plans(editor, sources: list[Image.Image], plans: list[Plan | None]) -> list[Image.Image | None]:

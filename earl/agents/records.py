@@ -19,4 +19,5 @@ def summarise_records(records: list[dict]) -> dict:
         "editor_calls_per_edit": sum(r["editor_calls"] for r in records) / n,
         "check_calls_per_edit": sum(r["check_calls"] for r in records) / n,
         "plans_tried_per_edit": sum(r.get("plans_tried", 1) for r in records) / n,
+        "repairs_kept_per_edit": sum(r.get("repairs", 0) for r in records) / n,
     }

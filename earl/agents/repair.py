@@ -13,7 +13,6 @@ verifier calls that are counted in the result (as EditThinker and GenArtist crit
 from __future__ import annotations
 
 from earl.agents.decomposer import DecomposeRequest
-from earl.agents.pipeline import AgentPipeline, AgentResult
 from earl.verify.base import EditRequest, RewardResult
 
 
@@ -23,16 +22,16 @@ def failing_points(result) -> list[str]:
 
 
 class RepairingPipeline:
-    """`pipeline` followed by up to `repairs` critique-and-repair rounds judged by `judge`."""
+    """`pipeline` (an `earl.agents.pipeline.AgentPipeline`, which builds this wrapper) followed by up to `repairs` critique-and-repair rounds judged by `judge`."""
 
-    def __init__(self, pipeline: AgentPipeline, judge, repairs: int = 1, threshold: float = 0.9):
+    def __init__(self, pipeline, judge, repairs: int = 1, threshold: float = 0.9):
         if repairs < 0:
             raise ValueError(f"repairs must be >= 0, got {repairs}")
         self.pipeline, self.judge, self.repairs, self.threshold = pipeline, judge, repairs, threshold
         self.decomposer, self.check, self.plan_judge = pipeline.decomposer, pipeline.check, pipeline.plan_judge
         self.attempts, self.temperature, self.plans = pipeline.attempts, pipeline.temperature, pipeline.plans
 
-    def run(self, requests: list[DecomposeRequest]) -> list[AgentResult]:
+    def run(self, requests: list[DecomposeRequest]) -> list:
         results = self.pipeline.run(requests)
         for r in results:
             r.repairs = 0
