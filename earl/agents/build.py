@@ -17,7 +17,8 @@ from earl.agents.checks import OracleStepCheck, VerifierStepCheck
 from earl.agents.decomposer import GroundTruthDecomposer, VotingDecomposer
 from earl.agents.editor import PipelineEditor
 from earl.agents.options import AgentOptions
-from earl.agents.plan_writer import PlanPrincipleWriter, plan_writer_dir
+from earl.agents.outcomes import OutcomeVotingDecomposer
+from earl.agents.plan_writer import PLAN_WRITER, PlanPrincipleWriter, plan_writer_dir
 from earl.agents.sequencer import SEQUENCERS, ChatSequencer
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
@@ -77,12 +78,18 @@ def agent_parts(decomposer: str | None, editor: str | None, options: AgentOption
             raise EarlError(f"decomposer {path}: not a directory (train one with `earl train decomposer-sft`)")
         dec = UnifiedDecomposer.from_pretrained(path, device=device)
         if o.plan_votes:
-            dec = VotingDecomposer(dec, o.plan_votes, o.plan_temperature, seed=seed)
+            voter = OutcomeVotingDecomposer if o.plan_vote_by == "outcome" else VotingDecomposer
+            dec = voter(dec, o.plan_votes, o.plan_temperature, seed=seed)
     rrm = None
     if "rrm" in (o.check, o.plan_judge):
         rrm = build_verifier("rrm", model_path=_rrm_dir(o.rrm), expected_points=True, device=device)
-    learned = (build_verifier("learned", model_path=_rrm_dir(o.rrm), writer=build_writer(o.writer, device))
-               if "learned" in (o.check, o.plan_judge) else None)
+    writer = None
+    if "learned" in (o.check, o.plan_judge):
+        # the bundled plan writer over an outcome-voting decomposer shares it, so that the points judged
+        # are those of the plan the agent carries out (same samples: they are seeded by the instruction)
+        shared = o.writer == PLAN_WRITER and decomposer is None and isinstance(dec, OutcomeVotingDecomposer)
+        writer = PlanPrincipleWriter(dec) if shared else build_writer(o.writer, device)
+    learned = build_verifier("learned", model_path=_rrm_dir(o.rrm), writer=writer) if writer is not None else None
     check = None
     if o.check == "oracle":
         check = OracleStepCheck()

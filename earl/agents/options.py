@@ -14,8 +14,9 @@ from earl.agents.sequencer import SEQUENCERS
 
 VERIFIERS = ("learned",)  # `verifier`: a whole oracle-free closed loop named at once
 # what `verifier: learned` sets where the option still has its default (editor calls stay <= 4 per edit on average)
-LEARNED_LOOP = {"check": "learned", "plan_judge": "learned", "writer": "plan", "plan_votes": 8, "plans": 2,
-                "attempts": 2, "repairs": 1}
+LEARNED_LOOP = {"check": "learned", "plan_judge": "learned", "writer": "plan", "plan_votes": 16,
+                "plan_vote_by": "outcome", "plans": 2, "attempts": 2, "repairs": 1}
+PLAN_VOTES = ("text", "outcome")  # what sampled plans are counted by (`earl.agents.outcomes`)
 CHECKS = ("none", "oracle", "rrm", "learned")  # how each step is verified (a failing one is resampled)
 PLAN_JUDGES = ("oracle", "rrm", "learned")  # who judges the final image of a candidate plan
 
@@ -43,6 +44,10 @@ class AgentOptions:
                              help="self-consistency: also sample K plans and keep the one written most often (0: "
                                   "greedy plan)")
     plan_temperature: float = option(1.0, help="with --plan-votes: temperature of sampled plans")
+    plan_vote_by: str = option("text", choices=PLAN_VOTES,
+                               help="with --plan-votes: count plans by their text, or by outcome: each applied to "
+                                    "the scene parsed from the source image and counted by the scene it predicts "
+                                    "(plans that do not apply cast no vote; ShapesEdit images)")
     plans: int = option(1, metavar="M",
                         help="with --plan-votes and --plan-judge: carry out up to M candidate plans, most-written "
                              "first, until the judge passes the final image")
@@ -62,12 +67,10 @@ class AgentOptions:
                                "current image, and the corrective plan is kept only when the verifier scores it "
                                "higher")
     verifier: str | None = option(None, choices=VERIFIERS,
-                                  help="the oracle-free closed loop in one flag: learned = --check learned "
-                                       f"--plan-judge learned --writer plan --plan-votes {LEARNED_LOOP['plan_votes']} "
-                                       f"--plans {LEARNED_LOOP['plans']} --attempts {LEARNED_LOOP['attempts']} "
-                                       f"--repairs {LEARNED_LOOP['repairs']}, each unless given otherwise: the bundled "
-                                       "reward model judging points its principle writer wrote from the source image "
-                                       "and the instruction only")
+                                  help="the oracle-free closed loop in one flag: learned = "
+                                       + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in LEARNED_LOOP.items())
+                                       + ", each unless given otherwise: the bundled reward model judging points its "
+                                         "principle writer wrote from the source image and the instruction only")
     sequencer: str = option("keep", choices=tuple(SEQUENCERS))
     sequencer_base_url: str | None = option(None, help="with --sequencer chat: an OpenAI-compatible server's URL "
                                                       "(default: $EARL_SEQUENCER_BASE_URL)")
@@ -89,6 +92,8 @@ class AgentOptions:
             if "oracle" in (self.check, self.plan_judge) or "rrm" in (self.check, self.plan_judge):
                 raise ValueError("verifier: learned reads no answer; it cannot be combined with an oracle or rrm "
                                  "check or plan judge (they read the scene graphs)")
+        if self.plan_vote_by not in PLAN_VOTES:
+            raise ValueError(f"plan_vote_by must be {_one_of(PLAN_VOTES)}, got {self.plan_vote_by!r}")
         if self.repairs < 0:
             raise ValueError(f"repairs must be >= 0, got {self.repairs}")
         if self.repairs and not ({self.check, self.plan_judge} & {"rrm", "learned"}):
