@@ -165,10 +165,11 @@ def test_agent_flags_are_the_agent_options():
         exercised = {f.name for f in fields(AgentOptions) if getattr(picked, f.name) != f.default}
         learned = parser.parse_args([*command, "--check", "learned", "--writer", "my-writer"])
         assert agent_options(learned) == AgentOptions(check="learned", writer="my-writer")
-        exercised |= {"repairs", "verifier"}
+        exercised |= {"repairs", "verifier", "plan_vote_by"}
         one_flag = parser.parse_args([*command, "--verifier", "learned", "--repairs", "2"])
         assert agent_options(one_flag) == AgentOptions(check="learned", plan_judge="learned", writer="plan",
-                                                       plan_votes=8, plans=2, attempts=2, repairs=2, verifier="learned")
+                                                       plan_votes=16, plan_vote_by="outcome", plans=2, attempts=2,
+                                                       repairs=2, verifier="learned")
         with pytest.raises(EarlError, match="reads no answer"):
             agent_options(parser.parse_args([*command, "--verifier", "learned", "--check", "oracle"]))
         with pytest.raises(EarlError, match="repairs need a verifier"):
