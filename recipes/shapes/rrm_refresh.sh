@@ -21,7 +21,7 @@ for w in plan exact; do
     --images editor_simple=$V/roll_editor_simple_t1/images --writer $w --out $V/train_op_simple_$w
 done
 # 3. the refresh
-earl train rrm-sft recipes/shapes/rrm_refresh.yaml
+earl train rrm-sft recipes/shapes/rrm_sft_refresh.yaml
 # 4. the yardstick: the agent's own final images on the fixed complex test set, labelled by the oracle
 [ -f $V/complex_test/meta.json ] || earl data shapes --out $V/complex_test --n 200 --split complex --part test
 earl eval shapes --agent --data $V/complex_test --out $V/test_agent_complex
