@@ -44,9 +44,9 @@ from earl.rrm.readouts import TRACE_SCORES, trace_score, watched_words
 from earl.rrm.scoring import rrm_scorer
 from earl.train.accelerator import make_accelerator
 from earl.train.loop import run_loop
+from earl.train.lora import adapt, reference_model
 from earl.train.metrics import finish_run
 from earl.train.optim import make_optimizer, make_scheduler, step_schedule
-from earl.train.lora import adapt, reference_model
 from earl.train.sections import LoraSection, OptimSection, RunSection, settle_grad_accum
 
 

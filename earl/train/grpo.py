@@ -38,9 +38,9 @@ from earl.shards import ShardedEdits
 from earl.train.accelerator import make_accelerator, prepare_backbone, world_size
 from earl.train.cursor import load_sources
 from earl.train.loop import run_loop
+from earl.train.lora import adapt, reference_model
 from earl.train.metrics import finish_run
 from earl.train.optim import make_optimizer, make_scheduler, step_schedule
-from earl.train.lora import adapt, reference_model
 from earl.train.sections import LoraSection, OptimSection, RunSection, settle_grad_accum
 from earl.verify.base import EditRequest, build_verifier
 from earl.verify.oracle import OracleVerifier
