@@ -219,3 +219,39 @@ def test_a_lora_run_interrupted_and_resumed_matches_an_uninterrupted_one(tmp_pat
                 for x in (run / "metrics.jsonl").read_text().splitlines()]
 
     assert rows(cut) == rows(ref) and [r["step"] for r in rows(ref)] == list(range(1, 7))
+
+
+@pytest.mark.slow
+def test_lora_under_deepspeed_zero2_on_two_cpu_processes_saves_adapters_and_resumes(tmp_path, tok_dir, start):
+    """`torchrun --nproc_per_node 2` with the ZeRO-2 recipe, as tests/train/test_sft.py runs full SFT: the
+    checkpoints hold the adapters and no full weights, and a run resumed from step 2 ends with the adapters
+    of the run never stopped. (With ACCELERATE_USE_CPU=1 accelerate runs the ranks data-parallel on the CPU
+    and DeepSpeed's engine is not started; its branch, `engine_state_kwargs`, runs on GPUs only.)"""
+    import os
+    import shutil
+    import sys
+
+    from tests.train.test_sft import run_torchrun
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "earl.cli", "train", "sft",
+           str(ROOT / "recipes/shapes/sft.yaml"),
+           *sft_overrides(tmp_path, tok_dir, **{"model.init_from": start, "run.steps": 4,
+                                                "run.deepspeed": ROOT / "recipes/deepspeed/zero2.json"})]
+    out, err, code = run_torchrun(cmd, env, tmp_path, 600)
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "world size 2" in out + err
+    run = tmp_path / "run"
+    step2 = run / "checkpoints/step_0000002"
+    assert {f for f in ADAPTER_FILES} <= {p.name for p in step2.iterdir()}
+    assert not list(step2.rglob("model*.safetensors")) and not list(step2.rglob("*model_states.pt"))
+    first = load_file(str(run / "model/adapter_model.safetensors"))
+
+    shutil.rmtree(run / "model")
+    shutil.rmtree(run / "checkpoints/step_0000004")
+    out, err, code = run_torchrun([*cmd, "--resume"], env, tmp_path, 600)
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "resumed from" in out + err and "at step 2" in out + err
+    again = load_file(str(run / "model/adapter_model.safetensors"))
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
