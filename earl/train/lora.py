@@ -255,7 +255,11 @@ def merge_adapters(source: str | Path, out: str | Path, base: str | Path | None 
 
     `base` defaults to the directory the adapters record; a base whose backbone weights differ from the
     recorded one, or whose shapes do not fit the adapters, is an error naming both."""
-    adapters = find_adapters(source)
+    return merged_editor(find_adapters(source), base).save_pretrained(out)
+
+
+def merged_editor(adapters: Path, base: str | Path | None = None) -> UnifiedEditor:
+    """The base editor with the adapters in `adapters` merged into its backbone (in memory)."""
     record = read_json(adapters / BASE_NAME) if (adapters / BASE_NAME).is_file() else {}
     recorded = record.get("base_model")
     base_dir = Path(base) if base is not None else Path(recorded) if recorded else None
@@ -274,7 +278,16 @@ def merge_adapters(source: str | Path, out: str | Path, base: str | Path | None 
         raise EarlError(f"the adapters in {adapters} do not fit the base {base_dir} (recorded base: {recorded}): "
                         f"{first}") from None
     editor.backbone = model.merge_and_unload()
-    return editor.save_pretrained(out)
+    return editor
+
+
+def load_editor(path: str | Path) -> UnifiedEditor:
+    """What a training run left at `path`: a full editor directory, or a LoRA run's adapter directory, merged
+    into its base in memory (for readers that evaluate every run alike, such as the study)."""
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file() and not (path / "editor.json").is_file():
+        return merged_editor(path).eval()
+    return UnifiedEditor.from_pretrained(path)
 
 
 def adapter_summary(model) -> dict[str, int]:
