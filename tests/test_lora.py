@@ -20,7 +20,14 @@ from earl.train import grpo as grpo_module
 from earl.train.decomposer import DecomposerGRPORecipe, DecomposerSFTRecipe
 from earl.train.gcpo import GCPORecipe
 from earl.train.grpo import GRPORecipe, train_grpo
-from earl.train.lora import ADAPTER_FILES, AdaptersOff, apply_lora, merge_adapters, reference_model
+from earl.train.lora import (
+    ADAPTER_FILES,
+    AdaptersOff,
+    apply_lora,
+    load_editor,
+    merge_adapters,
+    reference_model,
+)
 from earl.train.rrm import RRMRecipe
 from earl.train.sections import LORA_TARGETS, LoraSection
 from earl.train.sft import SFTRecipe, train_sft
@@ -114,6 +121,8 @@ def test_checkpoints_hold_the_adapters_alone_and_merge_into_the_same_model(tmp_p
     want = logits(adapted, base.layout)
     assert not torch.allclose(want, want_base, atol=1e-4)  # the adapters learned something
     torch.testing.assert_close(logits(merged.backbone, merged.layout), want, rtol=1e-4, atol=1e-4)
+    # what the study evaluates: the adapters merged in memory, the same model
+    torch.testing.assert_close(logits(load_editor(run / "model").backbone, base.layout), want, rtol=1e-4, atol=1e-4)
     # a checkpoint step merges too (another step: other weights)
     step2 = merge_adapters(run / "checkpoints/step_0000002", tmp_path / "merged2")
     assert not torch.equal(logits(UnifiedEditor.from_pretrained(step2).backbone, base.layout), want)
@@ -255,3 +264,29 @@ def test_lora_under_deepspeed_zero2_on_two_cpu_processes_saves_adapters_and_resu
     assert "resumed from" in out + err and "at step 2" in out + err
     again = load_file(str(run / "model/adapter_model.safetensors"))
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_the_decomposer_trains_lora_through_trl_and_merges_into_a_decomposer(tmp_path, tiny_editor):
+    """trl's SFTTrainer and GRPOTrainer get `peft_config`: the run saves adapters with its base (the start
+    grown by the plan token, written to out/base), and the merge is a decomposer."""
+    from earl.agents.unified import UnifiedDecomposer
+    from earl.train.decomposer import DecomposerData, train_decomposer_grpo, train_decomposer_sft, trl_optim
+    from earl.train.sections import RunSection
+
+    start = tiny_editor.save_pretrained(tmp_path / "start")
+    data = DecomposerData(complex_samples=4, simple_samples=2, seed=0)
+    lora = LoraSection(r=4, modules_to_save=["embed_tokens", "lm_head"])  # the plan token's rows train
+    report = train_decomposer_sft(DecomposerSFTRecipe(
+        out_dir=str(tmp_path / "sft"), init_from=str(start), data=data, lora=lora,
+        run=RunSection(steps=2, batch_size=4, log_every=1, save_every=1000), optim=trl_optim(1e-3)))
+    out = Path(report["out"])
+    assert {f for f in ADAPTER_FILES} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "adapter_base.json").read_text())["base_model"] == str((tmp_path / "sft/base").resolve())
+    merged = merge_adapters(tmp_path / "sft", tmp_path / "decomposer")
+    UnifiedDecomposer.from_pretrained(merged)  # a decomposer (its plan token kept), not refused as an editor
+    report = train_decomposer_grpo(DecomposerGRPORecipe(
+        out_dir=str(tmp_path / "grpo"), init_from=str(merged), data=data, rewards={"format": 1.0}, num_generations=4,
+        beta=0.1, lora=LoraSection(r=4), max_completion_length=8,
+        run=RunSection(steps=1, batch_size=4, log_every=1, save_every=1000), optim=trl_optim(1e-4)))
+    record = json.loads((Path(report["out"]) / "adapter_base.json").read_text())
+    assert record["base_model"] == str(merged.resolve())
