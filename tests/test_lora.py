@@ -290,3 +290,34 @@ def test_the_decomposer_trains_lora_through_trl_and_merges_into_a_decomposer(tmp
         run=RunSection(steps=1, batch_size=4, log_every=1, save_every=1000), optim=trl_optim(1e-4)))
     record = json.loads((Path(report["out"]) / "adapter_base.json").read_text())
     assert record["base_model"] == str(merged.resolve())
+
+
+def test_the_reward_model_trains_lora_in_sft_and_gcpo(tmp_path, tiny_editor, monkeypatch):
+    """RRM SFT from an editor (the base: the start with its vocabulary grown by the judge words, saved to
+    out/base), merged into a reward model; then GCPO with a KL term on adapters over that model."""
+    from earl.train import gcpo as gcpo_module
+    from earl.train.gcpo import train_rrm_gcpo
+    from earl.train.rrm import train_rrm_sft
+
+    tiny_editor.save_pretrained(tmp_path / "editor")
+    over = {"out_dir": tmp_path / "sft", "model.init_from": tmp_path / "editor", "data.samples": 3,
+            "data.eval_samples": 1, "data.max_new_tokens": 8, "run.steps": 2, "run.batch_size": 4, "run.eval_every": 2,
+            "run.save_every": 2, "run.mixed_precision": '"no"', "lora.r": 4,
+            "lora.modules_to_save": "[embed_tokens, lm_head]"}
+    train_rrm_sft(load_config(RRMRecipe, ROOT / "recipes/shapes/rrm_sft.yaml", [f"{k}={v}" for k, v in over.items()]),
+                  progress=False)
+    assert json.loads((tmp_path / "sft/model/adapter_base.json").read_text())["base_model"] == \
+        str((tmp_path / "sft/base").resolve())
+    rrm = merge_adapters(tmp_path / "sft", tmp_path / "rrm")
+    assert UnifiedEditor.from_pretrained(rrm).kind == "reward_model"
+
+    scores = iter([1.0, 4.0, 2.0, 3.0] * 8)  # every step has signal (as tests/rrm/test_gcpo.py scores traces)
+    monkeypatch.setattr(gcpo_module, "trace_score", lambda *a: next(scores))
+    over = {"out_dir": tmp_path / "gcpo", "init_from": rrm, "data.samples": 2, "data.eval_samples": 1,
+            "gcpo.traces": 2, "gcpo.pairs_per_step": 1, "gcpo.max_new_tokens": 4, "gcpo.beta": 0.1, "run.steps": 2,
+            "run.eval_every": 1000, "run.save_every": 2, "lora.r": 4}
+    train_rrm_gcpo(load_config(GCPORecipe, ROOT / "recipes/shapes/rrm_gcpo.yaml", [f"{k}={v}" for k, v in over.items()]),
+                   progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "gcpo/metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("update/skipped") == 0.0 and "update/kl" in r for r in rows), rows
+    assert json.loads((tmp_path / "gcpo/model/adapter_base.json").read_text())["base_model"] == str(rrm.resolve())
