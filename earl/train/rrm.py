@@ -32,8 +32,8 @@ from earl.rrm.trace import parse_trace
 from earl.text import build_word_tokenizer
 from earl.train.accelerator import make_accelerator
 from earl.train.lm import train_lm
-from earl.train.lora import adapt
-from earl.train.sections import LoraSection, OptimSection, RunSection
+from earl.train.lora import LoraSection, adapt
+from earl.train.sections import OptimSection, RunSection
 from tokenizer.vq import VQTokenizer
 
 
