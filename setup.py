@@ -29,6 +29,7 @@ setup(
         "uvicorn>=0.30",
         "matplotlib>=3.7",  # study curves and reward plots
         "trl>=0.20",  # the decomposition agent's SFT and GRPO (earl.train.decomposer)
+        "peft>=0.13",  # LoRA adapters, a recipe's `lora:` section (earl.train.lora)
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],

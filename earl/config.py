@@ -104,6 +104,9 @@ def _coerce(value: Any, tp: Any, where: str, field: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1:  # an optional field: its own type's error names the sub-field that is wrong
+            return _coerce(value, arms[0], where, field)
         errors = []
         for a in args:
             if a is type(None):

@@ -255,6 +255,9 @@ class UnifiedEditor(nn.Module):
             else:  # BAAI's remote-code layout (EARL's releases)
                 parts = load_original_parts(path, vision_tokenizer, dtype=dtype, cot=cot, image_area=image_area)
             return cls._finish(cls.from_parts(parts), device, attention)
+        if not meta.is_file() and (path / "adapter_config.json").is_file():
+            raise EarlError(f"{path} holds LoRA adapters, not a full model; write the editor with `earl checkpoint "
+                            f"merge {path} --out DIR` and load that")
         if not meta.is_file():
             raise unknown_directory(path)
         if image_area is not None:

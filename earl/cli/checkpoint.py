@@ -1,4 +1,5 @@
-"""`earl checkpoint`: bundle an editor with a manifest, verify one, average several, push one to the Hub."""
+"""`earl checkpoint`: bundle an editor with a manifest, verify one, average several, merge LoRA adapters, push
+one to the Hub."""
 
 from __future__ import annotations
 
@@ -41,8 +42,16 @@ def _cmd_average(args) -> None:
     print(f"wrote {out}: the mean of {len(args.models)} models' backbones")
 
 
+def _cmd_merge(args) -> None:
+    # lazy: merging loads torch and peft
+    from earl.train.lora import find_adapters, merge_adapters
+
+    out = merge_adapters(args.source, args.out, base=args.base)
+    print(f"wrote {out}: the adapters of {find_adapters(args.source)} merged into their base")
+
+
 def register(sub) -> None:
-    ck = sub.add_parser("checkpoint", help="checkpoints: bundle, verify, average, push").add_subparsers(dest="what", required=True)
+    ck = sub.add_parser("checkpoint", help="checkpoints: bundle, verify, average, merge, push").add_subparsers(dest="what", required=True)
     cp = ck.add_parser("pack", help="copy an editor into a checkpoint directory with a manifest (sha256, metrics)")
     cp.add_argument("--model", required=True, help="editor directory (UnifiedEditor.save_pretrained)")
     cp.add_argument("--out", required=True, help="checkpoint directory to (re)write, e.g. checkpoints/shapes-editor")
@@ -73,3 +82,10 @@ def register(sub) -> None:
     ca.add_argument("--weights", type=float, nargs="+", default=None, help="one positive weight per model "
                     "(normalised; default equal)")
     ca.set_defaults(func=_cmd_average)
+    cm = ck.add_parser("merge", help="fold a LoRA run's adapters into their base model and write a full editor")
+    cm.add_argument("source", help="a LoRA run directory (its model/, else its newest checkpoint), a checkpoint "
+                    "step directory or an adapter directory")
+    cm.add_argument("--out", required=True, help="editor directory to (re)write")
+    cm.add_argument("--base", default=None, help="the base editor directory, where it moved since training (it "
+                    "must be the one the adapters record: its weights are checked)")
+    cm.set_defaults(func=_cmd_merge)

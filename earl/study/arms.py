@@ -21,7 +21,7 @@ from earl.errors import ConfigError
 from earl.evaluate import generate_in_batches, oracle_scores
 from earl.generate import SamplingConfig
 from earl.io import read_json
-from earl.model import UnifiedEditor
+from earl.train.lora import load_editor
 from earl.train.stages import STAGES
 
 
@@ -238,7 +238,7 @@ def _sample_and_judge(cfg: StudyRecipe, arm: ArmSection, model_arm: ArmSection, 
                       sampling: SamplingConfig, progress: bool) -> dict:
     """`n` edits per prompt by `model_arm`'s editor, judged by the oracle; with n > 1 the best of each
     prompt's draws is kept (and the mean of all of them recorded)."""
-    editor = UnifiedEditor.from_pretrained(model_dir(cfg, model_arm, seed))
+    editor = load_editor(model_dir(cfg, model_arm, seed))  # a LoRA arm's adapters merged into its start
     data = _eval_set(cfg, cfg.eval_sets[set_name], editor)
     rows = [i for i in range(len(data)) for _ in range(n)]  # prompt-major: N samples of a prompt are adjacent
     out = generate_in_batches(editor, [data.instructions[i] for i in rows], data.source_codes[rows], sampling,

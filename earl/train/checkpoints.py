@@ -3,7 +3,8 @@
 `out_dir/checkpoints/step_0000100/` holds `accelerator.save_state` (model weights in safetensors;
 optimizer, scheduler and RNG states - Python, NumPy, torch CPU and CUDA - loaded back with
 `weights_only=True`) plus `trainer_state.json` (the step and what the trainer keeps besides, such as
-the data position). Each is written to a temporary directory and renamed into place, so a crash
+the data position). A LoRA run's checkpoint holds its adapters instead of the full weights
+(`earl.train.lora.adapter_checkpoints`). Each is written to a temporary directory and renamed into place, so a crash
 mid-save leaves the previous checkpoint intact; `--resume` continues from the newest.
 """
 
@@ -19,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
 from earl.io import atomic_write_json
+from earl.train.lora import adapter_checkpoints, engine_state_kwargs
 
 
 class Checkpoints:
@@ -41,7 +43,8 @@ class Checkpoints:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        with adapter_checkpoints(accelerator):
+            accelerator.save_state(str(tmp), safe_serialization=True, **engine_state_kwargs(accelerator, "save"))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             atomic_write_json(tmp / "trainer_state.json", {**state, "step": step})
@@ -54,7 +57,8 @@ class Checkpoints:
 
     def load(self, accelerator: Accelerator, path: Path) -> dict:
         """Restore everything `save` wrote; returns trainer_state.json (with "step")."""
-        accelerator.load_state(str(path))
+        with adapter_checkpoints(accelerator):
+            accelerator.load_state(str(path), **engine_state_kwargs(accelerator, "load"))
         _check_rng_restored(accelerator, path)
         return json.loads((path / "trainer_state.json").read_text())
 

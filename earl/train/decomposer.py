@@ -29,6 +29,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate import PartialState
 
 from earl.agents.rewards import make_reward_functions
 from earl.agents.shapes import program_plan
@@ -40,7 +41,8 @@ from earl.model import UnifiedEditor
 from earl.pipeline import default_checkpoint
 from earl.shapes.dataset import generate_samples
 from earl.shapes.render import render
-from earl.train.sections import OptimSection, RunSection, settle_grad_accum
+from earl.train.lora import lora_config, save_model, start_base
+from earl.train.sections import LoraSection, OptimSection, RunSection, settle_grad_accum
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ class DecomposerSFTRecipe:
     data: DecomposerData = field(default_factory=DecomposerData)
     run: RunSection = field(default_factory=lambda: RunSection(steps=1500, batch_size=32, log_every=25, save_every=500))
     optim: OptimSection = field(default_factory=lambda: trl_optim(5e-4, warmup_steps=50))
+    # LoRA adapters (trl's peft_config) on the frozen decomposer; null: every weight. The plan token added to
+    # the vocabulary trains only where lora.modules_to_save names [embed_tokens, lm_head]
+    lora: LoraSection | None = None
 
     def __post_init__(self):
         check_trl_run(self.run)
@@ -120,6 +125,9 @@ class DecomposerGRPORecipe:
     dtype: str = field(default="bfloat16", metadata={"help": "vlm: weights' dtype, bfloat16 or float32"})
     run: RunSection = field(default_factory=lambda: RunSection(steps=200, batch_size=32, log_every=5, save_every=50))
     optim: OptimSection = field(default_factory=lambda: trl_optim(5e-6, schedule="linear"))
+    # LoRA adapters (trl's peft_config) on the frozen policy; null: every weight. With beta > 0 trl then takes
+    # the reference from the base with the adapters disabled instead of a second copy
+    lora: LoraSection | None = None
 
     def __post_init__(self):
         check_trl_run(self.run)
@@ -174,8 +182,22 @@ def _editor_prompts(editor: UnifiedEditor, samples: list) -> list[dict]:
 
 
 def _save(editor: UnifiedEditor, model, out: Path) -> Path:
-    editor.backbone = model
-    return editor.save_pretrained(out)
+    """The trained decomposer at `out`: a full editor, or under LoRA its adapters and base (`earl.train.lora`)."""
+    return save_model(editor, model, out)
+
+
+def _peft_config(recipe, model) -> dict:
+    """trl's `peft_config` argument from the recipe's `lora` section, its names checked against `model`
+    before trl wraps it."""
+    if recipe.lora is None:
+        return {}
+    return {"peft_config": lora_config(recipe.lora, model)}
+
+
+def _record_base(trainer, base: Path | None) -> None:
+    """Mark trl's LoRA model with its base directory, as `apply_lora` does for earl's own loops."""
+    if base is not None and hasattr(trainer.model, "peft_config"):
+        trainer.model.earl_base_dir = str(Path(base).resolve())
 
 
 def _trainer_args(cls, recipe, out: Path, **kw):
@@ -205,7 +227,12 @@ def train_decomposer_sft(recipe: DecomposerSFTRecipe, resume: bool = False) -> d
     train = build_dataset(editor, recipe.data).select_columns(["prompt", "completion"])
     args = _trainer_args(SFTConfig, recipe, out, completion_only_loss=True, max_length=None,
                          eos_token=editor.text_tokenizer.eos_token)  # pads with the tokenizer's own
-    trainer = SFTTrainer(model=editor.backbone, args=args, train_dataset=train, processing_class=editor.text_tokenizer)
+    peft = _peft_config(recipe, editor.backbone)
+    # the base of the adapters: the start with its plan token, saved once (out/base)
+    base = start_base(editor, None, out, is_main=PartialState().is_main_process) if peft else None
+    trainer = SFTTrainer(model=editor.backbone, args=args, train_dataset=train, processing_class=editor.text_tokenizer,
+                         **peft)
+    _record_base(trainer, base)
     return _train_and_save(trainer, out, recipe, resume, logged="loss",
                            save=lambda path: _save(editor, trainer.model, path))
 
@@ -229,8 +256,10 @@ def train_decomposer_grpo(recipe: DecomposerGRPORecipe, resume: bool = False) ->
                          temperature=recipe.temperature, beta=recipe.beta,
                          max_completion_length=recipe.max_completion_length, reward_weights=weights, log_completions=False,
                          generation_kwargs={"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
+    peft = _peft_config(recipe, editor.backbone)
     trainer = GRPOTrainer(model=editor.backbone, reward_funcs=reward_funcs, args=args, train_dataset=train,
-                          processing_class=tok)
+                          processing_class=tok, **peft)
+    _record_base(trainer, Path(recipe.init_from) if peft else None)
     return _train_and_save(trainer, out, recipe, resume, logged="reward",
                            save=lambda path: _save(editor, trainer.model, path))
 

@@ -21,7 +21,6 @@ the full text vocabulary at the sampling temperature, no top-k/top-p.
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,9 +44,10 @@ from earl.rrm.readouts import TRACE_SCORES, trace_score, watched_words
 from earl.rrm.scoring import rrm_scorer
 from earl.train.accelerator import make_accelerator
 from earl.train.loop import run_loop
+from earl.train.lora import adapt, reference_model
 from earl.train.metrics import finish_run
 from earl.train.optim import make_optimizer, make_scheduler, step_schedule
-from earl.train.sections import OptimSection, RunSection, settle_grad_accum
+from earl.train.sections import LoraSection, OptimSection, RunSection, settle_grad_accum
 
 
 @dataclass
@@ -86,6 +86,7 @@ class GCPORecipe:
     optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-5, min_lr=1e-5, warmup_steps=0,
                                                                        weight_decay=0.0))
     run: RunSection = field(default_factory=lambda: RunSection(steps=200, eval_every=50, save_every=50))
+    lora: LoraSection | None = None  # LoRA adapters on the frozen start (earl.train.lora); null: every weight
 
     def __post_init__(self):
         # gcpo_step accumulates a step's micro-batches itself; accelerate's accumulation would divide
@@ -190,7 +191,8 @@ def train_rrm_gcpo(cfg: GCPORecipe, resume: bool = False, progress: bool = True)
         raise ConfigError("data: no preference pairs could be drawn; raise data.samples")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "recipe.json", to_dict(cfg))
-    ref = copy.deepcopy(editor.backbone).requires_grad_(False).eval() if cfg.gcpo.beta > 0 else None
+    adapt(editor, cfg.lora, init, out, accelerator)
+    ref = reference_model(editor.backbone, cfg.gcpo.beta)
     model = editor.backbone
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.run.steps)

@@ -7,7 +7,8 @@ not the distribution image codes are drawn from. One step:
     reward    a verifier scores each decoded edit; failed judgements are masked, never zeroed
     advantage group-relative (`earl.rl.losses.group_advantages`), optional std scaling
     update    PPO-clipped surrogate on log-probs of exactly the sampled distribution
-              (`earl.rl.logprobs.policy_logprobs`), optional k3 KL to a frozen reference,
+              (`earl.rl.logprobs.policy_logprobs`), optional k3 KL to a frozen reference (the start;
+              under LoRA the base with the adapters off),
               `updates_per_rollout` passes over the batch in minibatches
 
 A step whose advantages are all zero (every group uniform or failed) makes no update at all.
@@ -15,7 +16,6 @@ A step whose advantages are all zero (every group uniform or failed) makes no up
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,9 +38,10 @@ from earl.shards import ShardedEdits
 from earl.train.accelerator import make_accelerator, prepare_backbone, world_size
 from earl.train.cursor import load_sources
 from earl.train.loop import run_loop
+from earl.train.lora import adapt, reference_model
 from earl.train.metrics import finish_run
 from earl.train.optim import make_optimizer, make_scheduler, step_schedule
-from earl.train.sections import OptimSection, RunSection, settle_grad_accum
+from earl.train.sections import LoraSection, OptimSection, RunSection, settle_grad_accum
 from earl.verify.base import EditRequest, build_verifier
 from earl.verify.oracle import OracleVerifier
 from earl.viz import image_grid
@@ -104,6 +105,9 @@ class GRPORecipe:
                                                                        weight_decay=0.0))
     run: RunSection = field(default_factory=lambda: RunSection(steps=100, eval_every=50, save_every=50))
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
+    # LoRA adapters on the frozen start (earl.train.lora); null trains every weight. With beta > 0 the
+    # reference is then the start itself, the adapters switched off: no second copy of the model
+    lora: LoraSection | None = None
 
     def __post_init__(self):
         settle_micro_batching(self)
@@ -241,9 +245,8 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
     if accelerator.is_main_process:
         atomic_write_json(out / "recipe.json", to_dict(cfg))
 
-    ref = None
-    if cfg.grpo.beta > 0:
-        ref = copy.deepcopy(editor.backbone).requires_grad_(False).eval()
+    adapt(editor, cfg.lora, init, out, accelerator)
+    ref = reference_model(editor.backbone, cfg.grpo.beta)
     model = editor.backbone
     prepare_backbone(model, cfg.run)
     optimizer = make_optimizer(model, cfg.optim)

@@ -13,6 +13,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from earl.io import atomic_write_json, atomic_write_text
+from earl.train.lora import save_model
 
 
 class MetricLog:
@@ -94,11 +95,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def finish_run(accelerator: Accelerator, model, editor, out_dir: Path, metrics: dict, step: int, t0: float,
                log: MetricLog) -> dict:
-    """Save the final editor (main rank) and final_metrics.json; returns the finite final metrics."""
+    """Save the final editor (main rank; a LoRA run's adapters, `earl.train.lora.save_model`) and
+    final_metrics.json; returns the finite final metrics."""
 
     def save(path: Path) -> None:
-        editor.backbone = accelerator.unwrap_model(model)
-        editor.save_pretrained(path)
+        save_model(editor, accelerator.unwrap_model(model), path)
 
     return write_final(accelerator, out_dir, metrics, step, t0, log, save)
 

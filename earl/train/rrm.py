@@ -32,6 +32,7 @@ from earl.rrm.trace import parse_trace
 from earl.text import build_word_tokenizer
 from earl.train.accelerator import make_accelerator
 from earl.train.lm import train_lm
+from earl.train.lora import LoraSection, adapt
 from earl.train.sections import OptimSection, RunSection
 from earl.train.verifier_data import load_examples
 from tokenizer.vq import VQTokenizer
@@ -114,6 +115,9 @@ class RRMRecipe:
     data: RRMDataSection = field(default_factory=RRMDataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+    # LoRA adapters on a frozen backbone (earl.train.lora); null: every weight. The vocabulary grown by the
+    # judge words stays as made unless lora.modules_to_save names [embed_tokens, lm_head]
+    lora: LoraSection | None = None
 
 
 def build_examples(cfg: RRMRecipe, image_tokenizer, n: int, seed: int, verifier_miss: float = 0.0) -> list[dict]:
@@ -239,6 +243,8 @@ def train_rrm_sft(cfg: RRMRecipe, resume: bool = False, progress: bool = True) -
     else:
         editor = UnifiedEditor.build(cfg.model.size, image_tokenizer, build_word_tokenizer(corpus),
                                      cfg.model.image_size, seed=cfg.run.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    adapt(editor, cfg.lora, None, out, accelerator)  # the base: the start with its grown vocabulary (out/base)
     layout = editor.layout
     seqs = [judge_example(layout, e["instruction"], e["points"], e["source_codes"], e["codes"], e["trace"],
                           e["passed"], cfg.data.failing_point_weight, cfg.data.failing_observation_weight,

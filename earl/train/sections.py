@@ -1,13 +1,15 @@
-"""A recipe's run and optimiser settings: the `run` and `optim` sections every trainer reads.
+"""A recipe's shared sections: `run` and `optim`, which every trainer reads, and `lora`, which the
+editor's, the reward model's and the decomposer's trainers take.
 
 Every training stage (the editor's SFT and GRPO, the reward models, the image tokenizer, the
 decomposer trained with trl) takes its steps, batch size, seed, cadences and its optimiser and
-schedule from these two sections, so one number has one name whichever stage reads it.
+schedule from `run` and `optim`, so one number has one name whichever stage reads it; `lora`
+(absent: full fine-tuning) has one meaning wherever it appears.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from earl.errors import ConfigError
 
@@ -82,3 +84,35 @@ def settle_grad_accum(run: RunSection, implied: int | None = None, by: str = "")
         raise ConfigError(f"run.grad_accum: {run.grad_accum} contradicts {by}, which makes {implied} micro-batches "
                           f"per optimizer step; leave run.grad_accum out (or null) or set it to {implied}")
     return run.grad_accum
+
+
+# What LoRA adapts by default: the attention and MLP projections of a Llama-style block (earl's backbones,
+# Emu3's text model and most causal LMs name them so)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraSection:
+    """Low-rank adapters (LoRA, through peft) instead of full fine-tuning: the `lora:` section of a recipe.
+
+    Absent (null), a stage trains every weight. Present, the backbone stays frozen and only rank-`r`
+    adapters on the modules named by `target_modules` (and the modules in `modules_to_save`, trained in
+    full) learn; checkpoints then hold the adapters alone, with a pointer to the base model
+    (`earl.train.lora`), and `earl checkpoint merge` folds them back into a full editor."""
+
+    r: int = 16  # the adapters' rank
+    alpha: float = 32.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the adapters' input
+    # module-name suffixes to adapt ("q_proj" matches model.layers.3.self_attn.q_proj); each must match a module
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    # modules trained in full beside the adapters, e.g. [embed_tokens, lm_head] where training grew the
+    # vocabulary (the reward model's judge words, the decomposer's plan tokens): frozen, new rows stay as made
+    modules_to_save: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.r < 1 or not self.alpha > 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"need r >= 1, alpha > 0 and 0 <= dropout < 1, got r={self.r}, alpha={self.alpha}, "
+                             f"dropout={self.dropout}")
+        if not self.target_modules:
+            raise ValueError("target_modules is empty; name the modules to adapt (default: "
+                             f"{', '.join(LORA_TARGETS)})")

@@ -29,7 +29,8 @@ from earl.text import build_word_tokenizer
 from earl.train.accelerator import make_accelerator, world_size
 from earl.train.cursor import load_sources
 from earl.train.lm import train_lm
-from earl.train.sections import OptimSection, RunSection
+from earl.train.lora import adapt
+from earl.train.sections import LoraSection, OptimSection, RunSection
 from tokenizer.vq import VQTokenizer
 
 
@@ -58,6 +59,7 @@ class SFTRecipe:
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
+    lora: LoraSection | None = None  # train LoRA adapters on a frozen backbone (earl.train.lora); null: every weight
 
 
 class EditExamples(Dataset):
@@ -189,6 +191,8 @@ def train_sft(cfg: SFTRecipe, resume: bool = False, progress: bool = True) -> di
     accelerator = make_accelerator(cfg.run, out, cfg.optim)
     set_seed(cfg.run.seed)
     editor, train, evalset = setup(cfg, accelerator)
+    init = resolve_model(cfg.model.init_from, what="model.init_from") if cfg.model.init_from else None
+    adapt(editor, cfg.lora, init, out, accelerator)
     layout = editor.layout
     if accelerator.is_main_process:
         atomic_write_json(out / "recipe.json", to_dict(cfg))

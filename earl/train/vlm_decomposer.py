@@ -15,7 +15,9 @@ that sees the source image as pixels. What differs is only what trl needs for a 
   `AutoModelForImageTextToText`; nothing is loaded with `trust_remote_code`.
 - the trained model is saved with the Trainer's `save_model` (model + processor, gathered under
   DeepSpeed ZeRO-3), so `ChatDecomposer` over `earl.verify.chat.LocalVLMBackend`, vLLM or SGLang loads
-  OUT/model as it would the base model.
+  OUT/model as it would the base model. With a `lora:` section trl wraps the model (`peft_config`) and
+  OUT/model holds peft's adapters, whose adapter_config.json names the base (`init_from`); peft's
+  `merge_and_unload` gives the full model.
 
 The installed trl's GRPOConfig has no `max_prompt_length` (prompts are never cut, and cutting a VLM
 prompt from the left would cut its image tokens anyway), so the prompt's length is set by the image
@@ -54,6 +56,7 @@ from earl.shapes.render import render
 from earl.train.decomposer import (
     DecomposerData,
     DecomposerGRPORecipe,
+    _peft_config,
     _train_and_save,
     _trainer_args,
     build_dataset,
@@ -138,5 +141,5 @@ def train_vlm_decomposer_grpo(recipe: DecomposerGRPORecipe, resume: bool = False
                          log_completions=False, use_cpu=not gpu, bf16=gpu and recipe.dtype == "bfloat16",
                          deepspeed=run.deepspeed, **{ckpt: run.gradient_checkpointing})
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train,
-                          processing_class=processor)
+                          processing_class=processor, **_peft_config(recipe, model))
     return _train_and_save(trainer, out, recipe, resume, logged="reward")

@@ -1,6 +1,7 @@
-"""Exactly-once, bit-exact resume through the shared training loop (`earl.train.loop`): SFT, GRPO, the
-scalar reward model and the VQ tokenizer, each killed with SIGKILL at a pseudo-random point and
-resumed, log each step once, with the metrics, and end with the weights, of a run never stopped."""
+"""Exactly-once, bit-exact resume through the shared training loop (`earl.train.loop`): SFT, GRPO (each also
+with LoRA adapters), the scalar reward model and the VQ tokenizer, each killed with SIGKILL at a
+pseudo-random point and resumed, log each step once, with the metrics, and end with the weights, of a
+run never stopped."""
 
 import json
 import os
@@ -137,6 +138,15 @@ def _gcpo_command(tmp: Path, start: Path, out: Path, resume: bool) -> list[str]:
             *[f"{k}={v}" for k, v in overrides.items()], *(["--resume"] if resume else [])]
 
 
+def _lora(build):
+    """The same job training LoRA adapters (`lora:` section), whose checkpoints hold the adapters alone."""
+    def command(tmp: Path, start: Path, out: Path, resume: bool) -> list[str]:
+        cmd = build(tmp, start, out, resume)
+        at = cmd.index("--resume") if resume else len(cmd)
+        return [*cmd[:at], "lora.r=4", "lora.alpha=8", *cmd[at:]]
+    return command
+
+
 JOBS = {  # job -> (command builder, steps, weight files compared)
     "sft": (_sft_command, STEPS, ["model/backbone/model.safetensors"]),
     "sft-cot": (_cot_command, STEPS, ["model/backbone/model.safetensors"]),
@@ -144,6 +154,8 @@ JOBS = {  # job -> (command builder, steps, weight files compared)
     "rm-scalar": (_scalar_command, 40, ["model/backbone/model.safetensors", "model/scalar_head.safetensors"]),
     "tokenizer": (_tokenizer_command, STEPS, ["tokenizer/model.safetensors"]),
     "rrm-gcpo": (_gcpo_command, 8, ["model/backbone/model.safetensors"]),
+    "sft-lora": (_lora(_sft_command), STEPS, ["model/adapter_model.safetensors"]),
+    "grpo-lora": (_lora(_grpo_command), 16, ["model/adapter_model.safetensors"]),
 }
 
 
@@ -159,7 +171,7 @@ def _rows(run: Path) -> list[dict]:
 def test_a_run_killed_and_resumed_matches_an_uninterrupted_one(job, tmp_path, vq_tokenizer, tiny_editor):
     build, steps, weights = JOBS[job]
     start = tmp_path / "start"  # the tokenizer for the jobs that build a model, the editor for GRPO
-    (tiny_editor if job == "grpo" else vq_tokenizer).save_pretrained(start)
+    (tiny_editor if job.startswith("grpo") else vq_tokenizer).save_pretrained(start)
     ref, run = tmp_path / "ref", tmp_path / "run"
     _finish(_start(build(tmp_path, start, ref, resume=False), tmp_path / "ref.log"), tmp_path / "ref.log")
 
@@ -186,7 +198,7 @@ def test_a_run_killed_and_resumed_matches_an_uninterrupted_one(job, tmp_path, vq
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     if job == "rrm-gcpo":  # the comparison means something only if steps updated the weights
         assert any(r.get("update/skipped") == 0.0 for r in expected)
-    if job in ("sft", "sft-cot", "tokenizer"):
+    if job in ("sft", "sft-cot", "sft-lora", "tokenizer"):
         _assert_tensorboard_steps_once(run / "logs", logged)
     if job == "tokenizer":  # the report of the end (its timings aside) as well
         timing = ("train_seconds", "total_seconds", "tokenizer_dir")
