@@ -64,6 +64,43 @@ class GenerationOutput:
         return self.completions.shape[1] / self.forward_passes if self.forward_passes else 0.0
 
 
+@dataclass
+class GenerationCost:
+    """What a run of `sample_edits` calls cost in forwards, summed over its batches, for a results file
+    to show beside the success it bought.
+
+    `forward_passes`: forwards run in all (a batch's forward counts once, whatever its rows);
+    `forward_passes_per_image`: over the images, the mean of the forwards of the call that made each
+    (the sequential steps an image waited for: what a schedule saves); `tokens_per_pass`: completion
+    tokens per forward, per row (`GenerationOutput.tokens_per_pass` over the whole run).
+    """
+
+    schedule: str = "sequential"
+    window: int | None = None
+    images: int = 0
+    forward_passes: int = 0
+    image_passes: int = 0  # sum over images of their call's forwards
+    tokens: int = 0  # sum over calls of the completion length of a row
+
+    def add(self, out: GenerationOutput) -> GenerationOutput:
+        """Count one call's output (returned, so a caller can count where it uses it)."""
+        self.add_counts(len(out.codes), out.forward_passes, out.completions.shape[1])
+        return out
+
+    def add_counts(self, images: int, forward_passes: int, tokens: int) -> None:
+        """Count a call that made `images` images in `forward_passes` forwards, `tokens` completion tokens each."""
+        self.images += images
+        self.forward_passes += forward_passes
+        self.image_passes += forward_passes * images
+        self.tokens += tokens
+
+    def to_dict(self) -> dict:
+        return {"schedule": self.schedule, "window": self.window, "images": self.images,
+                "forward_passes": self.forward_passes,
+                "forward_passes_per_image": self.image_passes / self.images if self.images else None,
+                "tokens_per_pass": self.tokens / self.forward_passes if self.forward_passes else None}
+
+
 
 # ---- the sampler ----------------------------------------------------------------------------
 @torch.no_grad()
