@@ -154,7 +154,10 @@ def sample_edits(
     if cfg.uses_cfg:
         prompts += [layout.prompt(None, src) for src in source_codes.cpu()]
     batch = {k: t.to(device) for k, t in layout.pad_prompts(prompts).items()}
-    dec = open_decoder(backbone, batch, decoding_capacity(layout, h, w, cfg, think), decoder, cache)
+    capacity = decoding_capacity(layout, h, w, cfg, think)
+    if schedule == "jacobi":  # room for one window (its codes and <eol>s) beyond the most a row holds live
+        capacity += 2 * window
+    dec = open_decoder(backbone, batch, capacity, decoder, cache)
     R = batch["input_ids"].shape[0]
 
     pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, logprobs, sampled) chunks (N, n)
