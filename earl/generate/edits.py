@@ -132,9 +132,10 @@ def sample_edits(
     model is refused with its largest size that fits in pixels too, not only as a code grid.
     `schedule`: "sequential" (one code per forward) or "jacobi" with `window` (codes fed and verified
     per forward, `earl.generate.jacobi`): the same greedy codes, or the same sampling distribution, in
-    fewer forwards. Sampled with "jacobi", a row's draws also depend on the rows beside it (they share
-    the accepted prefix of each forward), so per-row generators make a row reproducible, not independent
-    of its batch. The result's `forward_passes` says how many forwards the batch ran.
+    fewer forwards. Each row advances by its own accepted count and draws the same count from its
+    generator per forward, so with per-row generators a row's sample is independent of its batch under
+    "jacobi" too. The result's `forward_passes` says how many forwards the batch ran (the most any
+    of its rows takes alone).
     """
     if len(instructions) != source_codes.shape[0]:
         raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")

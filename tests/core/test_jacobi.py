@@ -258,3 +258,10 @@ def test_sampled_jacobi_runs_with_one_generator_per_row(tiny_editor):
                          generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)])
     assert torch.equal(out.codes, again.codes)  # seeded: reproducible
     assert out.codes.shape == (3, 4, 4) and (out.logprobs[out.sampled_mask] < 0).all()
+    # rows advance on their own, each drawing the same count per forward: a row's sample is its seed's,
+    # whether it is drawn alone or beside other rows (what a resumed evaluation needs)
+    for i, seed in enumerate((1, 2, 3)):
+        alone = sample_edits(tiny_editor.backbone, tiny_editor.layout, INSTRUCTIONS[i : i + 1], codes[i : i + 1], cfg,
+                             generator=[torch.Generator().manual_seed(seed)], schedule="jacobi", window=4)
+        assert torch.equal(alone.codes[0], out.codes[i]), i
+        torch.testing.assert_close(alone.logprobs[0], out.logprobs[i], atol=1e-5, rtol=1e-5)
