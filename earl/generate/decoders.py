@@ -133,12 +133,13 @@ class _Decoder:
         forgotten: masked, their positions given back, and the tail no row keeps dropped from the cache.
         `.logits` is left to the caller."""
         fed, keep, start = self._fed
-        if kept.shape != self.next_pos.shape or bool((kept < 0).any()) or bool((kept > fed).any()):
+        lo, hi = torch.stack(kept.aminmax()).tolist()  # one look at the device's numbers
+        if kept.shape != self.next_pos.shape or lo < 0 or hi > fed:
             raise EarlError(f"settle: kept {kept.tolist()} must hold one count in 0..{fed} per row")
         held = keep * (torch.arange(fed, device=keep.device)[None] < kept[:, None])
         self.next_pos = start + held.sum(1)
         self._set_mask(self.slots - fed, held)
-        tail = fed - int(kept.max())
+        tail = fed - hi
         self._crop(tail)
         self._fed = (fed - tail, held[:, : fed - tail], start)
 
