@@ -8,8 +8,9 @@ guesses are verified in order: greedy, a guess stands when it is the argmax at i
 by the speculative-sampling rule (a point-mass guess x stands with probability p(x), else the code is
 drawn from p without x), which leaves every code distributed as the model's p given the codes before
 it. The first position where a guess falls (or the end of the window) gives one more code, and the
-tokens after it are rolled back off the KV cache. Each forward therefore decides at least one code
-(never more forwards than sequential), and at temperature 0 the codes are the sequential ones (up to
+tokens after it are forgotten (masked for that row, and dropped off the KV cache where no row keeps
+them). Each forward therefore decides at least one code (never more forwards than sequential), and
+at temperature 0 the codes are the sequential ones (up to
 float rounding of a multi-token forward against a one-token one); sampled codes follow the same
 distribution from another random stream. The guesses are the argmaxes of the previous forward
 (a Jacobi iteration); codes never predicted yet repeat the last one.
