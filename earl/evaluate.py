@@ -14,8 +14,15 @@ import torch
 from tqdm.auto import tqdm
 
 from earl import io as earl_io  # save_png looked up per call, so a test can stop a run mid-way
-from earl.generate import DecodeCache, GenerationOutput, SamplingConfig, choose_decoder, sample_edits
-from earl.io import atomic_write_json, load_image
+from earl.generate import (
+    DecodeCache,
+    GenerationCost,
+    GenerationOutput,
+    SamplingConfig,
+    choose_decoder,
+    sample_edits,
+)
+from earl.io import atomic_write_json, load_image, read_json
 from earl.model import UnifiedEditor, check_kind
 from earl.seeds import sample_seed
 from earl.shapes.oracle import judge
@@ -25,10 +32,12 @@ from earl.viz import image_grid
 
 def generate_in_batches(editor, instructions: list[str], source_codes: torch.Tensor, sampling: SamplingConfig,
                         batch_size: int = 32, seed: int = 0, progress: bool = False, decoder: str = "auto",
-                        cache: DecodeCache | None = None) -> GenerationOutput:
+                        cache: DecodeCache | None = None, schedule: str = "sequential",
+                        window: int | None = None) -> GenerationOutput:
     """`sample_edits` over a long list, in batches; seeded per batch so results don't depend on batch order.
-    `decoder`: as `sample_edits` takes it; one `DecodeCache` (`cache`, else one made here) serves every
-    batch, so a static or compiled decoder is set up once per shape, not once per batch."""
+    `decoder`, `schedule`, `window`: as `sample_edits` takes them; one `DecodeCache` (`cache`, else one
+    made here) serves every batch, so a static or compiled decoder is set up once per shape, not once
+    per batch. The result's `forward_passes` sums the batches'."""
     outs = []
     n = len(instructions)
     cache = cache if cache is not None else DecodeCache()
@@ -36,7 +45,7 @@ def generate_in_batches(editor, instructions: list[str], source_codes: torch.Ten
         g = torch.Generator(device=editor.device).manual_seed(seed * 1_000_003 + b)
         outs.append(sample_edits(editor.backbone, editor.layout, instructions[start : start + batch_size],
                                  source_codes[start : start + batch_size], sampling, think=editor.config.cot,
-                                 generator=g, decoder=decoder, cache=cache))
+                                 generator=g, decoder=decoder, cache=cache, schedule=schedule, window=window))
     return concat_outputs(outs)
 
 
@@ -56,6 +65,7 @@ def concat_outputs(outs: list[GenerationOutput]) -> GenerationOutput:
         codes=stack_grids([c for o in outs for c in o.codes]),
         image_positions=torch.cat([pad(o.image_positions, False) for o in outs]),
         thinking=sum((o.thinking for o in outs), []),
+        forward_passes=sum(o.forward_passes for o in outs),
     )
 
 
@@ -118,14 +128,18 @@ def summarise(judgements: list[dict]) -> dict[str, float]:
 
 
 def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | None = None, batch_size: int = 32,
-                    seed: int = 0, progress: bool = True, editor=None, decoder: str = "auto") -> dict:
+                    seed: int = 0, progress: bool = True, editor=None, decoder: str = "auto",
+                    schedule: str = "sequential", window: int | None = None) -> dict:
     """`earl eval shapes`: generate an edit per sample into OUT/images/{id}.png, judge, report.
 
     Resumable: samples whose PNG already exists are not generated again. Each sample draws from its
     own generator seeded by `sample_seed(seed, id)`, so at temperature > 0 an interrupted and resumed
     run writes the same images as one that ran through, whatever the batch size. Writes OUT/results.json
     (the `earl judge shapes` format), OUT/grid.png (source | target | output) and returns results.
-    `decoder`: as `sample_edits` takes it (one `DecodeCache` serves every batch).
+    `decoder`, `schedule`, `window`: as `sample_edits` takes them (one `DecodeCache` serves every batch).
+    results.json's `generation` says what the images this run made cost (`GenerationCost`: the
+    schedule, forward passes in all and per image, tokens per pass); a resumed run counts only the
+    images it made (`images`), and a run that made none keeps the previous run's count.
     """
     from earl.shapes.dataset import load_dataset  # here, not at the top: it loads `datasets`
     from earl.shapes.judge import judge_folder  # here, not at the top: it loads `datasets`
@@ -143,12 +157,14 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     todo = [i for i, sid in enumerate(ds["id"]) if not (img_dir / f"{sid}.png").is_file()]
     bar = tqdm(total=len(todo), desc="edit", disable=not progress)
     cache = DecodeCache()
+    cost = GenerationCost(schedule, window)
     for start in range(0, len(todo), batch_size):
         rows = ds.select(todo[start : start + batch_size])
         codes = editor.encode_images([editor.preprocess(im)[0] for im in rows["source_image"]])
         gens = [torch.Generator(device=editor.device).manual_seed(sample_seed(seed, sid)) for sid in rows["id"]]
-        out = sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
-                           think=editor.config.cot, generator=gens, decoder=decoder, cache=cache)
+        out = cost.add(sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
+                                    think=editor.config.cot, generator=gens, decoder=decoder, cache=cache,
+                                    schedule=schedule, window=window))
         for sid, im in zip(rows["id"], editor.decode_codes(out.codes)):
             earl_io.save_png(im, img_dir / f"{sid}.png")  # atomic: a crash never leaves a half-written image
         bar.update(len(rows))
@@ -156,6 +172,11 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     results = judge_folder(data_dir, img_dir, progress=progress)
     results["model"] = str(model_dir)
     results["sampling"] = {k: getattr(sampling, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    previous = out_dir / "results.json"
+    if cost.images or not previous.is_file():
+        results["generation"] = cost.to_dict()
+    elif "generation" in (kept := read_json(previous)):
+        results["generation"] = kept["generation"]
     atomic_write_json(out_dir / "results.json", results)
     k = min(8, len(ds))
     grid = image_grid([[ds[i]["source_image"], ds[i]["target_image"],

@@ -25,6 +25,12 @@ Notes on transformers 5.x, read from `transformers/generation/`:
 - the CFG processor's first call runs the unconditional prompt without `logits_to_keep`, i.e. it
   computes full-vocabulary logits at every prompt position; that cost is part of its design.
 
+With `schedule="jacobi"` the run also decodes greedily (CFG on), sequentially and with speculative
+Jacobi decoding at each window (`earl.generate.jacobi`), in the same rounds: their forward passes,
+tokens per pass, time, and whether every Jacobi grid equals the sequential greedy one. These rows
+measure what a schedule costs on this backbone's predictions; random weights agree with their own
+guesses less than a trained editor does (`recipes/shapes/jacobi_bench.py` runs the bundled one).
+
 On a CPU the run also times the matrix products of earl's generation alone (`matmul_floor_call`):
 what no implementation of the same model in the same dtype can avoid, so transformers' time over it
 bounds the ratio any of them could reach here.
@@ -49,6 +55,7 @@ import torch.nn.functional as F
 from earl.errors import EarlError
 from earl.generate import (
     DecodeCache,
+    GenerationOutput,
     SamplingConfig,
     choose_decoder,
     greedy_text,
@@ -112,12 +119,14 @@ def build_bench_model(size: str, image_size: int, seed: int = 0, device: str = "
 # ---- the two samplers, each returning (N, T) completions that start with the image header --------
 def run_earl(backbone, layout: EditLayout, instructions: list[str], sources: torch.Tensor,
              guidance_scale: float, generator: torch.Generator | None, temperature: float = 1.0,
-             fused_step: bool = True, decoder: str = "auto", cache: DecodeCache | None = None) -> torch.Tensor:
-    """`fused_step`: the Triton sampling step on a GPU (`earl.kernels.sampling`); `decoder`, `cache`: as
-    `sample_edits` takes them (the benchmark keeps one `DecodeCache` per backbone across its calls)."""
+             fused_step: bool = True, decoder: str = "auto", cache: DecodeCache | None = None,
+             schedule: str = "sequential", window: int | None = None) -> GenerationOutput:
+    """`fused_step`: the Triton sampling step on a GPU (`earl.kernels.sampling`); `decoder`, `cache`,
+    `schedule`, `window`: as `sample_edits` takes them (the benchmark keeps one `DecodeCache` per backbone
+    across its calls)."""
     cfg = SamplingConfig(guidance_scale=guidance_scale, temperature=temperature, fused_step=fused_step)
     return sample_edits(backbone, layout, instructions, sources, cfg, generator=generator, decoder=decoder,
-                        cache=cache).completions
+                        cache=cache, schedule=schedule, window=window)
 
 
 def static_decoder(device: torch.device) -> str:
@@ -261,9 +270,10 @@ def machine_info() -> dict:
 
 
 def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidance_scale: float, repeats: int,
-                   seed: int, cache: DecodeCache | None = None) -> dict:
+                   seed: int, cache: DecodeCache | None = None, windows: tuple[int, ...] = ()) -> dict:
     """Time the methods on one batch of B prompts (same sources and instructions for each). `cache`: the
-    static methods' `DecodeCache`, kept across calls (a captured graph is recorded once per shape)."""
+    static methods' `DecodeCache`, kept across calls (a captured graph is recorded once per shape).
+    `windows`: also greedy sequential (`earl_greedy`) and Jacobi at each window (`earl_jacobi_w{N}`)."""
     sources = torch.randint(0, layout.vocab.codebook_size, (B, h, w), generator=torch.Generator().manual_seed(seed))
     instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(B)]
     device = next(backbone.parameters()).device
@@ -285,12 +295,24 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
         calls["earl_cfg_hf"] = lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen(),
                                                 decoder="hf")
         calls["matmul_floor"] = matmul_floor_call(backbone, layout, instructions, sources, cfg_rows=True)
+    for window in windows:  # greedy: the Jacobi grids must be the sequential ones
+        calls["earl_greedy"] = lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, None, 0.0)
+        calls[f"earl_jacobi_w{window}"] = (lambda n: lambda: run_earl(
+            backbone, layout, instructions, sources, guidance_scale, None, 0.0, schedule="jacobi", window=n))(window)
     if device.type == "cuda":  # the fused sampling step's baseline: the same static run, PyTorch sampling
         calls["earl_cfg_static_unfused"] = lambda: run_earl(backbone, layout, instructions, sources, guidance_scale,
                                                             gen(), fused_step=False, decoder=static, cache=cache)
     row = {"batch_size": B}
-    times, n_checked = _timed_round_robin(
-        calls, lambda out: None if out is None else len(parse_grids(layout, out, h, w)), repeats)
+    def check(out):
+        if out is None:  # the matmul floor
+            return None
+        completions = out.completions if isinstance(out, GenerationOutput) else out
+        grids = parse_grids(layout, completions, h, w)
+        passes = out.forward_passes if isinstance(out, GenerationOutput) else None
+        return len(grids), passes, completions.shape[1], grids
+
+    times, checked = _timed_round_robin(calls, check, repeats)
+    n_checked = {name: [c if c is None else c[0] for c in cs] for name, cs in checked.items()}
     if "matmul_floor" in calls:
         sec = statistics.median(times.pop("matmul_floor"))
         row["matmul_floor"] = {"seconds": sec, "ms_per_image": 1000 * sec / B}
@@ -299,6 +321,15 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
         row[name] = {"seconds": sec, "seconds_all": times[name], "tokens_per_s": B * h * w / sec,
                      "ms_per_image": 1000 * sec / B, "well_formed": n_checked[name] == [B] * (repeats + 1)}
         row[name]["ms_per_decode_step"] = 1000 * sec / (h * w)  # earl: one forward per code (prefill included)
+        _, passes, tokens, _ = checked[name][-1]
+        if passes is not None:  # earl's sampler counts its forwards (prefill and header included)
+            row[name]["forward_passes"], row[name]["tokens_per_pass"] = passes, tokens / passes
+    for window in windows:
+        jac, seq = row[f"earl_jacobi_w{window}"], row["earl_greedy"]
+        reference = checked["earl_greedy"][-1][3]
+        jac["same_as_sequential"] = all(torch.equal(c[3], reference) for c in checked[f"earl_jacobi_w{window}"])
+        jac["passes_vs_sequential"] = jac["forward_passes"] / seq["forward_passes"]
+        jac["time_vs_sequential"] = jac["seconds"] / seq["seconds"]
     row["speedup_cfg"] = row["earl_cfg"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     row["speedup_cfg_static"] = row["earl_cfg_static"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     if "earl_cfg_hf" in row:
@@ -326,10 +357,18 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
 
 def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=(1, 16), guidance_scale: float = 3.0,
                    repeats: int = 3, seed: int = 0, num_threads: int | None = None, device: str = "cpu",
-                   dtype: str = "float32", attention: str = "sdpa") -> dict:
+                   dtype: str = "float32", attention: str = "sdpa", schedule: str = "sequential",
+                   windows: tuple[int, ...] = (4, 8)) -> dict:
     """Image tokens/s of earl (with and without CFG, growing and static cache) and of
     `transformers.generate` (with CFG). On a GPU also the decode-step floor: weight bytes over the
-    measured copy bandwidth (one step must read every weight once)."""
+    measured copy bandwidth (one step must read every weight once). `schedule="jacobi"`: also greedy
+    sequential against Jacobi at each of `windows` (forward passes, tokens per pass, time, identity)."""
+    if schedule not in ("sequential", "jacobi"):
+        raise EarlError(f"schedule {schedule!r}: expected sequential or jacobi")
+    if schedule == "jacobi" and (not windows or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                                    for n in windows)):
+        raise EarlError(f"windows {windows!r}: expected integers >= 1 (the codes fed per forward)")
+    windows = tuple(windows) if schedule == "jacobi" else ()
     if repeats < 1:
         raise EarlError(f"repeats must be >= 1, got {repeats}")
     if guidance_scale == 1.0:
@@ -350,7 +389,10 @@ def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=
     bandwidth = copy_bandwidth(dev)
     load_before, busy_before = os.getloadavg(), cpu_busy_fraction()
     cache = DecodeCache()  # the static methods' cache and compiled step, kept across every call of the run
-    rows = [_measure_batch(backbone, layout, B, h, w, guidance_scale, repeats, seed, cache) for B in batch_sizes]
+    if windows and max(windows) > h * w:
+        raise EarlError(f"window {max(windows)} is beyond the grid: {h}x{w} codes")
+    rows = [_measure_batch(backbone, layout, B, h, w, guidance_scale, repeats, seed, cache, windows)
+            for B in batch_sizes]
     machine = {**machine_info(), "cpu_busy_before": busy_before, "loadavg_before": list(load_before),
                "loadavg_after": list(os.getloadavg())}
     if dev.type == "cuda":
@@ -361,7 +403,8 @@ def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=
                    "dtype": dtype, "attention": attention,
                    "decoders": {"earl_cfg": choose_decoder(backbone, dev), "earl_cfg_static": static_decoder(dev),
                                 **({"earl_cfg_hf": "hf"} if dev.type == "cpu" else {})},
-                   "guidance_scale": guidance_scale, "temperature": 1.0, "repeats": repeats, "seed": seed},
+                   "guidance_scale": guidance_scale, "temperature": 1.0, "repeats": repeats, "seed": seed,
+                   "schedule": schedule, "windows": list(windows)},
         "floor": {"weight_bytes": weight_bytes, "copy_bandwidth_bytes_per_s": bandwidth,
                   "ms_per_decode_step": None if bandwidth is None else 1000 * weight_bytes / bandwidth},
         "machine": machine,
@@ -396,6 +439,7 @@ def format_table(result: dict) -> str:
             floor = r["matmul_floor"]["seconds"]
             lines.append(f"| {r['batch_size']} | {r['matmul_floor']['ms_per_image']:.1f} | "
                          + " | ".join(f"{r[k]['seconds'] / floor:.2f}x" if k in r else "n/a" for k in paths) + " |")
+    lines += _schedule_table(result)
     f = result.get("floor", {})
     if f.get("ms_per_decode_step") is not None:
         lines += ["", f"decode-step floor: {f['weight_bytes'] / 1e9:.2f} GB of weights at "
@@ -417,6 +461,33 @@ def format_table(result: dict) -> str:
         lines.append("warning: other processes were using the CPU; small-op timings degrade badly under contention "
                      "(torch threads wait for descheduled peers), re-run on an idle machine")
     return "\n".join(lines)
+
+
+def _schedule_table(result: dict) -> list[str]:
+    """The forward passes of each earl method, and with `schedule="jacobi"` the greedy schedules side by side."""
+    rows = result["results"]
+    lines = ["", "Forward passes per call (prefill and header included) and completion tokens per pass, per row:", "",
+             "| batch | " + " | ".join(f"{k} passes / tok per pass" for k in ("earl_cfg", "earl_nocfg")) + " |",
+             "|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['batch_size']} | " + " | ".join(f"{r[k]['forward_passes']} / {r[k]['tokens_per_pass']:.2f}"
+                                                           for k in ("earl_cfg", "earl_nocfg")) + " |")
+    windows = result["config"].get("windows") or []
+    if not windows:
+        return lines
+    lines += ["", "Greedy (CFG on), sequential against speculative Jacobi decoding, timed in the same rounds:", "",
+              "| batch | schedule | forward passes | vs sequential | tokens per pass | ms/img | time vs sequential "
+              "| same grids |", "|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        s = r["earl_greedy"]
+        lines.append(f"| {r['batch_size']} | sequential | {s['forward_passes']} | 1.00 | {s['tokens_per_pass']:.2f} "
+                     f"| {s['ms_per_image']:.1f} | 1.00 | - |")
+        for n in windows:
+            j = r[f"earl_jacobi_w{n}"]
+            lines.append(f"| {r['batch_size']} | jacobi w{n} | {j['forward_passes']} | {j['passes_vs_sequential']:.2f} "
+                         f"| {j['tokens_per_pass']:.2f} | {j['ms_per_image']:.1f} | {j['time_vs_sequential']:.2f} "
+                         f"| {'yes' if j['same_as_sequential'] else 'NO'} |")
+    return lines
 
 
 # ---- reward-model text: greedy verdicts and GCPO's sampled traces --------------------------------

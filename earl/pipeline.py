@@ -37,6 +37,13 @@ def default_checkpoint() -> Path:
 class EditResult:
     images: list[Image.Image]  # num_samples edited images at the input's size
     thinking: list[str | None]  # the reasoning text per sample (None for non-CoT models)
+    forward_passes: int = 0  # forwards the edit ran (prefill included; `schedule` sets how many)
+    tokens: int = 0  # completion tokens per sample (thinking, image and structure)
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """Completion tokens per forward, per sample."""
+        return self.tokens / self.forward_passes if self.forward_passes else 0.0
 
 
 class EditPipeline:
@@ -55,8 +62,11 @@ class EditPipeline:
 
     def __call__(self, image, instruction: str, num_samples: int = 1, guidance_scale: float = 1.0,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 think: bool | None = None, truncate_instruction: bool = False) -> EditResult:
+                 think: bool | None = None, truncate_instruction: bool = False, schedule: str = "sequential",
+                 window: int | None = None) -> EditResult:
         """Edit one image. `think=None` follows the model (CoT models think); `think=True` needs a CoT model.
+        `schedule`, `window`: "sequential", or "jacobi" with `window` codes verified per forward (the same
+        greedy image in fewer forwards; `earl.generate.jacobi`); the result counts its `forward_passes`.
 
         An instruction too long for the model (its prompt and the edit must fit in the backbone's
         `max_position_embeddings`) is refused with an `EarlError` giving the limit and the lengths in
@@ -85,6 +95,8 @@ class EditPipeline:
                 instruction = fit_instruction(self.editor.layout, instruction, budget)
         g = torch.Generator(device=self.editor.device).manual_seed(seed)
         out = sample_edits(self.editor.backbone, self.editor.layout, [instruction] * num_samples, codes, sampling,
-                           think=think, generator=g, pixels_per_code=self.editor.image_tokenizer.downsample)
+                           think=think, generator=g, pixels_per_code=self.editor.image_tokenizer.downsample,
+                           schedule=schedule, window=window)
         images = [self.editor.postprocess(im, original_size) for im in self.editor.decode_codes(out.codes)]
-        return EditResult(images=images, thinking=out.thinking)
+        return EditResult(images=images, thinking=out.thinking, forward_passes=out.forward_passes,
+                          tokens=out.completions.shape[1])

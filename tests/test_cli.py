@@ -153,10 +153,10 @@ def test_agent_flags_are_the_agent_options():
         args = parser.parse_args([*command, "--check", "rrm", "--attempts", "2", "--step-temperature", "0.5",
                                   "--rrm", "my-rrm", "--rrm-threshold", "0.7", "--plan-votes", "8",
                                   "--plan-temperature", "0.8", "--plans", "3", "--plan-judge", "oracle",
-                                  "--sequencer", "dependency", "--fallback"])
+                                  "--sequencer", "dependency", "--fallback", "--schedule", "jacobi", "--window", "4"])
         picked = AgentOptions(check="rrm", attempts=2, step_temperature=0.5, rrm="my-rrm", rrm_threshold=0.7,
                               plan_votes=8, plan_temperature=0.8, plans=3, plan_judge="oracle",
-                              sequencer="dependency", fallback=True)
+                              sequencer="dependency", fallback=True, schedule="jacobi", window=4)
         assert agent_options(args) == picked
         chat = parser.parse_args([*command, "--sequencer", "chat", "--sequencer-base-url", "http://127.0.0.1:1/v1",
                                   "--sequencer-model", "m"])
@@ -188,6 +188,43 @@ def test_a_bad_agent_option_combination_is_a_usage_error(tmp_path, capsys):
                  "--out", str(tmp_path / "o.png"), "--plans", "3"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("earl: error: agent options: ") and "--plan-judge" in err, err
+
+
+def test_the_schedules_the_flags_offer_are_the_samplers():
+    from earl.agents.options import SCHEDULES
+    from earl.generate import SCHEDULES as SAMPLER_SCHEDULES
+
+    assert SCHEDULES == SAMPLER_SCHEDULES
+
+
+EDIT_COMMANDS = {
+    "edit": ["edit", "--image", "i.png", "--instruction", "a", "--out", "{tmp}/o.png"],
+    "eval shapes": ["eval", "shapes", "--data", "{tmp}/d", "--out", "{tmp}/o"],
+    "eval shapes --agent": ["eval", "shapes", "--agent", "--data", "{tmp}/d", "--out", "{tmp}/o"],
+    "eval gedit": ["eval", "gedit", "--data", "{tmp}/d", "--prompts", "{tmp}/p", "--out", "{tmp}/o"],
+    "eval imgedit": ["eval", "imgedit", "--edits", "{tmp}/e.json", "--images", "{tmp}", "--prompts", "{tmp}/p.json",
+                     "--out", "{tmp}/o"],
+    "agent edit": ["agent", "edit", "--image", "i.png", "--instruction", "a", "--out", "{tmp}/o.png"],
+}
+
+
+@pytest.mark.parametrize("command", list(EDIT_COMMANDS))
+@pytest.mark.parametrize("flags,message", [
+    (["--schedule", "jacobi"], "--schedule jacobi needs --window N"),
+    (["--schedule", "jacobi", "--window", "0"], "--window 0: expected an integer >= 1"),
+    (["--window", "4"], "--window 4 applies to --schedule jacobi"),
+])
+def test_bad_schedule_flags_are_usage_errors_naming_the_flag(tmp_path, capsys, command, flags, message):
+    """Checked before anything loads (no model, data or image is read: none of them exists here)."""
+    from earl.cli import main
+
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in EDIT_COMMANDS[command]]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("earl: error: ") and message in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit):  # an unknown schedule is refused by the parser, naming the flag
+        main([*argv, "--schedule", "rows"])
+    assert "--schedule: invalid choice: 'rows'" in capsys.readouterr().err
 
 
 def test_every_benchmark_row_is_an_eval_subcommand_the_runner_can_score():

@@ -100,7 +100,8 @@ def agent_parts(decomposer: str | None, editor: str | None, options: AgentOption
         judge = build_verifier("oracle", reward="success")
     elif o.plan_judge in ("rrm", "learned"):
         judge, threshold = (rrm if o.plan_judge == "rrm" else learned), o.rrm_threshold
-    return dict(decomposer=dec, editor=PipelineEditor.from_pretrained(editor, device=device),
+    return dict(decomposer=dec, editor=PipelineEditor.from_pretrained(editor, device=device, schedule=o.schedule,
+                                                                  window=o.window),
                 sequencer=build_sequencer(o), check=check, attempts=o.attempts if check else 1,
                 temperature=o.step_temperature, fallback=o.fallback, seed=seed, plans=o.plans, plan_judge=judge,
                 plan_threshold=threshold)

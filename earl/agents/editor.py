@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from earl.generate import SamplingConfig, sample_edits
+from earl.generate import GenerationCost, SamplingConfig, sample_edits
 from earl.model import UnifiedEditor
 from earl.pipeline import default_checkpoint
 
@@ -35,9 +35,14 @@ class Editor(Protocol):
 class PipelineEditor:
     name = "earl"
 
-    def __init__(self, editor: UnifiedEditor, guidance_scale: float = 1.0, batch_size: int = 64):
+    def __init__(self, editor: UnifiedEditor, guidance_scale: float = 1.0, batch_size: int = 64,
+                 schedule: str = "sequential", window: int | None = None):
+        """`schedule`, `window`: the sampler's decoding schedule (`sample_edits`); `cost` counts the
+        forwards of every edit this editor made (`GenerationCost`)."""
         self.editor = editor.eval()
         self.guidance_scale, self.batch_size = guidance_scale, batch_size
+        self.schedule, self.window = schedule, window
+        self.cost = GenerationCost(schedule, window)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu", **kw) -> PipelineEditor:
@@ -55,13 +60,15 @@ class PipelineEditor:
             pre = [ed.preprocess(im) for im in images[chunk]]
             codes = self._codes(images[chunk], pre)
             if temperature > 0:  # one generator per row: a row's draw depends on its own seed only
-                grids = [sample_edits(ed.backbone, ed.layout, [ins], c[None], sampling, think=ed.config.cot,
-                                      generator=torch.Generator(device=ed.device).manual_seed(s)).codes[0]
+                grids = [self.cost.add(sample_edits(ed.backbone, ed.layout, [ins], c[None], sampling,
+                                                    think=ed.config.cot, schedule=self.schedule, window=self.window,
+                                                    generator=torch.Generator(device=ed.device).manual_seed(s))).codes[0]
                          for ins, c, s in zip(instructions[chunk], codes, seeds[chunk])]
                 grids = torch.stack(grids)
             else:
-                grids = sample_edits(ed.backbone, ed.layout, list(instructions[chunk]), codes, sampling,
-                                     think=ed.config.cot).codes
+                grids = self.cost.add(sample_edits(ed.backbone, ed.layout, list(instructions[chunk]), codes, sampling,
+                                                   think=ed.config.cot, schedule=self.schedule,
+                                                   window=self.window)).codes
             for im, p, grid in zip(ed.decode_codes(grids), pre, grids):
                 im = ed.postprocess(im, p[1])
                 im.info[CODES_KEY] = grid.cpu()

@@ -58,6 +58,9 @@ def run_agent_eval(pipeline, data_dir, out_dir, batch_size: int = 64, progress: 
                         "check": getattr(pipeline.check, "name", None), "temperature": pipeline.temperature,
                         "plans": pipeline.plans, "plan_judge": getattr(pipeline.plan_judge, "name", None),
                         "repairs": getattr(pipeline, "repairs", 0)}
+    cost = getattr(pipeline.editor, "cost", None)  # an earl editor counts its forwards (`PipelineEditor.cost`)
+    if cost is not None and cost.images:
+        results["generation"] = cost.to_dict()  # every editor call of this run, resampled steps included
     atomic_write_json(out_dir / "results.json", results)
     k = min(8, len(ds))
     grid = image_grid([[ds[i]["source_image"], ds[i]["target_image"], load_image(img_dir / f"{ids[i]}.png")]

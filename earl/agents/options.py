@@ -19,6 +19,25 @@ LEARNED_LOOP = {"check": "learned", "plan_judge": "learned", "writer": "plan", "
 PLAN_VOTES = ("text", "outcome")  # what sampled plans are counted by (`earl.agents.outcomes`)
 CHECKS = ("none", "oracle", "rrm", "learned")  # how each step is verified (a failing one is resampled)
 PLAN_JUDGES = ("oracle", "rrm", "learned")  # who judges the final image of a candidate plan
+# The editor's decoding schedules: `earl.generate.SCHEDULES`, named here too because this module loads no
+# torch (tests/test_cli.py keeps the two equal).
+SCHEDULES = ("sequential", "jacobi")
+DECODING_FIELDS = ("schedule", "window")  # the editor's own flags: every command that edits has them
+
+
+def schedule_problem(schedule: str, window: int | None, names: tuple[str, str] = ("schedule", "window")) -> str | None:
+    """What is wrong with a schedule and window, named by `names` (fields, or the CLI's flags), or None.
+    The grid-dependent check (a window beyond the image) is `earl.generate.jacobi.check_schedule`'s."""
+    s, w = names
+    if schedule not in SCHEDULES:
+        return f"{s} {schedule!r}: expected one of {', '.join(SCHEDULES)}"
+    if window is None:
+        return f"{s} jacobi needs {w} N (the codes fed and verified per forward, N >= 1)" if schedule == "jacobi" else None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        return f"{w} {window!r}: expected an integer >= 1 (the codes fed and verified per forward)"
+    if schedule == "sequential":
+        return f"{w} {window} applies to {s} jacobi; {s} sequential decodes one code per forward"
+    return None
 
 
 def option(default, help: str | None = None, choices=None, metavar: str | None = None):
@@ -78,6 +97,10 @@ class AgentOptions:
                                                    "$EARL_SEQUENCER_MODEL, else the first it lists)")
     fallback: bool = option(False, help="when the plan fails, give the editor the instruction itself (the failure "
                                         "is still counted)")
+    schedule: str = option("sequential", choices=SCHEDULES,
+                           help="the editor's decoding: sequential (one image code per forward) or jacobi (--window "
+                                "codes guessed and verified per forward: the same greedy image in fewer forwards)")
+    window: int | None = option(None, metavar="N", help="with --schedule jacobi: codes fed and verified per forward")
 
     def __post_init__(self):
         """ValueError, so that a recipe's bad agent options are reported with its file and field (the CLI
@@ -113,5 +136,7 @@ class AgentOptions:
                              "and plan_judge together (CLI: --plans, --plan-votes, --plan-judge)")
         if self.sequencer not in SEQUENCERS:
             raise ValueError(f"sequencer must be one of {', '.join(SEQUENCERS)}, got {self.sequencer!r}")
+        if (problem := schedule_problem(self.schedule, self.window)) is not None:
+            raise ValueError(problem)
         if self.sequencer != "chat" and (self.sequencer_base_url or self.sequencer_model):
             raise ValueError("sequencer_base_url and sequencer_model apply to the chat sequencer only (sequencer: chat)")

@@ -29,6 +29,7 @@ class RepairingPipeline:
             raise ValueError(f"repairs must be >= 0, got {repairs}")
         self.pipeline, self.judge, self.repairs, self.threshold = pipeline, judge, repairs, threshold
         self.decomposer, self.check, self.plan_judge = pipeline.decomposer, pipeline.check, pipeline.plan_judge
+        self.editor = pipeline.editor
         self.attempts, self.temperature, self.plans = pipeline.attempts, pipeline.temperature, pipeline.plans
 
     def run(self, requests: list[DecomposeRequest]) -> list:

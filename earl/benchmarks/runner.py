@@ -205,11 +205,14 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 def run_benchmark(bench, items: list[BenchItem], specs: list[JudgeSpec], out_dir: str | Path,
                   edit: EditFn | None = None, backend: ChatBackend | None = None,
-                  opts: JudgeOptions | None = None, retry_failed: bool = False, progress: bool = True) -> dict:
+                  opts: JudgeOptions | None = None, retry_failed: bool = False, progress: bool = True,
+                  cost=None) -> dict:
     """Generate missing edits (if `edit` is given), ask missing judgements (if `backend` is given), then
     score what is on disk with `bench` (a module with score, format_table, csv_rows) and write
     OUT/results.json, results.csv and results.md. Items edited by an agent pipeline (an `edit` that
-    returns (image, record)) carry its record in their result row (`attach_agent_records`)."""
+    returns (image, record)) carry its record in their result row (`attach_agent_records`).
+    `cost`: a `GenerationCost` the edit function counts its forwards into: results.json's `generation`
+    gives it for the images this run made (a run that made none keeps the previous run's)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if edit is not None:
@@ -225,6 +228,11 @@ def run_benchmark(bench, items: list[BenchItem], specs: list[JudgeSpec], out_dir
         asyncio.run(judge())
     result = bench.score(items, out_dir)
     attach_agent_records(result, items, out_dir)
+    previous = out_dir / "results.json"
+    if cost is not None and cost.images:
+        result["generation"] = cost.to_dict()
+    elif previous.is_file() and "generation" in (kept := read_json(previous)):
+        result["generation"] = kept["generation"]
     atomic_write_json(out_dir / "results.json", result)
     write_csv(out_dir / "results.csv", *bench.csv_rows(result))
     atomic_write_text(out_dir / "results.md", bench.format_table(result) + "\n")

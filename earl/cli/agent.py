@@ -3,40 +3,25 @@
 
 from __future__ import annotations
 
-import typing
 from dataclasses import fields
 from pathlib import Path
 
-from earl.agents.options import AgentOptions
-from earl.cli.common import check_image_out, named_paths
+from earl.agents.options import DECODING_FIELDS, AgentOptions
+from earl.cli.common import add_field_flags, add_schedule_args, check_image_out, named_paths, schedule_flags
 from earl.errors import EarlError
 from earl.io import atomic_write_text, load_image, save_image
 from earl.viz import image_grid
 
 
-def _flag_type(hint):
-    """The argparse type of a field's annotation (`str | None` -> str)."""
-    kinds = [k for k in typing.get_args(hint) if k is not type(None)]
-    return kinds[0] if kinds else hint
-
-
 def add_agent_args(p) -> None:
-    """One flag per `AgentOptions` field (`step_temperature` -> `--step-temperature`), its type,
-    default, choices, metavar and help taken from the field, so the options are declared once."""
-    hints = typing.get_type_hints(AgentOptions)
-    for f in fields(AgentOptions):
-        flag = "--" + f.name.replace("_", "-")
-        shown = {k: v for k, v in f.metadata.items() if v is not None}
-        kind = _flag_type(hints[f.name])
-        if kind is bool:
-            assert f.default is False, f"{f.name}: a store_true flag needs the default False"
-            p.add_argument(flag, action="store_true", **shown)
-        else:
-            p.add_argument(flag, type=kind, default=f.default, **shown)
+    """One flag per `AgentOptions` field but the editor's decoding ones (`--schedule`, `--window`), which
+    every command that edits has already (`add_schedule_args`)."""
+    add_field_flags(p, AgentOptions, [f.name for f in fields(AgentOptions) if f.name not in DECODING_FIELDS])
 
 
 def agent_options(args) -> AgentOptions:
     """The options the agent flags hold; a bad combination is a usage error."""
+    schedule_flags(args)  # named by its flags, before the options name their fields
     try:
         return AgentOptions(**{f.name: getattr(args, f.name) for f in fields(AgentOptions)})
     except ValueError as e:
@@ -53,6 +38,7 @@ def agent_pipeline(decomposer: str | None, editor: str | None, args):
 
 def _cmd_edit(args) -> None:
     out = check_image_out(args.out)
+    agent_options(args)  # a bad option is a usage error before the image or any model loads
     image = load_image(args.image)
     pipe = agent_pipeline(args.decomposer, args.model, args)
     res = pipe(image, args.instruction)
@@ -102,6 +88,7 @@ def register(sub) -> None:
     ae.add_argument("--model", default=None, help="editor directory (default: the bundled editor)")
     ae.add_argument("--seed", type=int, default=0)
     add_agent_args(ae)
+    add_schedule_args(ae)
     ae.set_defaults(func=_cmd_edit)
     ac = ag.add_parser("compare", help="table of `earl eval shapes` runs on one test set, with paired differences")
     ac.add_argument("runs", nargs="+", metavar="[LABEL=]DIR")

@@ -17,9 +17,18 @@ def _cmd_generate(args) -> None:
     # lazy: the benchmark builds models with torch and transformers
     from earl.generation_bench import bench_generate, format_table
 
+    if args.schedule == "sequential" and args.window is not None:
+        raise EarlError("--window applies to --schedule jacobi (the greedy Jacobi rows it adds)")
+    try:
+        windows = _ints(args.window or "4,8")
+    except ValueError:
+        raise EarlError(f"--window {args.window!r}: expected comma-separated integers >= 1, e.g. 4,8") from None
+    if not windows or min(windows) < 1:
+        raise EarlError(f"--window {args.window!r}: expected comma-separated integers >= 1, e.g. 4,8")
     res = bench_generate(size=args.size, image_size=args.image_size, batch_sizes=_ints(args.batch_sizes),
                          guidance_scale=args.guidance_scale, repeats=args.repeats, seed=args.seed,
-                         num_threads=args.threads, device=args.device, dtype=args.dtype, attention=args.attention)
+                         num_threads=args.threads, device=args.device, dtype=args.dtype, attention=args.attention,
+                         schedule=args.schedule, windows=windows)
     print(format_table(res))
     if args.out:
         atomic_write_json(args.out, res)
@@ -70,6 +79,11 @@ def register(sub) -> None:
     bg.add_argument("--device", default="cpu", help="cpu or cuda")
     bg.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     bg.add_argument("--attention", default="sdpa", choices=["sdpa", "earl_triton"])
+    bg.add_argument("--schedule", default="sequential", choices=["sequential", "jacobi"],
+                    help="jacobi: also decode greedily, sequentially and with speculative Jacobi decoding at each "
+                         "--window, and report their forward passes, tokens per pass, time and grid identity")
+    bg.add_argument("--window", default=None, metavar="N[,N...]",
+                    help="with --schedule jacobi: codes fed and verified per forward (default 4,8)")
     bg.add_argument("--out", default=None, help="write the results as JSON here")
     bg.set_defaults(func=_cmd_generate)
 

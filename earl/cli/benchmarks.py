@@ -17,7 +17,7 @@ from types import ModuleType
 from earl.agents.decomposer import ChatDecomposer
 from earl.benchmarks import earl_suite, gedit, imgedit, imgedit_uge
 from earl.benchmarks.runner import JudgeOptions, run_benchmark
-from earl.cli.common import add_sampling_args
+from earl.cli.common import add_sampling_args, format_generation, schedule_flags
 from earl.verify.chat import build_chat_backend
 
 
@@ -79,12 +79,22 @@ def _edit_fn(args):
         return None
     if args.agent is not None:
         return _benchmark_agent(args)
-    # lazy: the pipeline loads torch and transformers
+    # lazy: the pipeline and the sampler load torch and transformers
+    from earl.generate import GenerationCost
     from earl.pipeline import EditPipeline
 
+    schedule, window = schedule_flags(args)
     pipe = EditPipeline.from_pretrained(args.model)
-    return lambda image, instruction: pipe(image, instruction, guidance_scale=args.guidance_scale,
-                                          temperature=args.temperature, seed=args.seed).images[0]
+    cost = GenerationCost(schedule, window)
+
+    def edit(image, instruction):
+        res = pipe(image, instruction, guidance_scale=args.guidance_scale, temperature=args.temperature,
+                   seed=args.seed, schedule=schedule, window=window)
+        cost.add_counts(1, res.forward_passes, res.tokens)
+        return res.images[0]
+
+    edit.cost = cost
+    return edit
 
 
 def _benchmark_agent(args):
@@ -103,7 +113,9 @@ def _benchmark_agent(args):
                                           model=args.decomposer_model or os.environ.get("EARL_DECOMPOSER_MODEL"))
     else:
         dec = UnifiedDecomposer.from_pretrained(args.agent)
-    pipe = AgentPipeline(dec, PipelineEditor.from_pretrained(args.model), fallback=True, seed=args.seed)
+    schedule, window = schedule_flags(args)
+    editor = PipelineEditor.from_pretrained(args.model, schedule=schedule, window=window)
+    pipe = AgentPipeline(dec, editor, fallback=True, seed=args.seed)
     log = logging.getLogger("earl.agents")
 
     def edit(image, instruction):
@@ -113,6 +125,7 @@ def _benchmark_agent(args):
                         result.error)
         return result.images[0], result.to_dict()
 
+    edit.cost = editor.cost
     return edit
 
 
@@ -123,17 +136,21 @@ def _print_agent(a: dict) -> None:
 
 
 def _cmd_benchmark(args) -> None:
+    schedule_flags(args)  # before the items load: a bad --schedule / --window is a usage error at once
     bench = BENCHMARKS[args.what].module
     items, specs = BENCHMARKS[args.what].load(args)
     if args.limit:
         items = items[: args.limit]
     opts = JudgeOptions(max_tokens=args.max_tokens, temperature=0.0, concurrency=args.concurrency,
                         retries=args.retries)
-    result = run_benchmark(bench, items, specs, args.out, edit=_edit_fn(args), backend=_judge_backend(args),
-                           opts=opts, retry_failed=args.retry_failed)
+    edit = _edit_fn(args)
+    result = run_benchmark(bench, items, specs, args.out, edit=edit, backend=_judge_backend(args),
+                           opts=opts, retry_failed=args.retry_failed, cost=getattr(edit, "cost", None))
     print(bench.format_table(result))
     if "agent" in result:
         _print_agent(result["agent"])
+    if "generation" in result:
+        print(format_generation(result["generation"]))
     print(f"results: {Path(args.out) / 'results.json'} (also results.csv, results.md)")
 
 

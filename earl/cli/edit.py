@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from earl.cli.common import add_sampling_args, check_image_out
+from earl.cli.common import add_sampling_args, check_image_out, schedule_flags
 from earl.errors import EarlError
 from earl.io import save_image
 
@@ -12,10 +12,11 @@ def _cmd_edit(args) -> None:
     from earl.pipeline import EditPipeline
 
     out = check_image_out(args.out)
+    schedule, window = schedule_flags(args)
     pipe = EditPipeline.from_pretrained(args.model, revision=args.revision)
     res = pipe(args.image, args.instruction, num_samples=args.num_samples, guidance_scale=args.guidance_scale,
                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-               truncate_instruction=args.truncate_instruction)
+               truncate_instruction=args.truncate_instruction, schedule=schedule, window=window)
     for i, im in enumerate(res.images):
         path = out if len(res.images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
         try:
@@ -23,6 +24,7 @@ def _cmd_edit(args) -> None:
         except OSError as e:
             raise EarlError(f"--out {args.out}: cannot write {path} ({e.strerror or e})") from None
         print(f"wrote {path}")
+    print(f"forward passes: {res.forward_passes} ({res.tokens_per_pass:.2f} tokens per pass, schedule {schedule})")
     for t in res.thinking:
         if t is not None:
             print(f"thinking: {t}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from earl.cli import benchmarks
 from earl.cli.agent import add_agent_args, agent_pipeline
-from earl.cli.common import add_sampling_args, named_paths
+from earl.cli.common import add_sampling_args, format_generation, named_paths, schedule_flags
 from earl.config import load_config
 from earl.errors import EarlError
 from earl.io import atomic_write_json
@@ -22,14 +22,16 @@ def _cmd_shapes(args) -> None:
     from earl.pipeline import default_checkpoint
     from earl.shapes.judge import format_table
 
+    schedule, window = schedule_flags(args)
     if args.agent is not None:
         _shapes_agent(args, format_table)
         return
     sampling = SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature)
     model = args.model or str(default_checkpoint())
     results = run_shapes_eval(model, args.data, args.out, sampling, batch_size=args.batch_size, seed=args.seed,
-                              decoder=args.decoder)
+                              decoder=args.decoder, schedule=schedule, window=window)
     print(format_table(results))
+    print(format_generation(results.get("generation")))
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
 
 
@@ -45,6 +47,7 @@ def _shapes_agent(args, format_table) -> None:
     results = run_agent_eval(pipe, args.data, args.out, batch_size=args.batch_size)
     print(format_table(results))
     print(format_agent(results["agent"]))
+    print(format_generation(results.get("generation")))
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}; "
           f"step strips: {Path(args.out) / 'steps'}")
 
@@ -138,11 +141,11 @@ def _add_shapes(ev) -> None:
     es.add_argument("--agent", nargs="?", const="", default=None, metavar="DECOMPOSER",
                     help="evaluate the agent pipeline instead: decomposer directory (bare --agent: the bundled one; "
                          "'ground-truth': each sample's own program), with --model as its editor")
-    add_agent_args(es)
     es.add_argument("--data", required=True)
     es.add_argument("--out", required=True, help="output directory (resumable: existing images are kept)")
     es.add_argument("--batch-size", type=int, default=32)
     add_sampling_args(es)
+    add_agent_args(es)  # after the sampling flags: the agent's editor takes their --schedule and --window
     es.add_argument("--decoder", default="auto", choices=["auto", "hf", "static", "compiled", "lean"],
                     help="the sampler's decoder (earl.generate.choose_decoder): auto = earl.lean on a CPU where it "
                          "reproduces the model, else the Hugging Face forward; static = preallocated KV cache; "

@@ -22,7 +22,7 @@ from earl.generate.budget import (
     instruction_budget,
 )
 from earl.generate.decoders import DECODERS, DecodeCache, cache_kwargs, choose_decoder, open_decoder
-from earl.generate.edits import GenerationOutput, sample_edits, thinking_vocab_mask
+from earl.generate.edits import GenerationCost, GenerationOutput, sample_edits, thinking_vocab_mask
 from earl.generate.jacobi import SCHEDULES
 from earl.generate.sampling import Generators, SamplingConfig, process_logits, sample_from
 from earl.generate.text import (
@@ -37,7 +37,7 @@ from earl.generate.text import (
 )
 
 __all__ = [
-    "DECODERS", "SCHEDULES", "DecodeCache", "GenerationOutput", "Generators", "SamplingConfig", "TextOutput", "TextSampling",
+    "DECODERS", "SCHEDULES", "DecodeCache", "GenerationCost", "GenerationOutput", "Generators", "SamplingConfig", "TextOutput", "TextSampling",
     "TextStops", "cache_kwargs", "check_prompt_lengths", "choose_decoder", "completion_length", "context_limit",
     "decode_text", "decoding_capacity", "draw", "fit_instruction", "greedy_text", "instruction_budget", "left_pad",
     "open_decoder", "process_logits", "sample_edits", "sample_from", "sample_traces_watching", "thinking_vocab_mask",

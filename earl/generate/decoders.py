@@ -49,15 +49,43 @@ class _Decoder:
     `passes` counts the forwards run (the prefill included), so a sampler can report what a schedule
     cost. `feed(..., all_logits=True)` returns the logits at every fed position, and `rollback(n)` drops
     the last n fed tokens again: what a speculative schedule needs to verify guesses in one forward.
+    `settle(kept)` keeps a different number of them per row (the others become masked slots), and
+    `compact()` moves each row's live slots together so that masked ones stop taking room: what lets
+    each row of a batch advance by its own accepted count. `capacity` bounds the slots written
+    (prompt included) for every decoder alike, so that they all compact at the same points.
     """
 
-    def __init__(self, backbone, batch: dict[str, torch.Tensor]):
+    def __init__(self, backbone, batch: dict[str, torch.Tensor], capacity: int | None = None):
         self.backbone = backbone
         self.cache = DynamicCache()
         self.mask = batch["attention_mask"]  # (R, T_so_far)
         self.next_pos = batch["position_ids"][:, -1] + 1  # (R,)
+        self.capacity = None if capacity is None else batch["input_ids"].shape[1] + capacity
         self.passes = 1
         self.logits = self._forward(batch["input_ids"], batch["position_ids"])[:, -1]
+
+    @property
+    def slots(self) -> int:
+        """Cache slots written so far (live or masked), the prompt's included."""
+        return self.mask.shape[1]
+
+    def _kv(self) -> list[torch.Tensor]:
+        """Every layer's (R, heads, >= slots, head_dim) key and value buffers (`layers` in transformers 5,
+        `key_cache` / `value_cache` lists before)."""
+        layers = getattr(self.cache, "layers", None)
+        if layers is not None:
+            return [t for layer in layers for t in (layer.keys, layer.values)]
+        return [*self.cache.key_cache, *self.cache.value_cache]
+
+    def _set_mask(self, start: int, values: torch.Tensor) -> None:
+        """Write the attention mask of slots start .. start + width (all of them written already)."""
+        self.mask = torch.cat([self.mask[:, :start], values.to(self.mask.dtype)], dim=1)
+
+    def _crop(self, n: int) -> None:
+        """Drop the last n written slots (positions are the caller's)."""
+        if n:
+            self.cache.crop(-n)  # negative: drop n (a positive length is refused by newer transformers)
+            self.mask = self.mask[:, : self.mask.shape[1] - n]
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, keep: int = 1) -> torch.Tensor:
         out = self.backbone(input_ids=ids, attention_mask=self.mask, position_ids=pos,
@@ -65,13 +93,18 @@ class _Decoder:
         return out.logits  # (R, keep, V)
 
     def _advance(self, ids: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(keep (R,), positions (R, n)) for fed ids, moving `next_pos` on: an inactive row's tokens are
-        masked padding that keeps its position. Shared by every decoder's `feed`."""
+        """(keep (R, n), positions (R, n)) for fed ids, moving `next_pos` on. `active`: None (every token
+        counts), (R,) per row, or (R, n) per token; a masked token is padding that takes no position (the
+        tokens of a row that count are at consecutive positions). Shared by every decoder's `feed`."""
         R, n = ids.shape
-        keep = torch.ones(R, dtype=torch.long, device=ids.device) if active is None else active.long()
-        pos = self.next_pos[:, None] + torch.arange(n, device=ids.device)[None] * keep[:, None]
-        self.next_pos = self.next_pos + n * keep
-        self._fed = (n, keep)
+        if active is None:
+            keep = torch.ones(R, n, dtype=torch.long, device=ids.device)
+        else:
+            keep = (active[:, None].expand(R, n) if active.dim() == 1 else active).long()
+        before = keep.cumsum(1) - keep  # tokens that count before each one, in this feed
+        pos = self.next_pos[:, None] + before
+        self._fed = (n, keep, self.next_pos)
+        self.next_pos = self.next_pos + keep.sum(1)
         return keep, pos
 
     def _result(self, logits: torch.Tensor, all_logits: bool) -> torch.Tensor:
@@ -84,24 +117,50 @@ class _Decoder:
         """Append (R, n) tokens; rows with active=False get masked padding and keep their positions.
         Returns the (R, V) logits at the last position, or (R, n, V) at every one with `all_logits`."""
         keep, pos = self._advance(ids, active)
-        self.mask = torch.cat([self.mask, keep[:, None].expand(ids.shape)], dim=1)
+        self.mask = torch.cat([self.mask, keep], dim=1)
         return self._result(self._forward(ids, pos, ids.shape[1] if all_logits else 1), all_logits)
-
-    def _unfeed(self, n: int) -> None:
-        """Undo `next_pos` for the last n tokens of the last feed (every fed row moved on by its count)."""
-        fed, keep = self._fed
-        if not 0 <= n <= fed:
-            raise EarlError(f"rollback of {n} tokens: the last feed had {fed}")
-        self.next_pos = self.next_pos - n * keep
-        self._fed = (fed - n, keep)
 
     def rollback(self, n: int) -> None:
         """Forget the last n tokens of the last feed: cache, mask and positions as if never fed.
         `.logits` is left to the caller (it knows which fed position it keeps)."""
-        self._unfeed(n)
-        if n:
-            self.cache.crop(-n)  # negative: drop n (a positive length is refused by newer transformers)
-            self.mask = self.mask[:, : self.mask.shape[1] - n]
+        fed = self._fed[0]
+        if not 0 <= n <= fed:
+            raise EarlError(f"rollback of {n} tokens: the last feed had {fed}")
+        self.settle(torch.full((self.next_pos.shape[0],), fed - n, dtype=torch.long, device=self.next_pos.device))
+
+    def settle(self, kept: torch.Tensor) -> None:
+        """Of the last feed's n tokens, row r keeps its first `kept[r]`; the rest of its tokens are
+        forgotten: masked, their positions given back, and the tail no row keeps dropped from the cache.
+        `.logits` is left to the caller."""
+        fed, keep, start = self._fed
+        lo, hi = torch.stack(kept.aminmax()).tolist()  # one look at the device's numbers
+        if kept.shape != self.next_pos.shape or lo < 0 or hi > fed:
+            raise EarlError(f"settle: kept {kept.tolist()} must hold one count in 0..{fed} per row")
+        held = keep * (torch.arange(fed, device=keep.device)[None] < kept[:, None])
+        self.next_pos = start + held.sum(1)
+        self._set_mask(self.slots - fed, held)
+        tail = fed - hi
+        self._crop(tail)
+        self._fed = (fed - tail, held[:, : fed - tail], start)
+
+    def compact(self) -> None:
+        """Move each row's live slots (mask 1) to the end of the written ones, in order, and drop the
+        slots no row needs: written slots become the most any row holds live. Attention reads keys by
+        mask and causal order only (positions are in the keys already), so the logits do not change.
+        What a row's masked slots (its rejected guesses) cost in room and attention stops here."""
+        t = self.slots
+        live = self.mask[:, :t].bool()
+        keep = int(live.sum(1).max())
+        if keep == t:
+            return
+        order = torch.sort(live.to(torch.int8), dim=1, stable=True).indices[:, t - keep :]  # dead first, live in order
+        for buf in self._kv():
+            R, H, _, D = buf.shape
+            moved = buf[:, :, :t].gather(2, order[:, None, :, None].expand(R, H, keep, D))
+            buf[:, :, :keep].copy_(moved)
+        self._crop(t - keep)
+        self._set_mask(0, live.gather(1, order))
+        self._fed = (0, self._fed[1][:, :0], self.next_pos)
 
 
 class DecodeCache:
@@ -177,6 +236,7 @@ class _StaticDecoder(_Decoder):
         self.mask = torch.zeros(R, P + capacity, dtype=torch.long, device=device)
         self.mask[:, :P] = batch["attention_mask"]
         self.length = 0  # tokens written so far
+        self.capacity = P + capacity
         self.next_pos = batch["position_ids"][:, -1] + 1
         self.step = store.compiled_step(backbone) if compiled else backbone
         self.passes = 1
@@ -195,14 +255,20 @@ class _StaticDecoder(_Decoder):
     def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
         n = ids.shape[1]
         keep, pos = self._advance(ids, active)
-        self.mask[:, self.length : self.length + n] = keep[:, None]
+        self.mask[:, self.length : self.length + n] = keep
         logits = self._run(self.step if n == 1 else self.backbone, ids, pos, n if all_logits else 1)
         return self._result(logits, all_logits)
 
-    def rollback(self, n: int) -> None:
-        """Forget the last n fed tokens: their slots are masked off and written over by the next feed
-        (a `StaticCache` that counts its own writes is moved back too; older ones write at `cache_position`)."""
-        self._unfeed(n)
+    @property
+    def slots(self) -> int:
+        return self.length
+
+    def _set_mask(self, start: int, values: torch.Tensor) -> None:
+        self.mask[:, start : start + values.shape[1]] = values
+
+    def _crop(self, n: int) -> None:
+        """Forget the last n written slots: masked off and written over by the next feed (a `StaticCache`
+        that counts its own writes is moved back too; older ones write at `cache_position`)."""
         if n and hasattr(self.cache, "crop"):
             self.cache.crop(-n)
         self.length -= n
@@ -219,6 +285,7 @@ class _LeanDecoder(_Decoder):
     def __init__(self, backbone, batch: dict[str, torch.Tensor], capacity: int):
         R, P = batch["input_ids"].shape
         self.net = LeanLlama(backbone, R, P + capacity)
+        self.capacity = P + capacity
         self.mask = torch.zeros(R, P + capacity, dtype=torch.long, device=batch["input_ids"].device)
         self.mask[:, :P] = batch["attention_mask"]
         self.next_pos = batch["position_ids"][:, -1] + 1
@@ -228,14 +295,23 @@ class _LeanDecoder(_Decoder):
     def feed(self, ids: torch.Tensor, active: torch.Tensor | None = None, all_logits: bool = False) -> torch.Tensor:
         t0, n = self.net.length, ids.shape[1]
         keep, pos = self._advance(ids, active)
-        self.mask[:, t0 : t0 + n] = keep[:, None]
+        self.mask[:, t0 : t0 + n] = keep
         if all_logits:
             return self._result(self.net.forward(ids, pos, self.mask[:, : t0 + n], all_positions=True), True)
         return self._result(self.net.forward(ids, pos, self.mask[:, : t0 + n])[:, None], False)
 
-    def rollback(self, n: int) -> None:
-        """Forget the last n fed tokens: their slots are masked off and written over by the next feed."""
-        self._unfeed(n)
+    @property
+    def slots(self) -> int:
+        return self.net.length
+
+    def _kv(self) -> list[torch.Tensor]:
+        return [*self.net.k, *self.net.v]
+
+    def _set_mask(self, start: int, values: torch.Tensor) -> None:
+        self.mask[:, start : start + values.shape[1]] = values
+
+    def _crop(self, n: int) -> None:
+        """Forget the last n written slots: masked off and written over by the next feed."""
         self.net.length -= n
         self.mask[:, self.net.length :] = 0
 
@@ -310,5 +386,5 @@ def open_decoder(backbone, batch: dict[str, torch.Tensor], capacity: int, decode
                         "again on every call; pass cache=DecodeCache() to every call of a loop to reuse them")
         return _StaticDecoder(backbone, batch, capacity, cache if cache is not None else DecodeCache(),
                               compiled=kind == "compiled")
-    return _Decoder(backbone, batch)
+    return _Decoder(backbone, batch, capacity)
 

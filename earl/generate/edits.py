@@ -64,6 +64,43 @@ class GenerationOutput:
         return self.completions.shape[1] / self.forward_passes if self.forward_passes else 0.0
 
 
+@dataclass
+class GenerationCost:
+    """What a run of `sample_edits` calls cost in forwards, summed over its batches, for a results file
+    to show beside the success it bought.
+
+    `forward_passes`: forwards run in all (a batch's forward counts once, whatever its rows);
+    `forward_passes_per_image`: over the images, the mean of the forwards of the call that made each
+    (the sequential steps an image waited for: what a schedule saves); `tokens_per_pass`: completion
+    tokens per forward, per row (`GenerationOutput.tokens_per_pass` over the whole run).
+    """
+
+    schedule: str = "sequential"
+    window: int | None = None
+    images: int = 0
+    forward_passes: int = 0
+    image_passes: int = 0  # sum over images of their call's forwards
+    tokens: int = 0  # sum over calls of the completion length of a row
+
+    def add(self, out: GenerationOutput) -> GenerationOutput:
+        """Count one call's output (returned, so a caller can count where it uses it)."""
+        self.add_counts(len(out.codes), out.forward_passes, out.completions.shape[1])
+        return out
+
+    def add_counts(self, images: int, forward_passes: int, tokens: int) -> None:
+        """Count a call that made `images` images in `forward_passes` forwards, `tokens` completion tokens each."""
+        self.images += images
+        self.forward_passes += forward_passes
+        self.image_passes += forward_passes * images
+        self.tokens += tokens
+
+    def to_dict(self) -> dict:
+        return {"schedule": self.schedule, "window": self.window, "images": self.images,
+                "forward_passes": self.forward_passes,
+                "forward_passes_per_image": self.image_passes / self.images if self.images else None,
+                "tokens_per_pass": self.tokens / self.forward_passes if self.forward_passes else None}
+
+
 
 # ---- the sampler ----------------------------------------------------------------------------
 @torch.no_grad()
@@ -95,9 +132,10 @@ def sample_edits(
     model is refused with its largest size that fits in pixels too, not only as a code grid.
     `schedule`: "sequential" (one code per forward) or "jacobi" with `window` (codes fed and verified
     per forward, `earl.generate.jacobi`): the same greedy codes, or the same sampling distribution, in
-    fewer forwards. Sampled with "jacobi", a row's draws also depend on the rows beside it (they share
-    the accepted prefix of each forward), so per-row generators make a row reproducible, not independent
-    of its batch. The result's `forward_passes` says how many forwards the batch ran.
+    fewer forwards. Each row advances by its own accepted count and draws the same count from its
+    generator per forward, so with per-row generators a row's sample is independent of its batch under
+    "jacobi" too. The result's `forward_passes` says how many forwards the batch ran (the most any
+    of its rows takes alone).
     """
     if len(instructions) != source_codes.shape[0]:
         raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
@@ -117,7 +155,10 @@ def sample_edits(
     if cfg.uses_cfg:
         prompts += [layout.prompt(None, src) for src in source_codes.cpu()]
     batch = {k: t.to(device) for k, t in layout.pad_prompts(prompts).items()}
-    dec = open_decoder(backbone, batch, decoding_capacity(layout, h, w, cfg, think), decoder, cache)
+    capacity = decoding_capacity(layout, h, w, cfg, think)
+    if schedule == "jacobi":  # room for one window (its codes and <eol>s) beyond the most a row holds live
+        capacity += 2 * window
+    dec = open_decoder(backbone, batch, capacity, decoder, cache)
     R = batch["input_ids"].shape[0]
 
     pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (ids, logprobs, sampled) chunks (N, n)

@@ -267,6 +267,16 @@ def test_cli_runs_an_earl_editor_through_imgedit(tmp_path, server, tiny_editor, 
     assert main(argv) == 0
     assert "| 4.00 | 4.00 | 4.00 |" in capsys.readouterr().out  # Add, Replace, Overall
     assert len(list((tmp_path / "out/images").glob("*.png"))) == 4
+    seq = json.loads((tmp_path / "out/results.json").read_text())["generation"]
+    assert seq["schedule"] == "sequential" and seq["images"] == 4 and seq["forward_passes"] > 4
+    # the Jacobi schedule: the same greedy images, its cost beside the scores
+    argv[argv.index(str(tmp_path / "out"))] = str(tmp_path / "jac")
+    assert main([*argv, "--schedule", "jacobi", "--window", "4"]) == 0
+    for a in sorted((tmp_path / "out/images").glob("*.png")):
+        assert a.read_bytes() == (tmp_path / "jac/images" / a.name).read_bytes(), a.name
+    jac = json.loads((tmp_path / "jac/results.json").read_text())["generation"]
+    assert (jac["schedule"], jac["window"], jac["images"]) == ("jacobi", 4, 4)
+    assert jac["forward_passes"] <= seq["forward_passes"]
     # bad input names the problem, no traceback
     assert main(["eval", "imgedit", "--edits", str(tmp_path / "nope.json"), "--images", str(images), "--prompts",
                  str(imgedit_prompts), "--out", str(tmp_path / "o2"), "--no-judge"]) == 2

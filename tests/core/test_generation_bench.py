@@ -40,7 +40,7 @@ def test_transformers_path_does_the_same_job_greedy_codes_match_earl():
     ins = INSTRUCTIONS[1:4]  # different lengths: the conditional prompts are left-padded
     theirs = parse_grids(layout, run_transformers(backbone, layout, ins, src, 3.0, seed=0, greedy=True), 4, 4)
     for decoder in ("auto", "hf", "static", "lean"):
-        ours = run_earl(backbone, layout, ins, src, 3.0, generator=None, temperature=0.0, decoder=decoder)
+        ours = run_earl(backbone, layout, ins, src, 3.0, generator=None, temperature=0.0, decoder=decoder).completions
         assert torch.equal(parse_grids(layout, ours, 4, 4), theirs), decoder
 
 

@@ -48,6 +48,65 @@ def test_greedy_jacobi_gives_the_sequential_codes_in_no_more_forwards(tiny, deco
                 assert jac.forward_passes == seq.forward_passes
 
 
+@pytest.mark.parametrize("decoder", ["hf", "static", "lean"])
+@pytest.mark.parametrize("compact_always", [False, True])
+def test_each_row_advances_by_its_own_accepted_count(tiny, decoder, compact_always, monkeypatch):
+    """Rows whose guesses stand for different stretches: the batch gives each row its sequential codes,
+    and takes the forwards its slowest row takes alone (a batch that kept only the prefix every row
+    accepted would take more). `compact_always`: the KV cache compacted before every forward (else
+    only when masked slots would outgrow it)."""
+    from earl.generate import decoders, edits
+
+    compactions = []
+    compact = decoders._Decoder.compact
+    monkeypatch.setattr(decoders._Decoder, "compact", lambda self: compactions.append(self.slots) or compact(self))
+    if compact_always:
+        def tight(*args, **kw):
+            dec = decoders.open_decoder(*args, **kw)
+            dec.capacity = 0  # every feed "outgrows" it
+            return dec
+
+        monkeypatch.setattr(edits, "open_decoder", tight)
+    ed, codes = tiny
+    differ = 0
+    for scale, window in ((1.0, 4), (3.0, 4), (3.0, 7)):
+        cfg = SamplingConfig(temperature=0.0, guidance_scale=scale)
+        seq = sample_edits(ed.backbone, ed.layout, INSTRUCTIONS, codes, cfg, decoder=decoder)
+        jac = sample_edits(ed.backbone, ed.layout, INSTRUCTIONS, codes, cfg, decoder=decoder, schedule="jacobi",
+                           window=window)
+        _same(jac, seq)
+        alone = [sample_edits(ed.backbone, ed.layout, INSTRUCTIONS[i : i + 1], codes[i : i + 1], cfg, decoder=decoder,
+                              schedule="jacobi", window=window).forward_passes for i in range(len(INSTRUCTIONS))]
+        assert jac.forward_passes == max(alone), (scale, window, alone)
+        differ += len(set(alone)) > 1
+    assert differ  # rows of one batch did accept different counts
+    assert bool(compactions) or not compact_always
+
+
+@pytest.mark.parametrize("decoder", ["hf", "static", "lean"])
+def test_settle_and_compact_leave_the_logits_of_what_each_row_kept(tiny_editor, decoder):
+    """Rows keep different counts of a feed (`settle`), the cache is compacted, and the next forward's
+    logits are those of feeding each row only what it kept."""
+    from earl.generate.decoders import open_decoder
+
+    ed = tiny_editor
+    prompts = [ed.layout.prompt(i, torch.zeros(4, 4, dtype=torch.long)) for i in INSTRUCTIONS]
+    batch = ed.layout.pad_prompts(prompts)
+    fed = torch.tensor([[300, 301, 302, 303]] * 3)
+    kept = torch.tensor([1, 4, 2])
+    dec = open_decoder(ed.backbone, batch, 20, decoder)
+    dec.feed(fed, all_logits=True)
+    dec.settle(kept)
+    assert dec.slots == batch["input_ids"].shape[1] + 4  # the longest kept; the others' tails masked
+    dec.compact()
+    assert dec.slots == batch["input_ids"].shape[1] + 4  # left padding of the prompts and the holes fill up
+    after = dec.feed(torch.tensor([[310]] * 3))
+    for r in range(3):
+        ref = open_decoder(ed.backbone, ed.layout.pad_prompts(prompts[r : r + 1]), 20, decoder)
+        ref.feed(fed[r : r + 1, : kept[r]])
+        torch.testing.assert_close(after[r], ref.feed(torch.tensor([[310]]))[0], atol=1e-4, rtol=1e-4)
+
+
 def test_jacobi_after_chain_of_thought(tiny_cot_editor):
     ed = tiny_cot_editor
     codes = torch.zeros(2, 4, 4, dtype=torch.long)
@@ -199,3 +258,10 @@ def test_sampled_jacobi_runs_with_one_generator_per_row(tiny_editor):
                          generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)])
     assert torch.equal(out.codes, again.codes)  # seeded: reproducible
     assert out.codes.shape == (3, 4, 4) and (out.logprobs[out.sampled_mask] < 0).all()
+    # rows advance on their own, each drawing the same count per forward: a row's sample is its seed's,
+    # whether it is drawn alone or beside other rows (what a resumed evaluation needs)
+    for i, seed in enumerate((1, 2, 3)):
+        alone = sample_edits(tiny_editor.backbone, tiny_editor.layout, INSTRUCTIONS[i : i + 1], codes[i : i + 1], cfg,
+                             generator=[torch.Generator().manual_seed(seed)], schedule="jacobi", window=4)
+        assert torch.equal(alone.codes[0], out.codes[i]), i
+        torch.testing.assert_close(alone.logprobs[0], out.logprobs[i], atol=1e-5, rtol=1e-5)
