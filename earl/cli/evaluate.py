@@ -95,6 +95,10 @@ def _cmd_rewardbench(args) -> None:
     verifiers = {}
     for label, spec in specs.items():
         name, options = parse_verifier_spec(spec)
+        if name == "learned" and isinstance(options.get("writer"), str):
+            from earl.agents.build import build_writer  # lazy: `plan` loads the decomposer
+
+            options["writer"] = build_writer(options["writer"])  # plan, plan:DIR, or a learned writer's directory
         verifiers[label] = build_verifier(name, **options)
     if args.pairs and args.editreward_bench:
         raise EarlError("--pairs and --editreward-bench: give one of them")
