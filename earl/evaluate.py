@@ -14,7 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from earl import io as earl_io  # save_png looked up per call, so a test can stop a run mid-way
+from earl.errors import EarlError
 from earl.generate import DecodeCache, GenerationOutput, SamplingConfig, choose_decoder, sample_edits
+from earl.generate.vllm_engine import VLLMEngine, check_engine, check_sampling
 from earl.io import atomic_write_json, load_image
 from earl.model import UnifiedEditor, check_kind
 from earl.seeds import sample_seed
@@ -118,14 +120,17 @@ def summarise(judgements: list[dict]) -> dict[str, float]:
 
 
 def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | None = None, batch_size: int = 32,
-                    seed: int = 0, progress: bool = True, editor=None, decoder: str = "auto") -> dict:
+                    seed: int = 0, progress: bool = True, editor=None, decoder: str = "auto", engine: str = "earl",
+                    engine_options: dict | None = None) -> dict:
     """`earl eval shapes`: generate an edit per sample into OUT/images/{id}.png, judge, report.
 
     Resumable: samples whose PNG already exists are not generated again. Each sample draws from its
     own generator seeded by `sample_seed(seed, id)`, so at temperature > 0 an interrupted and resumed
     run writes the same images as one that ran through, whatever the batch size. Writes OUT/results.json
     (the `earl judge shapes` format), OUT/grid.png (source | target | output) and returns results.
-    `decoder`: as `sample_edits` takes it (one `DecodeCache` serves every batch).
+    `decoder`: as `sample_edits` takes it (one `DecodeCache` serves every batch). `engine`: "earl" (that
+    sampler) or "vllm" (one `VLLMEngine` over the editor's backbone for the whole run, `engine_options`
+    passed to it; greedy, the same images; sampled, vLLM's random stream, seeded per sample as above).
     """
     from earl.shapes.dataset import load_dataset  # here, not at the top: it loads `datasets`
     from earl.shapes.judge import judge_folder  # here, not at the top: it loads `datasets`
@@ -135,26 +140,39 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     img_dir = out_dir / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     purpose = "`earl eval shapes --model`"
+    loaded = editor is None
     if editor is None:
         editor = UnifiedEditor.from_pretrained(model_dir, kind="editor", purpose=purpose)
     check_kind(model_dir, editor.kind, "editor", purpose)
+    check_engine(engine)
+    if engine == "vllm" and decoder != "auto":
+        raise EarlError(f"decoder {decoder!r} is earl's sampler's; engine 'vllm' decodes with vLLM (leave decoder 'auto')")
     choose_decoder(editor.backbone, editor.device, decoder)  # a decoder that cannot run here fails before any work
+    if engine == "vllm":
+        check_sampling(editor.layout, sampling, editor.config.cot)
     ds = load_dataset(data_dir)
     todo = [i for i, sid in enumerate(ds["id"]) if not (img_dir / f"{sid}.png").is_file()]
+    vllm = None
+    if engine == "vllm" and todo:  # over the directory's backbone, or the given editor's weights exported
+        vllm = VLLMEngine.for_editor(editor, model_dir if loaded else None, **(engine_options or {}))
     bar = tqdm(total=len(todo), desc="edit", disable=not progress)
     cache = DecodeCache()
     for start in range(0, len(todo), batch_size):
         rows = ds.select(todo[start : start + batch_size])
         codes = editor.encode_images([editor.preprocess(im)[0] for im in rows["source_image"]])
         gens = [torch.Generator(device=editor.device).manual_seed(sample_seed(seed, sid)) for sid in rows["id"]]
-        out = sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
-                           think=editor.config.cot, generator=gens, decoder=decoder, cache=cache)
+        if vllm is not None:
+            out = vllm.sample_edits(list(rows["instruction"]), codes, sampling, think=editor.config.cot, generator=gens)
+        else:
+            out = sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
+                               think=editor.config.cot, generator=gens, decoder=decoder, cache=cache)
         for sid, im in zip(rows["id"], editor.decode_codes(out.codes)):
             earl_io.save_png(im, img_dir / f"{sid}.png")  # atomic: a crash never leaves a half-written image
         bar.update(len(rows))
     bar.close()
     results = judge_folder(data_dir, img_dir, progress=progress)
     results["model"] = str(model_dir)
+    results["engine"] = engine
     results["sampling"] = {k: getattr(sampling, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
     atomic_write_json(out_dir / "results.json", results)
     k = min(8, len(ds))

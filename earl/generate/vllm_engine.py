@@ -40,6 +40,7 @@ import torch
 
 from earl.errors import EarlError
 from earl.generate.budget import completion_length
+from earl.generate.edits import GenerationOutput
 from earl.generate.sampling import Generators, SamplingConfig
 from earl.layout import EditLayout
 
@@ -53,6 +54,20 @@ def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise EarlError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     return engine
+
+
+def check_sampling(layout: EditLayout, cfg: SamplingConfig, think: bool) -> None:
+    """Refuse what this engine cannot sample exactly as earl's sampler does, naming the option and the way out;
+    callers check before starting the engine (which takes a while)."""
+    if cfg.uses_cfg:
+        raise EarlError(f"engine 'vllm' cannot run classifier-free guidance exactly (cfg, guidance_scale "
+                        f"{cfg.guidance_scale}): each step must mix the conditional and unconditional logits "
+                        "before the draw and feed the drawn code to both, which vLLM's per-request sampling "
+                        "does not do; use engine='earl' for guidance, or guidance_scale 1")
+    if think and layout.think_format != "tokens":
+        raise EarlError(f"engine 'vllm' writes thinking only in the 'tokens' format (<think> ... </think>); this "
+                        f"model's think_format is {layout.think_format!r}, whose end is found by decoding "
+                        "text: use engine='earl' for it, or think=False")
 
 
 # ---- the grid plan each request carries ---------------------------------------------------------
@@ -320,15 +335,7 @@ class VLLMEngine:
         for ins in instructions:
             if not ins or not ins.strip():
                 raise EarlError("instruction is empty")
-        if cfg.uses_cfg:
-            raise EarlError(f"engine 'vllm' cannot run classifier-free guidance exactly (guidance_scale "
-                            f"{cfg.guidance_scale}): each step must mix the conditional and unconditional logits "
-                            "before the draw and feed the drawn code to both, which vLLM's per-request sampling "
-                            "does not do; use engine='earl' for cfg/guidance, or guidance_scale 1")
-        if think and self.layout.think_format != "tokens":
-            raise EarlError(f"engine 'vllm' writes thinking only in the 'tokens' format (<think> ... </think>); this "
-                            f"model's think_format is {self.layout.think_format!r}, whose end is found by decoding "
-                            "text: use engine='earl' for it, or think=False")
+        check_sampling(self.layout, cfg, think)
 
     @staticmethod
     def _seeds(generator: Generators, n: int) -> list[int | None]:
@@ -346,8 +353,6 @@ class VLLMEngine:
         """One edit per (instruction, source grid), as `earl.generate.sample_edits` returns it
         (`GenerationOutput`). `generator`: one for the batch or one per row; each row's vLLM seed is drawn
         from it. `forward_passes` counts engine steps (the longest row's generated tokens)."""
-        from earl.generate.edits import GenerationOutput  # here: edits imports the decoders; no circle either way
-
         cfg = cfg or SamplingConfig()
         self._check(instructions, source_codes, cfg, think, generator)
         vllm, *_ = _vllm()
@@ -375,7 +380,7 @@ class VLLMEngine:
             raise EarlError(f"engine 'vllm' failed while generating with model {self.model}: "
                             f"{type(e).__name__}: {e}; use engine='earl'") from e
         rows = [self._row(r.outputs[0], plan) for r in results]
-        return self._assemble(rows, N, h, w, think, GenerationOutput)
+        return self._assemble(rows, N, h, w, think)
 
     def _row(self, out, plan: GridPlan) -> dict:
         """Split one request's output into thinking (ids, log-probs, sampled) and the grid's codes + log-probs."""
@@ -400,7 +405,7 @@ class VLLMEngine:
         return {"think": (think_ids, think_lp, think_sampled), "codes": cells[:, : plan.w] - plan.image_start,
                 "code_lp": torch.tensor(glp).view(plan.h, plan.w + 1)[:, : plan.w], "steps": len(out.token_ids)}
 
-    def _assemble(self, rows: list[dict], N: int, h: int, w: int, think: bool, GenerationOutput):
+    def _assemble(self, rows: list[dict], N: int, h: int, w: int, think: bool) -> GenerationOutput:
         """The rows in `sample_edits`' layout: [opening, thinking padded to the longest] header, rows of
         codes + <eol>, <eof> <eoi> <eos>; log-probs 0 and sampled False where forced or padding."""
         lay, v = self.layout, self.layout.vocab
