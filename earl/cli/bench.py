@@ -19,7 +19,8 @@ def _cmd_generate(args) -> None:
 
     res = bench_generate(size=args.size, image_size=args.image_size, batch_sizes=_ints(args.batch_sizes),
                          guidance_scale=args.guidance_scale, repeats=args.repeats, seed=args.seed,
-                         num_threads=args.threads, device=args.device, dtype=args.dtype, attention=args.attention)
+                         num_threads=args.threads, device=args.device, dtype=args.dtype, attention=args.attention,
+                         engine=args.engine)
     print(format_table(res))
     if args.out:
         atomic_write_json(args.out, res)
@@ -70,6 +71,9 @@ def register(sub) -> None:
     bg.add_argument("--device", default="cpu", help="cpu or cuda")
     bg.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     bg.add_argument("--attention", default="sdpa", choices=["sdpa", "earl_triton"])
+    bg.add_argument("--engine", default="earl", choices=["earl", "vllm"],
+                    help="vllm: also time vLLM on the same weights without CFG, against earl without CFG "
+                         "(earl.generate.vllm_engine; needs vllm installed)")
     bg.add_argument("--out", default=None, help="write the results as JSON here")
     bg.set_defaults(func=_cmd_generate)
 

@@ -226,11 +226,11 @@ def backbone_dir(model_dir: str | os.PathLike) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def export_backbone(editor, out_dir: str | os.PathLike) -> Path:
-    """Write the editor's backbone as a Hugging Face checkpoint (config.json + safetensors) for vLLM to load:
-    for an editor held only in memory. An earl editor directory needs none (`backbone_dir`)."""
+def export_backbone(backbone, out_dir: str | os.PathLike) -> Path:
+    """Write an editor's backbone (`editor.backbone`) as a Hugging Face checkpoint (config.json + safetensors)
+    for vLLM to load: for an editor held only in memory. An earl editor directory needs none (`backbone_dir`)."""
     out = Path(out_dir)
-    editor.backbone.save_pretrained(out, safe_serialization=True)
+    backbone.save_pretrained(out, safe_serialization=True)
     return out
 
 
@@ -310,7 +310,7 @@ class VLLMEngine:
         source = backbone_dir(model_dir) if model_dir is not None else None
         if source is None:
             tmp = tempfile.TemporaryDirectory(prefix="earl-vllm-")
-            source = export_backbone(editor, tmp.name)
+            source = export_backbone(editor.backbone, tmp.name)
             engine = cls(source, editor.layout, **options)
             engine._export = tmp  # removed with the engine
             return engine
