@@ -150,3 +150,35 @@ def test_without_vllm_the_error_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "vllm", None)
     with pytest.raises(EarlError, match=r"engine 'vllm' needs the vllm package.*engine='earl'"):
         _vllm()
+
+
+def test_the_agent_s_editor_samples_on_the_engine_it_is_given(editor, engine):
+    from earl.agents.editor import PipelineEditor
+
+    ed, _ = editor
+    images = ed.decode_codes(_sources(3, seed=5))
+    ours = PipelineEditor(ed).edit(images, INSTRUCTIONS[:3])
+    theirs = PipelineEditor(ed, engine=engine).edit(images, INSTRUCTIONS[:3])
+    assert [im.tobytes() for im in ours] == [im.tobytes() for im in theirs]
+
+
+def test_the_bundled_editor_s_shapes_eval_is_the_same_on_vllm(tmp_path):
+    """`earl eval shapes --engine vllm` end to end on the bundled editor (its own engine over its backbone/):
+    the same greedy images, byte for byte, as earl's sampler."""
+    from earl.evaluate import run_shapes_eval
+    from earl.pipeline import default_checkpoint
+    from earl.shapes.dataset import write_dataset
+
+    data = write_dataset(tmp_path / "data", split="simple", n=8, seed=0, part="test", progress=False)
+    greedy = SamplingConfig(temperature=0.0)
+    with pytest.raises(EarlError, match="guidance.*engine='earl'"):  # refused before the engine starts
+        run_shapes_eval(default_checkpoint(), data, tmp_path / "cfg", SamplingConfig(guidance_scale=2.0),
+                        progress=False, engine="vllm")
+    a = run_shapes_eval(default_checkpoint(), data, tmp_path / "earl", greedy, batch_size=4, progress=False)
+    b = run_shapes_eval(default_checkpoint(), data, tmp_path / "vllm", greedy, batch_size=4, progress=False,
+                        engine="vllm")
+    assert (a["engine"], b["engine"]) == ("earl", "vllm")
+    names = sorted(p.name for p in (tmp_path / "earl" / "images").iterdir())
+    assert len(names) == 8
+    for n in names:
+        assert (tmp_path / "earl" / "images" / n).read_bytes() == (tmp_path / "vllm" / "images" / n).read_bytes()

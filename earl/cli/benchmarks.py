@@ -82,7 +82,7 @@ def _edit_fn(args):
     # lazy: the pipeline loads torch and transformers
     from earl.pipeline import EditPipeline
 
-    pipe = EditPipeline.from_pretrained(args.model)
+    pipe = EditPipeline.from_pretrained(args.model, engine=args.engine)
     return lambda image, instruction: pipe(image, instruction, guidance_scale=args.guidance_scale,
                                           temperature=args.temperature, seed=args.seed).images[0]
 
@@ -103,7 +103,8 @@ def _benchmark_agent(args):
                                           model=args.decomposer_model or os.environ.get("EARL_DECOMPOSER_MODEL"))
     else:
         dec = UnifiedDecomposer.from_pretrained(args.agent)
-    pipe = AgentPipeline(dec, PipelineEditor.from_pretrained(args.model), fallback=True, seed=args.seed)
+    pipe = AgentPipeline(dec, PipelineEditor.from_pretrained(args.model, engine=args.engine), fallback=True,
+                         seed=args.seed)
     log = logging.getLogger("earl.agents")
 
     def edit(image, instruction):
@@ -142,6 +143,9 @@ def _add_run_args(p) -> None:
     p.add_argument("--out", required=True, help="output directory (resumable: images and judgements are kept)")
     p.add_argument("--model", default=None, help="earl editor directory (default: the bundled checkpoint)")
     p.add_argument("--no-generate", action="store_true", help="only judge/score images already in OUT/images")
+    p.add_argument("--engine", default="earl", choices=["earl", "vllm"],
+                   help="what samples the edits: earl's sampler, or vLLM over the editor's backbone "
+                        "(earl.generate.vllm_engine: needs vllm installed; no classifier-free guidance)")
     p.add_argument("--agent", default=None, metavar="DECOMPOSER",
                    help="edit through the agent pipeline: 'openai' (a chat VLM decomposer, see --decomposer-base-url) "
                         "or an earl decomposer directory, in front of the --model editor")
