@@ -37,7 +37,7 @@ def editor(tiny_editor, tmp_path_factory):
     """A tiny random editor whose attention heads vLLM's CPU backend takes (head size 32; shapes-test has 16),
     its weights scaled so its greedy choices are far from ties; saved as an editor directory."""
     c = tiny_editor.backbone.config
-    cfg = LlamaConfig(vocab_size=c.vocab_size, max_position_embeddings=256, bos_token_id=c.bos_token_id,
+    cfg = LlamaConfig(vocab_size=c.vocab_size, max_position_embeddings=512, bos_token_id=c.bos_token_id,
                       eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, tie_word_embeddings=False,
                       hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1)
@@ -57,7 +57,7 @@ def editor(tiny_editor, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(editor):
     ed, path = editor
-    return VLLMEngine(path, ed.layout, max_model_len=256)
+    return VLLMEngine(path, ed.layout, max_model_len=512)
 
 
 def _sources(n: int, h: int = 4, w: int = 4, seed: int = 0) -> torch.Tensor:
@@ -132,7 +132,7 @@ def test_guidance_is_refused_naming_the_option_and_the_way_out(engine):
 
 
 def test_a_prompt_too_long_is_refused_before_generating_naming_the_sample(engine):
-    long = " ".join(["make the red circle blue"] * 60)
+    long = " ".join(["make the red circle blue"] * 120)
     with pytest.raises(EarlError, match=r"sample 2: .*max_model_len"):
         engine.sample_edits([INSTRUCTIONS[0], INSTRUCTIONS[1], long], _sources(3), GREEDY)
 
@@ -182,3 +182,27 @@ def test_the_bundled_editor_s_shapes_eval_is_the_same_on_vllm(tmp_path):
     assert len(names) == 8
     for n in names:
         assert (tmp_path / "earl" / "images" / n).read_bytes() == (tmp_path / "vllm" / "images" / n).read_bytes()
+
+
+def test_pushed_weights_are_what_the_engine_samples_from(editor, engine):
+    """`load_weights` (an RL step's new policy): greedy edits are then earl's on the new weights. The prompts
+    span more than one KV block (128 tokens), so a stale prefix cache would be reused if it were kept."""
+    import copy
+
+    ed, _ = editor
+    src = _sources(4, 9, 14, seed=6)
+    assert len(ed.layout.prompt(INSTRUCTIONS[0], src[0])) > engine.llm.llm_engine.vllm_config.cache_config.block_size
+    before = engine.sample_edits(INSTRUCTIONS[:4], src, GREEDY)
+    changed = copy.deepcopy(ed.backbone)
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    try:
+        engine.load_weights(changed)
+        after = engine.sample_edits(INSTRUCTIONS[:4], src, GREEDY)
+        _same(sample_edits(changed, ed.layout, INSTRUCTIONS[:4], src, GREEDY, decoder="hf"), after)
+        assert not torch.equal(before.codes, after.codes)
+    finally:
+        engine.load_weights(ed.backbone)  # the module's other tests sample the saved weights
+    _same(before, engine.sample_edits(INSTRUCTIONS[:4], src, GREEDY))
+

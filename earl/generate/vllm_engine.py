@@ -234,6 +234,11 @@ def export_backbone(backbone, out_dir: str | os.PathLike) -> Path:
     return out
 
 
+# Every engine started here, kept to the end of the process: an in-process vLLM engine that shuts down (when
+# it is garbage-collected) tears down process-wide state (its distributed groups, `cleanup_dist_env_and_memory`),
+# and every other engine of the process then fails on its next step ("pipeline model parallel group is not
+# initialized"). So none is dropped; a process that needs the memory back ends.
+_STARTED: list = []
 CPU_KV_CACHE_BYTES = 1 << 30  # the KV cache on a CPU unless llm_options say otherwise
 
 
@@ -273,7 +278,8 @@ class VLLMEngine:
     longest prompt + edit the engine takes (None: the model's `max_position_embeddings`). The engine runs
     in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` unless set), in float32 by default as earl's CPU
     sampler does, eagerly (`enforce_eager`), with a KV cache of `CPU_KV_CACHE_BYTES` on a CPU. `llm_options`:
-    more `vllm.LLM` arguments (`gpu_memory_utilization`, `kv_cache_memory_bytes`, `enforce_eager=False`, ...)."""
+    more `vllm.LLM` arguments (`gpu_memory_utilization`, `kv_cache_memory_bytes`, `enforce_eager=False`, ...).
+    An engine lives until the process ends (`_STARTED` says why): start one per model and keep it."""
 
     def __init__(self, model: str | os.PathLike, layout: EditLayout, max_model_len: int | None = None,
                  dtype: str = "float32", seed: int = 0, **llm_options):
@@ -302,6 +308,7 @@ class VLLMEngine:
             raise EarlError(f"engine 'vllm' could not start on model {path}: {type(e).__name__}: {e}; check that "
                             "vLLM supports this architecture and dtype here, or use engine='earl'") from e
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        _STARTED.append(self)
 
     @classmethod
     def for_editor(cls, editor, model_dir: str | os.PathLike | None = None, **options) -> VLLMEngine:
@@ -315,6 +322,22 @@ class VLLMEngine:
             engine._export = tmp  # removed with the engine
             return engine
         return cls(source, editor.layout, **options)
+
+    # -- weights ----------------------------------------------------------------------------------
+    def load_weights(self, backbone) -> None:
+        """Push `backbone`'s current weights (the Hugging Face model the engine was started from, after an
+        optimiser step, say) into the engine, in place, and drop vLLM's prefix cache, whose KV entries the
+        old weights computed. Through the worker's `reload_weights` (vLLM's in-place reload), not the model's
+        `load_weights`: on a CPU vLLM repacks linear weights after loading, and the repacked parameters no
+        longer take `load_weights`; the reload maps Hugging Face names (q/k/v into the fused qkv, ...) and
+        repacks again. The tensors go by reference: the engine runs in this process."""
+        weights = [(name, t.detach()) for name, t in backbone.state_dict().items()]
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        except Exception as e:
+            raise EarlError(f"engine 'vllm' could not load new weights into model {self.model}: "
+                            f"{type(e).__name__}: {e}") from e
+        self.llm.reset_prefix_cache()
 
     # -- sampling ---------------------------------------------------------------------------------
     def _plan(self, h: int, w: int, cfg: SamplingConfig, think: bool) -> GridPlan:
