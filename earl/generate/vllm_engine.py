@@ -14,6 +14,8 @@ scheduler, paged KV cache and kernels, and returns the same `GenerationOutput`. 
   (with `think`) the reasoning draws from the text ids, `</think>` is forced when the budget is spent,
   then the header `<boi> "h*w" <img>`. Each request carries its grid in `SamplingParams.extra_args`, so
   one engine serves edits of any grid size. Without `think` the header is part of the prompt.
+- weights: `load_weights(backbone)` pushes a changed backbone (an RL step's policy) into the running
+  engine and drops its prefix cache, so the next edits sample from the new weights.
 - log-probs: vLLM's `processed_logprobs` mode gives the log-prob of each sampled token after the grid
   mask, temperature, top-k and top-p: the distribution it was drawn from, as earl's sampler returns.
   Forced tokens get 0 and `sampled_mask` False, as there.
