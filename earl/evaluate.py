@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from earl import io as earl_io  # save_png looked up per call, so a test can stop a run mid-way
+from earl.errors import EarlError
 from earl.generate import (
     DecodeCache,
     GenerationCost,
@@ -22,6 +23,7 @@ from earl.generate import (
     choose_decoder,
     sample_edits,
 )
+from earl.generate.vllm_engine import VLLMEngine, check_engine, check_sampling
 from earl.io import atomic_write_json, load_image, read_json
 from earl.model import UnifiedEditor, check_kind
 from earl.seeds import sample_seed
@@ -129,7 +131,8 @@ def summarise(judgements: list[dict]) -> dict[str, float]:
 
 def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | None = None, batch_size: int = 32,
                     seed: int = 0, progress: bool = True, editor=None, decoder: str = "auto",
-                    schedule: str = "sequential", window: int | None = None) -> dict:
+                    schedule: str = "sequential", window: int | None = None, engine: str = "earl",
+                    engine_options: dict | None = None) -> dict:
     """`earl eval shapes`: generate an edit per sample into OUT/images/{id}.png, judge, report.
 
     Resumable: samples whose PNG already exists are not generated again. Each sample draws from its
@@ -139,7 +142,10 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     `decoder`, `schedule`, `window`: as `sample_edits` takes them (one `DecodeCache` serves every batch).
     results.json's `generation` says what the images this run made cost (`GenerationCost`: the
     schedule, forward passes in all and per image, tokens per pass); a resumed run counts only the
-    images it made (`images`), and a run that made none keeps the previous run's count.
+    images it made (`images`), and a run that made none keeps the previous run's count. `engine`:
+    "earl" (that sampler) or "vllm" (one `VLLMEngine` over the editor's backbone for the whole run,
+    `engine_options` passed to it; greedy, the same images; sampled, vLLM's random stream, seeded per
+    sample as above; sequential schedule only).
     """
     from earl.shapes.dataset import load_dataset  # here, not at the top: it loads `datasets`
     from earl.shapes.judge import judge_folder  # here, not at the top: it loads `datasets`
@@ -149,12 +155,23 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
     img_dir = out_dir / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     purpose = "`earl eval shapes --model`"
+    loaded = editor is None
     if editor is None:
         editor = UnifiedEditor.from_pretrained(model_dir, kind="editor", purpose=purpose)
     check_kind(model_dir, editor.kind, "editor", purpose)
+    check_engine(engine)
+    if engine == "vllm" and schedule != "sequential":
+        raise EarlError(f"schedule {schedule!r} runs on earl's sampler only: engine 'vllm' decodes sequentially")
+    if engine == "vllm" and decoder != "auto":
+        raise EarlError(f"decoder {decoder!r} is earl's sampler's; engine 'vllm' decodes with vLLM (leave decoder 'auto')")
     choose_decoder(editor.backbone, editor.device, decoder)  # a decoder that cannot run here fails before any work
+    if engine == "vllm":
+        check_sampling(editor.layout, sampling, editor.config.cot)
     ds = load_dataset(data_dir)
     todo = [i for i, sid in enumerate(ds["id"]) if not (img_dir / f"{sid}.png").is_file()]
+    vllm = None
+    if engine == "vllm" and todo:  # over the directory's backbone, or the given editor's weights exported
+        vllm = VLLMEngine.for_editor(editor, model_dir if loaded else None, **(engine_options or {}))
     bar = tqdm(total=len(todo), desc="edit", disable=not progress)
     cache = DecodeCache()
     cost = GenerationCost(schedule, window)
@@ -162,15 +179,20 @@ def run_shapes_eval(model_dir, data_dir, out_dir, sampling: SamplingConfig | Non
         rows = ds.select(todo[start : start + batch_size])
         codes = editor.encode_images([editor.preprocess(im)[0] for im in rows["source_image"]])
         gens = [torch.Generator(device=editor.device).manual_seed(sample_seed(seed, sid)) for sid in rows["id"]]
-        out = cost.add(sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
-                                    think=editor.config.cot, generator=gens, decoder=decoder, cache=cache,
-                                    schedule=schedule, window=window))
+        if vllm is not None:
+            out = cost.add(vllm.sample_edits(list(rows["instruction"]), codes, sampling, think=editor.config.cot,
+                                             generator=gens))
+        else:
+            out = cost.add(sample_edits(editor.backbone, editor.layout, list(rows["instruction"]), codes, sampling,
+                                        think=editor.config.cot, generator=gens, decoder=decoder, cache=cache,
+                                        schedule=schedule, window=window))
         for sid, im in zip(rows["id"], editor.decode_codes(out.codes)):
             earl_io.save_png(im, img_dir / f"{sid}.png")  # atomic: a crash never leaves a half-written image
         bar.update(len(rows))
     bar.close()
     results = judge_folder(data_dir, img_dir, progress=progress)
     results["model"] = str(model_dir)
+    results["engine"] = engine
     results["sampling"] = {k: getattr(sampling, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
     previous = out_dir / "results.json"
     if cost.images or not previous.is_file():

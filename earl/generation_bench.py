@@ -47,6 +47,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 import torch
@@ -62,6 +63,7 @@ from earl.generate import (
     sample_edits,
     sample_traces_watching,
 )
+from earl.generate.vllm_engine import VLLMEngine, check_engine, export_backbone
 from earl.kernels.hf import use_triton_attention
 from earl.layout import EditLayout, build_layout_for_tokenizer
 from earl.lean import LeanLlama
@@ -270,10 +272,13 @@ def machine_info() -> dict:
 
 
 def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidance_scale: float, repeats: int,
-                   seed: int, cache: DecodeCache | None = None, windows: tuple[int, ...] = ()) -> dict:
+                   seed: int, cache: DecodeCache | None = None, windows: tuple[int, ...] = (),
+                   vllm: VLLMEngine | None = None) -> dict:
     """Time the methods on one batch of B prompts (same sources and instructions for each). `cache`: the
     static methods' `DecodeCache`, kept across calls (a captured graph is recorded once per shape).
-    `windows`: also greedy sequential (`earl_greedy`) and Jacobi at each window (`earl_jacobi_w{N}`)."""
+    `windows`: also greedy sequential (`earl_greedy`) and Jacobi at each window (`earl_jacobi_w{N}`).
+    `vllm`: an engine over the same weights, timed as "vllm_nocfg" against "earl_nocfg" (no CFG: vLLM
+    cannot run it exactly)."""
     sources = torch.randint(0, layout.vocab.codebook_size, (B, h, w), generator=torch.Generator().manual_seed(seed))
     instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(B)]
     device = next(backbone.parameters()).device
@@ -291,6 +296,9 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
         "transformers_cfg": lambda: run_transformers(backbone, layout, instructions, sources, guidance_scale, seed),
         "earl_nocfg": lambda: run_earl(backbone, layout, instructions, sources, 1.0, gen()),
     }
+    if vllm is not None:
+        plain = SamplingConfig(temperature=1.0)
+        calls["vllm_nocfg"] = lambda: vllm.sample_edits(instructions, sources, plain, generator=gen()).completions
     if device.type == "cpu":  # earl's HF-forward path (on a GPU it is earl_cfg itself) and the matmul floor
         calls["earl_cfg_hf"] = lambda: run_earl(backbone, layout, instructions, sources, guidance_scale, gen(),
                                                 decoder="hf")
@@ -332,6 +340,8 @@ def _measure_batch(backbone, layout: EditLayout, B: int, h: int, w: int, guidanc
         jac["time_vs_sequential"] = jac["seconds"] / seq["seconds"]
     row["speedup_cfg"] = row["earl_cfg"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     row["speedup_cfg_static"] = row["earl_cfg_static"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
+    if "vllm_nocfg" in row:
+        row["vllm_vs_earl_nocfg"] = row["vllm_nocfg"]["tokens_per_s"] / row["earl_nocfg"]["tokens_per_s"]
     if "earl_cfg_hf" in row:
         row["speedup_cfg_hf"] = row["earl_cfg_hf"]["tokens_per_s"] / row["transformers_cfg"]["tokens_per_s"]
     if "matmul_floor" in row:  # the most any implementation of these matmuls could reach against transformers
@@ -358,11 +368,13 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
 def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=(1, 16), guidance_scale: float = 3.0,
                    repeats: int = 3, seed: int = 0, num_threads: int | None = None, device: str = "cpu",
                    dtype: str = "float32", attention: str = "sdpa", schedule: str = "sequential",
-                   windows: tuple[int, ...] = (4, 8)) -> dict:
+                   windows: tuple[int, ...] = (4, 8), engine: str = "earl") -> dict:
     """Image tokens/s of earl (with and without CFG, growing and static cache) and of
     `transformers.generate` (with CFG). On a GPU also the decode-step floor: weight bytes over the
     measured copy bandwidth (one step must read every weight once). `schedule="jacobi"`: also greedy
-    sequential against Jacobi at each of `windows` (forward passes, tokens per pass, time, identity)."""
+    sequential against Jacobi at each of `windows` (forward passes, tokens per pass, time, identity).
+    `engine="vllm"` also times vLLM (`earl.generate.vllm_engine`) on the same weights without CFG, against
+    earl without CFG; its start time is reported, outside the timed calls."""
     if schedule not in ("sequential", "jacobi"):
         raise EarlError(f"schedule {schedule!r}: expected sequential or jacobi")
     if schedule == "jacobi" and (not windows or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
@@ -388,11 +400,22 @@ def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=
     weight_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
     bandwidth = copy_bandwidth(dev)
     load_before, busy_before = os.getloadavg(), cpu_busy_fraction()
+    vllm, vllm_start, export = None, None, None
+    if check_engine(engine) == "vllm":
+        export = tempfile.TemporaryDirectory(prefix="earl-bench-vllm-")
+        export_backbone(backbone, export.name)
+        t0 = time.perf_counter()
+        vllm = VLLMEngine(export.name, layout, dtype=dtype, max_model_len=backbone.config.max_position_embeddings)
+        vllm_start = time.perf_counter() - t0
     cache = DecodeCache()  # the static methods' cache and compiled step, kept across every call of the run
     if windows and max(windows) > h * w:
         raise EarlError(f"window {max(windows)} is beyond the grid: {h}x{w} codes")
-    rows = [_measure_batch(backbone, layout, B, h, w, guidance_scale, repeats, seed, cache, windows)
-            for B in batch_sizes]
+    try:
+        rows = [_measure_batch(backbone, layout, B, h, w, guidance_scale, repeats, seed, cache, windows, vllm)
+                for B in batch_sizes]
+    finally:
+        if export is not None:
+            export.cleanup()
     machine = {**machine_info(), "cpu_busy_before": busy_before, "loadavg_before": list(load_before),
                "loadavg_after": list(os.getloadavg())}
     if dev.type == "cuda":
@@ -404,7 +427,8 @@ def bench_generate(size: str = "shapes-tiny", image_size: int = 64, batch_sizes=
                    "decoders": {"earl_cfg": choose_decoder(backbone, dev), "earl_cfg_static": static_decoder(dev),
                                 **({"earl_cfg_hf": "hf"} if dev.type == "cpu" else {})},
                    "guidance_scale": guidance_scale, "temperature": 1.0, "repeats": repeats, "seed": seed,
-                   "schedule": schedule, "windows": list(windows)},
+                   "schedule": schedule, "windows": list(windows), "engine": engine,
+                   **({"vllm_start_seconds": vllm_start} if vllm is not None else {})},
         "floor": {"weight_bytes": weight_bytes, "copy_bandwidth_bytes_per_s": bandwidth,
                   "ms_per_decode_step": None if bandwidth is None else 1000 * weight_bytes / bandwidth},
         "machine": machine,
@@ -447,6 +471,14 @@ def format_table(result: dict) -> str:
                       f"{f['ms_per_decode_step']:.2f} ms; earl CFG static per code (prefill included): "
                       + ", ".join(f"batch {r['batch_size']} {r['earl_cfg_static']['ms_per_decode_step']:.2f} ms"
                                   for r in result["results"])]
+    if all("vllm_nocfg" in r for r in result["results"]):
+        lines += ["", f"vLLM engine (no CFG, same weights; started in {c['vllm_start_seconds']:.1f} s, not timed):", "",
+                  "| batch | earl no-CFG tok/s | vLLM no-CFG tok/s | vLLM / earl | earl no-CFG ms/img | vLLM ms/img |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for r in result["results"]:
+            e, v = r["earl_nocfg"], r["vllm_nocfg"]
+            lines.append(f"| {r['batch_size']} | {e['tokens_per_s']:.0f} | {v['tokens_per_s']:.0f} "
+                         f"| {r['vllm_vs_earl_nocfg']:.2f}x | {e['ms_per_image']:.1f} | {v['ms_per_image']:.1f} |")
     if all("earl_cfg_static_unfused" in r for r in result["results"]):
         lines += ["", "fused sampling step (earl CFG static, PyTorch sampling / fused): "
                   + ", ".join(f"batch {r['batch_size']} {r['earl_cfg_static_unfused']['seconds'] / r['earl_cfg_static']['seconds']:.2f}x"

@@ -20,6 +20,8 @@ from PIL import Image
 
 from earl.errors import EarlError
 from earl.generate import SamplingConfig, fit_instruction, instruction_budget, sample_edits
+from earl.generate.vllm_engine import VLLMEngine, check_engine
+from earl.hub import resolve_model
 from earl.model import UnifiedEditor
 
 BUNDLED_CHECKPOINT = "shapes-editor"
@@ -47,18 +49,29 @@ class EditResult:
 
 
 class EditPipeline:
-    def __init__(self, editor: UnifiedEditor):
+    def __init__(self, editor: UnifiedEditor, engine: VLLMEngine | None = None):
+        """`engine`: None samples with earl's own sampler; a `VLLMEngine` over this editor's backbone
+        samples on vLLM (`earl.generate.vllm_engine`)."""
         self.editor = editor.eval()
+        self.engine = engine
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu",
-                        image_area: int | None = None, revision: str | None = None) -> EditPipeline:
+                        image_area: int | None = None, revision: str | None = None, engine: str = "earl",
+                        engine_options: dict | None = None) -> EditPipeline:
         """An editor directory or Hub id (`earl.hub`; default: the bundled checkpoint) or an Emu3 checkpoint
         as it is (resized by its own processor's rule, or earl's area rule at `image_area` pixels); another
-        kind of model (a decomposer, a reward model) is refused."""
-        path = path if path is not None else default_checkpoint()
-        return cls(UnifiedEditor.from_pretrained(path, device=device, image_area=image_area, kind="editor",
-                                                 purpose="EditPipeline", revision=revision))
+        kind of model (a decomposer, a reward model) is refused. `engine`: "earl" (earl's sampler) or "vllm"
+        (`VLLMEngine` over the editor's backbone, `engine_options` passed to it)."""
+        check_engine(engine)
+        path = resolve_model(path if path is not None else default_checkpoint(), revision)
+        editor = UnifiedEditor.from_pretrained(path, device=device, image_area=image_area, kind="editor",
+                                               purpose="EditPipeline")
+        if engine == "vllm":
+            return cls(editor, VLLMEngine.for_editor(editor, path, **(engine_options or {})))
+        if engine_options:
+            raise EarlError("engine_options apply to engine='vllm'")
+        return cls(editor)
 
     def __call__(self, image, instruction: str, num_samples: int = 1, guidance_scale: float = 1.0,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
@@ -94,9 +107,14 @@ class EditPipeline:
             if budget is not None:
                 instruction = fit_instruction(self.editor.layout, instruction, budget)
         g = torch.Generator(device=self.editor.device).manual_seed(seed)
-        out = sample_edits(self.editor.backbone, self.editor.layout, [instruction] * num_samples, codes, sampling,
-                           think=think, generator=g, pixels_per_code=self.editor.image_tokenizer.downsample,
-                           schedule=schedule, window=window)
+        if self.engine is not None:
+            if schedule != "sequential":
+                raise EarlError(f"schedule {schedule!r} runs on earl's sampler only: use engine='earl' with it")
+            out = self.engine.sample_edits([instruction] * num_samples, codes, sampling, think=think, generator=g)
+        else:
+            out = sample_edits(self.editor.backbone, self.editor.layout, [instruction] * num_samples, codes, sampling,
+                               think=think, generator=g, pixels_per_code=self.editor.image_tokenizer.downsample,
+                               schedule=schedule, window=window)
         images = [self.editor.postprocess(im, original_size) for im in self.editor.decode_codes(out.codes)]
         return EditResult(images=images, thinking=out.thinking, forward_passes=out.forward_passes,
                           tokens=out.completions.shape[1])

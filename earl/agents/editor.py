@@ -17,7 +17,10 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
+from earl.errors import EarlError
 from earl.generate import GenerationCost, SamplingConfig, sample_edits
+from earl.generate.vllm_engine import VLLMEngine, check_engine
+from earl.hub import resolve_model
 from earl.model import UnifiedEditor
 from earl.pipeline import default_checkpoint
 
@@ -36,18 +39,31 @@ class PipelineEditor:
     name = "earl"
 
     def __init__(self, editor: UnifiedEditor, guidance_scale: float = 1.0, batch_size: int = 64,
-                 schedule: str = "sequential", window: int | None = None):
+                 schedule: str = "sequential", window: int | None = None, engine: VLLMEngine | None = None):
         """`schedule`, `window`: the sampler's decoding schedule (`sample_edits`); `cost` counts the
-        forwards of every edit this editor made (`GenerationCost`)."""
+        forwards of every edit this editor made (`GenerationCost`). `engine`: None samples with earl's
+        sampler; a `VLLMEngine` over this editor's backbone, on vLLM (one call per chunk, each row seeded
+        by its own generator; sequential schedule only)."""
+        if engine is not None and schedule != "sequential":
+            raise EarlError(f"schedule {schedule!r} runs on earl's sampler only: use engine='earl' with it")
         self.editor = editor.eval()
         self.guidance_scale, self.batch_size = guidance_scale, batch_size
         self.schedule, self.window = schedule, window
         self.cost = GenerationCost(schedule, window)
+        self.engine = engine
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu", **kw) -> PipelineEditor:
-        return cls(UnifiedEditor.from_pretrained(path or default_checkpoint(), device=device, kind="editor",
-                                                 purpose="the agent's editor"), **kw)
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str = "cpu", engine: str = "earl",
+                        engine_options: dict | None = None, **kw) -> PipelineEditor:
+        """`engine`: "earl" or "vllm" (`earl.generate.vllm_engine`, `engine_options` passed to it)."""
+        check_engine(engine)
+        path = resolve_model(path or default_checkpoint())
+        editor = UnifiedEditor.from_pretrained(path, device=device, kind="editor", purpose="the agent's editor")
+        if engine == "vllm":
+            return cls(editor, engine=VLLMEngine.for_editor(editor, path, **(engine_options or {})), **kw)
+        if engine_options:
+            raise EarlError("engine_options apply to engine='vllm'")
+        return cls(editor, **kw)
 
     @torch.no_grad()
     def edit(self, images, instructions, temperature: float = 0.0, seeds=None):
@@ -59,7 +75,11 @@ class PipelineEditor:
             chunk = slice(start, start + self.batch_size)
             pre = [ed.preprocess(im) for im in images[chunk]]
             codes = self._codes(images[chunk], pre)
-            if temperature > 0:  # one generator per row: a row's draw depends on its own seed only
+            if self.engine is not None:  # per-row generators: a row's vLLM seed comes from its own seed
+                gens = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
+                grids = self.cost.add(self.engine.sample_edits(list(instructions[chunk]), codes, sampling,
+                                                               think=ed.config.cot, generator=gens)).codes
+            elif temperature > 0:  # one generator per row: a row's draw depends on its own seed only
                 grids = [self.cost.add(sample_edits(ed.backbone, ed.layout, [ins], c[None], sampling,
                                                     think=ed.config.cot, schedule=self.schedule, window=self.window,
                                                     generator=torch.Generator(device=ed.device).manual_seed(s))).codes[0]

@@ -28,7 +28,7 @@ def _cmd_generate(args) -> None:
     res = bench_generate(size=args.size, image_size=args.image_size, batch_sizes=_ints(args.batch_sizes),
                          guidance_scale=args.guidance_scale, repeats=args.repeats, seed=args.seed,
                          num_threads=args.threads, device=args.device, dtype=args.dtype, attention=args.attention,
-                         schedule=args.schedule, windows=windows)
+                         schedule=args.schedule, windows=windows, engine=args.engine)
     print(format_table(res))
     if args.out:
         atomic_write_json(args.out, res)
@@ -84,6 +84,9 @@ def register(sub) -> None:
                          "--window, and report their forward passes, tokens per pass, time and grid identity")
     bg.add_argument("--window", default=None, metavar="N[,N...]",
                     help="with --schedule jacobi: codes fed and verified per forward (default 4,8)")
+    bg.add_argument("--engine", default="earl", choices=["earl", "vllm"],
+                    help="vllm: also time vLLM on the same weights without CFG, against earl without CFG "
+                         "(earl.generate.vllm_engine; needs vllm installed)")
     bg.add_argument("--out", default=None, help="write the results as JSON here")
     bg.set_defaults(func=_cmd_generate)
 

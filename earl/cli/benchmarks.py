@@ -84,7 +84,7 @@ def _edit_fn(args):
     from earl.pipeline import EditPipeline
 
     schedule, window = schedule_flags(args)
-    pipe = EditPipeline.from_pretrained(args.model)
+    pipe = EditPipeline.from_pretrained(args.model, engine=args.engine)
     cost = GenerationCost(schedule, window)
 
     def edit(image, instruction):
@@ -114,7 +114,7 @@ def _benchmark_agent(args):
     else:
         dec = UnifiedDecomposer.from_pretrained(args.agent)
     schedule, window = schedule_flags(args)
-    editor = PipelineEditor.from_pretrained(args.model, schedule=schedule, window=window)
+    editor = PipelineEditor.from_pretrained(args.model, schedule=schedule, window=window, engine=args.engine)
     pipe = AgentPipeline(dec, editor, fallback=True, seed=args.seed)
     log = logging.getLogger("earl.agents")
 
@@ -159,6 +159,9 @@ def _add_run_args(p) -> None:
     p.add_argument("--out", required=True, help="output directory (resumable: images and judgements are kept)")
     p.add_argument("--model", default=None, help="earl editor directory (default: the bundled checkpoint)")
     p.add_argument("--no-generate", action="store_true", help="only judge/score images already in OUT/images")
+    p.add_argument("--engine", default="earl", choices=["earl", "vllm"],
+                   help="what samples the edits: earl's sampler, or vLLM over the editor's backbone "
+                        "(earl.generate.vllm_engine: needs vllm installed; no classifier-free guidance)")
     p.add_argument("--agent", default=None, metavar="DECOMPOSER",
                    help="edit through the agent pipeline: 'openai' (a chat VLM decomposer, see --decomposer-base-url) "
                         "or an earl decomposer directory, in front of the --model editor")

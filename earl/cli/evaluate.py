@@ -29,7 +29,7 @@ def _cmd_shapes(args) -> None:
     sampling = SamplingConfig(guidance_scale=args.guidance_scale, temperature=args.temperature)
     model = args.model or str(default_checkpoint())
     results = run_shapes_eval(model, args.data, args.out, sampling, batch_size=args.batch_size, seed=args.seed,
-                              decoder=args.decoder, schedule=schedule, window=window)
+                              decoder=args.decoder, schedule=schedule, window=window, engine=args.engine)
     print(format_table(results))
     print(format_generation(results.get("generation")))
     print(f"results: {Path(args.out) / 'results.json'}; image grid: {Path(args.out) / 'grid.png'}")
@@ -43,6 +43,9 @@ def _shapes_agent(args, format_table) -> None:
     if args.decoder != "auto":
         raise EarlError("--decoder applies to the editor's own evaluation; with --agent the editor decodes "
                         "with 'auto'")
+    if args.engine != "earl":
+        raise EarlError("--engine vllm applies to the editor's own evaluation; with --agent the editor samples "
+                        "with earl's sampler")
     pipe = agent_pipeline(args.agent or None, args.model, args)
     results = run_agent_eval(pipe, args.data, args.out, batch_size=args.batch_size)
     print(format_table(results))
@@ -154,6 +157,9 @@ def _add_shapes(ev) -> None:
                     help="the sampler's decoder (earl.generate.choose_decoder): auto = earl.lean on a CPU where it "
                          "reproduces the model, else the Hugging Face forward; static = preallocated KV cache; "
                          "compiled = static + CUDA-graph capture (CUDA only); hf; lean")
+    es.add_argument("--engine", default="earl", choices=["earl", "vllm"],
+                    help="what samples the edits: earl's sampler, or vLLM over the editor's backbone "
+                         "(earl.generate.vllm_engine: needs vllm installed; no classifier-free guidance)")
     es.set_defaults(func=_cmd_shapes)
 
 
