@@ -392,5 +392,6 @@ def test_cli_runs_the_agent_pipeline_through_imgedit(tmp_path, server, capsys, i
     n_steps = sum(len(d.plan) for d in plans)
     assert n_steps > 3  # at least one multi-step plan: the editor alone would have made 3 calls
     assert res["agent"] == {"edits": 3, "plan_failures": {}, "fallbacks": 0, "steps_per_edit": n_steps / 3,
-                            "editor_calls_per_edit": n_steps / 3, "check_calls_per_edit": 0.0, "plans_tried_per_edit": 1.0}
+                            "editor_calls_per_edit": n_steps / 3, "check_calls_per_edit": 0.0, "plans_tried_per_edit": 1.0,
+                            "repairs_kept_per_edit": 0.0}
     assert "agent: 3 edits" in capsys.readouterr().out
