@@ -77,8 +77,9 @@ def _summarise_results(results: dict) -> dict:
 def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, command: str,
                     recipe: dict | None = None, evals: dict[str, str | os.PathLike] | None = None,
                     max_bytes: int | None = None, repo: str | os.PathLike | None = None,
-                    card: dict | None = None) -> dict:
+                    card: dict | None = None, teacher_labels: dict | None = None) -> dict:
     """Copy the editor at `model_dir` to `out_dir` with a manifest and a model card; returns the manifest.
+    `teacher_labels`: for a reward model, the teacher labels it consumed (recorded as given).
 
     `evals` maps an evaluation's name (e.g. "simple-test") to its results.json. Refuses a model
     larger than `max_bytes`. An existing `out_dir` is replaced only once the new one is complete.
@@ -116,6 +117,7 @@ def pack_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             "command": command,
             "recipe": recipe,
             "metrics": metrics,
+            **({"teacher_labels": teacher_labels} if teacher_labels is not None else {}),
             "files": entries,
             "total_bytes": total,
         }

@@ -169,7 +169,8 @@ def test_agent_flags_are_the_agent_options():
         one_flag = parser.parse_args([*command, "--verifier", "learned", "--repairs", "2"])
         assert agent_options(one_flag) == AgentOptions(check="learned", plan_judge="learned", writer="plan",
                                                        plan_votes=16, plan_vote_by="outcome", plans=2, attempts=2,
-                                                       repairs=2, verifier="learned")
+                                                       repairs=2, verifier="learned",
+                                                       rrm="checkpoints/shapes-rrm-refresh")
         with pytest.raises(EarlError, match="reads no answer"):
             agent_options(parser.parse_args([*command, "--verifier", "learned", "--check", "oracle"]))
         with pytest.raises(EarlError, match="repairs need a verifier"):

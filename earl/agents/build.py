@@ -57,10 +57,12 @@ def build_writer(spec: str, device: str = "cpu"):
 
 
 def _rrm_dir(path: str) -> str:
-    """The reward model's directory. The default name, relative to the repository root, also resolves
-    against the source tree, so that the Python API finds the bundled model from any directory."""
-    if path == AgentOptions.rrm and not Path(path).is_dir():
-        return os.path.normpath(os.path.join(_CHECKPOINTS, Path(path).name))
+    """The reward model's directory. A bundled model's name (`checkpoints/NAME`, relative to the
+    repository root) also resolves against the source tree, so that the Python API finds it from any
+    directory."""
+    bundled = os.path.normpath(os.path.join(_CHECKPOINTS, Path(path).name))
+    if Path(path).parent == Path("checkpoints") and not Path(path).is_dir() and Path(bundled).is_dir():
+        return bundled
     return path
 
 

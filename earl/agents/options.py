@@ -15,7 +15,8 @@ from earl.agents.sequencer import SEQUENCERS
 VERIFIERS = ("learned",)  # `verifier`: a whole oracle-free closed loop named at once
 # what `verifier: learned` sets where the option still has its default (editor calls stay <= 4 per edit on average)
 LEARNED_LOOP = {"check": "learned", "plan_judge": "learned", "writer": "plan", "plan_votes": 16,
-                "plan_vote_by": "outcome", "plans": 2, "attempts": 2, "repairs": 1}
+                "plan_vote_by": "outcome", "plans": 2, "attempts": 2, "repairs": 1,
+                "rrm": "checkpoints/shapes-rrm-refresh"}  # the reward model refreshed on the policy's own images
 PLAN_VOTES = ("text", "outcome")  # what sampled plans are counted by (`earl.agents.outcomes`)
 CHECKS = ("none", "oracle", "rrm", "learned")  # how each step is verified (a failing one is resampled)
 PLAN_JUDGES = ("oracle", "rrm", "learned")  # who judges the final image of a candidate plan

@@ -15,7 +15,8 @@ def _cmd_pack(args) -> None:
     recipe = read_json(args.recipe_json) if args.recipe_json else None
     card = {"license": args.license, "base_model": args.base_model, "datasets": args.dataset}
     manifest = pack_checkpoint(args.model, args.out, name=args.name or Path(args.out).name, command=args.command,
-                               recipe=recipe, evals=evals, max_bytes=int(args.max_mib * 2**20), card=card)
+                               recipe=recipe, evals=evals, max_bytes=int(args.max_mib * 2**20), card=card,
+                               teacher_labels=read_json(args.teacher_labels) if args.teacher_labels else None)
     print(f"packed {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB, into {args.out}")
     for name, m in manifest["metrics"].items():
         if "overall" in m:
@@ -57,6 +58,9 @@ def register(sub) -> None:
     cp.add_argument("--out", required=True, help="checkpoint directory to (re)write, e.g. checkpoints/shapes-editor")
     cp.add_argument("--name", default=None)
     cp.add_argument("--recipe-json", default=None, help="the training run's recipe.json (recorded in the manifest)")
+    cp.add_argument("--teacher-labels", default=None, metavar="JSON",
+                    help="a reward model's teacher labels (a JSON object, e.g. its run's teacher_labels.json), "
+                         "recorded in the manifest")
     cp.add_argument("--eval", action="append", help="NAME=results.json of an `earl eval` run, or NAME=final_metrics.json of a "
                     "reward-model run (its held-out evaluation); repeatable")
     cp.add_argument("--command", default="", help="the command that re-makes this checkpoint")

@@ -20,8 +20,13 @@ for w in plan exact; do
   earl data verifier --data $V/train_simple --images agent_simple=$V/roll_agent_simple/images \
     --images editor_simple=$V/roll_editor_simple_t1/images --writer $w --out $V/train_op_simple_$w
 done
-# 3. the refresh
-earl train rrm-sft recipes/shapes/rrm_sft_refresh.yaml
+# 3. the refresh, packed as the bundled checkpoints/shapes-rrm-refresh (`--verifier learned` judges with it);
+#    its teacher labels: this run's teacher_labels.json plus the 47,611 of the model it starts from
+earl train rrm-sft recipes/shapes/rrm_sft_refresh.yaml --resume
+python3 -c "import json; r = json.load(open('runs/rrm_refresh/teacher_labels.json')); json.dump({'total': r['total'] + 47611, 'init_from_shapes-rrm-lenient': 47611, 'refresh_cold_start': r['coldstart'], 'refresh_onpolicy': r['onpolicy']}, open('runs/rrm_refresh/teacher_labels_total.json', 'w'), indent=2)"
+earl checkpoint pack --model runs/rrm_refresh/model --out checkpoints/shapes-rrm-refresh --name shapes-rrm-refresh \
+  --recipe-json runs/rrm_refresh/recipe.json --eval held-out=runs/rrm_refresh/final_metrics.json \
+  --teacher-labels runs/rrm_refresh/teacher_labels_total.json --command "bash recipes/shapes/rrm_refresh.sh"
 # 4. the yardstick: the agent's own final images on the fixed complex test set, labelled by the oracle
 [ -f $V/complex_test/meta.json ] || earl data shapes --out $V/complex_test --n 200 --split complex --part test
 earl eval shapes --agent --data $V/complex_test --out $V/test_agent_complex

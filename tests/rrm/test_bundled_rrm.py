@@ -46,3 +46,21 @@ def test_an_empty_batch_is_judged_without_a_model_call():
     from earl.verify.base import build_verifier
 
     assert build_verifier("rrm", model_path=str(BUNDLE), expected_points=True).score([]) == []
+
+
+REFRESH = BUNDLE.parent / "shapes-rrm-refresh"
+
+
+def test_refreshed_reward_model_records_its_teacher_labels_and_start():
+    """The reward model refreshed on the policy's own images (`--verifier learned` judges with it): its
+    files match, it started from the lenient bundle, and its manifest counts every teacher label it
+    consumed, its start's included."""
+    manifest = verify_checkpoint(REFRESH)
+    assert manifest["total_bytes"] <= 25 * 2**20
+    assert manifest["recipe"]["model"]["init_from"] == "checkpoints/shapes-rrm-lenient"
+    assert manifest["recipe"]["data"]["onpolicy"]  # trained on on-policy folders
+    labels = manifest["teacher_labels"]
+    assert labels["total"] == sum(v for k, v in labels.items() if k != "total")
+    assert labels["init_from_shapes-rrm-lenient"] == 47_611
+    assert manifest["metrics"]["held-out"]["step"] == manifest["recipe"]["run"]["steps"]
+    assert UnifiedEditor.from_pretrained(REFRESH).config.image_size == 64
