@@ -34,7 +34,8 @@ def pipeline_reads_answer(pipeline) -> bool:
     """Whether any part of an `AgentPipeline` that sees the requests reads the answer. Step checks
     see only (image before, step, image after), never a request, so they are not asked."""
     decomposer = getattr(pipeline, "decomposer", None)
-    parts = [decomposer, getattr(decomposer, "base", None), getattr(pipeline, "plan_judge", None)]
+    parts = [decomposer, getattr(decomposer, "base", None), getattr(pipeline, "plan_judge", None),
+             getattr(pipeline, "judge", None)]  # a critique-and-repair round's judge (`earl.agents.repair`)
     return any(reads_answer(p) for p in parts)
 
 

@@ -125,7 +125,7 @@ class AgentPipeline:
             unknown = sorted(set(options) - {f.name for f in fields(AgentOptions)})
             raise EarlError(f"AgentPipeline.from_pretrained: unknown option(s) {', '.join(unknown)}; valid: "
                             f"{', '.join(f.name for f in fields(AgentOptions))}") from None
-        return cls(**agent_parts(decomposer, editor, opts, seed=seed, device=device))
+        return build_agent_pipeline(decomposer, editor, opts, seed=seed, device=device)
 
     def __call__(self, image, instruction: str) -> AgentResult:
         if not isinstance(instruction, str) or not instruction.strip():
@@ -249,9 +249,10 @@ class AgentPipeline:
 
 
 def build_agent_pipeline(decomposer: str | None, editor: str | None, options: AgentOptions,
-                         seed: int = 0) -> AgentPipeline:
-    """The pipeline `options` describe (`earl agent`, `earl eval shapes --agent`, `earl study`, the demo)."""
-    parts = agent_parts(decomposer, editor, options, seed=seed)
+                         seed: int = 0, device: str = "cpu") -> AgentPipeline | RepairingPipeline:
+    """The pipeline `options` describe (`earl agent`, `earl eval shapes --agent`, `earl study`, the demo,
+    `AgentPipeline.from_pretrained`); with `repairs`, wrapped in critique-and-repair rounds."""
+    parts = agent_parts(decomposer, editor, options, seed=seed, device=device)
     pipe = AgentPipeline(**parts)
     if not options.repairs:
         return pipe

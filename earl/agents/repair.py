@@ -13,6 +13,8 @@ verifier calls that are counted in the result (as EditThinker and GenArtist crit
 from __future__ import annotations
 
 from earl.agents.decomposer import DecomposeRequest
+from earl.errors import EarlError
+from earl.io import load_image
 from earl.verify.base import EditRequest, RewardResult
 
 
@@ -31,6 +33,12 @@ class RepairingPipeline:
         self.decomposer, self.check, self.plan_judge = pipeline.decomposer, pipeline.check, pipeline.plan_judge
         self.editor = pipeline.editor
         self.attempts, self.temperature, self.plans = pipeline.attempts, pipeline.temperature, pipeline.plans
+
+    def __call__(self, image, instruction: str):
+        """One edit, as `AgentPipeline.__call__` does it, then its repair rounds."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise EarlError("instruction is empty")
+        return self.run([DecomposeRequest(load_image(image), instruction)])[0]
 
     def run(self, requests: list[DecomposeRequest]) -> list:
         results = self.pipeline.run(requests)

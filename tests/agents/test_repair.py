@@ -1,6 +1,7 @@
 """Critique and repair on a scripted failure: the failing points reach the decomposer, the corrective
 step is carried out on the current image, and the repair is kept only when the verifier scores it higher."""
 
+import pytest
 from PIL import Image
 
 from earl.agents.decomposer import DecomposeRequest, ScriptedDecomposer
@@ -74,3 +75,20 @@ def test_a_repair_that_scores_no_higher_is_dropped_and_the_rounds_are_capped():
     first_image = res.steps[0].image
     assert res.repairs == 0 and res.images[0] is first_image  # the plan's own image is kept
     assert len(editor.calls) == 1 + 3 and res.editor_calls == 4 and res.check_calls == 1 + 3
+
+
+@pytest.mark.slow
+def test_the_learned_loop_from_pretrained_edits_with_repairs_and_reads_no_answer():
+    """`AgentPipeline.from_pretrained(verifier="learned")`: the bundled parts, outcome votes, the refreshed
+    reward model on written principles, one repair round; one call edits an image given only the image
+    and the instruction, and counts its editor and verifier calls."""
+    from earl.agents.firewall import pipeline_reads_answer
+    from earl.shapes.dataset import generate_samples
+    from earl.shapes.render import render
+
+    s = next(iter(generate_samples("complex", 1, 5, part="test")))
+    pipe = AgentPipeline.from_pretrained(verifier="learned")
+    assert isinstance(pipe, RepairingPipeline) and pipe.repairs == 1 and not pipeline_reads_answer(pipe)
+    result = pipe(render(s.source_scene), s.instruction)
+    assert result.plan is not None and result.images[0].size == render(s.source_scene).size
+    assert result.editor_calls >= len(result.plan) and result.check_calls >= 1
