@@ -28,7 +28,8 @@ from earl.config import to_dict
 from earl.data import EncodedEdits
 from earl.errors import ConfigError
 from earl.evaluate import concat_outputs, decode_grids, oracle_eval, stack_grids
-from earl.generate import SamplingConfig, sample_edits
+from earl.generate import SCHEDULES as SAMPLER_SCHEDULES
+from earl.generate import GenerationCost, SamplingConfig, sample_edits
 from earl.hub import resolve_model
 from earl.io import atomic_write_json, save_png
 from earl.model import UnifiedEditor
@@ -60,6 +61,11 @@ class GRPOSection:
     loss: str = "grpo"  # one of earl.rl.losses.LOSS_AGGREGATIONS
     filter_zero_variance: bool = False  # drop groups whose rewards are all equal
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0))
+    # the rollout sampler's decoding schedule (`earl.generate.sample_edits`): "jacobi" with a window
+    # feeds and verifies `window` codes per forward; accepted codes follow the same distribution, so
+    # the rollout (and its log-probs) is one the policy could have drawn sequentially, in fewer forwards
+    schedule: str = "sequential"
+    window: int | None = None
     sample_grid_every: int = 50  # write a PNG of sampled edits and rewards every N steps (0 = off)
     # log the ShapesEdit oracle's verdict on every rollout beside a learned verifier's reward (monitor/*):
     # a reward that rises while the oracle's does not is being hacked. Off where prompts carry no scenes.
@@ -70,6 +76,15 @@ class GRPOSection:
             raise ValueError(f"loss must be one of {', '.join(LOSS_AGGREGATIONS)}, got {self.loss!r}")
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (advantages are relative to the group)")
+        if self.schedule not in SAMPLER_SCHEDULES:
+            raise ValueError(f"grpo.schedule must be one of {', '.join(SAMPLER_SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule == "jacobi":
+            if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+                raise ValueError(f"grpo.schedule 'jacobi' needs grpo.window = an integer >= 1 (codes fed and "
+                                 f"verified per forward), got {self.window!r}")
+        elif self.window is not None:
+            raise ValueError(f"grpo.window = {self.window!r} is for grpo.schedule 'jacobi'; schedule "
+                             f"{self.schedule!r} decodes one code per forward (set grpo.window: null)")
         s = self.sampling
         if s.temperature <= 0 or s.top_k or s.top_p < 1.0:
             raise ValueError("sampling for RL needs temperature > 0, top_k = 0 and top_p = 1: with a filter the "
@@ -123,8 +138,10 @@ def settle_micro_batching(cfg: GRPORecipe) -> int:
 
 
 # ---- rollout and reward ---------------------------------------------------------------------
-def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRPOSection, generator) -> Rollout:
-    """G samples per prompt from the policy's sampler, in batches whose source grids share one shape."""
+def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRPOSection, generator,
+                    cost: GenerationCost | None = None) -> Rollout:
+    """G samples per prompt from the policy's sampler (on `grpo.schedule`), in batches whose source grids
+    share one shape. `cost`, when given, counts the forwards the batches ran."""
     G = grpo.group_size
     rows = [i for i in prompt_idx for _ in range(G)]  # prompt-major: row r belongs to prompt r // G
     instructions = [data.instructions[i] for i in rows]
@@ -137,7 +154,9 @@ def collect_rollout(editor, data: EncodedEdits, prompt_idx: list[int], grpo: GRP
             end += 1
         outs.append(sample_edits(editor.backbone, editor.layout, instructions[start:end],
                                  torch.stack(sources[start:end]), grpo.sampling, think=editor.config.cot,
-                                 generator=generator))
+                                 generator=generator, schedule=grpo.schedule, window=grpo.window))
+        if cost is not None:
+            cost.add(outs[-1])
         start = end
     return rollout_from_generation(instructions, stack_grids(sources), concat_outputs(outs), editor.layout)
 
@@ -262,7 +281,8 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
         editor.backbone = accelerator.unwrap_model(model)
         editor.backbone.eval()
         t0 = time.time()
-        rollout = collect_rollout(editor, data, prompt_idx, cfg.grpo, order)
+        cost = GenerationCost(cfg.grpo.schedule, cfg.grpo.window)
+        rollout = collect_rollout(editor, data, prompt_idx, cfg.grpo, order, cost)
         t1 = time.time()
         rewards, valid, results, edited, sources, reqs = score_rollout(editor, verifier, data, prompt_idx, rollout, G)
         t2 = time.time()
@@ -288,6 +308,9 @@ def train_grpo(cfg: GRPORecipe, resume: bool = False, progress: bool = True, ver
             "reward/zero_variance_groups": float(zero_variance_groups(rewards, valid).sum()),
             "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t3 - t2,
             "rollout/image_tokens_per_s": n_img / max(t1 - t0, 1e-9),
+            # what the schedule cost: forwards over the rollout's batches, completion tokens per row per forward
+            "rollout/forward_passes": float(cost.forward_passes),
+            "rollout/tokens_per_pass": float(cost.to_dict()["tokens_per_pass"] or 0.0),
             "policy/entropy_mc": float(-(rollout.old_logprobs[rollout.is_image]).mean()),
             "update/skipped": float(not update_stats),
             "train/lr": scheduler.get_last_lr()[0],
