@@ -54,6 +54,13 @@ def vq_tokenizer():
                                 quantizer="fsq", fsq_levels=(4, 4, 4))).eval()
 
 
+@pytest.fixture
+def tok_dir(tmp_path, vq_tokenizer):
+    """The tiny VQ tokenizer saved to a directory, as recipes name one (`model.image_tokenizer`)."""
+    vq_tokenizer.save_pretrained(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
 @pytest.fixture(scope="session")
 def tiny_editor(vq_tokenizer, text_tokenizer):
     from earl.model import UnifiedEditor

@@ -46,12 +46,6 @@ def sft_overrides(tmp: Path, tok_dir: Path, **extra) -> list[str]:
 
 
 @pytest.fixture
-def tok_dir(tmp_path, vq_tokenizer):
-    vq_tokenizer.save_pretrained(tmp_path / "tok")
-    return tmp_path / "tok"
-
-
-@pytest.fixture
 def start(tmp_path, tiny_editor):
     return tiny_editor.save_pretrained(tmp_path / "start")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from earl.cli.common import named_paths
 from earl.config import load_config
+from earl.errors import EarlError
 from earl.records import RecordSpec
 from earl.verify.chat import build_chat_backend
 
@@ -34,21 +36,6 @@ def _cmd_tokenize(args) -> None:
           f"(reasons in {Path(args.out) / 'manifest.json'}). Train on it with data.train=[tokenized:{args.out}]")
 
 
-def _parse_origins(specs: list[str]) -> dict[str, str]:
-    """`NAME=DIR` pairs (or a bare DIR, named after its parent folder) -> {name: dir}."""
-    out = {}
-    for spec in specs:
-        name, sep, folder = spec.partition("=")
-        if not sep:
-            name, folder = Path(spec).resolve().parent.name or "images", spec
-        if not name or not folder:
-            raise SystemExit(f"earl data verifier: --images {spec!r}: expected NAME=DIR or DIR")
-        if name in out:
-            raise SystemExit(f"earl data verifier: --images: origin {name!r} given twice (name them NAME=DIR)")
-        out[name] = folder
-    return out
-
-
 def _cmd_verifier(args) -> None:
     # lazy: the builder loads torch, the reward model's image tokenizer and the principle writer
     from earl.agents.build import build_writer
@@ -56,7 +43,7 @@ def _cmd_verifier(args) -> None:
     from earl.train.verifier_data import OracleTeacher, VerifierDataBuilder, trace_format
     from tokenizer.vq import VQTokenizer
 
-    origins = _parse_origins(args.images)
+    origins = named_paths(args.images, "--images", "NAME=DIR (an `earl eval shapes` OUT/images folder)")
     if args.writer == "exact":
         writer = "exact"
     else:
@@ -64,7 +51,7 @@ def _cmd_verifier(args) -> None:
         writer = UnifiedPrincipleWriter.from_pretrained(writer) if isinstance(writer, str) else writer
     rrm = Path(args.rrm)
     if not (rrm / "image_tokenizer").is_dir():
-        raise SystemExit(f"earl data verifier: --rrm {rrm}: no image_tokenizer/ (expected a reward model directory)")
+        raise EarlError(f"--rrm {rrm}: no image_tokenizer/ (expected a reward model directory)")
     builder = VerifierDataBuilder(writer, VQTokenizer.from_pretrained(rrm / "image_tokenizer"),
                                   OracleTeacher(noise=args.teacher_noise, fail_rate=args.teacher_fail_rate,
                                                 seed=args.seed),
@@ -123,8 +110,8 @@ def register(sub) -> None:
                                           "wrote for a ShapesEdit set, labelled by a teacher (resumable)")
     dv.add_argument("--data", required=True, help="the ShapesEdit set the images were written for")
     dv.add_argument("--images", required=True, action="append", metavar="NAME=DIR",
-                    help="a folder of {id}.png (an `earl eval shapes` OUT/images) and the origin name it is counted "
-                         "under (repeatable)")
+                    help="the origin name a folder of {id}.png (an `earl eval shapes` OUT/images) is counted under, "
+                         "and the folder (repeatable)")
     dv.add_argument("--rrm", default="checkpoints/shapes-rrm-lenient",
                     help="the reward model the data is for: its image tokenizer and trace format")
     dv.add_argument("--writer", default="plan", metavar="plan|plan:DIR|DIR|exact",

@@ -104,6 +104,18 @@ class GenerationCost:
 
 # ---- the sampler ----------------------------------------------------------------------------
 @torch.no_grad()
+def check_edit_inputs(instructions: list[str], source_codes: torch.Tensor, generator: Generators) -> None:
+    """What every edit sampler (earl's, `earl.generate.vllm_engine`'s) refuses before it starts: a count of
+    instructions other than of source grids, of per-row generators other than of rows, an empty instruction."""
+    if len(instructions) != source_codes.shape[0]:
+        raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
+    if isinstance(generator, (list, tuple)) and len(generator) != len(instructions):
+        raise EarlError(f"got {len(generator)} generators for {len(instructions)} rows (one per row, or one in all)")
+    for ins in instructions:
+        if not ins or not ins.strip():
+            raise EarlError("instruction is empty")
+
+
 def sample_edits(
     backbone,
     layout: EditLayout,
@@ -137,13 +149,7 @@ def sample_edits(
     "jacobi" too. The result's `forward_passes` says how many forwards the batch ran (the most any
     of its rows takes alone).
     """
-    if len(instructions) != source_codes.shape[0]:
-        raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
-    if isinstance(generator, (list, tuple)) and len(generator) != len(instructions):
-        raise EarlError(f"got {len(generator)} generators for {len(instructions)} rows (one per row, or one in all)")
-    for ins in instructions:
-        if not ins or not ins.strip():
-            raise EarlError("instruction is empty")
+    check_edit_inputs(instructions, source_codes, generator)
     device = next(backbone.parameters()).device
     N, h, w = source_codes.shape
     window = check_schedule(schedule, window, cfg, h, w)

@@ -42,7 +42,7 @@ import torch
 
 from earl.errors import EarlError
 from earl.generate.budget import completion_length
-from earl.generate.edits import GenerationOutput
+from earl.generate.edits import GenerationOutput, check_edit_inputs
 from earl.generate.sampling import Generators, SamplingConfig
 from earl.layout import EditLayout
 
@@ -353,13 +353,7 @@ class VLLMEngine:
                         think_end=ids.think_end, text_stop=v.image_offset, banned=banned)
 
     def _check(self, instructions, source_codes, cfg: SamplingConfig, think: bool, generator) -> None:
-        if len(instructions) != source_codes.shape[0]:
-            raise EarlError(f"got {len(instructions)} instructions for {source_codes.shape[0]} source images")
-        if isinstance(generator, (list, tuple)) and len(generator) != len(instructions):
-            raise EarlError(f"got {len(generator)} generators for {len(instructions)} rows (one per row, or one in all)")
-        for ins in instructions:
-            if not ins or not ins.strip():
-                raise EarlError("instruction is empty")
+        check_edit_inputs(instructions, source_codes, generator)
         check_sampling(self.layout, cfg, think)
 
     @staticmethod

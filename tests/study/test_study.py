@@ -40,12 +40,6 @@ arms:{arms}""")
     return f
 
 
-@pytest.fixture
-def tok_dir(tmp_path, vq_tokenizer):
-    vq_tokenizer.save_pretrained(tmp_path / "tok")
-    return tmp_path / "tok"
-
-
 @pytest.mark.slow
 def test_tiny_study_runs_aggregates_and_resumes(tmp_path, tok_dir):
     cfg = load_config(StudyRecipe, tiny_study(tmp_path, tok_dir))

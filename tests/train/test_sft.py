@@ -47,12 +47,6 @@ def tiny_overrides(tmp: Path, tok_dir: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in o.items()]
 
 
-@pytest.fixture
-def tok_dir(tmp_path, vq_tokenizer):
-    vq_tokenizer.save_pretrained(tmp_path / "tok")
-    return tmp_path / "tok"
-
-
 def test_tiny_sft_learns_saves_and_resumes(tmp_path, tok_dir):
     cfg = load_config(SFTRecipe, ROOT / "recipes/shapes/sft.yaml", tiny_overrides(tmp_path, tok_dir, **{"run.steps": 30, "run.eval_every": 30, "run.save_every": 15}))
     final = train_sft(cfg, progress=False)
