@@ -103,7 +103,6 @@ class GenerationCost:
 
 
 # ---- the sampler ----------------------------------------------------------------------------
-@torch.no_grad()
 def check_edit_inputs(instructions: list[str], source_codes: torch.Tensor, generator: Generators) -> None:
     """What every edit sampler (earl's, `earl.generate.vllm_engine`'s) refuses before it starts: a count of
     instructions other than of source grids, of per-row generators other than of rows, an empty instruction."""
@@ -116,6 +115,7 @@ def check_edit_inputs(instructions: list[str], source_codes: torch.Tensor, gener
             raise EarlError("instruction is empty")
 
 
+@torch.no_grad()
 def sample_edits(
     backbone,
     layout: EditLayout,
