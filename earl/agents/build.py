@@ -23,6 +23,7 @@ from earl.agents.sequencer import SEQUENCERS, ChatSequencer
 from earl.agents.unified import UnifiedDecomposer
 from earl.errors import EarlError
 from earl.hub import resolve_model
+from earl.rrm.writer import UnifiedPrincipleWriter
 from earl.verify.base import build_verifier
 
 GROUND_TRUTH = "ground-truth"  # the decomposer name that reads the plan from the ShapesEdit program
@@ -54,6 +55,13 @@ def build_writer(spec: str, device: str = "cpu"):
         raise EarlError(f"writer {spec}: {path} is not a decomposer directory (train one with "
                         "`earl train decomposer-sft`)")
     return PlanPrincipleWriter.from_pretrained(path, device=device)
+
+
+def load_writer(spec: str, device: str = "cpu"):
+    """`build_writer`, with a learned writer's directory loaded too (for callers that write principles
+    themselves rather than hand the writer to `LearnedRRMVerifier`)."""
+    writer = build_writer(spec, device)
+    return UnifiedPrincipleWriter.from_pretrained(writer, device=device) if isinstance(writer, str) else writer
 
 
 def _rrm_dir(path: str) -> str:

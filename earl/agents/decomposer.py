@@ -193,11 +193,18 @@ class VotingDecomposer:
         return [ranked[0] for ranked in self.candidates(requests)]
 
     def candidates(self, requests: list[DecomposeRequest]) -> list[list[Decomposition]]:
-        """Per request, its distinct plans, most-written first (`rank_plans`)."""
+        """Per request, its distinct plans, most-voted first (`rank`)."""
         greedy = self.base.decompose(requests)
-        seeds = [sample_seed(self.seed, r.meta.get("id", i)) for i, r in enumerate(requests)]
-        samples = self.base.sample(requests, self.votes, self.temperature, seeds)
-        return [rank_plans(g, s) for g, s in zip(greedy, samples)]
+        samples = self.base.sample(requests, self.votes, self.temperature, self.sample_seeds(requests))
+        return [self.rank(g, s, r) for g, s, r in zip(greedy, samples, requests)]
+
+    def sample_seeds(self, requests: list[DecomposeRequest]) -> list[int]:
+        """One seed per request, from (`seed`, request id)."""
+        return [sample_seed(self.seed, r.meta.get("id", i)) for i, r in enumerate(requests)]
+
+    def rank(self, greedy: Decomposition, samples: list[Decomposition], request: DecomposeRequest) -> list[Decomposition]:
+        """A request's distinct plans, most-written first (`rank_plans`)."""
+        return rank_plans(greedy, samples)
 
 
 def rank_plans(greedy: Decomposition, samples: list[Decomposition]) -> list[Decomposition]:

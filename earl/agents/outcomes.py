@@ -20,15 +20,10 @@ from __future__ import annotations
 
 from earl.agents.decomposer import DecomposeRequest, Decomposition, VotingDecomposer
 from earl.agents.plan import PlanError
-from earl.agents.plan_writer import predicted_target
+from earl.agents.plan_writer import outcome_key, predicted_target
 from earl.seeds import sample_seed
 from earl.shapes.oracle import parse_scene
 from earl.shapes.scene import Scene
-
-
-def outcome_key(scene: Scene) -> tuple:
-    """What two predicted scenes must share to be one outcome: background and the set of objects."""
-    return scene.background, frozenset(scene.objects)
 
 
 def rank_by_outcome(greedy: Decomposition, samples: list[Decomposition], scene: Scene) -> list[Decomposition]:
@@ -56,10 +51,10 @@ class OutcomeVotingDecomposer(VotingDecomposer):
         super().__init__(base, votes, temperature, seed)
         self.name = f"{getattr(base, 'name', 'decomposer')}+outcome{votes}"
 
-    def candidates(self, requests: list[DecomposeRequest]) -> list[list[Decomposition]]:
-        greedy = self.base.decompose(requests)
+    def sample_seeds(self, requests: list[DecomposeRequest]) -> list[int]:
         # seeded by the instruction, not the request id: a principle writer sharing this decomposer
         # (`earl.agents.plan_writer`) asks without an id and must get the same samples, hence the same plan
-        seeds = [sample_seed(self.seed, r.instruction) for r in requests]
-        samples = self.base.sample(requests, self.votes, self.temperature, seeds)
-        return [rank_by_outcome(g, s, parse_scene(r.image).scene) for g, s, r in zip(greedy, samples, requests)]
+        return [sample_seed(self.seed, r.instruction) for r in requests]
+
+    def rank(self, greedy: Decomposition, samples: list[Decomposition], request: DecomposeRequest) -> list[Decomposition]:
+        return rank_by_outcome(greedy, samples, parse_scene(request.image).scene)

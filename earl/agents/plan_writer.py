@@ -37,6 +37,11 @@ from earl.shapes.scene import Scene
 PLAN_WRITER = "plan"  # the spelled writer value: `plan` (the bundled decomposer) or `plan:DIR`
 
 
+def outcome_key(scene: Scene) -> tuple:
+    """What two scenes must share to be one outcome of an edit: the background and the set of objects."""
+    return scene.background, frozenset(scene.objects)
+
+
 def predicted_target(plan: Plan, scene: Scene) -> Scene:
     """`scene` with every step of `plan` applied in order; PlanError('unapplicable') at the first
     step that does not apply."""
@@ -79,7 +84,7 @@ class PlanPrincipleWriter:
             target = predicted_target(plan, scene)
         except PlanError as e:
             return PrincipleFailure("unapplicable", str(e), plan.text())
-        if target.background == scene.background and set(target.objects) == set(scene.objects):
+        if outcome_key(target) == outcome_key(scene):
             return PrincipleFailure("unapplicable", "the plan changes nothing in the parsed scene", plan.text())
         try:
             return shapes_points(scene, target, seed=self.point_seed(instruction))

@@ -38,17 +38,12 @@ def _cmd_tokenize(args) -> None:
 
 def _cmd_verifier(args) -> None:
     # lazy: the builder loads torch, the reward model's image tokenizer and the principle writer
-    from earl.agents.build import build_writer
-    from earl.rrm.writer import UnifiedPrincipleWriter
+    from earl.agents.build import load_writer
     from earl.train.verifier_data import OracleTeacher, VerifierDataBuilder, trace_format
     from tokenizer.vq import VQTokenizer
 
     origins = named_paths(args.images, "--images", "NAME=DIR (an `earl eval shapes` OUT/images folder)")
-    if args.writer == "exact":
-        writer = "exact"
-    else:
-        writer = build_writer(args.writer)
-        writer = UnifiedPrincipleWriter.from_pretrained(writer) if isinstance(writer, str) else writer
+    writer = "exact" if args.writer == "exact" else load_writer(args.writer)
     rrm = Path(args.rrm)
     if not (rrm / "image_tokenizer").is_dir():
         raise EarlError(f"--rrm {rrm}: no image_tokenizer/ (expected a reward model directory)")

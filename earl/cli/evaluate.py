@@ -165,8 +165,7 @@ def _add_shapes(ev) -> None:
 
 def _cmd_writer(args) -> None:
     # lazy: the writer loads torch and transformers
-    from earl.agents.build import build_writer
-    from earl.rrm.writer import UnifiedPrincipleWriter
+    from earl.agents.build import load_writer
     from earl.train.writer import measure_on_test_sets
 
     def pct(x: dict) -> str:
@@ -175,8 +174,7 @@ def _cmd_writer(args) -> None:
         lo, hi = x["ci95"]
         return f"{100 * x['share']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
-    writer = build_writer(args.model)
-    writer = UnifiedPrincipleWriter.from_pretrained(writer) if isinstance(writer, str) else writer
+    writer = load_writer(args.model)
     report = measure_on_test_sets(writer, n=args.n, out=args.out)
     for split, r in report.items():
         w, c = r["writer"], r["perfect_writer_other_seed"]

@@ -96,10 +96,10 @@ def points_from_json(rows: list[dict]) -> list[EvalPoint]:
     return [EvalPoint(**r) for r in rows]
 
 
-def collect_items(data_dir: str | Path, image_dirs: dict[str, str | Path]) -> list[tuple[str, int, Path]]:
-    """(key, dataset row, image path) for every image in each origin's folder that belongs to a sample of
-    `data_dir`; the key is `origin/id`. Origins are taken in the order given, ids in dataset order."""
-    ids = list(load_dataset(data_dir)["id"])
+def collect_items(data_dir: str | Path, ids: list[str], image_dirs: dict[str, str | Path]) -> list[tuple[str, int, Path]]:
+    """(key, dataset row, image path) for every image in each origin's folder that belongs to a sample
+    (`ids`: the dataset's, in order) of `data_dir`; the key is `origin/id`. Origins are taken in the
+    order given, ids in dataset order."""
     items = []
     for origin, folder in image_dirs.items():
         folder = Path(folder)
@@ -135,9 +135,9 @@ class VerifierDataBuilder:
         out = Path(out_dir)
         shards = out / "shards"
         shards.mkdir(parents=True, exist_ok=True)
-        items = collect_items(data_dir, image_dirs)
         samples = list(iter_samples(data_dir))
         ds = load_dataset(data_dir)
+        items = collect_items(data_dir, [s.id for s in samples], image_dirs)
         chunks = [items[i:i + self.chunk] for i in range(0, len(items), self.chunk)]
         labels = 0
         bar = tqdm(total=len(items), desc="verifier data", disable=not progress)
